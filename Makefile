@@ -1,0 +1,51 @@
+# The two commands the README opens with: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: venv demo test lint dev migrate bench clean
+
+venv: $(STAMP)
+
+# Reinstall when the lock or the project metadata changes, never otherwise.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
+	touch $(STAMP)
+
+# Refreshed whenever the repository's dagster.yaml changes.
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+# Builds .demo/shop.db from scratch and runs the job once on the local instance.
+demo: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m regularization_pipeline.demo
+
+lint: venv
+	$(BIN)/ruff check regularization_pipeline tests bench
+
+test: venv lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The UI on http://127.0.0.1:3000 with the scheduler and sensors; the demo shop unless
+# REGULARIZATION_DATABASE_URL names another database.
+dev: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The benchmark suite on a million-order PostgreSQL shop (BENCH_DATABASE_URL, default a
+# `regbench` database on 127.0.0.1, created if missing). Not part of `make test`, which
+# runs it at --quick size so it cannot rot.
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+migrate: venv
+	$(BIN)/regularize-completed-orders migrate
+
+clean:
+	rm -rf $(VENV) .dagster_home .demo
