@@ -1,0 +1,154 @@
+"""What the operator tools do (CLI and the UI's ops jobs): one order at a time, read-only lists, redelivery.
+
+Every write goes through the guarantees of :class:`Regularizer` and
+:class:`OutboxDispatcher`; the functions here only check the operator's input
+first, so that a wrong id is refused with a clear :class:`ConfigurationError`
+and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.events import OutboxDispatcher
+from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
+from regularization_pipeline.core.schema import AppSchema
+
+
+def parse_utc_time(text: str) -> dt.datetime:
+    """An ISO 8601 time as naive UTC (a time without offset is taken as UTC); ValueError when malformed."""
+    value = dt.datetime.fromisoformat(text.strip())
+    return d.as_naive_utc(value)
+
+
+def existing_order_id(conn: sa.Connection, schema: AppSchema, order_id: str) -> Any:
+    """The order's id as the database holds it; ConfigurationError when there is no such order."""
+    column = schema.o("id")
+    try:
+        found = conn.execute(sa.select(column).where(column == order_id)).first()
+    except sa.exc.DataError:  # PostgreSQL: not a valid value of the key's type ("abc" for an integer id)
+        found = None
+    if found is None:
+        raise ConfigurationError(f"order {order_id} does not exist")
+    return found[0]
+
+
+def regularize_order(regularizer: Regularizer, order_id: str, options: RunOptions, run_id: str) -> OrderOutcome:
+    """Regularize one named order, if and only if it is an orphan now (outside the grace period).
+
+    The order is then decided exactly like in a run (lock, re-verify, compare-and-set
+    flip, one outbox row, one audit row): a late webhook or an overlapping run
+    still wins cleanly. An unknown order or one that is not an orphan is refused
+    before anything is written.
+    """
+    schema = regularizer.schema
+    window = options.window(d.utcnow())
+    with regularizer.engine.connect() as conn:
+        key = existing_order_id(conn, schema, order_id)
+        orphan = conn.execute(sa.select(sa.literal(1)).where(schema.o("id") == key, d.orphan_condition(schema, window))).first()
+        if orphan is None:
+            status = conn.execute(sa.select(schema.o("status")).where(schema.o("id") == key)).scalar_one()
+            raise ConfigurationError(
+                f"order {key} is not an orphan (status {status}, no completed payment older than "
+                f"{window.min_age_minutes:g} minute(s) in the window): nothing to regularize"
+            )
+    return regularizer.regularize_one(key, run_id, options, window)
+
+
+@dataclass(frozen=True)
+class OrphanRow:
+    order_id: Any
+    order_status: str
+    transaction_id: Any
+    completed_at: dt.datetime | None
+    age_minutes: float
+
+    COLUMNS = ("order_id", "order_status", "transaction_id", "completed_at", "age_minutes")
+
+    def values(self) -> tuple:
+        return (self.order_id, self.order_status, self.transaction_id,
+                self.completed_at.isoformat(sep=" ") if self.completed_at else "", self.age_minutes)
+
+
+def orphan_rows(conn: sa.Connection, schema: AppSchema, window: d.ScanWindow, limit: int | None = None) -> list[OrphanRow]:
+    """Orphaned orders in the window, oldest payment first: ids, statuses and times only."""
+    s = schema
+    completed = sa.and_(s.t("order_id") == s.o("id"), s.t("status").in_(s.statuses.transaction_completed),
+                        s.tx_completed_at <= window.not_after,
+                        *([s.tx_completed_at >= window.not_before] if window.not_before is not None else []))
+    query = (
+        sa.select(s.o("id"), s.o("status"), sa.func.min(s.t("id")), sa.func.min(s.tx_completed_at))
+        .select_from(s.orders.join(s.transactions, completed))
+        .where(s.o("status").in_(s.statuses.order_pending), *([s.o("deleted_at").is_(None)] if s.has_o("deleted_at") else []))
+        .group_by(s.o("id"), s.o("status"))
+        .order_by(sa.func.min(s.tx_completed_at), s.o("id"))
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    rows = []
+    for order_id, status, tx_id, completed_at in conn.execute(query).all():
+        when = d._to_datetime(completed_at)
+        age = round(max((window.now - when).total_seconds(), 0.0) / 60.0, 1) if when else 0.0
+        rows.append(OrphanRow(order_id, str(status), tx_id, when, age))
+    return rows
+
+
+INCONSISTENCY_COLUMNS = ("kind", "order_id")
+
+
+def inconsistency_rows(conn: sa.Connection, schema: AppSchema, window: d.ScanWindow | None) -> list[tuple[str, Any]]:
+    """(kind, order id) for every inconsistency the pipeline reports and never fixes."""
+    report = d.inconsistency_report(conn, schema, window, sample_size=None)
+    return [(kind, order_id) for kind in d.INCONSISTENCY_KINDS for order_id in report.order_ids.get(kind, [])]
+
+
+def dead_event_ids(conn: sa.Connection, tables: tb.OwnedTables, since: dt.datetime | None = None,
+                   until: dt.datetime | None = None) -> list[str]:
+    """Dead-lettered events, optionally only those created in [since, until]."""
+    ob = tables.outbox
+    query = sa.select(ob.c.event_id).where(ob.c.state == tb.DEAD)
+    if since is not None:
+        query = query.where(ob.c.created_at >= since)
+    if until is not None:
+        query = query.where(ob.c.created_at <= until)
+    return list(conn.execute(query.order_by(ob.c.id)).scalars())
+
+
+def redeliver_dead_events(engine: sa.Engine, tables: tb.OwnedTables, event_ids: Sequence[str] = (),
+                          all_dead: bool = False, since: dt.datetime | None = None,
+                          until: dt.datetime | None = None) -> int:
+    """Put dead events back in the queue (core's OutboxDispatcher.redeliver); returns how many.
+
+    Named events must all exist and be dead, or nothing changes: a typo must
+    not pass for "redelivered 2 of 3".
+    """
+    if bool(event_ids) == bool(all_dead):
+        raise ConfigurationError("give event ids or all_dead, not both and not neither")
+    if since and until and since >= until:
+        raise ConfigurationError("since must be earlier than until")
+    ob = tables.outbox
+    with engine.connect() as conn:
+        if event_ids:
+            states = dict(conn.execute(sa.select(ob.c.event_id, ob.c.state).where(ob.c.event_id.in_(list(event_ids)))).all())
+            unknown = [e for e in event_ids if e not in states]
+            if unknown:
+                raise ConfigurationError(f"unknown event id(s): {', '.join(unknown)}")
+            alive = [e for e in event_ids if states[e] != tb.DEAD]
+            if alive:
+                raise ConfigurationError(f"not dead-lettered: {', '.join(f'{e} ({states[e]})' for e in alive)}")
+            chosen = list(event_ids)
+        else:
+            chosen = dead_event_ids(conn, tables, since, until)
+    if not chosen:
+        return 0
+    # Publishers are not needed to move rows back to pending: the next run delivers them.
+    dispatcher = OutboxDispatcher(engine, tables, [], owner="operator")
+    return sum(dispatcher.redeliver(event_ids=chosen[i:i + 500]) for i in range(0, len(chosen), 500))

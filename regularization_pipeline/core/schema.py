@@ -1,0 +1,247 @@
+"""The mapping of the application's tables, columns and status values.
+
+The orders and transactions tables belong to the application, not to us, so
+every name the pipeline uses comes from a :class:`SchemaMapping`. Its defaults
+follow Laravel conventions; a YAML file named by ``REGULARIZATION_SCHEMA_FILE``
+overrides any part of it. :func:`bind_schema` checks the mapping against the
+live database before anything is read or written, so a typo in a column name
+fails at start with the name in the message instead of half-way through a run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from regularization_pipeline.core.errors import ConfigurationError, SchemaMismatchError
+
+SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
+M = TypeVar("M", bound=BaseModel)
+
+# Identifiers end up quoted by SQLAlchemy, but a mapping is operator input: keep
+# it to what real schemas use so a stray quote or semicolon is refused early.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+def _check_identifier(value: str | None) -> str | None:
+    if value is not None and not _IDENTIFIER.fullmatch(value):  # match() and $ let a trailing newline by
+        raise ValueError(f"{value!r} is not a valid table or column name")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _TableSection(_Strict):
+    """A table and its columns: every value must be a plain SQL identifier."""
+
+    @field_validator("*")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        return _check_identifier(value)
+
+
+class OrdersMapping(_TableSection):
+    """Where the application keeps its orders."""
+
+    table: str = Field("orders", description="Orders table name.")
+    id: str = Field("id", description="Primary key column.")
+    status: str = Field("status", description="Order status column.")
+    total: str = Field("total", description="Order total amount column.")
+    currency: str | None = Field("currency", description="Currency column, or null if orders have none.")
+    created_at: str = Field("created_at", description="Creation timestamp column.")
+    updated_at: str | None = Field("updated_at", description="Column set to now when the order is flipped, or null.")
+    deleted_at: str | None = Field("deleted_at", description="Soft-delete column (Laravel SoftDeletes), or null.")
+
+
+class TransactionsMapping(_TableSection):
+    """Where the application keeps its payment transactions."""
+
+    table: str = Field("transactions", description="Transactions table name.")
+    id: str = Field("id", description="Primary key column.")
+    order_id: str = Field("order_id", description="Foreign key to the order.")
+    status: str = Field("status", description="Transaction status column.")
+    amount: str = Field("amount", description="Amount charged.")
+    currency: str | None = Field("currency", description="Currency column, or null.")
+    completed_at: str | None = Field(
+        "completed_at",
+        description="When the payment completed; null to use updated_at instead.",
+    )
+    updated_at: str = Field("updated_at", description="Last update timestamp column.")
+    reference: str | None = Field(
+        None, description="The provider's reference for the payment (used by provider verification)."
+    )
+
+
+class StatusMapping(_Strict):
+    """Which status values mean what. Values are compared exactly: case matters."""
+
+    order_pending: tuple[str, ...] = Field(("pending",), min_length=1, description="Order statuses that mean 'waiting for payment'.")
+    order_completed: str = Field("completed", min_length=1, description="The status written when an order is regularized.")
+    order_do_not_touch: tuple[str, ...] = Field(
+        ("cancelled", "failed", "refunded"),
+        description="Order statuses that must never be flipped; a completed payment on one is reported.",
+    )
+    transaction_completed: tuple[str, ...] = Field(
+        ("completed",), min_length=1, description="Transaction statuses that mean the payment went through."
+    )
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> StatusMapping:
+        pending = set(self.order_pending)
+        if self.order_completed in pending:
+            raise ValueError(f"order_completed {self.order_completed!r} is also listed in order_pending")
+        clash = pending & set(self.order_do_not_touch)
+        if clash:
+            raise ValueError(f"statuses {sorted(clash)} are both in order_pending and order_do_not_touch")
+        if self.order_completed in self.order_do_not_touch:
+            raise ValueError(f"order_completed {self.order_completed!r} is also listed in order_do_not_touch")
+        for name in ("order_pending", "order_do_not_touch", "transaction_completed"):
+            if any(not value for value in getattr(self, name)):
+                raise ValueError(f"{name} contains an empty status value")
+        return self
+
+
+class SchemaMapping(_Strict):
+    """The whole mapping: the application's two tables, its statuses, and our table prefix."""
+
+    orders: OrdersMapping = OrdersMapping()
+    transactions: TransactionsMapping = TransactionsMapping()
+    statuses: StatusMapping = StatusMapping()
+    table_prefix: str = Field(
+        "regularization_",
+        pattern=r"^[a-z_][a-z0-9_]{0,30}$",
+        description="Prefix of the tables this project owns, so they never collide with the application's.",
+    )
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> SchemaMapping:
+        """Load a mapping from a YAML file; missing keys keep their Laravel defaults."""
+        return cls.parse(read_yaml_mapping(path, "schema mapping file"), source=str(path))
+
+    @classmethod
+    def parse(cls, raw: dict, source: str = "schema mapping") -> SchemaMapping:
+        """Validate a plain dict, turning pydantic's errors into one readable message."""
+        return validate_or_explain(cls, raw, source)
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict:
+    """A YAML file's top-level mapping, or a ConfigurationError naming the file and the problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{what} {str(path)!r} must contain a mapping at the top level")
+    return raw
+
+
+def validate_or_explain(model: type[M], values: dict, what: str) -> M:
+    """``model`` from ``values``, or one ConfigurationError naming every offending field.
+
+    Messages name fields and what is wrong, never the values given: one of them may be a secret.
+    """
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid {what}: {format_validation_error(exc)}") from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the field path, e.g. ``statuses.order_pending: ...``."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_mapping(path: str | None = None) -> SchemaMapping:
+    """The mapping from ``path``, else from ``$REGULARIZATION_SCHEMA_FILE``, else Laravel defaults."""
+    path = path or os.environ.get(SCHEMA_FILE_ENV) or None
+    return SchemaMapping.from_yaml(path) if path else SchemaMapping()
+
+
+@dataclass(frozen=True)
+class AppSchema:
+    """The mapping bound to a database: SQLAlchemy columns for every mapped name.
+
+    ``tx_completed_at`` is the column that dates a payment: ``completed_at``
+    when the application has one, ``updated_at`` otherwise.
+    """
+
+    mapping: SchemaMapping
+    orders: sa.TableClause
+    transactions: sa.TableClause
+
+    @property
+    def statuses(self) -> StatusMapping:
+        return self.mapping.statuses
+
+    def o(self, field: str) -> sa.ColumnClause:
+        return self.orders.c[getattr(self.mapping.orders, field)]
+
+    def t(self, field: str) -> sa.ColumnClause:
+        return self.transactions.c[getattr(self.mapping.transactions, field)]
+
+    def has_o(self, field: str) -> bool:
+        return getattr(self.mapping.orders, field) is not None
+
+    def has_t(self, field: str) -> bool:
+        return getattr(self.mapping.transactions, field) is not None
+
+    @property
+    def tx_completed_at(self) -> sa.ColumnClause:
+        return self.t("completed_at") if self.has_t("completed_at") else self.t("updated_at")
+
+
+def _mapped_columns(section: BaseModel) -> list[str]:
+    """The column names a table section maps, leaving out the optional ones set to null."""
+    return [v for k, v in section.model_dump().items() if k != "table" and v is not None]
+
+
+def build_schema(mapping: SchemaMapping) -> AppSchema:
+    """Table clauses for the mapped names, without touching a database."""
+    orders = sa.table(mapping.orders.table, *(sa.column(c) for c in _mapped_columns(mapping.orders)))
+    transactions = sa.table(
+        mapping.transactions.table, *(sa.column(c) for c in _mapped_columns(mapping.transactions))
+    )
+    return AppSchema(mapping=mapping, orders=orders, transactions=transactions)
+
+
+def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
+    """Check that every mapped table and column exists, then build the clauses.
+
+    Raises :class:`SchemaMismatchError` naming the first missing table or the
+    missing columns, before anything is read from or written to those tables.
+    """
+    inspector = sa.inspect(engine)
+    for section in (mapping.orders, mapping.transactions):
+        if not inspector.has_table(section.table):
+            raise SchemaMismatchError(
+                f"table {section.table!r} named in the schema mapping does not exist in the database"
+            )
+        present = {col["name"] for col in inspector.get_columns(section.table)}
+        present_lower = {name.lower() for name in present}
+        missing = [
+            c for c in _mapped_columns(section)
+            # MySQL and SQLite compare column names case-insensitively.
+            if c not in present and (engine.dialect.name == "postgresql" or c.lower() not in present_lower)
+        ]
+        if missing:
+            raise SchemaMismatchError(
+                f"table {section.table!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
+                f"named in the schema mapping"
+            )
+    return build_schema(mapping)

@@ -1,0 +1,111 @@
+"""The tables this project owns: audit trail, event outbox, per-order attempts, deliveries.
+
+They are created by the Alembic migrations in ``regularization_pipeline/migrations``
+(``regularize-completed-orders migrate``); the definitions here are what the
+code reads and writes. Every name carries the mapping's ``table_prefix`` so our
+tables never collide with the application's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+# Audit actions: one row per decision the pipeline takes on an order.
+REGULARIZED = "regularized"
+SKIPPED = "skipped"
+FAILED = "failed"
+QUARANTINED = "quarantined"
+INCONSISTENT = "inconsistent"
+DRY_RUN = "dry-run"
+RELEASED = "released"
+AUDIT_ACTIONS = (REGULARIZED, SKIPPED, FAILED, QUARANTINED, INCONSISTENT, DRY_RUN, RELEASED)
+
+# Outbox states.
+PENDING = "pending"
+DELIVERED = "delivered"
+DEAD = "dead"
+
+ORDER_ID = sa.String(64)  # order ids may be integers or UUIDs in the application
+MONEY = sa.Numeric(20, 6)
+# Naive UTC everywhere, like the application's own timestamps. MySQL's DATETIME
+# keeps whole seconds unless asked for more, which would stretch leases and
+# backoff by up to a second and blur the order of audit rows.
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
+@dataclass(frozen=True)
+class OwnedTables:
+    metadata: sa.MetaData
+    audit: sa.Table
+    outbox: sa.Table
+    attempts: sa.Table
+    deliveries: sa.Table
+    version_table: str
+
+
+@lru_cache(maxsize=16)
+def owned_tables(prefix: str = "regularization_") -> OwnedTables:
+    md = sa.MetaData()
+    tz = TIMESTAMP
+    audit = sa.Table(
+        f"{prefix}audit", md,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("order_id", ORDER_ID, nullable=False),
+        sa.Column("transaction_id", sa.String(64)),
+        sa.Column("action", sa.String(20), nullable=False),
+        sa.Column("reason", sa.String(500), nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False, default=0),
+        sa.Column("order_status", sa.String(64)),
+        sa.Column("order_amount", MONEY),
+        sa.Column("transaction_amount", MONEY),
+        sa.Column("currency", sa.String(16)),
+        sa.Column("transaction_completed_at", tz),
+        sa.Column("created_at", tz, nullable=False),
+        sa.Index(f"ix_{prefix}audit_run", "run_id"),
+        sa.Index(f"ix_{prefix}audit_order", "order_id"),
+        sa.Index(f"ix_{prefix}audit_created", "created_at"),
+    )
+    outbox = sa.Table(
+        f"{prefix}outbox", md,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+        sa.Column("event_type", sa.String(64), nullable=False),
+        sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+        sa.Column("order_id", ORDER_ID, nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("next_attempt_at", tz, nullable=False),
+        sa.Column("lease_owner", sa.String(64)),
+        sa.Column("lease_expires_at", tz),
+        sa.Column("last_error", sa.String(1000)),
+        sa.Column("created_at", tz, nullable=False),
+        sa.Column("delivered_at", tz),
+        sa.Column("updated_at", tz, nullable=False),
+        sa.Index(f"ix_{prefix}outbox_due", "state", "next_attempt_at"),
+        sa.Index(f"ix_{prefix}outbox_order", "order_id"),
+    )
+    attempts = sa.Table(
+        f"{prefix}order_attempts", md,
+        sa.Column("order_id", ORDER_ID, primary_key=True),
+        sa.Column("failures", sa.Integer, nullable=False, default=0),
+        sa.Column("total_attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("last_outcome", sa.String(20), nullable=False),
+        sa.Column("last_reason", sa.String(500)),
+        sa.Column("last_run_id", sa.String(64)),
+        sa.Column("quarantined_at", tz),
+        sa.Column("updated_at", tz, nullable=False),
+    )
+    deliveries = sa.Table(
+        f"{prefix}event_deliveries", md,
+        sa.Column("event_id", sa.String(36), primary_key=True),
+        sa.Column("publisher", sa.String(128), primary_key=True),
+        sa.Column("delivered_at", tz, nullable=False),
+    )
+    return OwnedTables(md, audit, outbox, attempts, deliveries, f"{prefix}alembic_version")

@@ -1,0 +1,143 @@
+"""The decision for one order, from the rows read under its lock. Pure: no I/O.
+
+Kept apart from the SQL so every rule can be read in one place and tested
+with plain values: the order must still be pending and live, with exactly one
+completed transaction that completed inside the scan window and whose amount
+and currency match the order's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core.schema import StatusMapping
+from regularization_pipeline.core.tables import INCONSISTENT, REGULARIZED, SKIPPED
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    id: Any
+    status: str | None
+    total: Any
+    currency: str | None = None
+    deleted_at: Any = None
+
+
+@dataclass(frozen=True)
+class TransactionRow:
+    id: Any
+    status: str | None
+    amount: Any
+    currency: str | None = None
+    completed_at: dt.datetime | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # REGULARIZED, SKIPPED or INCONSISTENT
+    reason: str
+    transaction: TransactionRow | None = None
+
+
+# What a payment provider can say about a transaction (core/gateway.py maps its answers here).
+PROVIDER_COMPLETED = "completed"
+PROVIDER_FAILED = "failed"
+PROVIDER_REFUNDED = "refunded"
+PROVIDER_PENDING = "pending"
+PROVIDER_UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """The provider's word on one transaction. Anything but completed/failed/refunded leaves the order alone."""
+
+    status: str
+    detail: str = ""
+
+
+class ProviderError(Exception):
+    """The provider could not give an answer about a transaction."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """Transport errors, timeouts, 5xx or rate limiting that outlasted the retries.
+
+    Not the order's fault: the order is left for the next run without counting a
+    failure (an outage must not quarantine good orders), and the run stops asking.
+    """
+
+
+class ProviderRejectedError(ProviderError):
+    """The provider refused the request itself (401, 403, other 4xx): a configuration problem that stops the run."""
+
+
+class PaymentVerifier(Protocol):
+    """Asks the payment provider about a transaction; raises a :class:`ProviderError` when it cannot answer."""
+
+    def check(self, order: OrderRow, transaction: TransactionRow) -> ProviderAnswer: ...
+
+
+def apply_provider_answer(verdict: Verdict, answer: ProviderAnswer) -> Verdict:
+    """Combine a database verdict of REGULARIZED with what the provider said: never guess."""
+    if answer.status == PROVIDER_COMPLETED:
+        return verdict
+    if answer.status in (PROVIDER_FAILED, PROVIDER_REFUNDED):
+        return Verdict(INCONSISTENT, f"{d.PROVIDER_FAILED}: provider reports the payment {answer.status}", verdict.transaction)
+    detail = f" ({answer.detail})" if answer.detail else ""
+    return Verdict(SKIPPED, f"provider reports {answer.status}{detail}: left for the next run", verdict.transaction)
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    """An amount as a Decimal, or None when it is missing or not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return amount if amount.is_finite() else None
+
+
+def verify(
+    order: OrderRow,
+    transactions: list[TransactionRow],
+    statuses: StatusMapping,
+    window: d.ScanWindow,
+) -> Verdict:
+    completed = [t for t in transactions if t.status in statuses.transaction_completed]
+    if order.deleted_at is not None:
+        return Verdict(SKIPPED, "order is soft-deleted")
+    if order.status == statuses.order_completed:
+        return Verdict(SKIPPED, "order is already completed (its webhook arrived)")
+    if order.status in statuses.order_do_not_touch:
+        if completed:
+            return Verdict(INCONSISTENT, f"{d.PAID_BUT_CLOSED}: order is {order.status!r} but has a completed transaction", completed[0])
+        return Verdict(SKIPPED, f"order status {order.status!r} is not to be touched")
+    if order.status not in statuses.order_pending:
+        return Verdict(SKIPPED, f"order status {order.status!r} is not a pending status")
+    if not completed:
+        return Verdict(SKIPPED, "order has no completed transaction")
+    if len(completed) > 1:
+        return Verdict(INCONSISTENT, f"{d.DOUBLE_CHARGE}: {len(completed)} completed transactions", completed[0])
+
+    tx = completed[0]
+    paid, due = to_decimal(tx.amount), to_decimal(order.total)
+    if paid is None or due is None or paid < 0 or due < 0:
+        return Verdict(INCONSISTENT, f"{d.INVALID_AMOUNT}: order total or transaction amount is missing, not a number or negative", tx)
+    if paid != due:
+        return Verdict(INCONSISTENT, f"{d.AMOUNT_MISMATCH}: transaction amount {paid} differs from order total {due}", tx)
+    if tx.currency and order.currency and tx.currency.strip().upper() != order.currency.strip().upper():
+        return Verdict(INCONSISTENT, f"{d.CURRENCY_MISMATCH}: transaction currency differs from the order's", tx)
+
+    if tx.completed_at is None:
+        return Verdict(SKIPPED, "completed transaction has no completion time", tx)
+    if tx.completed_at > window.not_after:
+        return Verdict(SKIPPED, "payment is within the grace period: left to its webhook", tx)
+    if window.not_before is not None and tx.completed_at < window.not_before:
+        return Verdict(SKIPPED, "payment is older than the lookback window", tx)
+    return Verdict(REGULARIZED, "completed transaction verified", tx)
