@@ -1,0 +1,537 @@
+"""``regularize-completed-orders``: the operator CLI, mirroring the original artisan command.
+
+    regularize-completed-orders [run] --limit 50 --sleep 2 --hours H --dry-run --mode auto
+    regularize-completed-orders migrate
+    regularize-completed-orders regularize-order --order-id N [--dry-run]
+    regularize-completed-orders release --order-id N
+    regularize-completed-orders list-orphans [--hours H | --since T --until T] [--format table|csv]
+    regularize-completed-orders list-inconsistencies [--hours H | --since T --until T] [--format table|csv]
+    regularize-completed-orders redeliver --event-id ID [ID ...] | --all-dead [--since T --until T]
+    regularize-completed-orders prune --older-than-days 90 [--dry-run]
+
+``run`` (the default command) runs the Dagster job once against the instance in
+``$DAGSTER_HOME``, so the run, its logs and its metadata show up in the UI like
+a scheduled one. It refuses to start while another run of the job is queued or
+in progress. Exit codes: 0 done, 1 some orders failed or the run failed,
+2 bad input, 3 another run is in flight.
+
+Each command is a function registered in ``build_parser`` with the subparser
+that reads its options. The operator tools call ``core`` directly against
+REGULARIZATION_DATABASE_URL (the same checks as the UI's ops jobs, in
+``core.operator_tools`` and ``core.retention``); the lists are read-only.
+A malformed time or an unknown id is a usage error (2) that changes nothing.
+Dagster and the definitions are imported inside the commands that need them,
+so a usage error answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core import migrations, operator_tools, retention
+from regularization_pipeline.core.db import (
+    check_reachable,
+    create_app_engine,
+    database_url_from_env,
+)
+from regularization_pipeline.core.errors import ConfigurationError, RegularizationError
+from regularization_pipeline.core.schema import AppSchema, bind_schema, load_mapping
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+
+# CLI flag -> regularized_orders config field.
+RUN_FLAGS = {
+    "limit": "--limit",
+    "sleep": "--sleep",
+    "lookback_hours": "--hours",
+    "min_age_minutes": "--min-age",
+    "dry_run": "--dry-run",
+    "batch_size": "--batch-size",
+    "max_attempts": "--max-attempts",
+    "since": "--since",
+    "until": "--until",
+    "max_runtime_seconds": "--max-runtime",
+    "mode": "--mode",
+}
+
+
+class BusyError(RegularizationError):
+    """Another run of the job is queued or in progress."""
+
+
+# --- running the job ------------------------------------------------------------------
+
+
+@dataclass
+class JobReport:
+    """What a run did, read back from its Dagster events."""
+
+    run_id: str
+    success: bool
+    metrics: dict[str, float | int]
+    events: dict[str, float | int]
+    failures: list[str]
+    checks: dict[str, tuple[bool, str]]  # check name -> (passed, severity)
+
+    @property
+    def orders_failed(self) -> int:
+        return int(self.metrics.get("failed", 0)) + int(self.metrics.get("quarantined", 0))
+
+
+def launch_job(instance, config: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> JobReport:
+    """Run the job once in this process against ``instance``, after making sure none is in flight."""
+    from regularization_pipeline.definitions import defs
+    from regularization_pipeline.defs.jobs import JOB_NAME, in_flight_run
+
+    running = in_flight_run(instance)
+    if running is not None:
+        raise BusyError(
+            f"run {running.dagster_run.run_id} of {JOB_NAME} is {running.dagster_run.status.value}: not starting another"
+        )
+    job = defs.resolve_job_def(JOB_NAME)
+    result = job.execute_in_process(
+        instance=instance,
+        run_config={
+            "ops": {"regularized_orders": {"config": dict(config)}},
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        },
+        tags={"regularization/launched_by": "cli", **(tags or {})},
+        raise_on_error=False,
+    )
+    return _report(result)
+
+
+def _metadata_of(result, asset: str) -> dict[str, float | int]:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == asset:
+            return {k: v.value for k, v in event.materialization.metadata.items() if isinstance(v.value, int | float)}
+    return {}
+
+
+def _report(result) -> JobReport:
+    failures = []
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        message = data.user_failure_data.description if data.user_failure_data else None
+        failures.append(f"{event.step_key}: {message or (data.error.message.strip() if data.error else 'failed')}")
+    checks = {e.check_name: (e.passed, e.severity.value) for e in result.get_asset_check_evaluations()}
+    return JobReport(result.run_id, result.success, _metadata_of(result, "regularized_orders"),
+                     _metadata_of(result, "order_completed_events"), failures, checks)
+
+
+def format_table(rows: Sequence[tuple[str, Any]], headers: tuple[str, str] = ("metric", "value")) -> str:
+    width = max(len(headers[0]), *(len(name) for name, _ in rows)) if rows else len(headers[0])
+    lines = [f"{headers[0]:<{width}}  {headers[1]}", f"{'-' * width}  {'-' * max(len(headers[1]), 5)}"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def print_report(report: JobReport, out=sys.stdout) -> None:
+    print(f"run {report.run_id}: {'SUCCESS' if report.success else 'FAILURE'}", file=out)
+    if report.metrics:
+        print(format_table(list(report.metrics.items())), file=out)
+    if report.events:
+        print(format_table([(f"events_{k}", v) for k, v in report.events.items()]), file=out)
+    for name, (passed, severity) in sorted(report.checks.items()):
+        print(f"check {name}: {'passed' if passed else f'FAILED ({severity})'}", file=out)
+    for failure in report.failures:
+        print(f"error: {failure}", file=out)
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=_whole_number, help="most orders to act on in this run (default 50)")
+    parser.add_argument("--sleep", type=_number, help="seconds between two orders (default 2)")
+    parser.add_argument("--hours", type=_number, help="only payments completed within the last H hours")
+    parser.add_argument("--min-age", type=_number, metavar="MINUTES",
+                        help="grace period: leave payments younger than this to their webhook (default 10)")
+    parser.add_argument("--dry-run", action="store_true", default=None, help="decide and audit, change nothing")
+    parser.add_argument("--batch-size", type=_whole_number, help="candidate ids read per page (default 50)")
+    parser.add_argument("--max-attempts", type=_whole_number, help="failures before an order is quarantined (default 5)")
+    parser.add_argument("--since", metavar="ISO_TIME", help="only payments completed at or after this UTC time")
+    parser.add_argument("--until", metavar="ISO_TIME", help="only payments completed at or before this UTC time")
+    parser.add_argument("--max-runtime", type=_number, metavar="SECONDS",
+                        help="stop taking new orders after this long (default 240)")
+    parser.add_argument("--mode", choices=["auto", "per_order", "batched"],
+                        help="per_order: one transaction per order; batched: batch_size orders per transaction; "
+                        "auto (default): batched when --sleep is 0 and no provider verification is configured")
+
+
+def run_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The options given, validated by the job's own config; a bad one is a usage error naming its flag."""
+    from regularization_pipeline.defs.config import RegularizeConfig
+
+    attrs = {field: flag.lstrip("-").replace("-", "_") for field, flag in RUN_FLAGS.items()}
+    values = {field: getattr(args, attr) for field, attr in attrs.items() if getattr(args, attr) is not None}
+    try:
+        RegularizeConfig(**values).to_run_options()
+    except ConfigurationError as exc:
+        parser.error(_name_flags(exc))
+    return values
+
+
+def _name_flags(exc: ConfigurationError) -> str:
+    cause = exc.__cause__
+    if not isinstance(cause, ValidationError):
+        return str(exc)
+    parts = []
+    for err in cause.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        flag = RUN_FLAGS.get(field)
+        parts.append(f"{flag} ({field}): {err['msg']}" if flag else f"{field or 'options'}: {err['msg']}")
+    return "invalid run options: " + "; ".join(parts)
+
+
+def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import dagster as dg
+
+    config = run_config_from_args(args, parser)
+    if not os.environ.get("DAGSTER_HOME"):
+        parser.error("DAGSTER_HOME is not set: point it at the Dagster instance directory (`make dev` uses .dagster_home)")
+    try:
+        with dg.DagsterInstance.get() as instance:
+            report = launch_job(instance, config)
+    except BusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    print_report(report)
+    if not report.success:
+        return EXIT_FAILED
+    return EXIT_FAILED if report.orders_failed else EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        engine = create_app_engine(database_url_from_env())
+        prefix = load_mapping().table_prefix
+    except ConfigurationError as exc:
+        parser.error(str(exc))
+    try:
+        check_reachable(engine)
+        revision = migrations.upgrade(engine, prefix)
+    except RegularizationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        engine.dispose()
+    print(f"migrated {engine.url.render_as_string(hide_password=True)} (tables {prefix}*) to revision {revision}")
+    return EXIT_OK
+
+
+# --- operator tools -------------------------------------------------------------------
+
+
+def _utc_time(text: str) -> dt.datetime:
+    try:
+        return operator_tools.parse_utc_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2024-05-01 or 2024-05-01T13:30:00+02:00; UTC without offset)"
+        ) from None
+
+
+def _order_id(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an order id is required")
+    return text.strip()
+
+
+def _add_time_filter(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--hours", type=_number, help=f"only {what} within the last H hours")
+    parser.add_argument("--since", type=_utc_time, metavar="ISO_TIME", help=f"only {what} at or after this time (UTC)")
+    parser.add_argument("--until", type=_utc_time, metavar="ISO_TIME", help=f"only {what} at or before this time (UTC)")
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=["table", "csv"], default="table", help="output format (default table)")
+
+
+@dataclass
+class OpenDatabase:
+    engine: Any
+    schema: AppSchema
+    prefix: str
+
+    def tables(self):
+        from regularization_pipeline.core.tables import owned_tables
+
+        return owned_tables(self.prefix)
+
+
+def _open_database(parser: argparse.ArgumentParser, *, migrated: bool = False) -> OpenDatabase:
+    """The application database with its mapping checked (and our tables, when ``migrated``); errors exit."""
+    try:
+        engine = create_app_engine(database_url_from_env())
+        mapping = load_mapping()
+    except ConfigurationError as exc:
+        parser.error(str(exc))
+    try:
+        check_reachable(engine)
+        schema = bind_schema(engine, mapping)
+        if migrated:
+            migrations.require_migrated(engine, mapping.table_prefix)
+    except RegularizationError as exc:
+        engine.dispose()
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    return OpenDatabase(engine, schema, mapping.table_prefix)
+
+
+def _window(args: argparse.Namespace, parser: argparse.ArgumentParser, min_age: float | None) -> d.ScanWindow:
+    try:
+        return d.ScanWindow(now=d.utcnow(), min_age_minutes=d.DEFAULT_MIN_AGE_MINUTES if min_age is None else min_age,
+                            lookback_hours=args.hours, since=args.since, until=args.until)
+    except ConfigurationError as exc:
+        parser.error(str(exc).replace("lookback_hours", "--hours").replace("min_age_minutes", "--min-age"))
+
+
+def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out=None) -> None:
+    out = out or sys.stdout
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    cells = [[str(v) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _read_only(parser: argparse.ArgumentParser, query: Callable[[Any, AppSchema], list]) -> list:
+    db = _open_database(parser)
+    try:
+        with db.engine.connect() as conn:
+            return query(conn, db.schema)
+    finally:
+        db.engine.dispose()
+
+
+def _print_listing(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, what: str) -> int:
+    print_rows(columns, rows, fmt)
+    if fmt == "table":  # on stderr, so that piping the table keeps only the rows
+        print(f"{len(rows)} {what}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_list_orphans(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    window = _window(args, parser, args.min_age)
+    rows = _read_only(parser, lambda conn, schema: operator_tools.orphan_rows(conn, schema, window))
+    return _print_listing(operator_tools.OrphanRow.COLUMNS, [r.values() for r in rows], args.format, "orphaned order(s)")
+
+
+def cmd_list_inconsistencies(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    bounded = args.hours is not None or args.since is not None or args.until is not None
+    # Without bounds every payment counts, however recent: an inconsistency has no grace period.
+    window = _window(args, parser, 0) if bounded else None
+    rows = _read_only(parser, lambda conn, schema: operator_tools.inconsistency_rows(conn, schema, window))
+    return _print_listing(operator_tools.INCONSISTENCY_COLUMNS, rows, args.format, "inconsistency(ies)")
+
+
+def _payment_verifier():
+    """The provider verification the job would use, from the same variables (None when off)."""
+    import warnings
+
+    # Loading the definitions warns about Dagster beta APIs: noise on an operator's terminal.
+    warnings.filterwarnings("ignore", module="dagster")
+    from regularization_pipeline.definitions import (
+        PROVIDER_SETTINGS_ENV,
+        PROVIDER_TOKEN_ENV,
+        PROVIDER_URL_ENV,
+    )
+    from regularization_pipeline.defs.resources import PaymentGatewayResource
+
+    return PaymentGatewayResource(
+        base_url=os.environ.get(PROVIDER_URL_ENV) or None, token=os.environ.get(PROVIDER_TOKEN_ENV) or None,
+        settings_file=os.environ.get(PROVIDER_SETTINGS_ENV) or None,
+    ).verifier()
+
+
+def cmd_regularize_order(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+
+    try:
+        options = RunOptions.parse(**{k: v for k, v in {
+            "min_age_minutes": args.min_age, "dry_run": args.dry_run, "max_attempts": args.max_attempts,
+        }.items() if v is not None})
+    except ConfigurationError as exc:
+        parser.error(str(exc).replace("min_age_minutes", "--min-age").replace("max_attempts", "--max-attempts"))
+    db = _open_database(parser, migrated=True)
+    verifier = None
+    try:
+        verifier = _payment_verifier()
+        regularizer = Regularizer(db.engine, db.schema, verifier=verifier)
+        outcome = operator_tools.regularize_order(regularizer, args.order_id, options, f"operator-{uuid.uuid4()}")
+    except ConfigurationError as exc:
+        parser.error(str(exc))
+    except RegularizationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if verifier is not None:
+            verifier.close()
+        db.engine.dispose()
+    print(f"order {outcome.order_id}: {outcome.action} ({outcome.reason})")
+    if outcome.action == "regularized":
+        print("its OrderCompleted event is in the outbox; the next run of the job delivers it")
+    return EXIT_OK if outcome.action in ("regularized", "dry-run") else EXIT_FAILED
+
+
+def cmd_release(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from regularization_pipeline.core.regularizer import Regularizer
+
+    db = _open_database(parser, migrated=True)
+    try:
+        with db.engine.connect() as conn:
+            order_id = operator_tools.existing_order_id(conn, db.schema, args.order_id)
+        Regularizer(db.engine, db.schema).release(order_id)
+    except ConfigurationError as exc:
+        parser.error(str(exc))
+    finally:
+        db.engine.dispose()
+    print(f"order {order_id}: released from quarantine; the next run retries it")
+    return EXIT_OK
+
+
+def cmd_redeliver(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if (args.since or args.until) and not args.all_dead:
+        parser.error("--since/--until select dead events with --all-dead")
+    db = _open_database(parser, migrated=True)
+    try:
+        count = operator_tools.redeliver_dead_events(db.engine, db.tables(), event_ids=args.event_id or (),
+                                                     all_dead=args.all_dead, since=args.since, until=args.until)
+    except ConfigurationError as exc:
+        parser.error(str(exc).replace("all_dead", "--all-dead"))
+    finally:
+        db.engine.dispose()
+    print(f"{count} dead event(s) back in the queue; the next run of the job delivers them")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    db = _open_database(parser, migrated=True)
+    try:
+        summary = retention.prune_history(db.engine, db.tables(), args.older_than_days, dry_run=args.dry_run)
+    except ConfigurationError as exc:
+        parser.error(str(exc).replace("older_than_days", "--older-than-days"))
+    finally:
+        db.engine.dispose()
+    verb = "would prune" if summary.dry_run else "pruned"
+    print(f"{verb} history before {summary.cutoff.isoformat(sep=' ', timespec='seconds')} UTC:")
+    print(format_table(list(summary.as_metrics().items())))
+    return EXIT_OK
+
+
+Command = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+DEFAULT_COMMAND = "run"
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, Command]]]:
+    parser = argparse.ArgumentParser(
+        prog="regularize-completed-orders",
+        description="Complete orders left pending after a lost payment webhook. "
+        f"Without a command, runs `{DEFAULT_COMMAND}`.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands: dict[str, tuple[argparse.ArgumentParser, Command]] = {}
+
+    run = sub.add_parser("run", help="run the regularization job once (the default)",
+                         description="Run the Dagster job once against $DAGSTER_HOME's instance.")
+    _add_run_options(run)
+    commands["run"] = (run, cmd_run)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade this project's tables in REGULARIZATION_DATABASE_URL",
+                             description="Alembic `upgrade head` for the audit, outbox and attempts tables.")
+    commands["migrate"] = (migrate, cmd_migrate)
+
+    one = sub.add_parser("regularize-order", help="regularize one orphaned order now, with every guarantee of a run",
+                         description="Lock, re-verify and complete one order, writing its outbox and audit rows. "
+                         "Refuses (exit 2, nothing changed) an unknown order or one that is not an orphan.")
+    one.add_argument("--order-id", required=True, type=_order_id, help="the order's id in the application")
+    one.add_argument("--min-age", type=_number, metavar="MINUTES",
+                     help="grace period left to the webhook (default 10)")
+    one.add_argument("--max-attempts", type=_whole_number, help="failures before the order is quarantined (default 5)")
+    one.add_argument("--dry-run", action="store_true", default=None, help="decide and audit, change nothing")
+    commands["regularize-order"] = (one, cmd_regularize_order)
+
+    release = sub.add_parser("release", help="lift an order's quarantine so the next run retries it",
+                             description="Reset the failure count of a quarantined order and audit the release.")
+    release.add_argument("--order-id", required=True, type=_order_id, help="the quarantined order's id")
+    commands["release"] = (release, cmd_release)
+
+    orphans = sub.add_parser("list-orphans", help="list orphaned orders (read-only)",
+                             description="Pending orders with a completed payment older than the grace period, "
+                             "oldest payment first. Times are UTC.")
+    _add_time_filter(orphans, "payments completed")
+    orphans.add_argument("--min-age", type=_number, metavar="MINUTES", help="grace period (default 10)")
+    _add_format(orphans)
+    commands["list-orphans"] = (orphans, cmd_list_orphans)
+
+    inconsistent = sub.add_parser("list-inconsistencies", help="list what the pipeline reports and never fixes (read-only)",
+                                  description="Amount or currency mismatches, double charges, payments on cancelled "
+                                  "or missing orders: one row per kind and order.")
+    _add_time_filter(inconsistent, "payments completed")
+    _add_format(inconsistent)
+    commands["list-inconsistencies"] = (inconsistent, cmd_list_inconsistencies)
+
+    redeliver = sub.add_parser("redeliver", help="put dead-lettered OrderCompleted events back in the queue",
+                               description="Dead events become pending with a fresh attempt count; the next run "
+                               "delivers them with their idempotency key.")
+    which = redeliver.add_mutually_exclusive_group(required=True)
+    which.add_argument("--event-id", nargs="+", metavar="EVENT_ID", help="these dead events (all must be dead)")
+    which.add_argument("--all-dead", action="store_true", help="every dead event (narrow with --since/--until)")
+    redeliver.add_argument("--since", type=_utc_time, metavar="ISO_TIME", help="events created at or after this time")
+    redeliver.add_argument("--until", type=_utc_time, metavar="ISO_TIME", help="events created at or before this time")
+    commands["redeliver"] = (redeliver, cmd_redeliver)
+
+    prune = sub.add_parser("prune", help="delete audit rows and settled outbox events older than the retention",
+                           description="Audit rows (inconsistency reports excepted) and delivered or dead events "
+                           "with their delivery rows; pending events are never pruned.")
+    prune.add_argument("--older-than-days", type=_number, default=retention.DEFAULT_RETENTION_DAYS, metavar="DAYS",
+                       help=f"retention period (default {retention.DEFAULT_RETENTION_DAYS})")
+    prune.add_argument("--dry-run", action="store_true", help="count what would be pruned, delete nothing")
+    commands["prune"] = (prune, cmd_prune)
+    return parser, commands
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser, commands = build_parser()
+    if not args_list or (args_list[0] not in commands and args_list[0] not in ("-h", "--help")):
+        args_list.insert(0, DEFAULT_COMMAND)
+    args = parser.parse_args(args_list)
+    command_parser, command = commands[args.command]
+    return command(args, command_parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

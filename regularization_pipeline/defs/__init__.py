@@ -1,0 +1,1 @@
+"""Dagster adapters over ``regularization_pipeline.core``; assembled in ``regularization_pipeline.definitions``."""

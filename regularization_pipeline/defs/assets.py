@@ -1,0 +1,284 @@
+"""Assets: the app's orders table (observed), the regularization, the events it fires, its audit.
+
+Lineage: ``app_orders`` -> ``regularized_orders`` -> ``order_completed_events``
+-> ``regularization_audit``. Each asset is a thin call into ``core`` whose
+result becomes numeric metadata with stable keys, so the UI plots it over time.
+"""
+
+
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import sqlalchemy as sa
+
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.errors import (
+    ConfigurationError,
+    MigrationsMissingError,
+    SchemaMismatchError,
+)
+from regularization_pipeline.core.events import close_publishers
+from regularization_pipeline.core.migrations import require_migrated
+from regularization_pipeline.core.regularizer import (
+    OrderOutcome,
+    Regularizer,
+    RunOptions,
+    RunSummary,
+)
+from regularization_pipeline.core.verification import ProviderRejectedError
+from regularization_pipeline.defs.config import RegularizeConfig
+from regularization_pipeline.defs.resources import (
+    AppDatabaseResource,
+    EventPublisherResource,
+    PaymentGatewayResource,
+)
+
+GROUP = "order_regularization"
+OWNERS = ["team:payments"]
+AUDIT_PREVIEW_ROWS = 50
+
+# Transient database errors (a dropped connection, a lock timeout) are worth a
+# retry; everything that cannot get better by waiting raises Failure(allow_retries=False).
+TRANSIENT_DB_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+@contextmanager
+def permanent_errors_fail_without_retry() -> Iterator[None]:
+    """Bad config, a wrong mapping, missing migrations or a provider refusing our token: fail at once."""
+    try:
+        yield
+    except (ConfigurationError, SchemaMismatchError, MigrationsMissingError, ProviderRejectedError) as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+@dg.multi_observable_source_asset(
+    specs=[
+        dg.AssetSpec(
+            "app_orders",
+            description="The application's orders table, owned by the application: observed, never materialized "
+            "here. Its observation records how many orders are in each status.",
+            group_name=GROUP,
+            owners=OWNERS,
+            kinds={"sql", "table"},
+        )
+    ],
+    name="observe_app_orders",
+)
+def app_orders(app_db: AppDatabaseResource) -> Iterator[dg.ObserveResult]:
+    """Row counts of the application's orders by status."""
+    with permanent_errors_fail_without_retry():
+        schema = app_db.bind()
+    status = schema.o("status")
+    with app_db.get_engine().connect() as conn:
+        rows = conn.execute(sa.select(status, sa.func.count()).group_by(status).order_by(status)).all()
+    counts = {str(value): int(n) for value, n in rows}
+    metadata: dict[str, int] = {"orders_total": sum(counts.values())}
+    metadata.update({f"orders_{value}": n for value, n in counts.items()})
+    yield dg.ObserveResult(asset_key="app_orders", metadata=metadata)
+
+
+# Every order is logged while a run is this small (the default limit is 50); past it, one
+# line per PROGRESS_EVERY_SECONDS: each line is a write to Dagster's event log, and on a
+# large backlog a line per order cost more than the orders themselves.
+PROGRESS_EVERY_ORDER_UP_TO = 100
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+def _progress_logger(context: dg.AssetExecutionContext, clock=time.monotonic):
+    last = [clock()]
+
+    def log_progress(outcome: OrderOutcome, summary: RunSummary, limit: int) -> None:
+        # Ids and actions only: reasons can quote amounts, and nothing personal belongs in run logs.
+        now = clock()
+        if summary.processed <= PROGRESS_EVERY_ORDER_UP_TO or summary.processed >= limit:
+            context.log.info(f"{summary.processed}/{limit} {outcome.action} order {outcome.order_id}")
+        elif now - last[0] >= PROGRESS_EVERY_SECONDS:
+            context.log.info(f"{summary.processed}/{limit} processed: {summary.regularized} regularized, "
+                             f"{summary.failed} failed, last order {outcome.order_id}")
+        else:
+            return
+        last[0] = now
+
+    return log_progress
+
+
+@dg.asset(
+    deps=["app_orders"],
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"python", "sql"},
+    retry_policy=TRANSIENT_DB_RETRY,
+)
+def regularized_orders(
+    context: dg.AssetExecutionContext,
+    config: RegularizeConfig,
+    app_db: AppDatabaseResource,
+    payment_gateway: PaymentGatewayResource,
+) -> dg.MaterializeResult:
+    """Orders flipped from pending to completed because their payment completed but its webhook was lost.
+
+    Each order is locked, re-verified and flipped in its own database transaction,
+    together with its OrderCompleted outbox row and its audit row. Inconsistent
+    orders (amount or currency mismatch, double charge, paid but cancelled) are
+    reported, never fixed. Up to `limit` orders, `sleep` seconds apart.
+    """
+    with permanent_errors_fail_without_retry():
+        options = config.to_run_options()
+        schema = app_db.bind()
+        verifier = payment_gateway.verifier()
+        try:
+            regularizer = Regularizer(app_db.get_engine(), schema, verifier=verifier)
+            summary = regularizer.run(options, run_id=context.run_id, progress=_progress_logger(context))
+        finally:
+            if verifier is not None:
+                verifier.close()
+    context.log.info(
+        f"{summary.regularized} regularized, {summary.would_regularize} would be (dry run), {summary.skipped} skipped, "
+        f"{summary.failed} failed, {summary.quarantined} quarantined, of {summary.found} orphan(s) found"
+    )
+    if summary.stopped_by_deadline:
+        context.log.warning(f"stopped after {options.max_runtime_seconds} s; the rest waits for the next run")
+    if summary.stopped_by_provider:
+        context.log.warning("the payment provider is unavailable: stopped; the rest waits for the next run")
+    metadata: dict[str, float | int] = {**summary.as_metrics(), "stopped_by_deadline": int(summary.stopped_by_deadline),
+                                        "stopped_by_provider": int(summary.stopped_by_provider),
+                                        "provider_requests": verifier.requests_sent if verifier else 0,
+                                        "provider_rate_limited": verifier.rate_limited_responses if verifier else 0,
+                                        "dry_run": int(options.dry_run)}
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def outbox_backlog(engine: sa.Engine, tables: tb.OwnedTables) -> dict[str, int]:
+    """Outbox rows still pending and dead-lettered, whatever run wrote them."""
+    ob = tables.outbox
+    with engine.connect() as conn:
+        counts = dict(conn.execute(
+            sa.select(ob.c.state, sa.func.count()).where(ob.c.state.in_([tb.PENDING, tb.DEAD])).group_by(ob.c.state)
+        ).all())
+    return {"outbox_pending": int(counts.get(tb.PENDING, 0)), "outbox_dead": int(counts.get(tb.DEAD, 0))}
+
+
+@dg.asset(
+    deps=[regularized_orders],
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"python"},
+    retry_policy=TRANSIENT_DB_RETRY,
+)
+def order_completed_events(
+    context: dg.AssetExecutionContext, app_db: AppDatabaseResource, event_publisher: EventPublisherResource
+) -> dg.MaterializeResult:
+    """OrderCompleted events delivered from the outbox to every publisher, at least once.
+
+    Every due event is delivered, including retries left by earlier runs; each
+    carries the idempotency key `order-completed:<order id>`. Failures back off
+    exponentially and end in the dead letter after the resource's max_attempts.
+    """
+    engine, tables = app_db.get_engine(), app_db.owned_tables()
+    with permanent_errors_fail_without_retry():
+        require_migrated(engine, app_db.mapping().table_prefix)
+        publishers = event_publisher.build_publishers()
+    try:
+        with permanent_errors_fail_without_retry():
+            dispatcher = event_publisher.dispatcher(engine, tables, publishers, owner=f"run-{context.run_id}")
+        summary = dispatcher.dispatch()
+    finally:
+        close_publishers(publishers)
+    lags = summary.lag_seconds
+    metadata: dict[str, float | int] = {
+        "delivered": summary.delivered,
+        "retried": summary.retried,
+        "dead": summary.dead,
+        "delivery_lag_p50_seconds": round(statistics.median(lags), 3) if lags else 0.0,
+        "delivery_lag_max_seconds": round(max(lags), 3) if lags else 0.0,
+        **outbox_backlog(engine, tables),
+    }
+    context.log.info(f"{summary.delivered} event(s) delivered, {summary.retried} to retry, {summary.dead} dead")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+AUDIT_COLUMNS = ("order_id", "action", "reason", "transaction_id", "order_amount", "transaction_amount",
+                 "currency", "transaction_completed_at", "created_at")
+
+
+def audit_action_counts(engine: sa.Engine, tables: tb.OwnedTables, run_id: str) -> dict[str, int]:
+    """How many audit rows of each action this run wrote, counted by the database."""
+    au = tables.audit
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(au.c.action, sa.func.count()).where(au.c.run_id == run_id).group_by(au.c.action))
+        return {action: int(n) for action, n in rows}
+
+
+def audit_preview(engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: int):
+    """The first ``rows`` audit rows of this run, in the order they were written, as a DataFrame.
+
+    Only the preview is loaded: a run over a large backlog writes one row per order.
+    """
+    import pandas as pd  # only this step needs it: kept off the code location's import time
+
+    au = tables.audit
+    query = (sa.select(*(au.c[name] for name in AUDIT_COLUMNS)).where(au.c.run_id == run_id)
+             .order_by(au.c.id).limit(rows))
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(query).all(), columns=list(AUDIT_COLUMNS))
+
+
+def audit_metrics(counts: dict[str, int], oldest_orphan_age_minutes: float, orphans_remaining: int) -> dict[str, float | int]:
+    total = sum(counts.values())
+    metrics: dict[str, float | int] = {"audit_rows": total}
+    for action in tb.AUDIT_ACTIONS:
+        metrics[f"action_{action.replace('-', '_')}"] = int(counts.get(action, 0))
+    errors = int(counts.get(tb.FAILED, 0)) + int(counts.get(tb.QUARANTINED, 0))
+    metrics["error_rate"] = round(errors / total, 4) if total else 0.0
+    metrics["oldest_orphan_age_minutes"] = oldest_orphan_age_minutes
+    metrics["orphans_remaining"] = orphans_remaining
+    return metrics
+
+
+def _run_grace_minutes(context: dg.AssetExecutionContext) -> float:
+    """The grace period this run used, so "remaining" means what the run left, not the default."""
+    config = (context.run.run_config.get("ops", {}).get("regularized_orders", {}) or {}).get("config") or {}
+    value = config.get("min_age_minutes")
+    return float(value) if isinstance(value, int | float) else float(d.DEFAULT_MIN_AGE_MINUTES)
+
+
+@dg.asset(
+    deps=[order_completed_events],
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"pandas", "sql"},
+    retry_policy=TRANSIENT_DB_RETRY,
+)
+def regularization_audit(context: dg.AssetExecutionContext, app_db: AppDatabaseResource) -> dg.MaterializeResult:
+    """The audit trail written by this run: one row per decision on an order, with totals per action.
+
+    `error_rate` is failed plus quarantined over all of this run's audit rows;
+    `oldest_orphan_age_minutes` and `orphans_remaining` describe the orphans still
+    pending after the run, outside the run's own grace period (`grace_minutes`);
+    `run_duration_seconds` is the time from the run's start to this step.
+    """
+    engine, tables = app_db.get_engine(), app_db.owned_tables()
+    with permanent_errors_fail_without_retry():
+        schema = app_db.bind()
+        require_migrated(engine, app_db.mapping().table_prefix)
+    counts = audit_action_counts(engine, tables, context.run_id)
+    grace = _run_grace_minutes(context)
+    with engine.connect() as conn:
+        remaining = d.orphan_stats(conn, schema, RunOptions(min_age_minutes=grace).window(d.utcnow()), sample_size=0)
+    metadata: dict[str, object] = dict(audit_metrics(counts, remaining.oldest_age_minutes, remaining.count))
+    metadata["grace_minutes"] = grace
+    record = context.instance.get_run_record_by_id(context.run_id)
+    started = record.start_time if record is not None else None
+    # Up to this last step: the run's duration as far as the run itself can know it.
+    metadata["run_duration_seconds"] = round(max(time.time() - started, 0.0), 3) if started else 0.0
+    shown = audit_preview(engine, tables, context.run_id, AUDIT_PREVIEW_ROWS)
+    hidden = sum(counts.values()) - len(shown)
+    note = f"\n\n{hidden} more row(s) not shown." if hidden > 0 else ""
+    metadata["preview"] = dg.MetadataValue.md(
+        (shown.to_markdown(index=False) if len(shown) else "No audit rows in this run.") + note
+    )
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,67 @@
+"""Checks on ``app_orders``: orphans waiting for a fix, and inconsistencies only a human can fix.
+
+Both are non-blocking: a check that *detects* orphans must never stop the asset
+that *fixes* them. They run inside the job and on their own; a failure of
+``no_orphaned_pending_orders`` outside the job launches the job (see sensors).
+"""
+
+
+import dagster as dg
+
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core.regularizer import RunOptions
+from regularization_pipeline.defs.assets import permanent_errors_fail_without_retry
+from regularization_pipeline.defs.resources import AppDatabaseResource
+
+ORPHAN_SAMPLE_SIZE = 20
+
+
+@dg.asset_check(asset="app_orders", blocking=False)
+def no_orphaned_pending_orders(
+    context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
+) -> dg.AssetCheckResult:
+    """No pending order has a completed payment older than the grace period (a lost webhook).
+
+    Warns, never blocks: the regularization job fixes these orders. Orders paid
+    within the default grace period are left to their webhook and not counted.
+    """
+    with permanent_errors_fail_without_retry():
+        schema = app_db.bind()
+    window = RunOptions().window(d.utcnow())
+    with app_db.get_engine().connect() as conn:
+        stats = d.orphan_stats(conn, schema, window, sample_size=ORPHAN_SAMPLE_SIZE)
+    return dg.AssetCheckResult(
+        passed=stats.count == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if stats.count == 0 else f"{stats.count} pending order(s) have a completed payment",
+        metadata={
+            "orphaned_orders": stats.count,
+            "oldest_orphan_age_minutes": stats.oldest_age_minutes,
+            "grace_minutes": window.min_age_minutes,
+            "sample_order_ids": dg.MetadataValue.json([str(i) for i in stats.sample_ids]),
+        },
+    )
+
+
+@dg.asset_check(asset="app_orders", blocking=False)
+def transactions_consistent(
+    context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
+) -> dg.AssetCheckResult:
+    """Every completed payment matches its order: amount, currency, one payment per order, a live order.
+
+    Fails with severity ERROR and a count per kind of inconsistency. The
+    pipeline reports these orders and never fixes them: they need a human.
+    """
+    with permanent_errors_fail_without_retry():
+        schema = app_db.bind()
+    with app_db.get_engine().connect() as conn:
+        report = d.inconsistency_report(conn, schema, sample_size=0)
+    metadata: dict[str, int] = {"inconsistencies_total": report.total}
+    metadata.update({f"inconsistent_{kind}": report.counts.get(kind, 0) for kind in d.INCONSISTENCY_KINDS})
+    found = ", ".join(f"{n} {kind}" for kind, n in report.counts.items() if n)
+    return dg.AssetCheckResult(
+        passed=report.total == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"inconsistent payments: {found}" if found else None,
+        metadata=metadata,
+    )

@@ -1,0 +1,106 @@
+"""The job, the schedule that runs it every five minutes, and the sensor that runs it on an orphan alert."""
+
+
+import os
+
+import dagster as dg
+
+from regularization_pipeline.defs import assets, checks
+
+JOB_NAME = "regularize_completed_orders"
+# The schedule's cron, read when the code location loads (a test fires it every minute).
+SCHEDULE_CRON_ENV = "REGULARIZATION_SCHEDULE_CRON"
+DEFAULT_SCHEDULE_CRON = "*/5 * * * *"
+# dagster.yaml limits runs carrying this tag to one at a time: it is what stops
+# manual launches (UI, CLI, GraphQL) overlapping, which the schedule cannot see.
+CONCURRENCY_TAG = "regularization/concurrency"
+# Run monitoring fails a run that has not finished after this long, freeing the slot.
+MAX_RUNTIME_SECONDS = 900
+
+# Dagster's IN_PROGRESS_RUN_STATUSES leave out QUEUED and NOT_STARTED, which
+# would let the schedule queue a second run behind a stuck one.
+IN_FLIGHT_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+regularize_completed_orders = dg.define_asset_job(
+    name=JOB_NAME,
+    selection=dg.AssetSelection.assets(
+        assets.app_orders, assets.regularized_orders, assets.order_completed_events, assets.regularization_audit
+    ),
+    description="Find orders left pending after a lost payment webhook, verify and complete them, deliver their "
+    "OrderCompleted events and record the audit trail. Never runs twice at once.",
+    executor_def=dg.in_process_executor,
+    tags={CONCURRENCY_TAG: JOB_NAME, "dagster/max_runtime": str(MAX_RUNTIME_SECONDS)},
+)
+
+
+def in_flight_run(instance: dg.DagsterInstance) -> dg.RunRecord | None:
+    """A run of the job that is queued or in progress, if any."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT_STATUSES), limit=1
+    )
+    return records[0] if records else None
+
+
+@dg.schedule(
+    name="regularize_completed_orders_every_5_minutes",
+    job=regularize_completed_orders,
+    cron_schedule=os.environ.get(SCHEDULE_CRON_ENV) or DEFAULT_SCHEDULE_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def regularize_completed_orders_every_5_minutes(context: dg.ScheduleEvaluationContext):
+    """Every five minutes (REGULARIZATION_SCHEDULE_CRON), unless a run of the job is still queued or in progress."""
+    running = in_flight_run(context.instance)
+    if running is not None:
+        return dg.SkipReason(
+            f"run {running.dagster_run.run_id} of {JOB_NAME} is {running.dagster_run.status.value}: skipping this tick"
+        )
+    return dg.RunRequest()
+
+
+# AssetCheckExecutionRecordStatus is not part of Dagster's public API; its value is stable.
+CHECK_FAILED = "FAILED"
+ORPHAN_CHECK_KEY = dg.AssetCheckKey(dg.AssetKey("app_orders"), checks.no_orphaned_pending_orders.check_key.name)
+
+
+@dg.sensor(
+    name="regularize_on_orphan_alert",
+    job=regularize_completed_orders,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def regularize_on_orphan_alert(context: dg.SensorEvaluationContext):
+    """Launches the job when `no_orphaned_pending_orders` fails outside it (e.g. the check run on its own).
+
+    A non-blocking failed check never fails its run, so run-failure sensors miss
+    it. The cursor is the storage id of the last check evaluation seen: each
+    failure launches one run, and its run key makes a repeated tick harmless.
+    """
+    last_seen = int(context.cursor) if context.cursor else 0
+    history = context.instance.event_log_storage.get_asset_check_execution_history(ORPHAN_CHECK_KEY, limit=50)
+    new = [record for record in history if record.id > last_seen]
+    if not new:
+        return dg.SkipReason("no new evaluation of no_orphaned_pending_orders")
+    context.update_cursor(str(max(record.id for record in new)))
+    failures = [
+        record for record in new
+        if record.status.value == CHECK_FAILED and not _is_run_of_job(context.instance, record.run_id)
+    ]
+    if not failures:
+        return dg.SkipReason("no new failure of no_orphaned_pending_orders outside the job")
+    latest = max(failures, key=lambda record: record.id)
+    return dg.RunRequest(
+        run_key=f"orphan-alert-{latest.id}",
+        tags={"regularization/trigger": "no_orphaned_pending_orders", "regularization/check_run_id": latest.run_id},
+    )
+
+
+def _is_run_of_job(instance: dg.DagsterInstance, run_id: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.job_name == JOB_NAME
