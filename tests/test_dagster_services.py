@@ -98,7 +98,7 @@ def services(tmp_path_factory):
     migrations.upgrade(engine, "regularization_")
     # The schedule stays on (it is part of what runs) but fires half a day away: a tick
     # landing mid-test would complete the orphans before the run under test gets them.
-    far = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=12)
+    far = dt.datetime.now(dt.UTC) + dt.timedelta(hours=12)
     env = {**os.environ, "DAGSTER_HOME": str(home), "REGULARIZATION_DATABASE_URL": url,
            SCHEDULE_CRON_ENV: f"{far.minute} {far.hour} * * *"}
     port = _free_port()
