@@ -231,9 +231,11 @@ def test_deadline_stops_taking_new_orders(shop):
 
     def slow(point, _order_id):
         if point == "before_claim":
-            time.sleep(0.12)
+            time.sleep(0.4)
 
-    summary = regularizer(shop, fault=slow).run(RunOptions(mode="per_order", sleep=0, max_runtime_seconds=0.3))
+    # The deadline counts from the run's start, detection included: a second leaves
+    # room for a slow first scan and still stops well before the sixth order.
+    summary = regularizer(shop, fault=slow).run(RunOptions(mode="per_order", sleep=0, max_runtime_seconds=1.0))
     assert summary.stopped_by_deadline
     assert 1 <= summary.regularized < len(ids)
     assert sum(shop.status_of(i) == "completed" for i in ids) == summary.regularized

@@ -19,8 +19,9 @@
 --   * transactions: SELECT.
 --   * orders: SELECT, and UPDATE of the status and updated_at columns only. The column grant is
 --     also what SELECT ... FOR UPDATE needs (UPDATE on at least one column).
---   * our tables (audit, outbox, order_attempts, event_deliveries): SELECT, INSERT, UPDATE,
---     DELETE (retention deletes old audit and delivered outbox rows); their id sequences: USAGE.
+--   * our tables (audit, outbox, order_attempts, event_deliveries, inconsistencies, scan_state):
+--     SELECT, INSERT, UPDATE, DELETE (retention deletes old audit and delivered outbox rows, a
+--     scan deletes the inconsistencies that cleared); their id sequences: USAGE.
 --   * our alembic version table: SELECT only, the run checks the revision; migrations run as
 --     the owner, never as this role.
 -- No access to any other table (customers, users...): tests/test_reliability_security.py proves a
@@ -61,6 +62,8 @@
 \set outbox :prefix outbox
 \set attempts :prefix order_attempts
 \set deliveries :prefix event_deliveries
+\set inconsistencies :prefix inconsistencies
+\set scan_state :prefix scan_state
 \set version :prefix alembic_version
 \set audit_seq :prefix audit_id_seq
 \set outbox_seq :prefix outbox_id_seq
@@ -77,6 +80,7 @@ GRANT SELECT, UPDATE (:"orders_status", :"orders_updated_at") ON :"schema".:"ord
 
 -- Our own tables.
 GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".:"audit", :"schema".:"outbox",
-    :"schema".:"attempts", :"schema".:"deliveries" TO :"role";
+    :"schema".:"attempts", :"schema".:"deliveries", :"schema".:"inconsistencies",
+    :"schema".:"scan_state" TO :"role";
 GRANT SELECT ON :"schema".:"version" TO :"role";
 GRANT USAGE, SELECT ON SEQUENCE :"schema".:"audit_seq", :"schema".:"outbox_seq" TO :"role";

@@ -38,6 +38,7 @@ from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.db import supports_skip_locked
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.events import new_event, outbox_row
+from regularization_pipeline.core.inconsistencies import InconsistencyTracker
 from regularization_pipeline.core.migrations import require_migrated
 from regularization_pipeline.core.schema import AppSchema, validate_or_explain
 from regularization_pipeline.core.verification import (
@@ -94,6 +95,10 @@ class RunOptions(BaseModel):
     def parse(cls, **values: Any) -> RunOptions:
         """Validate, naming every offending field (never its value) in one ConfigurationError."""
         return validate_or_explain(cls, values, "run options")
+
+    def bounds_history(self) -> bool:
+        """Whether a lookback, ``since`` or ``until`` leaves part of the payment history out."""
+        return self.lookback_hours is not None or self.since is not None or self.until is not None
 
     def window(self, now: dt.datetime) -> d.ScanWindow:
         return d.ScanWindow(now=now, min_age_minutes=self.min_age_minutes, lookback_hours=self.lookback_hours,
@@ -220,8 +225,7 @@ class Regularizer:
 
         with self.engine.connect() as conn:
             stats = d.orphan_stats(conn, self.schema, window, sample_size=0)
-            # Every id, not a sample: an inconsistency past a sample would never be audited.
-            report = d.inconsistency_report(conn, self.schema, window, sample_size=None)
+        report = self._inconsistencies(options, window)
         summary.found, summary.aged_out = stats.count, stats.aged_out
         summary.oldest_orphan_age_minutes = stats.oldest_age_minutes
         summary.inconsistent_by_kind = dict(report.counts)
@@ -257,6 +261,18 @@ class Regularizer:
             break
         summary.elapsed_seconds = time.monotonic() - started
         return summary
+
+    def _inconsistencies(self, options: RunOptions, window: d.ScanWindow) -> d.InconsistencyReport:
+        """Every id, not a sample: an inconsistency past a sample would never be audited.
+
+        The whole history comes from the tracker, which re-examines only what may
+        have changed; a bounded window, or a dry run (which writes nothing of ours
+        either), is scanned as asked.
+        """
+        if options.bounds_history() or options.dry_run:
+            with self.engine.connect() as conn:
+                return d.inconsistency_report(conn, self.schema, window, sample_size=None)
+        return InconsistencyTracker(self.engine, self.schema, clock=self.clock).refresh()
 
     def _batched(self, options: RunOptions) -> bool:
         if options.mode == "auto":

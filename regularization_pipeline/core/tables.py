@@ -1,4 +1,4 @@
-"""The tables this project owns: audit trail, event outbox, per-order attempts, deliveries.
+"""The tables this project owns: audit trail, event outbox, per-order attempts, deliveries, open inconsistencies.
 
 They are created by the Alembic migrations in ``regularization_pipeline/migrations``
 (``regularize-completed-orders migrate``); the definitions here are what the
@@ -44,6 +44,8 @@ class OwnedTables:
     outbox: sa.Table
     attempts: sa.Table
     deliveries: sa.Table
+    inconsistencies: sa.Table
+    scan_state: sa.Table
     version_table: str
 
 
@@ -108,4 +110,16 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
         sa.Column("publisher", sa.String(128), primary_key=True),
         sa.Column("delivered_at", tz, nullable=False),
     )
-    return OwnedTables(md, audit, outbox, attempts, deliveries, f"{prefix}alembic_version")
+    inconsistencies = sa.Table(
+        f"{prefix}inconsistencies", md,
+        sa.Column("order_id", ORDER_ID, primary_key=True),
+        sa.Column("kind", sa.String(32), primary_key=True),
+        sa.Column("first_seen_at", tz, nullable=False),
+    )
+    scan_state = sa.Table(
+        f"{prefix}scan_state", md,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("scanned_at", tz),
+        sa.Column("full_scan_at", tz),
+    )
+    return OwnedTables(md, audit, outbox, attempts, deliveries, inconsistencies, scan_state, f"{prefix}alembic_version")
