@@ -287,6 +287,7 @@ class Regularizer:
     def _run_batches(self, options: RunOptions, run_id: str, window: d.ScanWindow, summary: RunSummary,
                      deadline: float | None, progress: ProgressHook | None) -> None:
         last = None
+        slice_size = options.batch_size * CLAIM_SCAN_FACTOR
         while summary.processed < options.limit:
             if deadline is not None and time.monotonic() >= deadline:
                 summary.stopped_by_deadline = True
@@ -294,7 +295,8 @@ class Regularizer:
             size = min(options.batch_size, options.limit - summary.processed)
             try:
                 with self.engine.begin() as conn:
-                    outcomes, scanned_to = self._decide_batch(conn, run_id, window, last, size, options.dry_run)
+                    outcomes, scanned_to = self._decide_batch(conn, run_id, window, last, size, slice_size,
+                                                              options.dry_run)
                 # One line per batch: where python_logs manages this logger, every line is a
                 # write to Dagster's event log, and a line per order outweighs the orders.
                 # (regularize_one logs the fallback's own outcomes.)
@@ -313,6 +315,11 @@ class Regularizer:
             if scanned_to is None:  # no pending order left to look at
                 return
             last = scanned_to
+            # Pending orders waiting for their customer can outnumber the orphans many times
+            # over: a slice that did not fill the batch doubles the next one, so crossing
+            # them takes a few claims instead of one per slice.
+            full = len(outcomes) == size
+            slice_size = size * CLAIM_SCAN_FACTOR if full else min(slice_size * 2, MAX_CLAIM_SLICE)
             for outcome in outcomes:
                 summary.record(outcome)
                 if progress:
@@ -320,31 +327,34 @@ class Regularizer:
             if options.sleep and summary.processed < options.limit:
                 self.sleeper(options.sleep)
 
-    def _claim_batch(self, conn: sa.Connection, window: d.ScanWindow, after: Any, size: int) -> tuple[list, Any]:
+    def _claim_batch(self, conn: sa.Connection, window: d.ScanWindow, after: Any, size: int,
+                     slice_size: int) -> tuple[list, Any]:
         """Lock the next regularizable, unquarantined orders; rows another run holds are skipped, not waited for.
 
         Returns the locked ids and how far the scan went (None once no pending order is
-        left): the candidates are looked for within the next slice of pending orders, so
-        a slice with none, or all held by another run, moves the scan on.
+        left): the candidates are looked for within the next ``slice_size`` pending
+        orders, so a slice with none, or all held by another run, moves the scan on.
         """
         s, at = self.schema, self.tables.attempts
-        scanned = list(conn.execute(d.pending_ids_after(s, after, size * CLAIM_SCAN_FACTOR)).scalars())
-        if not scanned:
+        pending = d.pending_ids_after(s, after, slice_size).subquery()
+        slice_end = conn.execute(sa.select(sa.func.max(pending.c[0]))).scalar()
+        if slice_end is None:
             return [], None
+        in_slice = [s.o("id") <= slice_end] if after is None else [s.o("id") > after, s.o("id") <= slice_end]
         quarantined = sa.exists().where(at.c.order_id == sa.cast(s.o("id"), sa.String), at.c.quarantined_at.is_not(None))
-        query = (sa.select(s.o("id")).where(s.o("id").in_(scanned), d.regularizable_condition(s, window), ~quarantined)
+        query = (sa.select(s.o("id")).where(*in_slice, d.regularizable_condition(s, window), ~quarantined)
                  .order_by(s.o("id")).limit(size))
         if self._skip_locked:
             query = query.with_for_update(skip_locked=True)
         ids = list(conn.execute(query).scalars())
         # A full batch may have left candidates in the slice: go on from the last one taken.
-        return ids, (ids[-1] if len(ids) == size else scanned[-1])
+        return ids, (ids[-1] if len(ids) == size else slice_end)
 
     def _decide_batch(self, conn: sa.Connection, run_id: str, window: d.ScanWindow, after: Any, size: int,
-                      dry_run: bool) -> tuple[list[OrderOutcome], list]:
+                      slice_size: int, dry_run: bool) -> tuple[list[OrderOutcome], list]:
         """Claim, verify, flip, event and audit a batch in the caller's transaction."""
         s = self.schema
-        ids, scanned_to = self._claim_batch(conn, window, after, size)
+        ids, scanned_to = self._claim_batch(conn, window, after, size, slice_size)
         if not ids:
             return [], scanned_to
         self._fault_each("after_lock", ids)
@@ -678,6 +688,7 @@ class Regularizer:
 # a minority of pending orders (most wait for their customer), so a slice of a few times
 # the batch usually fills it, and a slice without any just moves the scan on.
 CLAIM_SCAN_FACTOR = 4
+MAX_CLAIM_SLICE = 100_000
 DEADLOCK_RETRIES = 2
 DEADLOCK_BACKOFF_SECONDS = 0.05
 _DEADLOCK_SQLSTATES = {"40P01", "40001"}  # PostgreSQL: deadlock_detected, serialization_failure
