@@ -8,7 +8,11 @@ from conftest import owned
 from test_core_detection import seed_inconsistencies
 
 from regularization_pipeline.core import detection as d
-from regularization_pipeline.core.inconsistencies import FULL_SCAN_EVERY, SCAN_NAME, InconsistencyTracker
+from regularization_pipeline.core.inconsistencies import (
+    FULL_SCAN_EVERY,
+    SCAN_NAME,
+    InconsistencyTracker,
+)
 
 
 class Clock:
