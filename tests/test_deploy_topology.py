@@ -16,11 +16,9 @@ handler writes to a temporary directory instead of /var/log/regularization.
 Storage, the run queue with the tag limit, run monitoring and python_logs are
 the production values.
 
-The code location is the real one with one difference: its schedule fires every
-minute instead of every five, so the test need not wait up to five minutes
-for the first tick. It is the same schedule (name, job, evaluation function,
-default RUNNING status) with another cron string. defs/ has no cron override
-(see the report of issue 5 for the proposed REGULARIZATION_SCHEDULE_CRON).
+The code location is the production module, its schedule set to fire every
+minute through REGULARIZATION_SCHEDULE_CRON (as an operator would in `.env`),
+so the test need not wait up to five minutes for the first tick.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,30 +61,6 @@ FIRST_RUN_WITHIN_SECONDS = 150  # up to 60 s to the next minute, then queue, lau
 
 CUSTOMER_EMAILS = [f"topology.customer{n}@example.com" for n in range(1, ORPHANS + 2)]
 EMAIL_PATTERN = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
-
-EVERY_MINUTE_LOCATION = textwrap.dedent('''
-    """The production definitions with the schedule firing every minute (test only)."""
-    import dagster as dg
-
-    from regularization_pipeline import definitions  # a module: one Definitions at module scope
-    from regularization_pipeline.defs import jobs
-
-    _schedule = jobs.regularize_completed_orders_every_5_minutes
-    every_minute = dg.ScheduleDefinition(
-        name=_schedule.name,
-        cron_schedule="* * * * *",
-        job=jobs.regularize_completed_orders,
-        execution_fn=_schedule._execution_fn,
-        execution_timezone=_schedule.execution_timezone,
-        default_status=_schedule.default_status,
-        description=_schedule.description,
-    )
-    defs = dg.Definitions(
-        assets=definitions.defs.assets, asset_checks=definitions.defs.asset_checks, jobs=definitions.defs.jobs,
-        sensors=definitions.defs.sensors, resources=definitions.defs.resources, schedules=[every_minute],
-    )
-''')
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -212,7 +185,6 @@ def topology(dagster_storage_url, tmp_path_factory):
     home.mkdir()
     logs.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(_instance_yaml(logs)))
-    (tmp / "every_minute_location.py").write_text(EVERY_MINUTE_LOCATION)
     ports = {"grpc": free_port(), "webserver": free_port()}
     workspace = tmp / "workspace.yaml"
     location = yaml.safe_load((REPO / "docker" / "workspace.yaml").read_text())
@@ -225,10 +197,11 @@ def topology(dagster_storage_url, tmp_path_factory):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "REGULARIZATION_"))},
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(tmp),
         "DAGSTER_HOME": str(home),
         **dagster_pg_env(url),
         "REGULARIZATION_DATABASE_URL": shop_url,
+        # Every minute, so the test need not wait up to five for the first tick.
+        "REGULARIZATION_SCHEDULE_CRON": "* * * * *",
         # What the postgres service's health check reads inside its container.
         "POSTGRES_USER": url.username or "postgres",
         "POSTGRES_DB": url.database,
@@ -238,8 +211,7 @@ def topology(dagster_storage_url, tmp_path_factory):
     topo = Topology(home=home, tmp=tmp, logs=logs, env=env, shop_url=shop_url, orphan_ids=orphan_ids, ports=ports)
 
     services = compose_services()
-    user_code = replace_arg(services["user-code"]["command"], "-m", "every_minute_location")
-    user_code = replace_arg(replace_arg(user_code, "-h", "127.0.0.1"), "-p", str(ports["grpc"]))
+    user_code = replace_arg(replace_arg(services["user-code"]["command"], "-h", "127.0.0.1"), "-p", str(ports["grpc"]))
     webserver = replace_arg(replace_arg(services["webserver"]["command"], "-h", "127.0.0.1"),
                             "-p", str(ports["webserver"]))
     webserver = replace_arg(webserver, "-w", str(workspace))
