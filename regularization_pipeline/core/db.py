@@ -8,7 +8,11 @@ holds SQLite's write lock, which is the closest SQLite has to a row lock.
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
@@ -65,6 +69,45 @@ def _make_sqlite_transactional(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "begin")
     def _begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows that all have the same keys, in one round trip, inside the caller's transaction.
+
+    On PostgreSQL through psycopg2 this is a ``COPY``: for a batch's outbox and
+    audit rows it takes about half the time of the multi-row ``INSERT`` the other
+    backends get. Every column the rows leave out takes the table's server
+    default (NULL here), as with an ``INSERT``. A time with a zone is stored as
+    naive UTC on every backend, the convention of our tables.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
+        conn.execute(table.insert(), [{k: _naive_utc(v) for k, v in row.items()} for row in rows])
+        return
+    columns = list(rows[0])
+    quote = conn.dialect.identifier_preparer
+    sql = (f"COPY {quote.format_table(table)} ({', '.join(quote.quote(c) for c in columns)}) "
+           "FROM STDIN WITH (FORMAT csv)")
+    data = io.StringIO("".join(",".join(_csv_field(row[c]) for c in columns) + "\n" for row in rows))
+    with conn.connection.dbapi_connection.cursor() as cursor:
+        cursor.copy_expert(sql, data)
+
+
+def _naive_utc(value: Any) -> Any:
+    # An application column with a zone hands back aware times; COPY would drop the
+    # offset and the other drivers would keep the wall time, so convert first.
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _csv_field(value: Any) -> str:
+    # COPY's CSV format: an unquoted empty field is NULL; a quoted one is the text itself,
+    # commas, quotes and newlines included.
+    if value is None:
+        return ""
+    return '"' + str(_naive_utc(value)).replace('"', '""') + '"'
 
 
 def supports_skip_locked(engine_or_conn: sa.Engine | sa.Connection) -> bool:

@@ -35,7 +35,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.db import supports_skip_locked
+from regularization_pipeline.core.db import insert_many, supports_skip_locked
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.events import new_event, outbox_row
 from regularization_pipeline.core.inconsistencies import InconsistencyTracker
@@ -388,7 +388,7 @@ class Regularizer:
                 if verdict.action == tb.REGULARIZED:
                     tx = verdict.transaction
                     events.append(outbox_row(new_event(order.id, tx.id, tx.amount, tx.currency or order.currency, run_id, now), now))
-            conn.execute(self.tables.outbox.insert(), events)
+            insert_many(conn, self.tables.outbox, events)
             self._fault_each("after_outbox", flip)
             at = self.tables.attempts
             conn.execute(at.update().where(at.c.order_id.in_([str(i) for i in flip])).values(
@@ -397,7 +397,7 @@ class Regularizer:
         for order, verdict in decided:
             if verdict.action == tb.INCONSISTENT and not dry_run:
                 self._note_attempt(conn, order.id, run_id, tb.INCONSISTENT, verdict.reason, failed=False)
-        conn.execute(self.tables.audit.insert(), [self._audit_values(run_id, o.id, v, o, now) for o, v in decided])
+        insert_many(conn, self.tables.audit, [self._audit_values(run_id, o.id, v, o, now) for o, v in decided])
         self._fault_each("before_commit", ids)
         tx_of = lambda v: None if v.transaction is None else v.transaction.id  # noqa: E731
         return [OrderOutcome(o.id, v.action, v.reason, tx_of(v)) for o, v in decided], scanned_to
