@@ -13,7 +13,8 @@ from conftest import throwaway_postgres_database
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {
     "shop_build_s", "detection_orphan_stats_ms", "detection_plain_sql_ms", "detection_first_page_ms",
-    "detection_plain_first_page_ms", "detection_orphan_stats_24h_ms", "detection_inconsistency_report_ms",
+    "detection_plain_first_page_ms", "detection_orphan_stats_24h_ms",
+    "detection_orphan_stats_24h_with_aged_out_ms", "detection_inconsistency_report_ms",
     "detection_inconsistency_refresh_ms",
     "detection_orphan_stats_ms_no_index", "throughput_per_order", "throughput_batched",
     "throughput_original_baseline", "throughput_set_based_sql", "batched_vs_baseline", "batched_vs_set_based_sql",
