@@ -104,10 +104,12 @@ def _naive_utc(value: Any) -> Any:
 
 def _csv_field(value: Any) -> str:
     # COPY's CSV format: an unquoted empty field is NULL; a quoted one is the text itself,
-    # commas, quotes and newlines included.
+    # commas, quotes and newlines included. Numbers and times print none of those.
     if value is None:
         return ""
-    return '"' + str(_naive_utc(value)).replace('"', '""') + '"'
+    if isinstance(value, str):
+        return '"' + value.replace('"', '""') + '"'
+    return str(_naive_utc(value))
 
 
 def supports_skip_locked(engine_or_conn: sa.Engine | sa.Connection) -> bool:
