@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -328,10 +328,11 @@ class Regularizer:
                 self.sleeper(options.sleep)
 
     def _claim_batch(self, conn: sa.Connection, window: d.ScanWindow, after: Any, size: int,
-                     slice_size: int) -> tuple[list, Any]:
+                     slice_size: int) -> tuple[list[OrderRow], Any]:
         """Lock the next regularizable, unquarantined orders; rows another run holds are skipped, not waited for.
 
-        Returns the locked ids and how far the scan went (None once no pending order is
+        Returns the locked orders as read under their locks (a locking read sees the
+        latest committed row) and how far the scan went (None once no pending order is
         left): the candidates are looked for within the next ``slice_size`` pending
         orders, so a slice with none, or all held by another run, moves the scan on.
         """
@@ -342,31 +343,31 @@ class Regularizer:
             return [], None
         in_slice = [s.o("id") <= slice_end] if after is None else [s.o("id") > after, s.o("id") <= slice_end]
         quarantined = sa.exists().where(at.c.order_id == sa.cast(s.o("id"), sa.String), at.c.quarantined_at.is_not(None))
-        query = (sa.select(s.o("id")).where(*in_slice, d.regularizable_condition(s, window), ~quarantined)
+        query = (sa.select(*self._sql.order_columns)
+                 .where(*in_slice, d.regularizable_condition(s, window), ~quarantined)
                  .order_by(s.o("id")).limit(size))
         if self._skip_locked:
             query = query.with_for_update(skip_locked=True)
-        ids = list(conn.execute(query).scalars())
+        claimed = [OrderRow(*row) for row in conn.execute(query)]
         # A full batch may have left candidates in the slice: go on from the last one taken.
-        return ids, (ids[-1] if len(ids) == size else slice_end)
+        return claimed, (claimed[-1].id if len(claimed) == size else slice_end)
 
     def _decide_batch(self, conn: sa.Connection, run_id: str, window: d.ScanWindow, after: Any, size: int,
                       slice_size: int, dry_run: bool) -> tuple[list[OrderOutcome], list]:
         """Claim, verify, flip, event and audit a batch in the caller's transaction."""
         s = self.schema
-        ids, scanned_to = self._claim_batch(conn, window, after, size, slice_size)
-        if not ids:
+        claimed, scanned_to = self._claim_batch(conn, window, after, size, slice_size)
+        if not claimed:
             return [], scanned_to
+        ids = [order.id for order in claimed]
         self._fault_each("after_lock", ids)
-        orders = {row[0]: OrderRow(*row) for row in conn.execute(self._sql.orders, {"p_orders": ids})}
         payments: dict[Any, list[TransactionRow]] = {}
         for order_id, tx in self._transactions_of(conn, ids):
             payments.setdefault(order_id, []).append(tx)
         now = self.clock()
         decided = []
-        for order_id in ids:
-            order = orders[order_id]
-            verdict = verify(order, payments.get(order_id, []), s.statuses, window)
+        for order in claimed:
+            verdict = verify(order, payments.get(order.id, []), s.statuses, window)
             if dry_run and verdict.action == tb.REGULARIZED:
                 verdict = Verdict(tb.DRY_RUN, "would regularize: " + verdict.reason, verdict.transaction)
             decided.append((order, verdict))
@@ -476,7 +477,7 @@ class Regularizer:
         return SimpleNamespace(
             order=one_order,
             lock=one_order.with_for_update(skip_locked=True) if self._skip_locked else one_order,
-            orders=sa.select(*order_cols).where(s.o("id").in_(sa.bindparam("p_orders", expanding=True))),
+            order_columns=order_cols,
             payments=sa.select(*tx_cols).where(s.t("order_id").in_(sa.bindparam("p_orders", expanding=True)))
             .order_by(s.t("order_id"), s.t("id")),
             exists=sa.select(s.o("id")).where(s.o("id") == sa.bindparam("p_order")),
@@ -718,11 +719,17 @@ def fit_to_columns(table: sa.Table, values: dict[str, Any]) -> dict[str, Any]:
     """Cut strings to their column's length: the application's values (a status, a currency)
     are not ours to bound, and the audit of an odd order must not fail for its length."""
     fitted = dict(values)
-    for name, value in values.items():
-        length = getattr(table.c[name].type, "length", None)
-        if isinstance(value, str) and length and len(value) > length:
+    for name, length in _string_lengths(table).items():
+        value = values.get(name)
+        if isinstance(value, str) and len(value) > length:
             fitted[name] = value[:length]
     return fitted
+
+
+@lru_cache(maxsize=64)
+def _string_lengths(table: sa.Table) -> dict[str, int]:
+    # Read once per table: a batch fits thousands of rows.
+    return {c.name: c.type.length for c in table.c if getattr(c.type, "length", None)}
 
 
 def _money(value: Any):
