@@ -23,7 +23,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
-from dagster_helpers import outbox_states
+from dagster_helpers import audit_actions, outbox_states
 
 from regularization_pipeline.core import migrations
 from regularization_pipeline.core.db import create_app_engine
@@ -143,8 +143,11 @@ def test_graphql_launch_with_limit_and_sleep_runs_through_the_daemon(services):
     assert run.tags[CONCURRENCY_TAG] == JOB_NAME  # the job's tag reaches runs launched from outside
     with services.instance() as instance:
         metrics = materialized(instance, "regularized_orders", run_id)
-        assert metrics["regularized"] == 2 and metrics["processed"] == 2
-        assert metrics["elapsed_seconds"] >= 0.2  # one pause between the two orders
+    # What the run decided, order by order, for the message of a failure (the metrics alone hide why).
+    decisions = audit_actions(services.shop.engine, run_id)
+    assert (metrics["regularized"], metrics["processed"]) == (2, 2), (metrics, decisions)
+    assert decisions == {"regularized": 2}
+    assert metrics["elapsed_seconds"] >= 0.2  # one pause between the two orders
     assert sorted(services.shop.status_of(i) for i in orders).count("completed") >= 2
 
 

@@ -202,7 +202,10 @@ def test_429_with_retry_after_means_no_request_before_that_time():
     print(f"\n[429] Retry-After: 2 -> next request {gap:.3f}s after the 429, then {third - second:.3f}s later")
     assert gap >= 2.0
     assert gap < 3.0  # it did come back once allowed
-    assert third - second >= 1 / 5 - 0.01  # and then at the steady rate, not in a burst
+    # And then at the steady rate, not in a burst: the third starts a full 1/rate after the hold
+    # ends. Measured from the 429, not from the second request, whose own arrival can lag its
+    # start by a reconnect (seen: 0.05 s) and make an on-time third look early.
+    assert third - first >= 2.0 + 1 / 5
 
 
 def test_repeated_429_gives_up_for_this_order():
