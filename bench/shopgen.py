@@ -27,7 +27,7 @@ from regularization_pipeline.demo.shop import shop_tables
 class ShopSize:
     orders: int = 1_000_000
     orphan_share: float = 0.005
-    retried_share: float = 0.1  # orders whose first payment failed, then succeeded
+    retried_share: float = 0.15  # healthy orders with a failed payment (retried when the order completed)
     inconsistencies: int = 300
     deleted_share: float = 0.002
     days: int = 30

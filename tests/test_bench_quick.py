@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import throwaway_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,13 +17,20 @@ EXPECTED = {
     "detection_plain_first_page_ms", "detection_orphan_stats_24h_ms",
     "detection_orphan_stats_24h_with_aged_out_ms", "detection_inconsistency_report_ms",
     "detection_inconsistency_refresh_ms",
-    "detection_orphan_stats_ms_no_index", "throughput_per_order", "throughput_batched",
-    "throughput_original_baseline", "throughput_set_based_sql", "batched_vs_baseline", "batched_vs_set_based_sql",
-    "job_empty_backlog_wall_s", "job_empty_backlog_rss_mib", "job_backlog_wall_s", "peak_rss_mib",
-    "peak_rss_ratio", "scale_out_orders_per_s",
+    "detection_plain_sql_24h_ms",
+    *(f"{name}_no_index" for name in (
+        "detection_orphan_stats_ms", "detection_plain_sql_ms", "detection_first_page_ms",
+        "detection_plain_first_page_ms", "detection_orphan_stats_24h_ms", "detection_plain_sql_24h_ms",
+        "detection_orphan_stats_24h_with_aged_out_ms", "detection_inconsistency_report_ms",
+        "detection_inconsistency_refresh_ms")),
+    "throughput_per_order", "throughput_batched", "throughput_original_baseline", "throughput_set_based_sql",
+    "per_order_vs_baseline", "batched_vs_baseline", "batched_vs_set_based_sql",
+    "job_empty_backlog_wall_s", "job_empty_backlog_rss_mib", "job_backlog_wall_s", "job_backlog_orders_per_s",
+    "job_backlog_rss_mib", "peak_rss_mib", "peak_rss_ratio", "scale_out_orders_per_s",
 }
 
 
+@pytest.mark.timeout(900)  # the subprocess's own limit below, not pytest's default
 def test_quick_benchmark_prints_every_figure(tmp_path):
     out = tmp_path / "figures.jsonl"
     with throwaway_postgres_database("regbench_quick") as bench_url:
@@ -38,6 +46,9 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
     assert EXPECTED <= names, f"missing figures: {sorted(EXPECTED - names)}"
     for figure in printed:
         assert figure["value"] > 0 and figure["database"] == "postgresql" and figure["commit"], figure
+        assert "PostgreSQL" in figure["machine"], figure
+    plans = [line for line in proc.stderr.splitlines() if line.startswith("# plan")]
+    assert any("pipeline first page" in line for line in plans), proc.stderr[-2000:]
     scale = [f for f in printed if f["name"] == "scale_out_orders_per_s"]
     assert sorted(f["runs"] for f in scale) == [1, 2, 4]
     table = subprocess.run([sys.executable, "-m", "bench.report", str(out)], cwd=ROOT, capture_output=True,
