@@ -16,6 +16,7 @@ from dagster._core.test_utils import (
 )
 from dagster_helpers import ALL_ASSETS, ALL_CHECKS, resources
 
+from regularization_pipeline.core import detection
 from regularization_pipeline.definitions import defs
 from regularization_pipeline.defs.jobs import (
     CONCURRENCY_TAG,
@@ -121,6 +122,29 @@ def test_a_failing_orphan_check_outside_the_job_launches_one_run(shop, instance)
     second = tick(instance, cursor=first.cursor)
     assert not second.run_requests
     assert second.cursor == first.cursor
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_tick_during_the_check_run_does_not_lose_its_failure(shop, instance, monkeypatch):
+    """A tick lands while the check's run is in progress (its evaluation only planned), then it fails."""
+    db_url = shop.engine.url.render_as_string(hide_password=False)
+    shop.orphans(2)
+    during = []
+    count_orphans = detection.orphan_stats
+
+    def tick_then_count(*args, **kwargs):
+        during.append(tick(instance))
+        return count_orphans(*args, **kwargs)
+
+    monkeypatch.setattr(detection, "orphan_stats", tick_then_count)
+    check_run = run_checks_on_their_own(db_url, instance)
+
+    (while_running,) = during
+    assert not while_running.run_requests
+    after = tick(instance, cursor=while_running.cursor)
+    assert len(after.run_requests) == 1
+    assert after.run_requests[0].tags["regularization/check_run_id"] == check_run.run_id
+    assert not tick(instance, cursor=after.cursor).run_requests
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -65,7 +65,7 @@ def regularize_completed_orders_every_5_minutes(context: dg.ScheduleEvaluationCo
 
 
 # AssetCheckExecutionRecordStatus is not part of Dagster's public API; its value is stable.
-CHECK_FAILED = "FAILED"
+CHECK_FAILED, CHECK_PLANNED = "FAILED", "PLANNED"
 ORPHAN_CHECK_KEY = dg.AssetCheckKey(dg.AssetKey("app_orders"), checks.no_orphaned_pending_orders.check_key.name)
 
 
@@ -79,15 +79,18 @@ def regularize_on_orphan_alert(context: dg.SensorEvaluationContext):
     """Launches the job when `no_orphaned_pending_orders` fails outside it (e.g. the check run on its own).
 
     A non-blocking failed check never fails its run, so run-failure sensors miss
-    it. The cursor is the storage id of the last check evaluation seen: each
+    it. The cursor is the storage id of the last check evaluation settled: each
     failure launches one run, and its run key makes a repeated tick harmless.
+    An evaluation still running keeps the cursor before it: Dagster records it
+    as planned when its run starts and fills in the result under the same id.
     """
     last_seen = int(context.cursor) if context.cursor else 0
     history = context.instance.event_log_storage.get_asset_check_execution_history(ORPHAN_CHECK_KEY, limit=50)
     new = [record for record in history if record.id > last_seen]
     if not new:
         return dg.SkipReason("no new evaluation of no_orphaned_pending_orders")
-    context.update_cursor(str(max(record.id for record in new)))
+    running = [record.id for record in new if _still_running(context.instance, record)]
+    context.update_cursor(str(min(running) - 1 if running else max(record.id for record in new)))
     failures = [
         record for record in new
         if record.status.value == CHECK_FAILED and not _is_run_of_job(context.instance, record.run_id)
@@ -99,6 +102,14 @@ def regularize_on_orphan_alert(context: dg.SensorEvaluationContext):
         run_key=f"orphan-alert-{latest.id}",
         tags={"regularization/trigger": "no_orphaned_pending_orders", "regularization/check_run_id": latest.run_id},
     )
+
+
+def _still_running(instance: dg.DagsterInstance, record) -> bool:
+    """A planned evaluation whose run has not finished (a finished run left it planned for good)."""
+    if record.status.value != CHECK_PLANNED:
+        return False
+    run = instance.get_run_by_id(record.run_id) if record.run_id else None
+    return run is not None and not run.is_finished
 
 
 def _is_run_of_job(instance: dg.DagsterInstance, run_id: str) -> bool:
