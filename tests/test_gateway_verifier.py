@@ -121,6 +121,22 @@ def test_a_rejected_token_stops_the_run_and_changes_nothing(engine):
     assert outbox_per_order(shop) == {} and all(audit_of(shop, i) == [] for i in ids)
 
 
+def test_a_refusal_of_one_transaction_leaves_that_order_alone_and_the_run_goes_on(engine):
+    shop = with_reference(engine)
+    refused, fine = shop.orphans(2)
+    script = [Reply(422, b'{"error":"invalid reference"}')]
+    with ProviderStub(TOKEN, script=script) as provider:
+        verifier = GatewayVerifier(settings(provider.url), TOKEN)
+        summary = Regularizer(engine, shop.schema, sleeper=no_sleep, verifier=verifier).run(
+            RunOptions(sleep=0, max_attempts=1))
+        assert len(provider.snapshot()) == 2  # asked once each, the refusal not retried
+    assert (summary.regularized, summary.skipped, summary.failed, summary.quarantined) == (1, 1, 0, 0)
+    assert (shop.status_of(refused), shop.status_of(fine)) == ("pending", "completed")
+    [row] = audit_of(shop, refused)
+    assert row.action == SKIPPED and row.reason == "provider reports unknown (provider answered HTTP 422): left for the next run"
+    assert outbox_per_order(shop) == {str(fine): 1}
+
+
 def test_transport_errors_and_timeouts_raise_after_limited_retries():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

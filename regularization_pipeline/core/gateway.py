@@ -232,7 +232,9 @@ class GatewayVerifier:
         if status in (401, 403):
             raise ProviderRejectedError(f"provider refused our credentials (HTTP {status})")
         if not 200 <= status < 300:
-            raise ProviderRejectedError(f"provider answered HTTP {status}")
+            # Any other refusal (400, 409, 410, 422...) is about this transaction, not our
+            # credentials: the order is left alone, and the run goes on with the others.
+            return ProviderAnswer(PROVIDER_UNKNOWN, f"provider answered HTTP {status}")
         try:
             document = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -73,7 +73,7 @@ class ProviderUnavailableError(ProviderError):
 
 
 class ProviderRejectedError(ProviderError):
-    """The provider refused the request itself (401, 403, other 4xx): a configuration problem that stops the run."""
+    """The provider refused our credentials (401, 403): a configuration problem that stops the run."""
 
 
 class PaymentVerifier(Protocol):
