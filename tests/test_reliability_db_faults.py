@@ -22,7 +22,7 @@ from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.core.errors import DatabaseUnavailableError
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.schema import SchemaMapping, build_schema
-from regularization_pipeline.core.tables import FAILED, REGULARIZED, owned_tables
+from regularization_pipeline.core.tables import FAILED, owned_tables
 
 MODES = ["per_order", "batched"]
 
@@ -241,9 +241,10 @@ def test_database_down_at_start_fails_the_run_cleanly(url):
 
 
 @pytest.mark.parametrize("server_db_url", ["postgresql"], indirect=True)
-def test_database_gone_mid_run_reports_failed_orders_and_stops(server_shop):
-    """The database refuses new connections mid-run: every order tried meanwhile is reported failed with the
-    error class and the database's name (no password), nothing is half-written, the next run finishes the work."""
+def test_database_gone_mid_run_stops_the_run_with_a_clear_error(server_shop):
+    """The database refuses new connections mid-run: the run stops at the first order it cannot even
+    report (instead of failing every order left, one connection attempt each) with an error naming the
+    database (no password); nothing is half-written, and the next run finishes the work."""
     shop = server_shop
     ids = shop.orphans(10)
     name = shop.engine.url.database
@@ -259,25 +260,24 @@ def test_database_gone_mid_run_reports_failed_orders_and_stops(server_shop):
             kill_other_sessions_of(admin, name)
 
     try:
-        summary = Regularizer(shop.engine, shop.schema, sleeper=sleeper).run(
-            RunOptions(mode="per_order", sleep=0.01, batch_size=50))
-        outcomes = summary.outcomes
+        with pytest.raises(DatabaseUnavailableError) as gone:
+            Regularizer(shop.engine, shop.schema, sleeper=sleeper).run(
+                RunOptions(mode="per_order", sleep=0.01, batch_size=50))
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
             conn.commit()
         admin.dispose()
-    failed = [o for o in outcomes if o.action == FAILED]
-    assert [o.action for o in outcomes[:3]] == [REGULARIZED] * 3
-    assert len(failed) == len(ids) - 3
-    assert all("OperationalError" in o.reason and name in o.reason for o in failed)
+    assert "cannot connect to the application database" in str(gone.value) and name in str(gone.value)
+    assert len(calls) == 3  # no order was tried after the one that found the database gone
     shop.engine.dispose()
+    assert sorted(shop.status_of(i) for i in ids).count("completed") == 3
     assert_flip_iff_event(shop)
     rerun(shop)
     assert all(shop.status_of(i) == "completed" for i in ids)
     assert_flip_iff_event(shop)
-    figures("db faults/postgresql/gone mid-run", regularized_before=3, failed_while_gone=len(failed),
-            reason=failed[0].reason[:90], half_written=0)
+    figures("db faults/postgresql/gone mid-run", regularized_before=3, orders_tried_while_gone=1,
+            error=str(gone.value)[:90], half_written=0)
 
 
 def kill_other_sessions_of(admin: sa.Engine, database: str) -> None:

@@ -25,7 +25,7 @@ from regularization_pipeline.core.events import (
     build_publishers,
 )
 from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
-from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.regularizer import Regularizer, RunOptions, describe_error
 from regularization_pipeline.core.schema import SchemaMapping, bind_schema
 from regularization_pipeline.core.tables import FAILED, SKIPPED, owned_tables
 
@@ -179,6 +179,29 @@ def test_hostile_status_values_are_compared_as_values(engine):
 
 
 # --- static check -----------------------------------------------------------------------------
+
+
+def _database_error_quoting(engine: sa.Engine, value: str) -> sa.exc.DBAPIError:
+    """A real error of this database whose own message quotes ``value``."""
+    with engine.connect() as conn, pytest.raises(sa.exc.DBAPIError) as raised:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT CAST(:v AS integer)"), {"v": value})
+        else:  # MariaDB quotes the duplicate key
+            conn.execute(sa.text("CREATE TEMPORARY TABLE customers_seen (email VARCHAR(200) UNIQUE)"))
+            conn.execute(sa.text("INSERT INTO customers_seen VALUES (:v), (:v)"), {"v": value})
+    return raised.value
+
+
+def test_database_errors_are_described_without_the_data_they_quote(server_engine):
+    """describe_error is what logs, the audit trail and the UI get of a failed order's error."""
+    value = "jane.doe@example.com 4111 1111 1111 1111"
+    exc = _database_error_quoting(server_engine, value)
+    assert "jane.doe" in str(exc.orig)  # the database did quote it
+    described = describe_error(exc)
+    assert "jane.doe" not in described and "example.com" not in described and "4111" not in described
+    code = "22P02" if server_engine.dialect.name == "postgresql" else "1062"
+    assert f"[{code}]" in described, described  # what an operator needs: the class and the database's code
+    figures(f"security/{server_engine.dialect.name}/error described", described=described)
 
 
 def test_ruff_bandit_rules_pass_and_stay_enabled(tmp_path):

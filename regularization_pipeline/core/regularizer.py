@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -35,7 +36,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.db import insert_many, supports_skip_locked
+from regularization_pipeline.core.db import check_reachable, insert_many, supports_skip_locked
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.events import new_event, outbox_row
 from regularization_pipeline.core.inconsistencies import InconsistencyTracker
@@ -637,8 +638,11 @@ class Regularizer:
                 if quarantined:
                     reason = f"quarantined after {max_attempts} failed attempt(s); last: {reason}"
                 return self._audit(conn, run_id, order_id, Verdict(action, reason), None, dry_run, attempt=attempt)
-        except Exception as second:  # the database itself is failing: report, keep going
+        except Exception as second:  # the database itself is failing
             log.error("order %s: could not record the failure: %s", order_id, describe_error(second))
+            # Gone, not just failing: every later order would fail the same way, so the run
+            # stops here with DatabaseUnavailableError and the rest waits for the next run.
+            check_reachable(self.engine)
             return OrderOutcome(order_id, tb.FAILED, reason)
 
     def _audit_new_inconsistencies(self, report: d.InconsistencyReport, run_id: str) -> None:
@@ -738,10 +742,33 @@ def _money(value: Any):
     return amount if amount is not None and abs(amount) < 10**14 else None
 
 
+# What a database's own message can quote of the application's data: a duplicate key
+# ("Duplicate entry 'jane@example.com'"), a value that did not parse, a trigger's text.
+# PostgreSQL quotes a value after a colon (`invalid input syntax for type integer: "x"`) and
+# names (`database "shop"`) without one: the names stay, they are what an operator needs.
+_QUOTED = re.compile(r"'[^']*'|(?<=: )\"[^\"]*\"")
+_EMAIL = re.compile(r"[^\s@,;:()]+@[^\s@,;:()]+")
+_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){8,}")  # card and account numbers, phone numbers
+
+
+def redact(text: str) -> str:
+    """``text`` without quoted values, e-mail addresses or long digit runs."""
+    return _DIGIT_RUN.sub("#", _EMAIL.sub("<e-mail>", _QUOTED.sub("'…'", text)))
+
+
 def describe_error(exc: BaseException) -> str:
-    """The error class and first line of its message; engines hide bound parameters."""
+    """The error class, the database's error code, and the first line of its message, redacted.
+
+    Engines hide bound parameters, but a database's message can still quote the
+    data it choked on; this text goes to logs, the audit trail and the UI.
+    """
     orig = getattr(exc, "orig", None)
     name = type(exc).__name__ + (f" ({type(orig).__module__}.{type(orig).__name__})" if orig is not None else "")
-    text = str(orig if orig is not None else exc).strip()
-    first = text.splitlines()[0] if text else ""
+    args = getattr(orig, "args", ())
+    mysql_code = args[0] if len(args) == 2 and isinstance(args[0], int) else None  # PyMySQL: (errno, message)
+    code = getattr(orig, "pgcode", None) or mysql_code
+    if code is not None:
+        name += f" [{code}]"
+    text = str(args[1] if mysql_code is not None else orig if orig is not None else exc).strip()
+    first = redact(text.splitlines()[0]) if text else ""
     return f"{name}: {first}"[:480] if first else name
