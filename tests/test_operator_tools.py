@@ -112,6 +112,21 @@ def _quarantine(shop, order_id) -> None:
             quarantined_at=utcnow(), updated_at=utcnow()))
 
 
+def test_regularize_order_refuses_a_quarantined_order_until_it_is_released(shop, run_cli):
+    order_id = shop.orphan()
+    _quarantine(shop, order_id)
+    before = snapshot(shop)
+
+    code, _out, err = run_cli("regularize-order", "--order-id", str(order_id))
+
+    assert code == 2
+    assert f"order {order_id} is quarantined after" in err and f"release --order-id {order_id}" in err
+    assert snapshot(shop) == before
+    assert run_cli("release", "--order-id", str(order_id))[0] == 0
+    assert run_cli("regularize-order", "--order-id", str(order_id))[0] == 0
+    assert shop.status_of(order_id) == "completed"
+
+
 def test_release_lifts_the_quarantine_and_audits_it(shop, run_cli):
     order_id = shop.orphan()
     _quarantine(shop, order_id)

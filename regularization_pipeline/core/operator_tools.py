@@ -46,13 +46,22 @@ def regularize_order(regularizer: Regularizer, order_id: str, options: RunOption
 
     The order is then decided exactly like in a run (lock, re-verify, compare-and-set
     flip, one outbox row, one audit row): a late webhook or an overlapping run
-    still wins cleanly. An unknown order or one that is not an orphan is refused
-    before anything is written.
+    still wins cleanly. An unknown order, a quarantined one or one that is not an
+    orphan is refused before anything is written.
     """
     schema = regularizer.schema
     window = options.window(d.utcnow())
+    attempts = regularizer.tables.attempts
     with regularizer.engine.connect() as conn:
         key = existing_order_id(conn, schema, order_id)
+        failures = conn.execute(sa.select(attempts.c.failures).where(
+            attempts.c.order_id == str(key), attempts.c.quarantined_at.is_not(None))).scalar()
+        if failures is not None:
+            # A run skips it; one by hand is a decision to try again, so it goes through release.
+            raise ConfigurationError(
+                f"order {key} is quarantined after {failures} failed attempt(s): lift it with "
+                f"`regularize-completed-orders release --order-id {key}` first"
+            )
         orphan = conn.execute(sa.select(sa.literal(1)).where(schema.o("id") == key, d.orphan_condition(schema, window))).first()
         if orphan is None:
             status = conn.execute(sa.select(schema.o("status")).where(schema.o("id") == key)).scalar_one()
