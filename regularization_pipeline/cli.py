@@ -213,6 +213,12 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import dagster as dg
 
     config = run_config_from_args(args, parser)
+    try:
+        # The code location falls back to the demo shop for `make dev`; a run from the
+        # command line is meant for the application's database, so it must be named.
+        database_url_from_env()
+    except ConfigurationError as exc:
+        parser.error(str(exc))
     if not os.environ.get("DAGSTER_HOME"):
         parser.error("DAGSTER_HOME is not set: point it at the Dagster instance directory (`make dev` uses .dagster_home)")
     try:

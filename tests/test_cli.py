@@ -129,11 +129,13 @@ def test_refuses_to_start_while_a_run_is_in_flight(env, shop):
     assert shop.status_of(order_id) == "pending"
 
 
-def test_migrate_without_a_database_url_is_a_usage_error(env):
+@pytest.mark.parametrize("command", [["migrate"], ["--limit", "5"]])
+def test_migrate_or_a_run_without_a_database_url_is_a_usage_error(env, command):
     del env["REGULARIZATION_DATABASE_URL"]
-    done = cli(env, "migrate")
+    done = cli(env, *command)
     assert done.returncode == 2
     assert "REGULARIZATION_DATABASE_URL is not set" in done.stderr
+    assert not (Path(env["DAGSTER_HOME"]) / "storage").exists()  # no run was launched
 
 
 def test_mode_reaches_the_run_config_of_regularized_orders():
