@@ -34,6 +34,9 @@ ALERT_SMTP_TO_ENV = "REGULARIZATION_ALERT_SMTP_TO"
 ALERT_SMTP_STARTTLS_ENV = "REGULARIZATION_ALERT_SMTP_STARTTLS"
 ALERT_SMTP_USERNAME_ENV = "REGULARIZATION_ALERT_SMTP_USERNAME"
 ALERT_SMTP_PASSWORD_ENV = "REGULARIZATION_ALERT_SMTP_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+# The alert thresholds; the resource's defaults while unset.
+ALERT_STALE_ORPHAN_MINUTES_ENV = "REGULARIZATION_ALERT_STALE_ORPHAN_MINUTES"
+ALERT_MAX_ERROR_RATE_ENV = "REGULARIZATION_ALERT_MAX_ERROR_RATE"
 
 
 def _database_url() -> str | dg.EnvVar:
@@ -48,11 +51,25 @@ def _from_env(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name) else None
 
 
+def _number_from_env(name: str) -> float | None:
+    """A threshold set in the environment; None while it is empty (the resource's default then)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
+
+
 def _alert_resource() -> AlertResource:
     # The webhook URL embeds its token and the password is a secret: both through EnvVar,
     # so the UI shows the variable names. The rest is plain settings, read here.
     env = os.environ
+    thresholds = {"stale_orphan_minutes": _number_from_env(ALERT_STALE_ORPHAN_MINUTES_ENV),
+                  "max_error_rate": _number_from_env(ALERT_MAX_ERROR_RATE_ENV)}
     return AlertResource(
+        **{field: value for field, value in thresholds.items() if value is not None},
         webhook_url=_from_env(ALERT_WEBHOOK_URL_ENV),
         smtp_host=env.get(ALERT_SMTP_HOST_ENV) or None,
         smtp_port=int(env.get(ALERT_SMTP_PORT_ENV) or 25),

@@ -207,3 +207,19 @@ def test_the_audit_counts_remaining_orphans_with_the_runs_own_grace_period_and_t
     assert (audit(patient)["orphans_remaining"], audit(patient)["grace_minutes"]) == (0, 120.0)
     assert (audit(default)["orphans_remaining"], audit(default)["grace_minutes"]) == (1, 10.0)
     assert 0 < audit(patient)["run_duration_seconds"] < 120
+
+
+def test_alert_thresholds_come_from_the_environment_and_a_bad_one_is_named(monkeypatch):
+    from regularization_pipeline import definitions
+
+    assert (definitions._alert_resource().stale_orphan_minutes, definitions._alert_resource().max_error_rate) == (60.0, 0.2)
+    monkeypatch.setenv(definitions.ALERT_STALE_ORPHAN_MINUTES_ENV, "15")
+    monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "0.05")
+    resource = definitions._alert_resource()
+    assert (resource.stale_orphan_minutes, resource.max_error_rate) == (15.0, 0.05)
+    monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "five percent")
+    with pytest.raises(ValueError, match="REGULARIZATION_ALERT_MAX_ERROR_RATE must be a number, got 'five percent'"):
+        definitions._alert_resource()
+    monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "5")  # a share, at most 1
+    with pytest.raises(Exception, match="max_error_rate"):
+        definitions._alert_resource()
