@@ -28,3 +28,17 @@ def test_documented_custom_mapping_regularizes_an_orphan_end_to_end(engine):
     with engine.connect() as conn:
         keys = conn.execute(sa.select(owned_tables().outbox.c.idempotency_key)).scalars().all()
     assert keys == [f"order-completed:{orphan}"]
+
+
+def test_documented_provider_settings_load_and_read_a_real_provider_answer():
+    from http_stubs import ProviderStub
+
+    from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
+    from regularization_pipeline.core.verification import OrderRow, TransactionRow
+
+    with ProviderStub("token", statuses={"pay_1": "succeeded", "pay_2": "chargeback", "pay_3": "requires_action"}) as provider:
+        settings = GatewaySettings.load(provider.url + "/v1", str(DOCS / "examples" / "provider-settings.yaml"))
+        with GatewayVerifier(settings.model_copy(update={"max_requests_per_second": 1000}), "token") as verifier:
+            answers = [verifier.check(OrderRow(i, "pending", "1"), TransactionRow(i, "completed", "1", reference=f"pay_{i}")).status
+                       for i in (1, 2, 3)]
+    assert answers == ["completed", "refunded", "pending"]

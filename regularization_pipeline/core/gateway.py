@@ -8,11 +8,12 @@ answer into a :class:`ProviderAnswer`; the rules that act on it live in
 - completed -> the order is regularized;
 - failed / refunded -> reported as an inconsistency, never flipped;
 - pending, a value the mapping does not know, a missing status, malformed
-  JSON, or a provider that does not know the transaction -> left alone, with
-  the reason in the audit trail;
+  JSON, a provider that does not know the transaction (404) or refuses a
+  request about it (another 4xx) -> left alone, with the reason in the audit trail;
+- 401 and 403 -> raised (:class:`ProviderRejectedError`): the run stops;
 - connection errors, timeouts, 5xx and repeated 429s after a few retries ->
-  raised (:class:`ProviderUnavailableError`); the Regularizer counts the
-  attempt as a failure, so a provider outage never flips anything.
+  raised (:class:`ProviderUnavailableError`); the Regularizer leaves the order
+  for the next run without counting a failure, and stops asking this run.
 
 Nothing the provider or the token says reaches the logs: only the transaction
 id, the HTTP status and the mapped status value.
