@@ -107,6 +107,54 @@ def test_run_and_dispatch_work_with_only_the_documented_grants(pg_database, role
             delivered=sent.delivered, refused=len(refused))
 
 
+def test_the_whole_job_runs_with_only_the_documented_grants_and_shows_no_secret(pg_database, role, monkeypatch):
+    """The Dagster job itself (observation, both checks, the three assets) as the restricted role, from
+    the definitions as a deployment loads them; no secret reaches run config, run tags or the event log."""
+    import importlib
+
+    import dagster as dg
+
+    from regularization_pipeline import definitions
+    from regularization_pipeline.defs.jobs import JOB_NAME
+
+    admin = create_app_engine(pg_database.render_as_string(hide_password=False))
+    shop = migrated_shop(admin)
+    orphans = shop.orphans(5)
+    twice = shop.order()
+    shop.payment(twice)
+    shop.payment(twice)
+    done = _psql(pg_database, "-v", f"role={role}", "-f", str(GRANTS))
+    assert done.returncode == 0, done.stderr
+    secrets = {"db password": "db-Pa55-7f3a", "webhook secret": "whsec-9c1e-secret", "provider token": "tok-5b2d-secret",
+               "smtp password": "smtp-Pa55-41aa"}
+    # Trust authentication takes any password: the URL carries one, as a deployment's does.
+    url = pg_database.set(username=role, password=secrets["db password"]).render_as_string(hide_password=False)
+    monkeypatch.setenv("REGULARIZATION_DATABASE_URL", url)
+    monkeypatch.setenv("REGULARIZATION_WEBHOOK_SECRET", secrets["webhook secret"])
+    monkeypatch.setenv("REGULARIZATION_PROVIDER_TOKEN", secrets["provider token"])
+    monkeypatch.setenv("REGULARIZATION_ALERT_SMTP_PASSWORD", secrets["smtp password"])
+    try:
+        defs = importlib.reload(definitions).defs
+        with dg.instance_for_test() as instance:
+            result = defs.resolve_job_def(JOB_NAME).execute_in_process(
+                instance=instance, run_config={"ops": {"regularized_orders": {"config": {"sleep": 0}}}})
+            run = instance.get_run_by_id(result.run_id)
+            logs = instance.all_logs(result.run_id)
+            shown = " ".join([repr(run.run_config), repr(run.tags), *(repr(entry) for entry in logs)])
+    finally:
+        monkeypatch.undo()
+        importlib.reload(definitions)
+        shop.engine.dispose()
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"no_orphaned_pending_orders": False, "transactions_consistent": False}  # both ran and found
+    assert all(shop.status_of(i) == "completed" for i in orphans) and shop.status_of(twice) == "pending"
+    leaked = [name for name, secret in secrets.items() if secret in shown]
+    assert not leaked, leaked
+    assert len(logs) > 20  # the scan read the run's whole event log
+    figures("security/postgresql/whole job, least privilege", regularized=len(orphans), events=len(logs), secrets_shown=0)
+
+
 # --- hostile inputs ---------------------------------------------------------------------------
 
 HOSTILE_IDS = ["1; DROP TABLE orders", "1' OR '1'='1", "1 OR 1=1", "1--", "' ; DELETE FROM transactions; --"]
