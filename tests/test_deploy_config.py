@@ -129,9 +129,9 @@ def test_hadolint_fails_a_bad_dockerfile(tmp_path):
 def test_dockerfile_installs_locked_dependencies_before_the_code_and_runs_unprivileged():
     lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert lines[0] == "FROM python:3.11-slim"
-    lock_copy = lines.index("COPY requirements.lock ./")
+    lock_copy = lines.index("COPY requirements.runtime.lock ./")
     code_copy = next(i for i, line in enumerate(lines) if line.startswith("COPY regularization_pipeline"))
-    deps_install = next(i for i, line in enumerate(lines) if "-r requirements.lock" in line)
+    deps_install = next(i for i, line in enumerate(lines) if "-r requirements.runtime.lock" in line)
     assert lock_copy < deps_install < code_copy, "the dependency layer must not depend on the code"
     assert any("DAGSTER_HOME=/opt/dagster/home" in line for line in lines)
     assert any(line.startswith("COPY") and line.endswith("docker/dagster.yaml /opt/dagster/home/dagster.yaml")
@@ -145,8 +145,23 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image():
                if line.strip() and not line.startswith("#")}
     assert {".env", ".git", ".venv", ".dagster_home", ".demo"} <= ignored
     # What the Dockerfile copies must stay in the build context.
-    copied = {"requirements.lock", "pyproject.toml", "README.md", "alembic.ini", "regularization_pipeline", "docker"}
+    copied = {"requirements.runtime.lock", "pyproject.toml", "README.md", "alembic.ini", "regularization_pipeline", "docker"}
     assert not copied & ignored
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    pins = [line.split(" ")[0].split("==") for line in lock.read_text().splitlines() if "==" in line and not line.startswith("#")]
+    return {name.lower(): version for name, version in pins}
+
+
+def test_the_image_lock_is_the_development_lock_without_the_test_tools():
+    runtime, development = _pins(REPO / "requirements.runtime.lock"), _pins(REPO / "requirements.lock")
+    assert {name: development.get(name) for name in runtime} == runtime  # the same versions the tests ran
+    dev_tools = {"pytest", "pytest-timeout", "hypothesis", "ruff", "aiosmtpd", "playwright"}
+    assert dev_tools <= set(development) and not dev_tools & set(runtime)
+    family = {"dagster": "1.13.27", "dagster-webserver": "1.13.27", "dagster-graphql": "1.13.27",
+              "dagster-postgres": "0.29.27", "dagster-docker": "0.29.27"}
+    assert {name: runtime.get(name) for name in family} == family
 
 
 # --- compose and dagster.yaml agree ------------------------------------------------------
