@@ -8,6 +8,7 @@ result becomes numeric metadata with stable keys, so the UI plots it over time.
 
 import statistics
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,6 +54,11 @@ def permanent_errors_fail_without_retry() -> Iterator[None]:
         yield
     except (ConfigurationError, SchemaMismatchError, MigrationsMissingError, ProviderRejectedError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+# Chosen on purpose (an observable source with its own key); its beta warning was the one
+# line of the daemon's JSON log that was not JSON, printed by every process loading us.
+warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*", category=dg.BetaWarning)
 
 
 @dg.multi_observable_source_asset(
