@@ -51,3 +51,33 @@ def test_verification_on_without_a_token_fails_the_run_before_any_change(engine,
     assert not result.success
     assert "REGULARIZATION_PROVIDER_TOKEN is not" in step_failure_message(result, "regularized_orders")
     assert shop.status_of(order_id) == "pending" and audit_of(shop, order_id) == []
+
+
+def test_a_payment_the_provider_calls_refunded_is_held_reported_and_asked_again_only_after_release(
+        engine, db_url, settings_file):
+    from dagster_helpers import check_evaluation
+
+    from regularization_pipeline.core.operator_tools import inconsistency_rows
+    from regularization_pipeline.core.regularizer import Regularizer
+
+    shop = migrated_shop(engine)
+    (refunded,) = shop.orphans(1)
+    answers = {str(payment_of(shop, refunded)): "refunded"}
+    with ProviderStub(TOKEN, statuses=answers) as provider:
+        gateway = PaymentGatewayResource(base_url=provider.url + "/v1", token=TOKEN, settings_file=settings_file)
+        with dg.instance_for_test() as instance:
+            materialize_all(db_url, instance, gateway=gateway)
+            asked_first = len(provider.snapshot())
+            again = materialize_all(db_url, instance, gateway=gateway)  # five minutes later
+            asked_again = len(provider.snapshot()) - asked_first
+            check = check_evaluation(again, "transactions_consistent")
+            Regularizer(engine, shop.schema).release(refunded)
+            materialize_all(db_url, instance, gateway=gateway)
+            asked_after_release = len(provider.snapshot()) - asked_first - asked_again
+    assert (asked_first, asked_again, asked_after_release) == (1, 0, 1)
+    assert not check.passed and check.metadata["inconsistent_provider_failed"].value == 1
+    with engine.connect() as conn:
+        assert ("provider_failed", refunded) in inconsistency_rows(conn, shop.schema, None)
+    assert shop.status_of(refunded) == "pending"
+    reasons = [row.reason for row in audit_of(shop, refunded) if row.action == "inconsistent"]
+    assert len(reasons) == 2 and all(r.startswith("provider_failed:") for r in reasons)  # one per asking, not per run

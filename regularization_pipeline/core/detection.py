@@ -90,7 +90,7 @@ def _order_is_live(s: AppSchema) -> list[sa.ColumnElement[bool]]:
     return [s.o("deleted_at").is_(None)] if s.has_o("deleted_at") else []
 
 
-def _order_is_pending(s: AppSchema) -> list[sa.ColumnElement[bool]]:
+def order_is_pending(s: AppSchema) -> list[sa.ColumnElement[bool]]:
     return [s.o("status").in_(s.statuses.order_pending), *_order_is_live(s)]
 
 
@@ -147,14 +147,14 @@ def pending_ids_after(s: AppSchema, after: Any, count: int) -> sa.Select:
     the planner cannot tell how many orders pass, and it evaluated them for every
     pending order before sorting (a batch cost O(pending orders)).
     """
-    query = sa.select(s.o("id")).where(*_order_is_pending(s))
+    query = sa.select(s.o("id")).where(*order_is_pending(s))
     if after is not None:
         query = query.where(s.o("id") > after)
     return query.order_by(s.o("id")).limit(count)
 
 
 def orphan_condition(s: AppSchema, window: ScanWindow) -> sa.ColumnElement[bool]:
-    return sa.and_(*_order_is_pending(s), _exists_tx(s, *_completed_tx(s, window)))
+    return sa.and_(*order_is_pending(s), _exists_tx(s, *_completed_tx(s, window)))
 
 
 def regularizable_condition(s: AppSchema, window: ScanWindow) -> sa.ColumnElement[bool]:
@@ -202,7 +202,7 @@ def orphan_stats(conn: sa.Connection, s: AppSchema, window: ScanWindow, sample_s
     count, oldest = conn.execute(
         sa.select(sa.func.count(sa.distinct(s.o("id"))), sa.func.min(s.tx_completed_at))
         .select_from(s.orders.join(s.transactions, sa.and_(*_completed_tx(s, window))))
-        .where(*_order_is_pending(s))
+        .where(*order_is_pending(s))
     ).one()
     sample = tuple(
         conn.execute(
@@ -310,7 +310,7 @@ def _report(conn: sa.Connection, s: AppSchema, window: ScanWindow | None, sample
     flagged = conn.execute(
         sa.select(s.o("id").label("order_id"), *(sa.case((cond, 1), else_=0).label(kind) for kind, cond in problems.items()))
         .select_from(s.orders.join(s.transactions, sa.and_(*_completed_tx(s, window))))
-        .where(*_order_is_pending(s), *of_orders, sa.or_(*problems.values()))
+        .where(*order_is_pending(s), *of_orders, sa.or_(*problems.values()))
     ).all()
     for kind in problems:
         _keep(report, kind, sorted({row.order_id for row in flagged if getattr(row, kind)}, key=order_id_sort_key), sample_size)

@@ -40,6 +40,24 @@ LATE_COMMIT_MARGIN = dt.timedelta(hours=1)
 MAX_SCOPED_ORDERS = 20_000
 
 
+def with_provider_failures(conn: sa.Connection, schema: AppSchema, report: d.InconsistencyReport) -> d.InconsistencyReport:
+    """``report`` with the pending orders held because the provider said their payment failed or was refunded.
+
+    SQL cannot see that kind: it is known from the run that asked the provider,
+    which holds the order (quarantine) so it is not asked again every five
+    minutes. It stays open while the order is pending and held; ``release`` lets
+    the next run ask again.
+    """
+    s, at = schema, tb.owned_tables(schema.mapping.table_prefix).attempts
+    held = (sa.select(s.o("id"))
+            .select_from(sa.join(s.orders, at, at.c.order_id == sa.cast(s.o("id"), sa.String)))
+            .where(at.c.quarantined_at.is_not(None), at.c.last_outcome == tb.INCONSISTENT,
+                   at.c.last_reason.startswith(f"{d.PROVIDER_FAILED}:", autoescape=True), *d.order_is_pending(s)))
+    ids = sorted(conn.execute(held).scalars(), key=d.order_id_sort_key)
+    report.order_ids[d.PROVIDER_FAILED], report.counts[d.PROVIDER_FAILED] = ids, len(ids)
+    return report
+
+
 class InconsistencyTracker:
     """Reports the open inconsistencies of the whole history, refreshed incrementally."""
 
@@ -63,7 +81,7 @@ class InconsistencyTracker:
             self._store(conn, found, scope, now)
             values = {"scanned_at": now} if scope is not None else {"scanned_at": now, "full_scan_at": now}
             conn.execute(st.update().where(st.c.name == SCAN_NAME).values(**values))
-            return self._open(conn)
+            return with_provider_failures(conn, self.schema, self._open(conn))
 
     def _incremental_scope(self, conn: sa.Connection, state: Any, now: dt.datetime) -> set | None:
         """The orders to re-examine, or None when a full scan is due."""

@@ -19,6 +19,7 @@ from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.events import OutboxDispatcher
+from regularization_pipeline.core.inconsistencies import with_provider_failures
 from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
 from regularization_pipeline.core.schema import AppSchema
 
@@ -54,12 +55,12 @@ def regularize_order(regularizer: Regularizer, order_id: str, options: RunOption
     attempts = regularizer.tables.attempts
     with regularizer.engine.connect() as conn:
         key = existing_order_id(conn, schema, order_id)
-        failures = conn.execute(sa.select(attempts.c.failures).where(
-            attempts.c.order_id == str(key), attempts.c.quarantined_at.is_not(None))).scalar()
-        if failures is not None:
+        held = conn.execute(sa.select(attempts.c.last_reason).where(
+            attempts.c.order_id == str(key), attempts.c.quarantined_at.is_not(None))).first()
+        if held is not None:
             # A run skips it; one by hand is a decision to try again, so it goes through release.
             raise ConfigurationError(
-                f"order {key} is quarantined after {failures} failed attempt(s): lift it with "
+                f"order {key} is quarantined (last: {held.last_reason}): lift it with "
                 f"`regularize-completed-orders release --order-id {key}` first"
             )
         orphan = conn.execute(sa.select(sa.literal(1)).where(schema.o("id") == key, d.orphan_condition(schema, window))).first()
@@ -116,6 +117,8 @@ INCONSISTENCY_COLUMNS = ("kind", "order_id")
 def inconsistency_rows(conn: sa.Connection, schema: AppSchema, window: d.ScanWindow | None) -> list[tuple[str, Any]]:
     """(kind, order id) for every inconsistency the pipeline reports and never fixes."""
     report = d.inconsistency_report(conn, schema, window, sample_size=None)
+    if sa.inspect(conn).has_table(tb.owned_tables(schema.mapping.table_prefix).attempts.name):  # read-only before migrate too
+        report = with_provider_failures(conn, schema, report)
     return [(kind, order_id) for kind in d.INCONSISTENCY_KINDS for order_id in report.order_ids.get(kind, [])]
 
 

@@ -39,7 +39,10 @@ from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.db import check_reachable, insert_many, supports_skip_locked
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.events import new_event, outbox_row
-from regularization_pipeline.core.inconsistencies import InconsistencyTracker
+from regularization_pipeline.core.inconsistencies import (
+    InconsistencyTracker,
+    with_provider_failures,
+)
 from regularization_pipeline.core.migrations import require_migrated
 from regularization_pipeline.core.schema import AppSchema, validate_or_explain
 from regularization_pipeline.core.verification import (
@@ -272,7 +275,8 @@ class Regularizer:
         """
         if options.bounds_history() or options.dry_run:
             with self.engine.connect() as conn:
-                return d.inconsistency_report(conn, self.schema, window, sample_size=None)
+                return with_provider_failures(conn, self.schema,
+                                              d.inconsistency_report(conn, self.schema, window, sample_size=None))
         return InconsistencyTracker(self.engine, self.schema, clock=self.clock).refresh()
 
     def _batched(self, options: RunOptions) -> bool:
@@ -537,7 +541,10 @@ class Regularizer:
                 verdict = apply_provider_answer(verdict, answer[1])
         if verdict.action != tb.REGULARIZED:
             if verdict.action == tb.INCONSISTENT and not dry_run:
-                self._note_attempt(conn, order_id, run_id, tb.INCONSISTENT, verdict.reason, failed=False)
+                # The provider says the payment failed or was refunded: a human decides, so the
+                # order is held instead of asked about (and audited) again every five minutes.
+                self._note_attempt(conn, order_id, run_id, tb.INCONSISTENT, verdict.reason, failed=False,
+                                   hold=verdict.reason.startswith(f"{d.PROVIDER_FAILED}:"))
             return self._audit(conn, run_id, order_id, verdict, order, dry_run)
         if dry_run:
             return self._audit(conn, run_id, order_id, Verdict(tb.DRY_RUN, "would regularize: " + verdict.reason, verdict.transaction), order, dry_run)
@@ -582,8 +589,11 @@ class Regularizer:
     # --- attempts, failures and quarantine ---------------------------------------------
 
     def _note_attempt(self, conn: sa.Connection, order_id: Any, run_id: str, outcome: str, reason: str,
-                      *, failed: bool, max_attempts: int | None = None) -> tuple[int, bool]:
-        """Count an attempt on the order; returns (total attempts, quarantined now)."""
+                      *, failed: bool, max_attempts: int | None = None, hold: bool = False) -> tuple[int, bool]:
+        """Count an attempt on the order; returns (total attempts, quarantined now).
+
+        ``hold`` quarantines the order whatever its failures: runs skip it until ``release``.
+        """
         at, now = self.tables.attempts, self.clock()
         key = str(order_id)
         # Create the row if absent, then lock it: "select, insert when missing" let two
@@ -599,7 +609,7 @@ class Regularizer:
         quarantine = failed and max_attempts is not None and failures >= max_attempts
         values = dict(failures=failures, total_attempts=total, last_outcome=outcome, last_reason=reason[:500],
                       last_run_id=run_id, updated_at=now)
-        if quarantine:
+        if quarantine or hold:
             values["quarantined_at"] = now
         conn.execute(at.update().where(at.c.order_id == key).values(**values))
         return total, quarantine
