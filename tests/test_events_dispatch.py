@@ -257,3 +257,28 @@ def test_outbox_mode_leaves_rows_for_the_documented_consumer_query(server_shop):
             "UPDATE regularization_outbox SET state = 'delivered', delivered_at = :now, updated_at = :now, "
             "attempts = attempts + 1 WHERE id = :id AND state = 'pending'"), [{"now": now, "id": r.id} for r in batch])
     assert {r.state for r in outbox_rows(server_shop.engine)} == {DELIVERED}
+
+
+def test_a_slow_python_handler_does_not_let_another_dispatcher_take_the_event_over(shop):
+    """Handlers declare no worst-case time: the lease is renewed between them, not only per event."""
+    seed_events(shop, 1)
+    calls: dict[str, int] = {"slow": 0, "next": 0}
+    taken_over = []
+
+    def slow(_event):
+        calls["slow"] += 1
+        time.sleep(1.3)  # longer than the whole lease
+
+    def after_slow(_event):
+        calls["next"] += 1
+        # A second dispatcher polls now: the event's lease must still be held.
+        taken_over.append(other.dispatch().delivered)
+
+    handlers = PythonHandlersPublisher({"a_slow": slow, "b_next": after_slow})
+    first = OutboxDispatcher(shop.engine, owned(shop), [handlers], retry=IMMEDIATE, lease_seconds=1.0, owner="first")
+    other = OutboxDispatcher(shop.engine, owned(shop), [handlers], retry=IMMEDIATE, lease_seconds=1.0, owner="other")
+
+    summary = first.dispatch()
+
+    assert taken_over == [0] and calls == {"slow": 1, "next": 1}
+    assert summary.delivered == 1 and [r.state for r in outbox_rows(shop.engine)] == [DELIVERED]
