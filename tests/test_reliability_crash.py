@@ -1,4 +1,4 @@
-"""Crash anywhere: the run process SIGKILLed at seeded random instants, then a rerun (PostgreSQL).
+"""Crash anywhere: the run process SIGKILLed at seeded random instants, then a rerun (PostgreSQL, MariaDB).
 
 The child process runs what a Dagster run does in core: Regularizer.run, then the outbox
 dispatch to a consumer that records each delivery it receives. Some of its orders fail on
@@ -135,7 +135,6 @@ def check_invariants(shop, orphans: list[int], mismatches: list[int], receipts: 
     return received
 
 
-@pytest.mark.parametrize("server_db_url", ["postgresql"], indirect=True)
 def test_run_process_killed_at_random_instants_loses_and_duplicates_nothing(server_shop):
     shop = server_shop
     receipts = receipts_table(shop.engine)
@@ -186,7 +185,7 @@ def test_run_process_killed_at_random_instants_loses_and_duplicates_nothing(serv
 
     redelivered = sum(1 for n in received.values() if n > 1)
     killed = sum(t["killed"] for t in trials)
-    figures("crash anywhere/postgresql", attempts=len(trials), killed_mid_work=killed,
+    figures(f"crash anywhere/{shop.engine.dialect.name}", attempts=len(trials), killed_mid_work=killed,
             finished_before_kill=len(trials) - killed,
             child_work_seconds={m: round(v, 2) for m, v in span.items()}, orphans=len(orphans), events=len(received),
             redelivered_same_key=redelivered, lost=0, duplicate_events=0, attempts_counted_twice=0,
