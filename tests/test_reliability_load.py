@@ -1,6 +1,8 @@
 """Load: 100,000 orphans on PostgreSQL worked off by runs of limit=10,000, each in its own process,
 so each run's peak memory (ru_maxrss from os.wait4) is its own. Memory must not grow with the
-backlog or with the work already done: a run keeps no per-order state beyond its counters."""
+backlog or with the work already done: a run reads the backlog page by page and batch by batch,
+and keeps only its counters and one small outcome record per order it decided (``outcomes_kept``),
+so a run of 10,000 orders stays within 30 % of a run that found nothing."""
 
 from __future__ import annotations
 
@@ -104,3 +106,4 @@ def test_100k_orphans_in_runs_of_10k_keep_memory_flat():
             wall_seconds=[r["wall_seconds"] for r in runs], empty_run_rss_mb=runs[-1]["peak_rss_mb"],
             outcomes_kept=working[0]["outcomes_kept"])
     assert max(peaks) <= 1.3 * min(peaks), f"peak RSS grew across runs: {peaks}"
+    assert max(peaks) <= 1.3 * runs[-1]["peak_rss_mb"], f"a run of {LIMIT} orders against an empty one: {peaks}"
