@@ -351,3 +351,58 @@ def test_regularize_one_order_job_completes_the_orphan_and_fails_clearly_on_an_u
     assert good.success
     assert shop.status_of(order_id) == "completed"
     assert outbox_per_order(shop) == {str(order_id): 1}
+
+
+def _run_job(job, op: str, config: dict, db_url: str, instance):
+    return job.execute_in_process(run_config={"ops": {op: {"config": config}}}, resources=resources(db_url),
+                                  instance=instance, raise_on_error=False)
+
+
+def _failure(result) -> str:
+    (failure,) = result.get_step_failure_events()
+    return failure.step_failure_data.user_failure_data.description
+
+
+def test_release_job_lifts_a_quarantine_and_refuses_a_free_order_changing_nothing(shop, db_url):
+    held, free = shop.orphan(), shop.orphan()
+    _quarantine(shop, held)
+    before = snapshot(shop)
+    with dg.instance_for_test() as instance:
+        bad = _run_job(operator_jobs.release_quarantined_order, "release_order", {"order_id": str(free)}, db_url, instance)
+        assert not bad.success and _failure(bad) == f"order {free} is not quarantined"
+        assert snapshot(shop) == before
+        good = _run_job(operator_jobs.release_quarantined_order, "release_order", {"order_id": str(held)}, db_url, instance)
+    assert good.success
+    assert attempts_of(shop, held).quarantined_at is None
+    assert [a.action for a in audit_of(shop, held)] == [tb.RELEASED]
+
+
+def test_redeliver_job_requeues_dead_events_and_refuses_a_malformed_time_changing_nothing(shop, db_url):
+    dead, live = (row.event_id for row in seed_events(shop, 2))
+    _kill(shop, [dead])
+    before = snapshot(shop)
+    with dg.instance_for_test() as instance:
+        bad = _run_job(operator_jobs.redeliver_dead_events, "redeliver_events",
+                       {"all_dead": True, "since": "yesterday"}, db_url, instance)
+        assert not bad.success and _failure(bad) == "since: 'yesterday' is not an ISO 8601 time"
+        assert snapshot(shop) == before
+        good = _run_job(operator_jobs.redeliver_dead_events, "redeliver_events", {"event_ids": [dead]}, db_url, instance)
+    assert good.success
+    assert _states(shop) == {dead: tb.PENDING, live: tb.PENDING}
+
+
+def test_prune_job_counts_in_a_dry_run_prunes_for_real_and_refuses_a_short_retention(shop, db_url):
+    delivered, pending = (row.event_id for row in seed_events(shop, 2))
+    t = owned(shop)
+    with shop.engine.begin() as conn:
+        conn.execute(t.outbox.update().where(t.outbox.c.event_id == delivered).values(state=tb.DELIVERED, delivered_at=utcnow()))
+    _age_everything(shop, 100)
+    before = snapshot(shop)
+    with dg.instance_for_test() as instance:
+        short = _run_job(operator_jobs.prune_history, "prune_old_history", {"older_than_days": 0.5}, db_url, instance)
+        assert not short.success and "older_than_days" in _failure(short)
+        dry = _run_job(operator_jobs.prune_history, "prune_old_history", {"dry_run": True}, db_url, instance)
+        assert dry.success and snapshot(shop) == before
+        real = _run_job(operator_jobs.prune_history, "prune_old_history", {}, db_url, instance)
+    assert real.success
+    assert _states(shop) == {pending: tb.PENDING}  # the settled event went, the pending one never does
