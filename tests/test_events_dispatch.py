@@ -85,7 +85,9 @@ def test_backoff_with_jitter_and_retry_after_are_stored_in_next_attempt_at(engin
     assert OutboxDispatcher(engine, owned(shop), [webhook(app)], retry=policy).dispatch().delivered == 0
 
 
-def test_dead_letter_after_max_attempts_then_redelivered(shop):
+def test_dead_letter_after_max_attempts_then_redelivered_by_the_operator_command(shop, monkeypatch, capsys):
+    from regularization_pipeline import cli
+
     (row,) = seed_events(shop, 1)
     policy = RetryPolicy(max_attempts=3, base_delay_seconds=0.0, jitter=0.0)
     with ReceivingApp(secret=SECRET, script=[Reply(503)] * 3) as app:
@@ -97,7 +99,10 @@ def test_dead_letter_after_max_attempts_then_redelivered(shop):
         assert dead.last_error.startswith("RetryableDeliveryError: webhook answered HTTP 503")
         assert len(app.snapshot()) == 3  # nothing is sent to a dead event
 
-        assert dispatcher.redeliver(all_dead=True) == 1
+        monkeypatch.setenv("REGULARIZATION_DATABASE_URL", shop.engine.url.render_as_string(hide_password=False))
+        monkeypatch.delenv("REGULARIZATION_SCHEMA_FILE", raising=False)
+        assert cli.main(["redeliver", "--all-dead"]) == 0  # regularize-completed-orders redeliver --all-dead
+        assert "1 dead event(s) back in the queue" in capsys.readouterr().out
         assert dispatcher.dispatch().delivered == 1
     (delivered,) = outbox_rows(shop.engine)
     assert delivered.state == DELIVERED and delivered.attempts == 1
