@@ -49,11 +49,13 @@ def with_provider_failures(conn: sa.Connection, schema: AppSchema, report: d.Inc
     the next run ask again.
     """
     s, at = schema, tb.owned_tables(schema.mapping.table_prefix).attempts
-    held = (sa.select(s.o("id"))
-            .select_from(sa.join(s.orders, at, at.c.order_id == sa.cast(s.o("id"), sa.String)))
-            .where(at.c.quarantined_at.is_not(None), at.c.last_outcome == tb.INCONSISTENT,
-                   at.c.last_reason.startswith(f"{d.PROVIDER_FAILED}:", autoescape=True), *d.order_is_pending(s)))
-    ids = sorted(conn.execute(held).scalars(), key=d.order_id_sort_key)
+    keys = list(conn.execute(sa.select(at.c.order_id).where(
+        at.c.quarantined_at.is_not(None), at.c.last_outcome == tb.INCONSISTENT,
+        at.c.last_reason.startswith(f"{d.PROVIDER_FAILED}:", autoescape=True))).scalars())
+    ids = []
+    if keys:  # usually none: the orders table is only read when some are held
+        held = sa.select(s.o("id")).where(sa.cast(s.o("id"), sa.String).in_(keys), *d.order_is_pending(s))
+        ids = sorted(conn.execute(held).scalars(), key=d.order_id_sort_key)
     report.order_ids[d.PROVIDER_FAILED], report.counts[d.PROVIDER_FAILED] = ids, len(ids)
     return report
 
