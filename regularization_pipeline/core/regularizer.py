@@ -435,11 +435,27 @@ class Regularizer:
             raise  # a bad token or URL: every order would fail the same way, so the run stops
         except ProviderUnavailableError as exc:
             return self._left_for_next_run(order_id, run_id, exc, options.dry_run)
+        except sa.exc.DataError as exc:
+            if self._is_order_key(order_id):
+                return self._record_failure(order_id, run_id, exc, options.max_attempts, options.dry_run)
+            # Not even a value of the orders' key ("abc" for an integer id, PostgreSQL): no such
+            # order, as SQLite and MariaDB answer; not a failure to count, nor to quarantine.
+            with self.engine.begin() as conn:
+                return self._audit(conn, run_id, order_id, Verdict(tb.SKIPPED, "order not found"), None, options.dry_run)
         except Exception as exc:  # one bad order never stops the run
             return self._record_failure(order_id, run_id, exc, options.max_attempts, options.dry_run)
         if outcome.action != tb.SKIPPED or outcome.reason != LOCKED_ELSEWHERE:
             log.info("order %s: %s (%s)", order_id, outcome.action, outcome.reason)
         return outcome
+
+    def _is_order_key(self, order_id: Any) -> bool:
+        """Whether the database takes ``order_id`` as a value of the orders' key at all."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(self._sql.exists, {"p_order": order_id})
+        except sa.exc.DataError:
+            return False
+        return True
 
     def _decide_retrying_deadlocks(self, order_id: Any, run_id: str, dry_run: bool, window: d.ScanWindow,
                                    answer: tuple[Any, ProviderAnswer] | None) -> OrderOutcome:
