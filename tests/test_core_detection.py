@@ -36,6 +36,8 @@ def seed_inconsistencies(shop) -> dict[str, list]:
     with shop.engine.connect() as conn:
         ghost = conn.execute(sa.select(sa.func.max(shop.tables.orders.c.id))).scalar_one() + 1000
     shop.payment(ghost)
+    undated = shop.order()
+    shop.payment(undated, completed_minutes_ago=None)  # completed, completion time never written
     return {
         d.AMOUNT_MISMATCH: [amount],
         d.CURRENCY_MISMATCH: [currency],
@@ -43,6 +45,7 @@ def seed_inconsistencies(shop) -> dict[str, list]:
         d.DOUBLE_CHARGE: [double],
         d.PAID_BUT_CLOSED: [cancelled],
         d.MISSING_ORDER: [ghost],
+        d.UNDATED_PAYMENT: [undated],
         d.PROVIDER_FAILED: [],
     }
 

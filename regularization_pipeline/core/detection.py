@@ -30,9 +30,11 @@ INVALID_AMOUNT = "invalid_amount"
 DOUBLE_CHARGE = "double_charge"
 PAID_BUT_CLOSED = "paid_but_cancelled"
 MISSING_ORDER = "missing_order"
+UNDATED_PAYMENT = "undated_payment"  # completed, but no completion time: no grace period can apply
 PROVIDER_FAILED = "provider_failed"  # only known by asking the provider, never by SQL
 INCONSISTENCY_KINDS = (
-    AMOUNT_MISMATCH, CURRENCY_MISMATCH, INVALID_AMOUNT, DOUBLE_CHARGE, PAID_BUT_CLOSED, MISSING_ORDER, PROVIDER_FAILED,
+    AMOUNT_MISMATCH, CURRENCY_MISMATCH, INVALID_AMOUNT, DOUBLE_CHARGE, PAID_BUT_CLOSED, MISSING_ORDER, UNDATED_PAYMENT,
+    PROVIDER_FAILED,
 )
 
 
@@ -334,6 +336,11 @@ def _report(conn: sa.Connection, s: AppSchema, window: ScanWindow | None, sample
     queries[MISSING_ORDER] = (
         sa.select(s.t("order_id")).where(*_tx_is_completed(s, window), *of_payments, no_order).distinct()
     )
+    if window is None:  # an undated payment falls in no window: the whole-history report has it
+        # Without it a paid order would never be found, counted or aged out: silently dropped.
+        pending_order = sa.exists().select_from(s.orders).where(s.o("id") == s.t("order_id"), *order_is_pending(s))
+        queries[UNDATED_PAYMENT] = sa.select(s.t("order_id")).where(
+            *_tx_is_completed(s), s.tx_completed_at.is_(None), *of_payments, pending_order).distinct()
 
     for kind, query in queries.items():
         ids = query.subquery()
