@@ -295,15 +295,18 @@ def run_cli(url: str, dagster_home: str, *args: str) -> tuple[float, float]:
     # Handlers off, as for the throughput figures: the application consumes the outbox itself.
     env = {**os.environ, "REGULARIZATION_DATABASE_URL": url, "DAGSTER_HOME": dagster_home,
            "REGULARIZATION_PUBLISHERS": "outbox"}
-    started = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "regularize-completed-orders"), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:  # a crashed run would make a fast figure
-        raise AssertionError(f"regularize-completed-orders {' '.join(args)} exited {code}: {proc.stderr.read()[-2000:]!r}")
-    proc.stderr.close()
+    # stderr to a file, not a pipe: nothing reads a pipe while wait4 waits, and a chatty
+    # run would block on a full one.
+    with tempfile.TemporaryFile() as errors:
+        started = time.perf_counter()
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "regularize-completed-orders"), *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:  # a crashed run would make a fast figure
+            errors.seek(0)
+            raise AssertionError(f"regularize-completed-orders {' '.join(args)} exited {code}: {errors.read()[-2000:]!r}")
     return wall, usage.ru_maxrss / 1024
 
 
