@@ -5,6 +5,7 @@ class in their reason, and none is ever half-written (a flip without its event o
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import time
 
@@ -21,7 +22,7 @@ from test_reliability_support import (
 from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.core.errors import DatabaseUnavailableError
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.schema import SchemaMapping, build_schema
+from regularization_pipeline.core.schema import SchemaMapping, bind_schema, build_schema
 from regularization_pipeline.core.tables import FAILED, owned_tables
 
 MODES = ["per_order", "batched"]
@@ -240,35 +241,81 @@ def test_database_down_at_start_fails_the_run_cleanly(url):
     figures(f"db faults/{engine.dialect.name}/down at start", error=str(err.value)[:120])
 
 
-@pytest.mark.parametrize("server_db_url", ["postgresql"], indirect=True)
+class DatabaseTakenAway:
+    """Makes the run's database refuse new connections and ends the open ones, then gives it back.
+
+    PostgreSQL: the database stops accepting connections. MariaDB: the run connects as a
+    user of its own, whose account is locked (root cannot be).
+    """
+
+    def __init__(self, shop):
+        self.url, self.name = shop.engine.url, shop.engine.url.database
+        self.admin = create_app_engine(self.url.set(database="postgres").render_as_string(hide_password=False)
+                                       if self.url.get_backend_name() == "postgresql" else
+                                       self.url.render_as_string(hide_password=False))
+        self.user = f"reggone{os.getpid()}"
+        self.hosts = ("%", "localhost", "127.0.0.1")
+        if self.mariadb:
+            with self.admin.begin() as conn:
+                for host in self.hosts:
+                    conn.execute(sa.text(f"CREATE USER IF NOT EXISTS '{self.user}'@'{host}'"))
+                    conn.execute(sa.text(f"GRANT ALL ON {self.name}.* TO '{self.user}'@'{host}'"))
+
+    @property
+    def mariadb(self) -> bool:
+        return self.url.get_backend_name() != "postgresql"
+
+    def run_url(self) -> str:
+        return (self.url.set(username=self.user, password=None) if self.mariadb else self.url).render_as_string(hide_password=False)
+
+    def take(self) -> None:
+        with self.admin.begin() as conn:
+            if self.mariadb:
+                for host in self.hosts:
+                    conn.execute(sa.text(f"ALTER USER '{self.user}'@'{host}' ACCOUNT LOCK"))
+                for session in conn.execute(sa.text("SELECT id FROM information_schema.processlist WHERE user = :u"),
+                                            {"u": self.user}).scalars().all():
+                    try:
+                        conn.execute(sa.text(f"KILL {int(session)}"))
+                    except sa.exc.OperationalError:  # it ended on its own meanwhile
+                        pass
+            else:
+                conn.execute(sa.text(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS false"))
+                kill_other_sessions_of(self.admin, self.name)
+
+    def give_back(self) -> None:
+        with self.admin.begin() as conn:
+            if self.mariadb:
+                for host in self.hosts:
+                    conn.execute(sa.text(f"DROP USER IF EXISTS '{self.user}'@'{host}'"))
+            else:
+                conn.execute(sa.text(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true"))
+        self.admin.dispose()
+
+
 def test_database_gone_mid_run_stops_the_run_with_a_clear_error(server_shop):
     """The database refuses new connections mid-run: the run stops at the first order it cannot even
     report (instead of failing every order left, one connection attempt each) with an error naming the
     database (no password); nothing is half-written, and the next run finishes the work."""
     shop = server_shop
     ids = shop.orphans(10)
-    name = shop.engine.url.database
-    admin = create_app_engine(shop.engine.url.set(database="postgres").render_as_string(hide_password=False))
+    gone = DatabaseTakenAway(shop)
+    engine = create_app_engine(gone.run_url())
     calls = []
 
     def sleeper(_seconds):
         calls.append(1)
         if len(calls) == 3:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-                conn.commit()
-            kill_other_sessions_of(admin, name)
+            gone.take()
 
     try:
-        with pytest.raises(DatabaseUnavailableError) as gone:
-            Regularizer(shop.engine, shop.schema, sleeper=sleeper).run(
+        with pytest.raises(DatabaseUnavailableError) as refused:
+            Regularizer(engine, bind_schema(engine, shop.mapping), sleeper=sleeper).run(
                 RunOptions(mode="per_order", sleep=0.01, batch_size=50))
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-            conn.commit()
-        admin.dispose()
-    assert "cannot connect to the application database" in str(gone.value) and name in str(gone.value)
+        engine.dispose()
+        gone.give_back()
+    assert "cannot connect to the application database" in str(refused.value) and gone.name in str(refused.value)
     assert len(calls) == 3  # no order was tried after the one that found the database gone
     shop.engine.dispose()
     assert sorted(shop.status_of(i) for i in ids).count("completed") == 3
@@ -276,8 +323,8 @@ def test_database_gone_mid_run_stops_the_run_with_a_clear_error(server_shop):
     rerun(shop)
     assert all(shop.status_of(i) == "completed" for i in ids)
     assert_flip_iff_event(shop)
-    figures("db faults/postgresql/gone mid-run", regularized_before=3, orders_tried_while_gone=1,
-            error=str(gone.value)[:90], half_written=0)
+    figures(f"db faults/{shop.engine.dialect.name}/gone mid-run", regularized_before=3, orders_tried_while_gone=1,
+            error=str(refused.value)[:120], half_written=0)
 
 
 def kill_other_sessions_of(admin: sa.Engine, database: str) -> None:
