@@ -200,3 +200,47 @@ def test_four_overlapping_runs_flip_each_order_once_and_finish_sooner(server_sho
         # Together they finish sooner than one run. Not asserted on MariaDB, where four runs on two shared
         # cores measured slower than one (InnoDB's locking reads contend); docs/reliability.md reports both.
         assert overlap < single
+
+
+JOB_OVERLAP_BACKLOG = 1000
+
+
+def _job_run(url: str, start, results) -> None:
+    """One run of the job's whole selection (observation, checks, the three assets), as a Dagster run."""
+    import dagster as dg
+    from dagster_helpers import materialization_metadata, materialize_all
+
+    try:
+        with dg.instance_for_test() as instance:
+            start.wait(timeout=120)
+            result = materialize_all(url, instance, limit=100000, batch_size=100)
+            metrics = materialization_metadata(result, "regularized_orders")
+            results.put((result.success, int(metrics["regularized"]), int(metrics["failed"])))
+    except BaseException as exc:  # noqa: BLE001 - the parent asserts on what was put
+        results.put(("error", repr(exc), 0))
+
+
+def test_four_runs_of_the_job_at_once_with_the_limit_bypassed_flip_each_order_once(server_shop):
+    """The concurrency limit bypassed: four runs of the job itself (not only core) over one backlog."""
+    shop = server_shop
+    ids = shop.orphans(JOB_OVERLAP_BACKLOG)
+    url = url_of(shop.engine)
+    shop.engine.dispose()  # no pooled connection is shared with the children
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Barrier(OVERLAP_RUNS + 1), ctx.Queue()
+    procs = [ctx.Process(target=_job_run, args=(url, start, results)) for _ in range(OVERLAP_RUNS)]
+    for p in procs:
+        p.start()
+    start.wait(timeout=120)
+    outcomes = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+
+    assert all(o[0] is True for o in outcomes), outcomes  # every run succeeded
+    assert sum(o[1] for o in outcomes) == len(ids) and sum(o[2] for o in outcomes) == 0
+    assert set(ids) <= completed_ids(shop)
+    events = outbox_counts(shop.engine)
+    assert len(events) == len(ids) and set(events.values()) == {1}
+    assert_flip_iff_event(shop)
+    figures(f"forced overlap, the job/{shop.engine.dialect.name}", backlog=len(ids), runs=OVERLAP_RUNS,
+            regularized_per_run=sorted(o[1] for o in outcomes), duplicates=0, lost=0)
