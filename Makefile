@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv demo test lint dev migrate bench clean
+.PHONY: venv demo test test-fast lint format dev migrate bench clean
 
 venv: $(STAMP)
 
@@ -27,8 +27,15 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: venv $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m regularization_pipeline.demo
 
+# Style is enforced, not suggested: `ruff format` (line length 100) and the lint rules.
 lint: venv
+	$(BIN)/ruff format --check regularization_pipeline tests bench
 	$(BIN)/ruff check regularization_pipeline tests bench
+
+# Rewrites the files in place: run it before committing.
+format: venv
+	$(BIN)/ruff format regularization_pipeline tests bench
+	$(BIN)/ruff check --fix regularization_pipeline tests bench
 
 test: venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """Render a figures file (JSON lines from bench.run) as the markdown table in docs/performance.md.
 
-    python -m bench.report bench/results/<commit>-1000000_orders.jsonl
+python -m bench.report bench/results/<commit>-1000000_orders.jsonl
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ EXTRA_KEYS = ("orders", "orphans", "transactions", "runs", "small", "large")
 
 def render(lines: list[dict]) -> str:
     first = lines[0] if lines else {}
-    out = [f"Shop: {first.get('size', '?')} on {first.get('database', '?')}, commit {first.get('commit', '?')}.", "",
-           "| figure | value | unit | for |", "| --- | ---: | --- | --- |"]
+    out = [
+        f"Shop: {first.get('size', '?')} on {first.get('database', '?')}, commit {first.get('commit', '?')}.",
+        "",
+        "| figure | value | unit | for |",
+        "| --- | ---: | --- | --- |",
+    ]
     for figure in lines:
         extra = ", ".join(f"{k} {figure[k]}" for k in EXTRA_KEYS if k in figure)
         out.append(f"| `{figure['name']}` | {figure['value']:,} | {figure['unit']} | {extra} |")
@@ -29,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = Path(args[0])
     try:
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     except (OSError, json.JSONDecodeError) as exc:
         print(f"cannot read figures from {path}: {exc}", file=sys.stderr)
         return 2

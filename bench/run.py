@@ -37,8 +37,13 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/regbench"
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -48,7 +53,14 @@ def machine(engine: sa.Engine) -> str:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+            model = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in cpuinfo
+                    if line.startswith("model name")
+                ),
+                model,
+            )
     except OSError:
         pass
     with engine.connect() as conn:
@@ -64,8 +76,16 @@ class Report:
             out.parent.mkdir(parents=True, exist_ok=True)
 
     def figure(self, name: str, value: float, unit: str, **extra) -> float:
-        line = {"name": name, "value": round(value, 3), "unit": unit, "database": "postgresql",
-                "size": self.size.label, "commit": self.commit, "machine": self.machine, **extra}
+        line = {
+            "name": name,
+            "value": round(value, 3),
+            "unit": unit,
+            "database": "postgresql",
+            "size": self.size.label,
+            "commit": self.commit,
+            "machine": self.machine,
+            **extra,
+        }
         self.figures[name] = value
         print(json.dumps(line), flush=True)
         if self.out:
@@ -111,7 +131,11 @@ ORDER BY o.id LIMIT 50
 
 
 def summarize_plan(plan: list[str]) -> str:
-    nodes = [line.strip().lstrip("-> ").split("  (")[0] for line in plan if "->" in line or line is plan[0]]
+    nodes = [
+        line.strip().lstrip("-> ").split("  (")[0]
+        for line in plan
+        if "->" in line or line is plan[0]
+    ]
     return " | ".join(nodes[:6])
 
 
@@ -131,7 +155,11 @@ def sent_statements(engine: sa.Engine, fn: Callable[[], object]) -> list[tuple[s
         fn()
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
-    return [(statement, parameters) for statement, parameters in sent if statement.lstrip().upper().startswith("SELECT")]
+    return [
+        (statement, parameters)
+        for statement, parameters in sent
+        if statement.lstrip().upper().startswith("SELECT")
+    ]
 
 
 def bench_detection(report: Report, engine: sa.Engine, schema, repeat: int, label: str) -> None:
@@ -157,24 +185,50 @@ def bench_detection(report: Report, engine: sa.Engine, schema, repeat: int, labe
     for w, sql, p in ((window, plain_all, params), (day, plain_day, day_params)):
         ours_count, plain_count = ours(w).count, plain(sql, p)[0][0]
         if ours_count != plain_count:
-            raise AssertionError(f"detection and the plain SQL disagree: {ours_count} != {plain_count}")
+            raise AssertionError(
+                f"detection and the plain SQL disagree: {ours_count} != {plain_count}"
+            )
     ours_page, plain_page = first_page(), [r[0] for r in plain(PLAIN_PAGE_SQL, params)]
     if ours_page != plain_page:
-        raise AssertionError(f"the candidate page and the plain SQL disagree: {ours_page[:5]} vs {plain_page[:5]}")
-    report.figure(f"detection_orphan_stats_ms{label}", median_ms(lambda: ours(window), repeat), "ms")
-    report.figure(f"detection_plain_sql_ms{label}", median_ms(lambda: plain(plain_all, params), repeat), "ms")
+        raise AssertionError(
+            f"the candidate page and the plain SQL disagree: {ours_page[:5]} vs {plain_page[:5]}"
+        )
+    report.figure(
+        f"detection_orphan_stats_ms{label}", median_ms(lambda: ours(window), repeat), "ms"
+    )
+    report.figure(
+        f"detection_plain_sql_ms{label}", median_ms(lambda: plain(plain_all, params), repeat), "ms"
+    )
     report.figure(f"detection_first_page_ms{label}", median_ms(first_page, repeat), "ms")
-    report.figure(f"detection_plain_first_page_ms{label}", median_ms(lambda: plain(PLAIN_PAGE_SQL, params), repeat), "ms")
-    report.figure(f"detection_orphan_stats_24h_ms{label}", median_ms(lambda: ours(day), repeat), "ms")
-    report.figure(f"detection_plain_sql_24h_ms{label}", median_ms(lambda: plain(plain_day, day_params), repeat), "ms")
+    report.figure(
+        f"detection_plain_first_page_ms{label}",
+        median_ms(lambda: plain(PLAIN_PAGE_SQL, params), repeat),
+        "ms",
+    )
+    report.figure(
+        f"detection_orphan_stats_24h_ms{label}", median_ms(lambda: ours(day), repeat), "ms"
+    )
+    report.figure(
+        f"detection_plain_sql_24h_ms{label}",
+        median_ms(lambda: plain(plain_day, day_params), repeat),
+        "ms",
+    )
     # What a run with lookback_hours=24 reads: the same, plus the orphans older than the window.
-    report.figure(f"detection_orphan_stats_24h_with_aged_out_ms{label}",
-                  median_ms(lambda: ours(day, count_aged_out=True), repeat), "ms")
+    report.figure(
+        f"detection_orphan_stats_24h_with_aged_out_ms{label}",
+        median_ms(lambda: ours(day, count_aged_out=True), repeat),
+        "ms",
+    )
+
     def report_all():
         with engine.connect() as conn:
             return d.inconsistency_report(conn, schema, window, sample_size=0)
 
-    report.figure(f"detection_inconsistency_report_ms{label}", median_ms(report_all, max(repeat // 2, 1)), "ms")
+    report.figure(
+        f"detection_inconsistency_report_ms{label}",
+        median_ms(report_all, max(repeat // 2, 1)),
+        "ms",
+    )
     # What the check and the run pay every five minutes: the tracked report, refreshed
     # after a full scan (its stored answer must be the full scan's).
     tracker = InconsistencyTracker(engine, schema)
@@ -182,13 +236,23 @@ def bench_detection(report: Report, engine: sa.Engine, schema, repeat: int, labe
     with engine.connect() as conn:
         scanned = d.inconsistency_report(conn, schema, sample_size=None)
     if tracked.order_ids != scanned.order_ids:
-        raise AssertionError(f"the tracked inconsistencies and a full scan disagree: {tracked.counts} vs {scanned.counts}")
-    report.figure(f"detection_inconsistency_refresh_ms{label}", median_ms(tracker.refresh, repeat), "ms")
+        raise AssertionError(
+            f"the tracked inconsistencies and a full scan disagree: {tracked.counts} vs {scanned.counts}"
+        )
+    report.figure(
+        f"detection_inconsistency_refresh_ms{label}", median_ms(tracker.refresh, repeat), "ms"
+    )
     with engine.connect() as conn:
         report.note(f"plan{label} plain orphan count: {explain_summary(conn, plain_all, params)}")
-        report.note(f"plan{label} plain first page: {explain_summary(conn, PLAIN_PAGE_SQL, params)}")
+        report.note(
+            f"plan{label} plain first page: {explain_summary(conn, PLAIN_PAGE_SQL, params)}"
+        )
     # The pipeline's own statements, as it sends them.
-    for what, fn in (("orphan count", lambda: ours(window)), ("first page", first_page), ("orphan count 24h", lambda: ours(day))):
+    for what, fn in (
+        ("orphan count", lambda: ours(window)),
+        ("first page", first_page),
+        ("orphan count 24h", lambda: ours(day)),
+    ):
         statement, parameters = sent_statements(engine, fn)[0]
         with engine.connect() as conn:
             plan = conn.exec_driver_sql("EXPLAIN " + statement, parameters).scalars().all()
@@ -197,6 +261,7 @@ def bench_detection(report: Report, engine: sa.Engine, schema, repeat: int, labe
 
 # --- 2, 3. throughput -------------------------------------------------------------------
 
+
 def baseline_original(engine: sa.Engine, first: int, limit: int) -> int:
     """The original artisan command's shape: candidates, then per order load, event, update, commit.
 
@@ -204,20 +269,35 @@ def baseline_original(engine: sa.Engine, first: int, limit: int) -> int:
     amount, so it would otherwise "fix" the shop's standing inconsistencies too.
     """
     with engine.connect() as conn:
-        ids = conn.execute(sa.text(
-            "SELECT DISTINCT o.id FROM orders o JOIN transactions t ON t.order_id = o.id "
-            "WHERE o.status = 'pending' AND t.status = 'completed' AND o.deleted_at IS NULL AND o.id >= :first "
-            "ORDER BY o.id LIMIT :n"
-        ), {"first": first, "n": limit}).scalars().all()
+        ids = (
+            conn.execute(
+                sa.text(
+                    "SELECT DISTINCT o.id FROM orders o JOIN transactions t ON t.order_id = o.id "
+                    "WHERE o.status = 'pending' AND t.status = 'completed' AND o.deleted_at IS NULL AND o.id >= :first "
+                    "ORDER BY o.id LIMIT :n"
+                ),
+                {"first": first, "n": limit},
+            )
+            .scalars()
+            .all()
+        )
     fired = []
     for order_id in ids:
         with engine.begin() as conn:
-            order = conn.execute(sa.text("SELECT * FROM orders WHERE id = :id"), {"id": order_id}).one()
-            txs = conn.execute(sa.text("SELECT * FROM transactions WHERE order_id = :id"), {"id": order_id}).all()
+            order = conn.execute(
+                sa.text("SELECT * FROM orders WHERE id = :id"), {"id": order_id}
+            ).one()
+            txs = conn.execute(
+                sa.text("SELECT * FROM transactions WHERE order_id = :id"), {"id": order_id}
+            ).all()
             if any(t.status == "completed" for t in txs):
                 fired.append(order.id)  # event(new OrderCompleted($order)) with no listener work
-                conn.execute(sa.text("UPDATE orders SET status = 'completed', updated_at = now() WHERE id = :id"),
-                             {"id": order_id})
+                conn.execute(
+                    sa.text(
+                        "UPDATE orders SET status = 'completed', updated_at = now() WHERE id = :id"
+                    ),
+                    {"id": order_id},
+                )
     return len(fired)
 
 
@@ -246,7 +326,9 @@ def set_based(engine: sa.Engine, ids: list[int]) -> int:
         return conn.execute(sa.text(SET_BASED_SQL), {"ids": ids, "run": str(uuid.uuid4())}).rowcount
 
 
-def throughput(report: Report, name: str, engine: sa.Engine, ids: list[int], fn: Callable[[], int], repeat: int) -> float:
+def throughput(
+    report: Report, name: str, engine: sa.Engine, ids: list[int], fn: Callable[[], int], repeat: int
+) -> float:
     rates = []
     for _ in range(repeat):
         shopgen.reset_orphans(engine, ids)
@@ -263,18 +345,44 @@ def bench_throughput(report: Report, engine: sa.Engine, schema, orders: int, rep
     ids = shopgen.add_orphans(engine, orders, seed=2)
     # Only these orphans are due: the generated backlog is completed first. The pending
     # inconsistent orders stay as they are, reported by every run as in a real shop.
-    regularizable = d.regularizable_condition(schema, d.ScanWindow(now=d.utcnow(), min_age_minutes=0))
+    regularizable = d.regularizable_condition(
+        schema, d.ScanWindow(now=d.utcnow(), min_age_minutes=0)
+    )
     with engine.begin() as conn:
-        conn.execute(schema.orders.update().where(schema.o("id") < ids[0], regularizable)
-                     .values({schema.mapping.orders.status: schema.statuses.order_completed}))
+        conn.execute(
+            schema.orders.update()
+            .where(schema.o("id") < ids[0], regularizable)
+            .values({schema.mapping.orders.status: schema.statuses.order_completed})
+        )
     fast = dict(sleep=0, limit=orders, batch_size=1000)
     regularizer = Regularizer(engine, schema, sleeper=lambda _s: None)
-    per_order = throughput(report, "throughput_per_order", engine, ids,
-                           lambda: regularizer.run(RunOptions(mode="per_order", **fast)).regularized, repeat)
-    batched = throughput(report, "throughput_batched", engine, ids,
-                         lambda: regularizer.run(RunOptions(mode="batched", **fast)).regularized, repeat)
-    baseline = throughput(report, "throughput_original_baseline", engine, ids, lambda: baseline_original(engine, ids[0], orders), repeat)
-    reference = throughput(report, "throughput_set_based_sql", engine, ids, lambda: set_based(engine, ids), repeat)
+    per_order = throughput(
+        report,
+        "throughput_per_order",
+        engine,
+        ids,
+        lambda: regularizer.run(RunOptions(mode="per_order", **fast)).regularized,
+        repeat,
+    )
+    batched = throughput(
+        report,
+        "throughput_batched",
+        engine,
+        ids,
+        lambda: regularizer.run(RunOptions(mode="batched", **fast)).regularized,
+        repeat,
+    )
+    baseline = throughput(
+        report,
+        "throughput_original_baseline",
+        engine,
+        ids,
+        lambda: baseline_original(engine, ids[0], orders),
+        repeat,
+    )
+    reference = throughput(
+        report, "throughput_set_based_sql", engine, ids, lambda: set_based(engine, ids), repeat
+    )
     report.figure("per_order_vs_baseline", per_order / baseline, "x")
     report.figure("batched_vs_baseline", batched / baseline, "x")
     report.figure("batched_vs_set_based_sql", batched / reference, "ratio")
@@ -285,52 +393,73 @@ def retire(engine: sa.Engine, ids: list[int]) -> None:
     """Take measured orders out of later figures: their rows gone from our tables, the orders completed."""
     shopgen.reset_orphans(engine, ids)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE orders SET status = 'completed' WHERE id = ANY(:ids)"), {"ids": ids})
+        conn.execute(
+            sa.text("UPDATE orders SET status = 'completed' WHERE id = ANY(:ids)"), {"ids": ids}
+        )
 
 
 # --- 4, 5, 6. the job end to end, memory, scale-out ----------------------------------------------
 
+
 def run_cli(url: str, dagster_home: str, *args: str) -> tuple[float, float]:
     """One `regularize-completed-orders` process: (wall seconds, peak RSS MiB); a failed run raises."""
     # Handlers off, as for the throughput figures: the application consumes the outbox itself.
-    env = {**os.environ, "REGULARIZATION_DATABASE_URL": url, "DAGSTER_HOME": dagster_home,
-           "REGULARIZATION_PUBLISHERS": "outbox"}
+    env = {
+        **os.environ,
+        "REGULARIZATION_DATABASE_URL": url,
+        "DAGSTER_HOME": dagster_home,
+        "REGULARIZATION_PUBLISHERS": "outbox",
+    }
     # stderr to a file, not a pipe: nothing reads a pipe while wait4 waits, and a chatty
     # run would block on a full one.
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "regularize-completed-orders"), *args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=errors)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "regularize-completed-orders"), *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         code = os.waitstatus_to_exitcode(status)
         if code != 0:  # a crashed run would make a fast figure
             errors.seek(0)
-            raise AssertionError(f"regularize-completed-orders {' '.join(args)} exited {code}: {errors.read()[-2000:]!r}")
+            raise AssertionError(
+                f"regularize-completed-orders {' '.join(args)} exited {code}: {errors.read()[-2000:]!r}"
+            )
     return wall, usage.ru_maxrss / 1024
 
 
 def assert_all_completed(engine: sa.Engine, ids: list[int]) -> None:
     with engine.connect() as conn:
-        left = conn.execute(sa.text("SELECT count(*) FROM orders WHERE id = ANY(:ids) AND status <> 'completed'"),
-                            {"ids": ids}).scalar_one()
+        left = conn.execute(
+            sa.text("SELECT count(*) FROM orders WHERE id = ANY(:ids) AND status <> 'completed'"),
+            {"ids": ids},
+        ).scalar_one()
     if left:
         raise AssertionError(f"{left} of {len(ids)} orphans were not regularized")
 
 
-def backlog_runs(engine: sa.Engine, url: str, home: str, ids: list[int], repeat: int) -> tuple[list[float], list[float]]:
+def backlog_runs(
+    engine: sa.Engine, url: str, home: str, ids: list[int], repeat: int
+) -> tuple[list[float], list[float]]:
     """``repeat`` CLI runs over the same backlog, put back between runs: (walls, peak RSS)."""
     walls, peaks = [], []
     for _ in range(repeat):
         shopgen.reset_orphans(engine, ids)
-        wall, peak = run_cli(url, home, "--limit", str(max(len(ids), 1)), "--sleep", "0", "--batch-size", "1000")
+        wall, peak = run_cli(
+            url, home, "--limit", str(max(len(ids), 1)), "--sleep", "0", "--batch-size", "1000"
+        )
         assert_all_completed(engine, ids)
         walls.append(wall)
         peaks.append(peak)
     return walls, peaks
 
 
-def bench_end_to_end(report: Report, engine: sa.Engine, url: str, repeat: int, backlog: int) -> None:
+def bench_end_to_end(
+    report: Report, engine: sa.Engine, url: str, repeat: int, backlog: int
+) -> None:
     with tempfile.TemporaryDirectory() as home:
         (Path(home) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         walls, rss = [], []
@@ -350,14 +479,18 @@ def bench_end_to_end(report: Report, engine: sa.Engine, url: str, repeat: int, b
         retire(engine, ids)
 
 
-def bench_memory(report: Report, engine: sa.Engine, url: str, small: int, large: int, repeat: int) -> None:
+def bench_memory(
+    report: Report, engine: sa.Engine, url: str, small: int, large: int, repeat: int
+) -> None:
     peaks = {}
     with tempfile.TemporaryDirectory() as home:
         (Path(home) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         for backlog in (small, large):
             ids = shopgen.add_orphans(engine, backlog, seed=backlog)
             _, rss = backlog_runs(engine, url, home, ids, repeat)
-            peaks[backlog] = report.figure("peak_rss_mib", statistics.median(rss), "MiB", orphans=backlog)
+            peaks[backlog] = report.figure(
+                "peak_rss_mib", statistics.median(rss), "MiB", orphans=backlog
+            )
             retire(engine, ids)
     report.figure("peak_rss_ratio", peaks[large] / peaks[small], "ratio", small=small, large=large)
 
@@ -369,7 +502,8 @@ def _one_run(url: str, limit: int, start, results) -> None:
         schema = bind_schema(engine, SchemaMapping())
         start.wait(timeout=120)
         summary = Regularizer(engine, schema, sleeper=lambda _s: None).run(
-            RunOptions(sleep=0, limit=limit, batch_size=1000))
+            RunOptions(sleep=0, limit=limit, batch_size=1000)
+        )
         results.put(summary.regularized)
     except BaseException as exc:  # noqa: BLE001 - the parent reports it
         results.put(repr(exc))
@@ -386,7 +520,10 @@ def bench_scale_out(report: Report, engine: sa.Engine, url: str, orders: int, re
         for _ in range(repeat):
             shopgen.reset_orphans(engine, ids)
             start, results = ctx.Barrier(runs + 1), ctx.Queue()
-            procs = [ctx.Process(target=_one_run, args=(url, orders, start, results)) for _ in range(runs)]
+            procs = [
+                ctx.Process(target=_one_run, args=(url, orders, start, results))
+                for _ in range(runs)
+            ]
             for proc in procs:
                 proc.start()
             start.wait(timeout=120)  # every process has imported and connected: time the work alone
@@ -399,7 +536,9 @@ def bench_scale_out(report: Report, engine: sa.Engine, url: str, orders: int, re
                 raise AssertionError(f"{runs} runs regularized {totals} of {orders}")
             assert_all_completed(engine, ids)
             rates.append(orders / elapsed)
-        report.figure("scale_out_orders_per_s", statistics.median(rates), "orders/s", runs=runs, orders=orders)
+        report.figure(
+            "scale_out_orders_per_s", statistics.median(rates), "orders/s", runs=runs, orders=orders
+        )
     retire(engine, ids)
 
 
@@ -408,24 +547,39 @@ def ensure_database(url: str) -> None:
     target = sa.engine.make_url(url)
     admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}).first():
+        if not conn.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+        ).first():
             conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
     admin.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a small shop, as run by make test")
     parser.add_argument("--url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
-    parser.add_argument("--out", type=Path, default=None, help="JSON lines file (default bench/results/<commit>.jsonl)")
-    parser.add_argument("--skip-build", action="store_true", help="reuse the shop already in the database")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON lines file (default bench/results/<commit>.jsonl)",
+    )
+    parser.add_argument(
+        "--skip-build", action="store_true", help="reuse the shop already in the database"
+    )
     args = parser.parse_args(argv)
 
     size = shopgen.QUICK if args.quick else shopgen.ShopSize()
     repeat = 3 if args.quick else 5
     ensure_database(args.url)
     engine = create_app_engine(args.url, pool_size=10)
-    report = Report(size, args.out or ROOT / "bench" / "results" / f"{git_commit()}-{size.label}.jsonl", machine(engine))
+    report = Report(
+        size,
+        args.out or ROOT / "bench" / "results" / f"{git_commit()}-{size.label}.jsonl",
+        machine(engine),
+    )
     if not args.skip_build:
         started = time.perf_counter()
         made = shopgen.build_shop(engine, size)
@@ -441,7 +595,14 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     bench_throughput(report, engine, schema, orders=500 if q else 5000, repeat=repeat)
     bench_end_to_end(report, engine, args.url, repeat=2 if q else 3, backlog=200 if q else 10_000)
-    bench_memory(report, engine, args.url, small=100 if q else 1000, large=500 if q else 100_000, repeat=2 if q else 3)
+    bench_memory(
+        report,
+        engine,
+        args.url,
+        small=100 if q else 1000,
+        large=500 if q else 100_000,
+        repeat=2 if q else 3,
+    )
     bench_scale_out(report, engine, args.url, orders=500 if q else 100_000, repeat=2 if q else 3)
     engine.dispose()
     return 0

@@ -27,7 +27,9 @@ from regularization_pipeline.demo.shop import shop_tables
 class ShopSize:
     orders: int = 1_000_000
     orphan_share: float = 0.005
-    retried_share: float = 0.15  # healthy orders with a failed payment (retried when the order completed)
+    retried_share: float = (
+        0.15  # healthy orders with a failed payment (retried when the order completed)
+    )
     inconsistencies: int = 300
     deleted_share: float = 0.002
     days: int = 30
@@ -66,8 +68,10 @@ def _copy(engine: sa.Engine, table: str, columns: list[str], lines: Iterator[str
     raw = engine.raw_connection()
     try:
         with raw.cursor() as cur:
-            cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT text)",
-                            io.BufferedReader(_CopyStream(lines), 1 << 20))
+            cur.copy_expert(
+                f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT text)",
+                io.BufferedReader(_CopyStream(lines), 1 << 20),
+            )
         raw.commit()
     finally:
         raw.close()
@@ -77,7 +81,9 @@ def _ts(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def build_shop(engine: sa.Engine, size: ShopSize, *, seed: int = 20261125, with_indexes: bool = True) -> dict:
+def build_shop(
+    engine: sa.Engine, size: ShopSize, *, seed: int = 20261125, with_indexes: bool = True
+) -> dict:
     """Drop and rebuild the shop; returns counts of what was made (orphans, inconsistencies...)."""
     mapping = SchemaMapping()
     tables = shop_tables(mapping, with_indexes=False)
@@ -90,7 +96,13 @@ def build_shop(engine: sa.Engine, size: ShopSize, *, seed: int = 20261125, with_
     span = size.days * 86400
     n_orphans = int(size.orders * size.orphan_share)
     # Every kind of inconsistency, spread through the id range.
-    kinds = ["amount_mismatch", "currency_mismatch", "double_charge", "paid_but_cancelled", "invalid_amount"]
+    kinds = [
+        "amount_mismatch",
+        "currency_mismatch",
+        "double_charge",
+        "paid_but_cancelled",
+        "invalid_amount",
+    ]
     special: dict[int, str] = {}
     orphan_ids: set[int] = set()
     picks = rng.sample(range(1, size.orders + 1), n_orphans + size.inconsistencies)
@@ -107,7 +119,9 @@ def build_shop(engine: sa.Engine, size: ShopSize, *, seed: int = 20261125, with_
         for order_id in range(1, size.orders + 1):
             created = now - dt.timedelta(seconds=rng.randrange(span) + 900)
             kind = special.get(order_id)
-            total = "-5.00" if kind == "invalid_amount" else f"{rng.randrange(500, 50000) / 100:.2f}"
+            total = (
+                "-5.00" if kind == "invalid_amount" else f"{rng.randrange(500, 50000) / 100:.2f}"
+            )
             deleted = "\\N"
             if order_id in orphan_ids or (kind and kind != "paid_but_cancelled"):
                 status, state[order_id] = "pending", PENDING
@@ -122,11 +136,28 @@ def build_shop(engine: sa.Engine, size: ShopSize, *, seed: int = 20261125, with_
                 made["deleted"] += 1
             else:
                 status = rng.choices(["completed", "pending", "cancelled"], [0.95, 0.03, 0.02])[0]
-                state[order_id] = {"completed": COMPLETED, "pending": PENDING, "cancelled": CANCELLED}[status]
+                state[order_id] = {
+                    "completed": COMPLETED,
+                    "pending": PENDING,
+                    "cancelled": CANCELLED,
+                }[status]
             yield f"{order_id}\t{order_id % 50000}\t{status}\t{total}\t{_ts(created)}\tEUR\t{_ts(created)}\t{deleted}\n"
 
-    _copy(engine, "orders", ["id", "customer_id", "status", "total", "created_at", "currency", "updated_at", "deleted_at"],
-          orders())
+    _copy(
+        engine,
+        "orders",
+        [
+            "id",
+            "customer_id",
+            "status",
+            "total",
+            "created_at",
+            "currency",
+            "updated_at",
+            "deleted_at",
+        ],
+        orders(),
+    )
 
     def transactions() -> Iterator[str]:
         tx_id = 0
@@ -165,11 +196,32 @@ def build_shop(engine: sa.Engine, size: ShopSize, *, seed: int = 20261125, with_
             yield f"{tx_id}\t{size.orders * 10 + k}\tcompleted\t10.00\t{_ts(when)}\t4242\tEUR\t{_ts(when)}\n"
         made["transactions"] = tx_id
 
-    _copy(engine, "transactions", ["id", "order_id", "status", "amount", "updated_at", "card_last4", "currency", "completed_at"],
-          transactions())
+    _copy(
+        engine,
+        "transactions",
+        [
+            "id",
+            "order_id",
+            "status",
+            "amount",
+            "updated_at",
+            "card_last4",
+            "currency",
+            "completed_at",
+        ],
+        transactions(),
+    )
     with engine.begin() as conn:
-        conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('orders', 'id'), (SELECT max(id) FROM orders))"))
-        conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('transactions', 'id'), (SELECT max(id) FROM transactions))"))
+        conn.execute(
+            sa.text(
+                "SELECT setval(pg_get_serial_sequence('orders', 'id'), (SELECT max(id) FROM orders))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "SELECT setval(pg_get_serial_sequence('transactions', 'id'), (SELECT max(id) FROM transactions))"
+            )
+        )
     if with_indexes:
         create_indexes(engine)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -188,7 +240,9 @@ RECOMMENDED_INDEXES = {
 
 def create_indexes(engine: sa.Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.text("DROP INDEX IF EXISTS ix_transactions_order_id"))  # the composite one covers it
+        conn.execute(
+            sa.text("DROP INDEX IF EXISTS ix_transactions_order_id")
+        )  # the composite one covers it
         for ddl in RECOMMENDED_INDEXES.values():
             conn.execute(sa.text(ddl))
         conn.execute(sa.text("ANALYZE orders"))
@@ -197,7 +251,9 @@ def create_indexes(engine: sa.Engine) -> None:
 
 # What a Laravel shop has without our advice: `foreignId('order_id')->constrained()` indexes
 # the foreign key. No shop lacks it, so "without the recommended indexes" keeps it.
-LARAVEL_DEFAULT_INDEX = "CREATE INDEX IF NOT EXISTS ix_transactions_order_id ON transactions (order_id)"
+LARAVEL_DEFAULT_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ix_transactions_order_id ON transactions (order_id)"
+)
 
 
 def drop_indexes(engine: sa.Engine) -> None:
@@ -215,17 +271,58 @@ def add_orphans(engine: sa.Engine, count: int, *, seed: int = 1) -> list[int]:
     rng = random.Random(seed)  # noqa: S311 - benchmark data
     now = utcnow()
     with engine.connect() as conn:
-        first_order = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM orders")).scalar_one()
-        first_tx = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM transactions")).scalar_one()
+        first_order = conn.execute(
+            sa.text("SELECT coalesce(max(id), 0) + 1 FROM orders")
+        ).scalar_one()
+        first_tx = conn.execute(
+            sa.text("SELECT coalesce(max(id), 0) + 1 FROM transactions")
+        ).scalar_one()
     ids = list(range(first_order, first_order + count))
     paid = {i: now - dt.timedelta(seconds=rng.randrange(3600, 72000)) for i in ids}
-    _copy(engine, "orders", ["id", "customer_id", "status", "total", "created_at", "currency", "updated_at", "deleted_at"],
-          (f"{i}\t1\tpending\t19.90\t{_ts(paid[i])}\tEUR\t{_ts(paid[i])}\t\\N\n" for i in ids))
-    _copy(engine, "transactions", ["id", "order_id", "status", "amount", "updated_at", "card_last4", "currency", "completed_at"],
-          (f"{first_tx + k}\t{i}\tcompleted\t19.90\t{_ts(paid[i])}\t4242\tEUR\t{_ts(paid[i])}\n" for k, i in enumerate(ids)))
+    _copy(
+        engine,
+        "orders",
+        [
+            "id",
+            "customer_id",
+            "status",
+            "total",
+            "created_at",
+            "currency",
+            "updated_at",
+            "deleted_at",
+        ],
+        (f"{i}\t1\tpending\t19.90\t{_ts(paid[i])}\tEUR\t{_ts(paid[i])}\t\\N\n" for i in ids),
+    )
+    _copy(
+        engine,
+        "transactions",
+        [
+            "id",
+            "order_id",
+            "status",
+            "amount",
+            "updated_at",
+            "card_last4",
+            "currency",
+            "completed_at",
+        ],
+        (
+            f"{first_tx + k}\t{i}\tcompleted\t19.90\t{_ts(paid[i])}\t4242\tEUR\t{_ts(paid[i])}\n"
+            for k, i in enumerate(ids)
+        ),
+    )
     with engine.begin() as conn:
-        conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('orders', 'id'), (SELECT max(id) FROM orders))"))
-        conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('transactions', 'id'), (SELECT max(id) FROM transactions))"))
+        conn.execute(
+            sa.text(
+                "SELECT setval(pg_get_serial_sequence('orders', 'id'), (SELECT max(id) FROM orders))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "SELECT setval(pg_get_serial_sequence('transactions', 'id'), (SELECT max(id) FROM transactions))"
+            )
+        )
         # Both tables, as autovacuum would after a backlog built up over hours: with stale
         # statistics PostgreSQL took 100,000 fresh payments for 86 and planned the batch
         # claim from the payments side (876 ms a claim instead of 2 ms).
@@ -243,10 +340,19 @@ def reset_orphans(engine: sa.Engine, ids: list[int], prefix: str = "regularizati
     """
     keys = [str(i) for i in ids]
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE orders SET status = 'pending' WHERE id = ANY(:ids)"), {"ids": list(ids)})
-        conn.execute(sa.text(f"DELETE FROM {prefix}event_deliveries WHERE event_id IN "
-                             f"(SELECT event_id FROM {prefix}outbox WHERE order_id = ANY(:keys))"), {"keys": keys})
+        conn.execute(
+            sa.text("UPDATE orders SET status = 'pending' WHERE id = ANY(:ids)"), {"ids": list(ids)}
+        )
+        conn.execute(
+            sa.text(
+                f"DELETE FROM {prefix}event_deliveries WHERE event_id IN "
+                f"(SELECT event_id FROM {prefix}outbox WHERE order_id = ANY(:keys))"
+            ),
+            {"keys": keys},
+        )
         for table in ("outbox", "audit", "order_attempts"):
-            conn.execute(sa.text(f"DELETE FROM {prefix}{table} WHERE order_id = ANY(:keys)"), {"keys": keys})
+            conn.execute(
+                sa.text(f"DELETE FROM {prefix}{table} WHERE order_id = ANY(:keys)"), {"keys": keys}
+            )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE orders"))

@@ -89,7 +89,9 @@ class JobReport:
         return int(self.metrics.get("failed", 0)) + int(self.metrics.get("quarantined", 0))
 
 
-def launch_job(instance, config: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> JobReport:
+def launch_job(
+    instance, config: Mapping[str, Any], tags: Mapping[str, str] | None = None
+) -> JobReport:
     """Run the job once in this process against ``instance``, after making sure none is in flight."""
     from regularization_pipeline.definitions import defs
     from regularization_pipeline.defs.jobs import JOB_NAME, in_flight_run
@@ -115,7 +117,11 @@ def launch_job(instance, config: Mapping[str, Any], tags: Mapping[str, str] | No
 def _metadata_of(result, asset: str) -> dict[str, float | int]:
     for event in result.get_asset_materialization_events():
         if event.asset_key.to_user_string() == asset:
-            return {k: v.value for k, v in event.materialization.metadata.items() if isinstance(v.value, int | float)}
+            return {
+                k: v.value
+                for k, v in event.materialization.metadata.items()
+                if isinstance(v.value, int | float)
+            }
     return {}
 
 
@@ -124,15 +130,30 @@ def _report(result) -> JobReport:
     for event in result.get_step_failure_events():
         data = event.step_failure_data
         message = data.user_failure_data.description if data.user_failure_data else None
-        failures.append(f"{event.step_key}: {message or (data.error.message.strip() if data.error else 'failed')}")
-    checks = {e.check_name: (e.passed, e.severity.value) for e in result.get_asset_check_evaluations()}
-    return JobReport(result.run_id, result.success, _metadata_of(result, "regularized_orders"),
-                     _metadata_of(result, "order_completed_events"), failures, checks)
+        failures.append(
+            f"{event.step_key}: {message or (data.error.message.strip() if data.error else 'failed')}"
+        )
+    checks = {
+        e.check_name: (e.passed, e.severity.value) for e in result.get_asset_check_evaluations()
+    }
+    return JobReport(
+        result.run_id,
+        result.success,
+        _metadata_of(result, "regularized_orders"),
+        _metadata_of(result, "order_completed_events"),
+        failures,
+        checks,
+    )
 
 
-def format_table(rows: Sequence[tuple[str, Any]], headers: tuple[str, str] = ("metric", "value")) -> str:
+def format_table(
+    rows: Sequence[tuple[str, Any]], headers: tuple[str, str] = ("metric", "value")
+) -> str:
     width = max(len(headers[0]), *(len(name) for name, _ in rows)) if rows else len(headers[0])
-    lines = [f"{headers[0]:<{width}}  {headers[1]}", f"{'-' * width}  {'-' * max(len(headers[1]), 5)}"]
+    lines = [
+        f"{headers[0]:<{width}}  {headers[1]}",
+        f"{'-' * width}  {'-' * max(len(headers[1]), 5)}",
+    ]
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
     return "\n".join(lines)
 
@@ -167,29 +188,62 @@ def _number(text: str) -> float:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=_whole_number, help="most orders to act on in this run (default 50)")
+    parser.add_argument(
+        "--limit", type=_whole_number, help="most orders to act on in this run (default 50)"
+    )
     parser.add_argument("--sleep", type=_number, help="seconds between two orders (default 2)")
-    parser.add_argument("--hours", type=_number, help="only payments completed within the last H hours")
-    parser.add_argument("--min-age", type=_number, metavar="MINUTES",
-                        help="grace period: leave payments younger than this to their webhook (default 10)")
-    parser.add_argument("--dry-run", action="store_true", default=None, help="decide and audit, change nothing")
-    parser.add_argument("--batch-size", type=_whole_number, help="candidate ids read per page (default 50)")
-    parser.add_argument("--max-attempts", type=_whole_number, help="failures before an order is quarantined (default 5)")
-    parser.add_argument("--since", metavar="ISO_TIME", help="only payments completed at or after this UTC time")
-    parser.add_argument("--until", metavar="ISO_TIME", help="only payments completed at or before this UTC time")
-    parser.add_argument("--max-runtime", type=_number, metavar="SECONDS",
-                        help="stop taking new orders after this long (default 240)")
-    parser.add_argument("--mode", choices=["auto", "per_order", "batched"],
-                        help="per_order: one transaction per order; batched: batch_size orders per transaction; "
-                        "auto (default): batched when --sleep is 0 and no provider verification is configured")
+    parser.add_argument(
+        "--hours", type=_number, help="only payments completed within the last H hours"
+    )
+    parser.add_argument(
+        "--min-age",
+        type=_number,
+        metavar="MINUTES",
+        help="grace period: leave payments younger than this to their webhook (default 10)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", default=None, help="decide and audit, change nothing"
+    )
+    parser.add_argument(
+        "--batch-size", type=_whole_number, help="candidate ids read per page (default 50)"
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=_whole_number,
+        help="failures before an order is quarantined (default 5)",
+    )
+    parser.add_argument(
+        "--since", metavar="ISO_TIME", help="only payments completed at or after this UTC time"
+    )
+    parser.add_argument(
+        "--until", metavar="ISO_TIME", help="only payments completed at or before this UTC time"
+    )
+    parser.add_argument(
+        "--max-runtime",
+        type=_number,
+        metavar="SECONDS",
+        help="stop taking new orders after this long (default 240)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "per_order", "batched"],
+        help="per_order: one transaction per order; batched: batch_size orders per transaction; "
+        "auto (default): batched when --sleep is 0 and no provider verification is configured",
+    )
 
 
-def run_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+def run_config_from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> dict[str, Any]:
     """The options given, validated by the job's own config; a bad one is a usage error naming its flag."""
     from regularization_pipeline.defs.config import RegularizeConfig
 
     attrs = {field: flag.lstrip("-").replace("-", "_") for field, flag in RUN_FLAGS.items()}
-    values = {field: getattr(args, attr) for field, attr in attrs.items() if getattr(args, attr) is not None}
+    values = {
+        field: getattr(args, attr)
+        for field, attr in attrs.items()
+        if getattr(args, attr) is not None
+    }
     try:
         RegularizeConfig(**values).to_run_options()
     except ConfigurationError as exc:
@@ -205,7 +259,9 @@ def _name_flags(exc: ConfigurationError) -> str:
     for err in cause.errors():
         field = ".".join(str(p) for p in err["loc"])
         flag = RUN_FLAGS.get(field)
-        parts.append(f"{flag} ({field}): {err['msg']}" if flag else f"{field or 'options'}: {err['msg']}")
+        parts.append(
+            f"{flag} ({field}): {err['msg']}" if flag else f"{field or 'options'}: {err['msg']}"
+        )
     return "invalid run options: " + "; ".join(parts)
 
 
@@ -220,7 +276,9 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ConfigurationError as exc:
         parser.error(str(exc))
     if not os.environ.get("DAGSTER_HOME"):
-        parser.error("DAGSTER_HOME is not set: point it at the Dagster instance directory (`make dev` uses .dagster_home)")
+        parser.error(
+            "DAGSTER_HOME is not set: point it at the Dagster instance directory (`make dev` uses .dagster_home)"
+        )
     try:
         with dg.DagsterInstance.get() as instance:
             report = launch_job(instance, config)
@@ -247,7 +305,9 @@ def cmd_migrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         return EXIT_FAILED
     finally:
         engine.dispose()
-    print(f"migrated {engine.url.render_as_string(hide_password=True)} (tables {prefix}*) to revision {revision}")
+    print(
+        f"migrated {engine.url.render_as_string(hide_password=True)} (tables {prefix}*) to revision {revision}"
+    )
     return EXIT_OK
 
 
@@ -271,12 +331,24 @@ def _order_id(text: str) -> str:
 
 def _add_time_filter(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--hours", type=_number, help=f"only {what} within the last H hours")
-    parser.add_argument("--since", type=_utc_time, metavar="ISO_TIME", help=f"only {what} at or after this time (UTC)")
-    parser.add_argument("--until", type=_utc_time, metavar="ISO_TIME", help=f"only {what} at or before this time (UTC)")
+    parser.add_argument(
+        "--since",
+        type=_utc_time,
+        metavar="ISO_TIME",
+        help=f"only {what} at or after this time (UTC)",
+    )
+    parser.add_argument(
+        "--until",
+        type=_utc_time,
+        metavar="ISO_TIME",
+        help=f"only {what} at or before this time (UTC)",
+    )
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=["table", "csv"], default="table", help="output format (default table)")
+    parser.add_argument(
+        "--format", choices=["table", "csv"], default="table", help="output format (default table)"
+    )
 
 
 @dataclass
@@ -310,12 +382,21 @@ def _open_database(parser: argparse.ArgumentParser, *, migrated: bool = False) -
     return OpenDatabase(engine, schema, mapping.table_prefix)
 
 
-def _window(args: argparse.Namespace, parser: argparse.ArgumentParser, min_age: float | None) -> d.ScanWindow:
+def _window(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, min_age: float | None
+) -> d.ScanWindow:
     try:
-        return d.ScanWindow(now=d.utcnow(), min_age_minutes=d.DEFAULT_MIN_AGE_MINUTES if min_age is None else min_age,
-                            lookback_hours=args.hours, since=args.since, until=args.until)
+        return d.ScanWindow(
+            now=d.utcnow(),
+            min_age_minutes=d.DEFAULT_MIN_AGE_MINUTES if min_age is None else min_age,
+            lookback_hours=args.hours,
+            since=args.since,
+            until=args.until,
+        )
     except ConfigurationError as exc:
-        parser.error(str(exc).replace("lookback_hours", "--hours").replace("min_age_minutes", "--min-age"))
+        parser.error(
+            str(exc).replace("lookback_hours", "--hours").replace("min_age_minutes", "--min-age")
+        )
 
 
 def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out=None) -> None:
@@ -342,7 +423,9 @@ def _read_only(parser: argparse.ArgumentParser, query: Callable[[Any, AppSchema]
         db.engine.dispose()
 
 
-def _print_listing(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, what: str) -> int:
+def _print_listing(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, what: str
+) -> int:
     print_rows(columns, rows, fmt)
     if fmt == "table":  # on stderr, so that piping the table keeps only the rows
         print(f"{len(rows)} {what}", file=sys.stderr)
@@ -352,15 +435,24 @@ def _print_listing(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: s
 def cmd_list_orphans(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     window = _window(args, parser, args.min_age)
     rows = _read_only(parser, lambda conn, schema: operator_tools.orphan_rows(conn, schema, window))
-    return _print_listing(operator_tools.OrphanRow.COLUMNS, [r.values() for r in rows], args.format, "orphaned order(s)")
+    return _print_listing(
+        operator_tools.OrphanRow.COLUMNS,
+        [r.values() for r in rows],
+        args.format,
+        "orphaned order(s)",
+    )
 
 
 def cmd_list_inconsistencies(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     bounded = args.hours is not None or args.since is not None or args.until is not None
     # Without bounds every payment counts, however recent: an inconsistency has no grace period.
     window = _window(args, parser, 0) if bounded else None
-    rows = _read_only(parser, lambda conn, schema: operator_tools.inconsistency_rows(conn, schema, window))
-    return _print_listing(operator_tools.INCONSISTENCY_COLUMNS, rows, args.format, "inconsistency(ies)")
+    rows = _read_only(
+        parser, lambda conn, schema: operator_tools.inconsistency_rows(conn, schema, window)
+    )
+    return _print_listing(
+        operator_tools.INCONSISTENCY_COLUMNS, rows, args.format, "inconsistency(ies)"
+    )
 
 
 def _payment_verifier():
@@ -377,7 +469,8 @@ def _payment_verifier():
     from regularization_pipeline.defs.resources import PaymentGatewayResource
 
     return PaymentGatewayResource(
-        base_url=os.environ.get(PROVIDER_URL_ENV) or None, token=os.environ.get(PROVIDER_TOKEN_ENV) or None,
+        base_url=os.environ.get(PROVIDER_URL_ENV) or None,
+        token=os.environ.get(PROVIDER_TOKEN_ENV) or None,
         settings_file=os.environ.get(PROVIDER_SETTINGS_ENV) or None,
     ).verifier()
 
@@ -386,17 +479,31 @@ def cmd_regularize_order(args: argparse.Namespace, parser: argparse.ArgumentPars
     from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 
     try:
-        options = RunOptions.parse(**{k: v for k, v in {
-            "min_age_minutes": args.min_age, "dry_run": args.dry_run, "max_attempts": args.max_attempts,
-        }.items() if v is not None})
+        options = RunOptions.parse(
+            **{
+                k: v
+                for k, v in {
+                    "min_age_minutes": args.min_age,
+                    "dry_run": args.dry_run,
+                    "max_attempts": args.max_attempts,
+                }.items()
+                if v is not None
+            }
+        )
     except ConfigurationError as exc:
-        parser.error(str(exc).replace("min_age_minutes", "--min-age").replace("max_attempts", "--max-attempts"))
+        parser.error(
+            str(exc)
+            .replace("min_age_minutes", "--min-age")
+            .replace("max_attempts", "--max-attempts")
+        )
     db = _open_database(parser, migrated=True)
     verifier = None
     try:
         verifier = _payment_verifier()
         regularizer = Regularizer(db.engine, db.schema, verifier=verifier)
-        outcome = operator_tools.regularize_order(regularizer, args.order_id, options, f"operator-{uuid.uuid4()}")
+        outcome = operator_tools.regularize_order(
+            regularizer, args.order_id, options, f"operator-{uuid.uuid4()}"
+        )
     except ConfigurationError as exc:
         parser.error(str(exc))
     except RegularizationError as exc:
@@ -433,8 +540,14 @@ def cmd_redeliver(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("--since/--until select dead events with --all-dead")
     db = _open_database(parser, migrated=True)
     try:
-        count = operator_tools.redeliver_dead_events(db.engine, db.tables(), event_ids=args.event_id or (),
-                                                     all_dead=args.all_dead, since=args.since, until=args.until)
+        count = operator_tools.redeliver_dead_events(
+            db.engine,
+            db.tables(),
+            event_ids=args.event_id or (),
+            all_dead=args.all_dead,
+            since=args.since,
+            until=args.until,
+        )
     except ConfigurationError as exc:
         parser.error(str(exc).replace("all_dead", "--all-dead"))
     finally:
@@ -446,7 +559,9 @@ def cmd_redeliver(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 def cmd_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     db = _open_database(parser, migrated=True)
     try:
-        summary = retention.prune_history(db.engine, db.tables(), args.older_than_days, dry_run=args.dry_run)
+        summary = retention.prune_history(
+            db.engine, db.tables(), args.older_than_days, dry_run=args.dry_run
+        )
     except ConfigurationError as exc:
         parser.error(str(exc).replace("older_than_days", "--older-than-days"))
     finally:
@@ -461,7 +576,9 @@ Command = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 DEFAULT_COMMAND = "run"
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, Command]]]:
+def build_parser() -> tuple[
+    argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, Command]]
+]:
     parser = argparse.ArgumentParser(
         prog="regularize-completed-orders",
         description="Complete orders left pending after a lost payment webhook. "
@@ -470,61 +587,116 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[argparse.Ar
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, tuple[argparse.ArgumentParser, Command]] = {}
 
-    run = sub.add_parser("run", help="run the regularization job once (the default)",
-                         description="Run the Dagster job once against $DAGSTER_HOME's instance.")
+    run = sub.add_parser(
+        "run",
+        help="run the regularization job once (the default)",
+        description="Run the Dagster job once against $DAGSTER_HOME's instance.",
+    )
     _add_run_options(run)
     commands["run"] = (run, cmd_run)
 
-    migrate = sub.add_parser("migrate", help="create or upgrade this project's tables in REGULARIZATION_DATABASE_URL",
-                             description="Alembic `upgrade head` for the audit, outbox and attempts tables.")
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or upgrade this project's tables in REGULARIZATION_DATABASE_URL",
+        description="Alembic `upgrade head` for the audit, outbox and attempts tables.",
+    )
     commands["migrate"] = (migrate, cmd_migrate)
 
-    one = sub.add_parser("regularize-order", help="regularize one orphaned order now, with every guarantee of a run",
-                         description="Lock, re-verify and complete one order, writing its outbox and audit rows. "
-                         "Refuses (exit 2, nothing changed) an unknown order or one that is not an orphan.")
-    one.add_argument("--order-id", required=True, type=_order_id, help="the order's id in the application")
-    one.add_argument("--min-age", type=_number, metavar="MINUTES",
-                     help="grace period left to the webhook (default 10)")
-    one.add_argument("--max-attempts", type=_whole_number, help="failures before the order is quarantined (default 5)")
-    one.add_argument("--dry-run", action="store_true", default=None, help="decide and audit, change nothing")
+    one = sub.add_parser(
+        "regularize-order",
+        help="regularize one orphaned order now, with every guarantee of a run",
+        description="Lock, re-verify and complete one order, writing its outbox and audit rows. "
+        "Refuses (exit 2, nothing changed) an unknown order or one that is not an orphan.",
+    )
+    one.add_argument(
+        "--order-id", required=True, type=_order_id, help="the order's id in the application"
+    )
+    one.add_argument(
+        "--min-age",
+        type=_number,
+        metavar="MINUTES",
+        help="grace period left to the webhook (default 10)",
+    )
+    one.add_argument(
+        "--max-attempts",
+        type=_whole_number,
+        help="failures before the order is quarantined (default 5)",
+    )
+    one.add_argument(
+        "--dry-run", action="store_true", default=None, help="decide and audit, change nothing"
+    )
     commands["regularize-order"] = (one, cmd_regularize_order)
 
-    release = sub.add_parser("release", help="lift an order's quarantine so the next run retries it",
-                             description="Reset the failure count of a quarantined order and audit the release.")
-    release.add_argument("--order-id", required=True, type=_order_id, help="the quarantined order's id")
+    release = sub.add_parser(
+        "release",
+        help="lift an order's quarantine so the next run retries it",
+        description="Reset the failure count of a quarantined order and audit the release.",
+    )
+    release.add_argument(
+        "--order-id", required=True, type=_order_id, help="the quarantined order's id"
+    )
     commands["release"] = (release, cmd_release)
 
-    orphans = sub.add_parser("list-orphans", help="list orphaned orders (read-only)",
-                             description="Pending orders with a completed payment older than the grace period, "
-                             "oldest payment first. Times are UTC.")
+    orphans = sub.add_parser(
+        "list-orphans",
+        help="list orphaned orders (read-only)",
+        description="Pending orders with a completed payment older than the grace period, "
+        "oldest payment first. Times are UTC.",
+    )
     _add_time_filter(orphans, "payments completed")
-    orphans.add_argument("--min-age", type=_number, metavar="MINUTES", help="grace period (default 10)")
+    orphans.add_argument(
+        "--min-age", type=_number, metavar="MINUTES", help="grace period (default 10)"
+    )
     _add_format(orphans)
     commands["list-orphans"] = (orphans, cmd_list_orphans)
 
-    inconsistent = sub.add_parser("list-inconsistencies", help="list what the pipeline reports and never fixes (read-only)",
-                                  description="Amount or currency mismatches, double charges, payments on cancelled "
-                                  "or missing orders: one row per kind and order.")
+    inconsistent = sub.add_parser(
+        "list-inconsistencies",
+        help="list what the pipeline reports and never fixes (read-only)",
+        description="Amount or currency mismatches, double charges, payments on cancelled "
+        "or missing orders: one row per kind and order.",
+    )
     _add_time_filter(inconsistent, "payments completed")
     _add_format(inconsistent)
     commands["list-inconsistencies"] = (inconsistent, cmd_list_inconsistencies)
 
-    redeliver = sub.add_parser("redeliver", help="put dead-lettered OrderCompleted events back in the queue",
-                               description="Dead events become pending with a fresh attempt count; the next run "
-                               "delivers them with their idempotency key.")
+    redeliver = sub.add_parser(
+        "redeliver",
+        help="put dead-lettered OrderCompleted events back in the queue",
+        description="Dead events become pending with a fresh attempt count; the next run "
+        "delivers them with their idempotency key.",
+    )
     which = redeliver.add_mutually_exclusive_group(required=True)
-    which.add_argument("--event-id", nargs="+", metavar="EVENT_ID", help="these dead events (all must be dead)")
-    which.add_argument("--all-dead", action="store_true", help="every dead event (narrow with --since/--until)")
-    redeliver.add_argument("--since", type=_utc_time, metavar="ISO_TIME", help="events created at or after this time")
-    redeliver.add_argument("--until", type=_utc_time, metavar="ISO_TIME", help="events created at or before this time")
+    which.add_argument(
+        "--event-id", nargs="+", metavar="EVENT_ID", help="these dead events (all must be dead)"
+    )
+    which.add_argument(
+        "--all-dead", action="store_true", help="every dead event (narrow with --since/--until)"
+    )
+    redeliver.add_argument(
+        "--since", type=_utc_time, metavar="ISO_TIME", help="events created at or after this time"
+    )
+    redeliver.add_argument(
+        "--until", type=_utc_time, metavar="ISO_TIME", help="events created at or before this time"
+    )
     commands["redeliver"] = (redeliver, cmd_redeliver)
 
-    prune = sub.add_parser("prune", help="delete audit rows and settled outbox events older than the retention",
-                           description="Audit rows (inconsistency reports excepted) and delivered or dead events "
-                           "with their delivery rows; pending events are never pruned.")
-    prune.add_argument("--older-than-days", type=_number, default=retention.DEFAULT_RETENTION_DAYS, metavar="DAYS",
-                       help=f"retention period (default {retention.DEFAULT_RETENTION_DAYS})")
-    prune.add_argument("--dry-run", action="store_true", help="count what would be pruned, delete nothing")
+    prune = sub.add_parser(
+        "prune",
+        help="delete audit rows and settled outbox events older than the retention",
+        description="Audit rows (inconsistency reports excepted) and delivered or dead events "
+        "with their delivery rows; pending events are never pruned.",
+    )
+    prune.add_argument(
+        "--older-than-days",
+        type=_number,
+        default=retention.DEFAULT_RETENTION_DAYS,
+        metavar="DAYS",
+        help=f"retention period (default {retention.DEFAULT_RETENTION_DAYS})",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="count what would be pruned, delete nothing"
+    )
     commands["prune"] = (prune, cmd_prune)
     return parser, commands
 

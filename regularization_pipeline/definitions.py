@@ -66,8 +66,10 @@ def _alert_resource() -> AlertResource:
     # The webhook URL embeds its token and the password is a secret: both through EnvVar,
     # so the UI shows the variable names. The rest is plain settings, read here.
     env = os.environ
-    thresholds = {"stale_orphan_minutes": _number_from_env(ALERT_STALE_ORPHAN_MINUTES_ENV),
-                  "max_error_rate": _number_from_env(ALERT_MAX_ERROR_RATE_ENV)}
+    thresholds = {
+        "stale_orphan_minutes": _number_from_env(ALERT_STALE_ORPHAN_MINUTES_ENV),
+        "max_error_rate": _number_from_env(ALERT_MAX_ERROR_RATE_ENV),
+    }
     return AlertResource(
         **{field: value for field, value in thresholds.items() if value is not None},
         webhook_url=_from_env(ALERT_WEBHOOK_URL_ENV),
@@ -82,7 +84,12 @@ def _alert_resource() -> AlertResource:
 
 
 defs = dg.Definitions(
-    assets=[assets.app_orders, assets.regularized_orders, assets.order_completed_events, assets.regularization_audit],
+    assets=[
+        assets.app_orders,
+        assets.regularized_orders,
+        assets.order_completed_events,
+        assets.regularization_audit,
+    ],
     asset_checks=[checks.no_orphaned_pending_orders, checks.transactions_consistent],
     jobs=[jobs.regularize_completed_orders, *operator_jobs.OPERATOR_JOBS],
     schedules=[jobs.regularize_completed_orders_every_5_minutes],
@@ -91,7 +98,11 @@ defs = dg.Definitions(
         "alerts": _alert_resource(),
         "app_db": AppDatabaseResource(url=_database_url(), schema_file=_from_env(SCHEMA_FILE_ENV)),
         "event_publisher": EventPublisherResource(
-            publishers=[name.strip() for name in os.environ.get(PUBLISHERS_ENV, "python").split(",") if name.strip()],
+            publishers=[
+                name.strip()
+                for name in os.environ.get(PUBLISHERS_ENV, "python").split(",")
+                if name.strip()
+            ],
             webhook_url=_from_env(WEBHOOK_URL_ENV),
             webhook_secret=_from_env(WEBHOOK_SECRET_ENV),
         ),

@@ -31,7 +31,9 @@ class JsonLinesFormatter(logging.Formatter):
         meta = getattr(record, "dagster_meta", None)
         meta = meta if isinstance(meta, dict) else {}
         entry: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds"),
+            "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname,
             "logger": record.name,
             # Dagster rewrites record.msg to "job - run id - pid - step - event - message"

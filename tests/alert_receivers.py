@@ -17,7 +17,9 @@ class _Inbox:
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
         with self.lock:
-            self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content), session.authenticated))
+            self.messages.append(
+                (envelope.rcpt_tos, message_from_bytes(envelope.content), session.authenticated)
+            )
         return "250 OK"
 
 
@@ -35,9 +37,11 @@ class SmtpServer:
         self.port = _free_port()
         kwargs = {}
         if login:
+
             def authenticate(server, session, envelope, mechanism, auth_data):
                 ok = (auth_data.login.decode(), auth_data.password.decode()) == login
                 return AuthResult(success=ok)
+
             # Plain-text AUTH on loopback only: the test server has no certificate.
             kwargs = {"authenticator": authenticate, "auth_require_tls": False}
         self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **kwargs)

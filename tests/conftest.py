@@ -45,10 +45,15 @@ def _session_database(admin_url: str, backend: str) -> tuple[str | None, str | N
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
             conn.execute(sa.text(f"CREATE DATABASE {name}"))
     except sa.exc.OperationalError as exc:
-        return None, f"{backend} is not reachable at {admin.url.render_as_string(hide_password=True)} ({type(exc.orig).__name__})"
+        return (
+            None,
+            f"{backend} is not reachable at {admin.url.render_as_string(hide_password=True)} ({type(exc.orig).__name__})",
+        )
     finally:
         admin.dispose()
-    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False), None
+    return sa.engine.make_url(admin_url).set(database=name).render_as_string(
+        hide_password=False
+    ), None
 
 
 def _drop_session_database(admin_url: str, url: str) -> None:
@@ -60,7 +65,11 @@ def drop_database(admin_url: str, name: str) -> None:
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         if admin.dialect.name == "postgresql":
-            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
+            conn.execute(
+                sa.text(
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                )
+            )
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
     admin.dispose()
 
@@ -74,7 +83,9 @@ def throwaway_postgres_database(prefix: str) -> Iterator[sa.URL]:
         with admin.connect() as conn:
             conn.execute(sa.text(f"CREATE DATABASE {name}"))
     except sa.exc.OperationalError as exc:
-        unavailable(f"PostgreSQL is not reachable at {admin.url.render_as_string(hide_password=True)} ({type(exc.orig).__name__})")
+        unavailable(
+            f"PostgreSQL is not reachable at {admin.url.render_as_string(hide_password=True)} ({type(exc.orig).__name__})"
+        )
     finally:
         admin.dispose()
     try:
@@ -193,7 +204,9 @@ def audit_per_order(shop: ShopWriter, action: str) -> dict[str, int]:
     au = owned(shop).audit
     with shop.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(au.c.order_id, sa.func.count()).where(au.c.action == action).group_by(au.c.order_id)
+            sa.select(au.c.order_id, sa.func.count())
+            .where(au.c.action == action)
+            .group_by(au.c.order_id)
         ).all()
     return {order_id: n for order_id, n in rows}
 
@@ -202,7 +215,9 @@ def audit_of(shop: ShopWriter, order_id) -> list:
     """The audit rows of one order, oldest first."""
     au = owned(shop).audit
     with shop.engine.connect() as conn:
-        return conn.execute(sa.select(au).where(au.c.order_id == str(order_id)).order_by(au.c.id)).all()
+        return conn.execute(
+            sa.select(au).where(au.c.order_id == str(order_id)).order_by(au.c.id)
+        ).all()
 
 
 def attempts_of(shop: ShopWriter, order_id):

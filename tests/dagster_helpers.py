@@ -13,19 +13,35 @@ from regularization_pipeline.defs.resources import (
     PaymentGatewayResource,
 )
 
-ALL_ASSETS = [assets.app_orders, assets.regularized_orders, assets.order_completed_events, assets.regularization_audit]
+ALL_ASSETS = [
+    assets.app_orders,
+    assets.regularized_orders,
+    assets.order_completed_events,
+    assets.regularization_audit,
+]
 ALL_CHECKS = [checks.no_orphaned_pending_orders, checks.transactions_consistent]
 
 
-def resources(db_url: str, publisher: EventPublisherResource | None = None,
-              gateway: PaymentGatewayResource | None = None) -> dict:
-    return {"app_db": AppDatabaseResource(url=db_url), "event_publisher": publisher or EventPublisherResource(),
-            "payment_gateway": gateway or PaymentGatewayResource()}
+def resources(
+    db_url: str,
+    publisher: EventPublisherResource | None = None,
+    gateway: PaymentGatewayResource | None = None,
+) -> dict:
+    return {
+        "app_db": AppDatabaseResource(url=db_url),
+        "event_publisher": publisher or EventPublisherResource(),
+        "payment_gateway": gateway or PaymentGatewayResource(),
+    }
 
 
-def materialize_all(db_url: str, instance: dg.DagsterInstance, raise_on_error: bool = True,
-                    publisher: EventPublisherResource | None = None, gateway: PaymentGatewayResource | None = None,
-                    **config) -> dg.ExecuteInProcessResult:
+def materialize_all(
+    db_url: str,
+    instance: dg.DagsterInstance,
+    raise_on_error: bool = True,
+    publisher: EventPublisherResource | None = None,
+    gateway: PaymentGatewayResource | None = None,
+    **config,
+) -> dg.ExecuteInProcessResult:
     """The job's whole selection (assets and checks), with `config` for regularized_orders."""
     return dg.materialize(
         [*ALL_ASSETS, *ALL_CHECKS],
@@ -39,7 +55,9 @@ def materialize_all(db_url: str, instance: dg.DagsterInstance, raise_on_error: b
 
 def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     """The metadata of `asset`'s materialization, as plain values."""
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
+    ]
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
@@ -58,9 +76,13 @@ def step_failure_message(result: dg.ExecuteInProcessResult, step: str) -> str:
 def audit_actions(engine: sa.Engine, run_id: str) -> dict[str, int]:
     au = tb.owned_tables().audit
     with engine.connect() as conn:
-        return dict(conn.execute(
-            sa.select(au.c.action, sa.func.count()).where(au.c.run_id == run_id).group_by(au.c.action)
-        ).all())
+        return dict(
+            conn.execute(
+                sa.select(au.c.action, sa.func.count())
+                .where(au.c.run_id == run_id)
+                .group_by(au.c.action)
+            ).all()
+        )
 
 
 def outbox_states(engine: sa.Engine) -> dict[str, int]:

@@ -56,7 +56,9 @@ def check_signature(secret: str, header: str | None, body: bytes, tolerance: flo
         return False
     if abs(time.time() - int(fields["t"])) > tolerance:
         return False
-    expected = hmac.new(secret.encode(), fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    expected = hmac.new(
+        secret.encode(), fields["t"].encode() + b"." + body, hashlib.sha256
+    ).hexdigest()
     return hmac.compare_digest(expected, fields["v1"])
 
 
@@ -76,7 +78,12 @@ class _StubServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                rec = Received(time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                rec = Received(
+                    time.monotonic(),
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                )
                 reply = stub.answer(rec)
                 with stub.lock:
                     stub.received.append(rec)
@@ -86,14 +93,19 @@ class _StubServer:
                 rec.status = reply.status
                 try:
                     self.send_response(reply.status)
-                    for name, value in {"Content-Type": "application/json", **reply.headers}.items():
+                    for name, value in {
+                        "Content-Type": "application/json",
+                        **reply.headers,
+                    }.items():
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
                     self.wfile.write(reply.body)
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
-                    rec.status = None  # the client gave up (its read timeout): it never saw this answer
+                    rec.status = (
+                        None  # the client gave up (its read timeout): it never saw this answer
+                    )
 
             do_GET = _handle  # noqa: N815 - http.server's naming
             do_POST = _handle  # noqa: N815
@@ -101,7 +113,9 @@ class _StubServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.block_on_close = False
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def answer(self, rec: Received) -> Reply:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -147,7 +161,12 @@ class ReceivingApp(_StubServer):
     With a ``secret`` a bad signature gets 401, as a real receiver answers.
     """
 
-    def __init__(self, secret: str | None = None, script: list[Reply] | None = None, default: Reply | None = None):
+    def __init__(
+        self,
+        secret: str | None = None,
+        script: list[Reply] | None = None,
+        default: Reply | None = None,
+    ):
         super().__init__()
         self.secret = secret
         self.script = deque(script or [])
@@ -155,7 +174,9 @@ class ReceivingApp(_StubServer):
 
     def answer(self, rec: Received) -> Reply:
         if self.secret is not None:
-            rec.signature_ok = check_signature(self.secret, rec.headers.get("x-regularization-signature"), rec.body)
+            rec.signature_ok = check_signature(
+                self.secret, rec.headers.get("x-regularization-signature"), rec.body
+            )
             if not rec.signature_ok:
                 return Reply(401, b'{"error":"bad signature"}')
         with self.lock:
@@ -182,8 +203,13 @@ class ProviderStub(_StubServer):
     GARBAGE = "<garbage>"
     MALFORMED = "<malformed>"
 
-    def __init__(self, token: str, statuses: dict[str, str] | None = None, default_status: str = "completed",
-                 script: list[Reply] | None = None):
+    def __init__(
+        self,
+        token: str,
+        statuses: dict[str, str] | None = None,
+        default_status: str = "completed",
+        script: list[Reply] | None = None,
+    ):
         super().__init__()
         self.token = token
         self.statuses = statuses or {}
@@ -199,7 +225,7 @@ class ProviderStub(_StubServer):
         prefix = "/v1/payments/"
         if not rec.path.startswith(prefix):
             return Reply(404, b'{"error":"not found"}')
-        reference = rec.path[len(prefix):]
+        reference = rec.path[len(prefix) :]
         status = self.statuses.get(reference, self.default_status)
         if status == self.GARBAGE:
             return Reply(200, b"\x00\xffthis is not json at all")
@@ -219,7 +245,9 @@ def seed_events(shop, count: int) -> list:
     from regularization_pipeline.core.tables import owned_tables
 
     shop.orphans(count)
-    summary = Regularizer(shop.engine, shop.schema, sleeper=lambda _s: None).run(RunOptions(sleep=0, limit=count))
+    summary = Regularizer(shop.engine, shop.schema, sleeper=lambda _s: None).run(
+        RunOptions(sleep=0, limit=count)
+    )
     assert summary.regularized == count
     ob = owned_tables(shop.mapping.table_prefix).outbox
     with shop.engine.connect() as conn:

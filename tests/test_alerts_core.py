@@ -50,26 +50,49 @@ def test_the_webhook_gets_slack_compatible_json_and_a_refusal_is_an_error():
         with pytest.raises(AlertDeliveryError, match=r"^webhook: HTTP 503$"):
             channel.send(Alert("dead_events", RESOLVED, "0"))
         first, _second = app.wait_for(2)
-    assert json.loads(first.body) == {"text": "[regularization_pipeline] FIRING: dead_events: 3 event(s)"}
+    assert json.loads(first.body) == {
+        "text": "[regularization_pipeline] FIRING: dead_events: 3 event(s)"
+    }
     assert first.headers["content-type"] == "application/json"
 
 
 def test_email_goes_through_smtp_with_login():
     with SmtpServer(login=("alerts", "pw-from-env")) as smtp:
-        EmailChannel("127.0.0.1", smtp.port, "pipeline@example.org", ["oncall@example.org"],
-                     username="alerts", password="pw-from-env").send(Alert("run_failed", FIRING, "run r1 failed"))
-        with pytest.raises(AlertDeliveryError, match=r"^email: SMTP(AuthenticationError|ServerDisconnected)$"):
-            EmailChannel("127.0.0.1", smtp.port, "pipeline@example.org", ["oncall@example.org"],
-                         username="alerts", password="wrong", timeout_seconds=2).send(Alert("run_failed", RESOLVED, "run r2"))
+        EmailChannel(
+            "127.0.0.1",
+            smtp.port,
+            "pipeline@example.org",
+            ["oncall@example.org"],
+            username="alerts",
+            password="pw-from-env",
+        ).send(Alert("run_failed", FIRING, "run r1 failed"))
+        with pytest.raises(
+            AlertDeliveryError, match=r"^email: SMTP(AuthenticationError|ServerDisconnected)$"
+        ):
+            EmailChannel(
+                "127.0.0.1",
+                smtp.port,
+                "pipeline@example.org",
+                ["oncall@example.org"],
+                username="alerts",
+                password="wrong",
+                timeout_seconds=2,
+            ).send(Alert("run_failed", RESOLVED, "run r2"))
         ((to, message, authenticated),) = smtp.messages()
     assert to == ["oncall@example.org"] and authenticated
     assert message["Subject"] == "[regularization_pipeline] FIRING: run_failed"
-    assert message.get_payload().strip() == "[regularization_pipeline] FIRING: run_failed: run r1 failed"
+    assert (
+        message.get_payload().strip()
+        == "[regularization_pipeline] FIRING: run_failed: run r1 failed"
+    )
 
 
 def test_a_message_a_channel_refused_is_retried_there_only_on_the_next_call():
     with ReceivingApp(script=[Reply(500)]) as app, SmtpServer() as smtp:
-        channels = [WebhookChannel(app.url), EmailChannel("127.0.0.1", smtp.port, "p@example.org", ["o@example.org"])]
+        channels = [
+            WebhookChannel(app.url),
+            EmailChannel("127.0.0.1", smtp.port, "p@example.org", ["o@example.org"]),
+        ]
         book = IncidentBook()
         alert = book.observe(Observation("stale_orphan", True, "oldest 90 min"))
 

@@ -34,29 +34,47 @@ EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 class Harness:
     """A shop, a Dagster test instance, both alert channels, and a sensor ticked with its own cursor."""
 
-    def __init__(self, tmp_path, instance, app: ReceivingApp, smtp: SmtpServer, sensor: dg.SensorDefinition):
+    def __init__(
+        self, tmp_path, instance, app: ReceivingApp, smtp: SmtpServer, sensor: dg.SensorDefinition
+    ):
         self.url = f"sqlite:///{tmp_path / 'shop.db'}"
         self.engine = create_app_engine(self.url)
         self.shop = migrated_shop(self.engine)
         self.instance, self.app, self.smtp, self.sensor = instance, app, smtp, sensor
         self.cursor: str | None = None
-        self.alerts = AlertResource(webhook_url=app.url + "/services/T/B/secret", smtp_host="127.0.0.1",
-                                    smtp_port=smtp.port, smtp_to=["oncall@example.org"])
+        self.alerts = AlertResource(
+            webhook_url=app.url + "/services/T/B/secret",
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            smtp_to=["oncall@example.org"],
+        )
 
-    def run(self, publisher: EventPublisherResource | None = None, app_db: AppDatabaseResource | None = None,
-            **config) -> dg.ExecuteInProcessResult:
+    def run(
+        self,
+        publisher: EventPublisherResource | None = None,
+        app_db: AppDatabaseResource | None = None,
+        **config,
+    ) -> dg.ExecuteInProcessResult:
         """One real run of the job (same selection and tags) on this shop."""
         res = resources(self.url, publisher)
         if app_db is not None:
             res["app_db"] = app_db
-        defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[jobs.regularize_completed_orders],
-                              resources=res)
+        defs = dg.Definitions(
+            assets=ALL_ASSETS,
+            asset_checks=ALL_CHECKS,
+            jobs=[jobs.regularize_completed_orders],
+            resources=res,
+        )
         return defs.resolve_job_def(jobs.JOB_NAME).execute_in_process(
-            instance=self.instance, raise_on_error=False,
-            run_config={"ops": {"regularized_orders": {"config": {"sleep": 0, **config}}}})
+            instance=self.instance,
+            raise_on_error=False,
+            run_config={"ops": {"regularized_orders": {"config": {"sleep": 0, **config}}}},
+        )
 
     def tick(self) -> str:
-        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"alerts": self.alerts})
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources={"alerts": self.alerts}
+        )
         data = self.sensor.evaluate_tick(context)
         self.cursor = data.cursor
         return data.skip_message or ""
@@ -67,8 +85,11 @@ class Harness:
     def assert_each_channel_got(self, *states_and_incident: str) -> list[str]:
         texts = self.texts()
         assert [t.split(":")[0] + ":" + t.split(":")[1] for t in texts] == [
-            f"[regularization_pipeline] {s}" for s in states_and_incident]
-        assert self.smtp.subjects() == [f"[regularization_pipeline] {s}" for s in states_and_incident]
+            f"[regularization_pipeline] {s}" for s in states_and_incident
+        ]
+        assert self.smtp.subjects() == [
+            f"[regularization_pipeline] {s}" for s in states_and_incident
+        ]
         for text in texts:
             assert not EMAIL.search(text), text
         return texts
@@ -108,7 +129,9 @@ def test_a_failed_run_alerts_once_and_resolves_once_when_a_run_succeeds(harness,
 def test_an_error_rate_above_the_limit_alerts_once_and_resolves_once(harness):
     good, bad = harness.shop.orphans(2)
     with harness.engine.begin() as conn:  # the application refuses to update this one order
-        conn.exec_driver_sql(f"CREATE TRIGGER refuse BEFORE UPDATE ON orders WHEN NEW.id = {bad} BEGIN SELECT RAISE(ABORT, 'no'); END")
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER refuse BEFORE UPDATE ON orders WHEN NEW.id = {bad} BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
 
     harness.run()
     assert harness.tick() == "alert firing: error_rate"
@@ -121,7 +144,10 @@ def test_an_error_rate_above_the_limit_alerts_once_and_resolves_once(harness):
     assert harness.tick() == "no change (none open)"
 
     firing, _ = harness.assert_each_channel_got("FIRING: error_rate", "RESOLVED: error_rate")
-    assert "error rate 0.5 (limit 0.2)" in firing and "1 failed, 0 quarantined of 2 processed" in firing
+    assert (
+        "error rate 0.5 (limit 0.2)" in firing
+        and "1 failed, 0 quarantined of 2 processed" in firing
+    )
     assert (harness.shop.status_of(good), harness.shop.status_of(bad)) == ("completed", "completed")
 
 
@@ -135,12 +161,16 @@ def test_a_failing_consistency_check_alerts_once_and_resolves_once(harness):
     harness.run()
     assert harness.tick() == "no change (open)"
     with harness.engine.begin() as conn:  # a human refunds the second charge
-        conn.execute(sa.text("UPDATE transactions SET status = 'refunded' WHERE id = :id"), {"id": extra})
+        conn.execute(
+            sa.text("UPDATE transactions SET status = 'refunded' WHERE id = :id"), {"id": extra}
+        )
     harness.run()
     assert harness.tick() == "alert resolved: transactions_inconsistent"
     assert harness.tick() == "no change (none open)"
 
-    firing, _ = harness.assert_each_channel_got("FIRING: transactions_inconsistent", "RESOLVED: transactions_inconsistent")
+    firing, _ = harness.assert_each_channel_got(
+        "FIRING: transactions_inconsistent", "RESOLVED: transactions_inconsistent"
+    )
     assert "1 inconsistent payment(s) need a human: 1 double_charge" in firing
 
 
@@ -148,14 +178,18 @@ def test_a_failing_consistency_check_alerts_once_and_resolves_once(harness):
 def test_dead_lettered_events_alert_once_and_resolve_once_after_redelivery(harness):
     harness.shop.orphans(2)
     with ReceivingApp(default=Reply(400, b'{"error":"unknown order"}')) as receiver:
-        publisher = EventPublisherResource(publishers=["webhook"], webhook_url=receiver.url, webhook_secret="s" * 24)
+        publisher = EventPublisherResource(
+            publishers=["webhook"], webhook_url=receiver.url, webhook_secret="s" * 24
+        )
         harness.run(publisher=publisher)
         assert harness.tick() == "alert firing: dead_events"
         harness.run(publisher=publisher)
         assert harness.tick() == "no change (open)"
 
         receiver.default = Reply(200)  # the receiver is fixed; the operator redelivers
-        assert operator_tools.redeliver_dead_events(harness.engine, owned_tables(), all_dead=True) == 2
+        assert (
+            operator_tools.redeliver_dead_events(harness.engine, owned_tables(), all_dead=True) == 2
+        )
         harness.run(publisher=publisher)
         assert len(receiver.accepted()) == 2
     assert harness.tick() == "alert resolved: dead_events"
@@ -187,21 +221,31 @@ def test_an_orphan_older_than_the_threshold_alerts_once_and_resolves_once(harnes
 @pytest.mark.parametrize("harness", ["alert_on_failed_run"], indirect=True)
 def test_without_channels_alerts_are_only_logged_and_still_tracked(harness, tmp_path):
     harness.alerts = AlertResource()
-    harness.run(app_db=AppDatabaseResource(url=harness.url, schema_file=str(tmp_path / "missing.yaml")))
+    harness.run(
+        app_db=AppDatabaseResource(url=harness.url, schema_file=str(tmp_path / "missing.yaml"))
+    )
     assert harness.tick() == "alert firing: run_failed (logged only: no channel configured)"
     assert harness.tick() == "no change (open)"
     assert harness.app.snapshot() == [] and harness.smtp.messages() == []
 
 
 @pytest.mark.parametrize("harness", ["alert_on_stale_orphan"], indirect=True)
-def test_the_audit_counts_remaining_orphans_with_the_runs_own_grace_period_and_times_the_run(harness):
-    harness.shop.orphan(paid_minutes_ago=60)  # an orphan for the default grace (10), not for a 120-minute one
+def test_the_audit_counts_remaining_orphans_with_the_runs_own_grace_period_and_times_the_run(
+    harness,
+):
+    harness.shop.orphan(
+        paid_minutes_ago=60
+    )  # an orphan for the default grace (10), not for a 120-minute one
 
     patient = harness.run(min_age_minutes=120)
     default = harness.run(dry_run=True)
 
     def audit(result):
-        (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("regularization_audit")]
+        (event,) = [
+            e
+            for e in result.get_asset_materialization_events()
+            if e.asset_key == dg.AssetKey("regularization_audit")
+        ]
         return {k: v.value for k, v in event.materialization.metadata.items()}
 
     assert (audit(patient)["orphans_remaining"], audit(patient)["grace_minutes"]) == (0, 120.0)
@@ -212,13 +256,18 @@ def test_the_audit_counts_remaining_orphans_with_the_runs_own_grace_period_and_t
 def test_alert_thresholds_come_from_the_environment_and_a_bad_one_is_named(monkeypatch):
     from regularization_pipeline import definitions
 
-    assert (definitions._alert_resource().stale_orphan_minutes, definitions._alert_resource().max_error_rate) == (60.0, 0.2)
+    assert (
+        definitions._alert_resource().stale_orphan_minutes,
+        definitions._alert_resource().max_error_rate,
+    ) == (60.0, 0.2)
     monkeypatch.setenv(definitions.ALERT_STALE_ORPHAN_MINUTES_ENV, "15")
     monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "0.05")
     resource = definitions._alert_resource()
     assert (resource.stale_orphan_minutes, resource.max_error_rate) == (15.0, 0.05)
     monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "five percent")
-    with pytest.raises(ValueError, match="REGULARIZATION_ALERT_MAX_ERROR_RATE must be a number, got 'five percent'"):
+    with pytest.raises(
+        ValueError, match="REGULARIZATION_ALERT_MAX_ERROR_RATE must be a number, got 'five percent'"
+    ):
         definitions._alert_resource()
     monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "5")  # a share, at most 1
     with pytest.raises(Exception, match="max_error_rate"):

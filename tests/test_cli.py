@@ -39,7 +39,9 @@ def shop(env):
 
 
 def cli(env, *args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [CLI, *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def runs_of_job(env):
@@ -120,7 +122,9 @@ def test_refuses_to_start_while_a_run_is_in_flight(env, shop):
     assert cli(env, "migrate").returncode == 0
     order_id = shop.orphan()
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        running = create_run_for_test(instance, job_name=JOB_NAME, status=dg.DagsterRunStatus.STARTED)
+        running = create_run_for_test(
+            instance, job_name=JOB_NAME, status=dg.DagsterRunStatus.STARTED
+        )
 
     done = cli(env, "--sleep", "0")
 

@@ -87,7 +87,9 @@ def test_runs_in_separate_processes_flip_each_order_once(server_shop, options):
     server_shop.engine.dispose()  # no pooled connection is shared with the children
     ctx = multiprocessing.get_context("fork")
     start, results = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_process_run, args=(url, options, start, results)) for _ in range(4)]
+    procs = [
+        ctx.Process(target=_process_run, args=(url, options, start, results)) for _ in range(4)
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=120) for _ in procs]
@@ -114,7 +116,8 @@ def test_late_webhooks_racing_the_runs_never_get_a_second_event(server_shop, opt
                 try:
                     with shop.engine.begin() as conn:
                         done = conn.execute(
-                            orders.update().where(orders.c.id == order_id, orders.c.status == "pending")
+                            orders.update()
+                            .where(orders.c.id == order_id, orders.c.status == "pending")
                             .values(status="completed")
                         ).rowcount
                     break
@@ -178,7 +181,9 @@ def test_failures_of_one_order_in_overlapping_runs_are_all_counted(shop):
 
     regularizer = Regularizer(shop.engine, shop.schema, sleeper=no_sleep, fault=crash)
     options = RunOptions(sleep=0, max_attempts=1000)
-    outcomes = run_in_threads(10, lambda i: regularizer.regularize_one(order_id, f"run-{i}", options))
+    outcomes = run_in_threads(
+        10, lambda i: regularizer.regularize_one(order_id, f"run-{i}", options)
+    )
     assert [o.action for o in outcomes] == ["failed"] * 10
     assert attempts_of(shop, order_id).failures == 10
     assert audit_per_order(shop, "failed") == {str(order_id): 10}

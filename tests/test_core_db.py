@@ -21,10 +21,20 @@ def test_insert_many_round_trips_nulls_quotes_newlines_and_times(shop):
     naive = dt.datetime(2026, 11, 25, 10, 30, 15, 123456)
     aware = dt.datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     rows = [
-        dict(run_id="r", order_id=str(n), transaction_id=None if n % 2 else f"tx-{n}", action="regularized",
-             reason=reason, attempt=n, order_status="pending", order_amount=Decimal("49.90") if n else None,
-             transaction_amount=Decimal("-0.000001"), currency=None, transaction_completed_at=aware if n else None,
-             created_at=naive)
+        dict(
+            run_id="r",
+            order_id=str(n),
+            transaction_id=None if n % 2 else f"tx-{n}",
+            action="regularized",
+            reason=reason,
+            attempt=n,
+            order_status="pending",
+            order_amount=Decimal("49.90") if n else None,
+            transaction_amount=Decimal("-0.000001"),
+            currency=None,
+            transaction_completed_at=aware if n else None,
+            created_at=naive,
+        )
         for n, reason in enumerate(AWKWARD_REASONS)
     ]
 
@@ -41,13 +51,22 @@ def test_insert_many_round_trips_nulls_quotes_newlines_and_times(shop):
     assert {r["transaction_amount"] for r in stored} == {Decimal("-0.000001")}
     assert stored[0]["transaction_completed_at"] is None
     # An aware time is stored as naive UTC, the convention of every timestamp we write.
-    assert {r["transaction_completed_at"] for r in stored[1:]} == {dt.datetime(2026, 11, 25, 10, 30, 15, 123456)}
+    assert {r["transaction_completed_at"] for r in stored[1:]} == {
+        dt.datetime(2026, 11, 25, 10, 30, 15, 123456)
+    }
     assert {r["created_at"] for r in stored} == {naive}
 
 
 def test_insert_many_is_part_of_the_callers_transaction(shop):
     audit = owned(shop).audit
-    row = dict(run_id="r", order_id="1", action="failed", reason="rolled back", attempt=0, created_at=dt.datetime(2026, 1, 1))
+    row = dict(
+        run_id="r",
+        order_id="1",
+        action="failed",
+        reason="rolled back",
+        attempt=0,
+        created_at=dt.datetime(2026, 1, 1),
+    )
     try:
         with shop.engine.begin() as conn:
             insert_many(conn, audit, [row])

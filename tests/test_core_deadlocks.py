@@ -20,9 +20,13 @@ def real_deadlock(engine: sa.Engine) -> sa.exc.DBAPIError:
     def session(first: int, second: int) -> None:
         try:
             with engine.begin() as conn:
-                conn.execute(sa.text("SELECT id FROM deadlock_probe WHERE id = :i FOR UPDATE"), {"i": first})
+                conn.execute(
+                    sa.text("SELECT id FROM deadlock_probe WHERE id = :i FOR UPDATE"), {"i": first}
+                )
                 both_locked.wait(timeout=10)
-                conn.execute(sa.text("SELECT id FROM deadlock_probe WHERE id = :i FOR UPDATE"), {"i": second})
+                conn.execute(
+                    sa.text("SELECT id FROM deadlock_probe WHERE id = :i FOR UPDATE"), {"i": second}
+                )
         except sa.exc.DBAPIError as exc:
             errors.append(exc)
 
@@ -47,8 +51,9 @@ def test_deadlock_victim_is_retried_and_the_order_done_once(server_shop):
             raised.append(order_id)
             raise deadlock
 
-    summary = Regularizer(shop.engine, shop.schema, sleeper=no_sleep, fault=first_try_is_a_deadlock_victim).run(
-        RunOptions(mode="per_order", sleep=0))
+    summary = Regularizer(
+        shop.engine, shop.schema, sleeper=no_sleep, fault=first_try_is_a_deadlock_victim
+    ).run(RunOptions(mode="per_order", sleep=0))
     assert raised == [victim]
     assert (summary.regularized, summary.failed) == (3, 0)
     assert outbox_per_order(shop) == {str(i): 1 for i in ids}
@@ -66,7 +71,8 @@ def test_other_database_errors_are_not_retried(server_shop):
             raise sa.exc.OperationalError("SELECT 1", {}, Exception("lock wait timeout"))
 
     summary = Regularizer(shop.engine, shop.schema, sleeper=no_sleep, fault=lock_timeout).run(
-        RunOptions(mode="per_order", sleep=0))
+        RunOptions(mode="per_order", sleep=0)
+    )
     assert (summary.failed, len(tries)) == (1, 1)
     assert shop.status_of(order_id) == "pending"
 

@@ -13,7 +13,9 @@ RUN = RunOptions(sleep=0)
 
 
 def run(shop, **options):
-    return Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0, **options))
+    return Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(
+        RunOptions(sleep=0, **options)
+    )
 
 
 def seed_inconsistencies(shop) -> dict[str, list]:
@@ -144,7 +146,11 @@ def test_since_and_until_select_a_slice_of_payments(shop):
     after = shop.orphan(paid_minutes_ago=60 * 1)
     summary = run(shop, since=now - dt.timedelta(hours=7), until=now - dt.timedelta(hours=3))
     assert (summary.regularized, summary.aged_out) == (1, 1)
-    assert [shop.status_of(i) for i in (before, inside, after)] == ["pending", "completed", "pending"]
+    assert [shop.status_of(i) for i in (before, inside, after)] == [
+        "pending",
+        "completed",
+        "pending",
+    ]
 
 
 def test_candidate_pages_walk_every_regularizable_orphan_once(shop):

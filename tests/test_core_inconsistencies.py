@@ -57,7 +57,11 @@ def test_first_refresh_is_a_full_scan_and_matches_it_exactly(shop):
 
     report = tracker(shop, clock).refresh()
 
-    assert report.order_ids == full_scan(shop).order_ids == {kind: sorted(ids) for kind, ids in expected.items()}
+    assert (
+        report.order_ids
+        == full_scan(shop).order_ids
+        == {kind: sorted(ids) for kind, ids in expected.items()}
+    )
     assert report.counts == {kind: len(ids) for kind, ids in expected.items()}
     assert set(stored(shop)) == {(str(i), kind) for kind, ids in expected.items() for i in ids}
     state = scan_state(shop)
@@ -88,7 +92,9 @@ def test_a_new_payment_is_seen_at_the_next_refresh_and_a_cleared_one_goes(shop):
         if key != (str(charged_twice), d.DOUBLE_CHARGE):
             assert seen == first_seen[key]  # still open: first seen when it was first seen
     state = scan_state(shop)
-    assert state.scanned_at == clock.now and state.full_scan_at == clock.now - dt.timedelta(minutes=5)
+    assert state.scanned_at == clock.now and state.full_scan_at == clock.now - dt.timedelta(
+        minutes=5
+    )
 
 
 def test_a_change_away_from_payments_waits_for_the_daily_full_scan(shop):
@@ -138,5 +144,7 @@ def test_concurrent_refreshes_serialize_and_agree(server_shop):
         thread.join()
 
     assert errors == []
-    assert [r.order_ids for r in reports] == [{kind: sorted(ids) for kind, ids in expected.items()}] * 4
+    assert [r.order_ids for r in reports] == [
+        {kind: sorted(ids) for kind, ids in expected.items()}
+    ] * 4
     assert len(stored(server_shop)) == sum(len(ids) for ids in expected.values())

@@ -27,7 +27,9 @@ def test_run_refuses_until_migrated_and_changes_nothing(engine):
     writer = ShopWriter(engine).create()
     order_id = writer.orphan()
     regularizer = Regularizer(engine, bind_schema(engine, SchemaMapping()), sleeper=no_sleep)
-    with pytest.raises(MigrationsMissingError, match="are missing: run `regularize-completed-orders migrate` first"):
+    with pytest.raises(
+        MigrationsMissingError, match="are missing: run `regularize-completed-orders migrate` first"
+    ):
         regularizer.run(RunOptions(sleep=0))
     assert writer.status_of(order_id) == "pending"
     assert not sa.inspect(engine).has_table("regularization_outbox")
@@ -42,9 +44,18 @@ def test_upgrade_creates_what_the_code_uses_and_is_idempotent(engine):
     assert migrations.upgrade(engine, "regularization_") == head
     tables = owned_tables("regularization_")
     with engine.begin() as conn:
-        conn.execute(tables.attempts.insert().values(order_id="7", failures=2, total_attempts=2,
-                                                     last_outcome="failed", updated_at=sa.func.now()))
-    assert migrations.upgrade(engine, "regularization_") == head  # again: a no-op that keeps the data
+        conn.execute(
+            tables.attempts.insert().values(
+                order_id="7",
+                failures=2,
+                total_attempts=2,
+                last_outcome="failed",
+                updated_at=sa.func.now(),
+            )
+        )
+    assert (
+        migrations.upgrade(engine, "regularization_") == head
+    )  # again: a no-op that keeps the data
     migrations.require_migrated(engine, "regularization_")
     inspector = sa.inspect(engine)
     for table in (tables.audit, tables.outbox, tables.attempts, tables.deliveries):
@@ -68,7 +79,10 @@ def test_a_version_table_behind_head_is_refused(engine):
     migrations.upgrade(engine, "regularization_")
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE regularization_alembic_version SET version_num = '0000'"))
-    with pytest.raises(MigrationsMissingError, match="at revision 0000, expected .*regularize-completed-orders migrate"):
+    with pytest.raises(
+        MigrationsMissingError,
+        match="at revision 0000, expected .*regularize-completed-orders migrate",
+    ):
         migrations.require_migrated(engine, "regularization_")
 
 
@@ -78,7 +92,9 @@ def test_a_version_table_behind_head_is_refused(engine):
 )
 def test_unreachable_database_is_named_without_its_password(url):
     engine = create_app_engine(url, pool_timeout=1)
-    with pytest.raises(DatabaseUnavailableError, match="cannot connect to the application database") as err:
+    with pytest.raises(
+        DatabaseUnavailableError, match="cannot connect to the application database"
+    ) as err:
         check_reachable(engine)
     assert "127.0.0.1:1" in str(err.value)
     assert "s3cr3tpw" not in str(err.value)
@@ -94,6 +110,8 @@ def test_timestamps_keep_microseconds_on_every_backend(shop):
     when = dt.datetime(2026, 11, 25, 10, 0, 0, 123456)
     outbox = owned_tables().outbox
     with shop.engine.begin() as conn:
-        conn.execute(outbox.insert().values(outbox_row(new_event(1, 2, "1.00", "EUR", "run", when), when)))
+        conn.execute(
+            outbox.insert().values(outbox_row(new_event(1, 2, "1.00", "EUR", "run", when), when))
+        )
         stored = conn.execute(sa.select(outbox.c.next_attempt_at)).scalar_one()
     assert stored == when

@@ -110,9 +110,13 @@ def test_crash_inside_the_order_transaction_leaves_nothing_behind(shop, point, m
 def test_one_failing_order_does_not_stop_the_others(shop, mode):
     ids = shop.orphans(5)
     bad = ids[1]
-    summary = regularizer(shop, fault=fail_at("after_flip", only=bad)).run(RunOptions(mode=mode, sleep=0))
+    summary = regularizer(shop, fault=fail_at("after_flip", only=bad)).run(
+        RunOptions(mode=mode, sleep=0)
+    )
     assert (summary.regularized, summary.failed) == (4, 1)
-    assert {i: shop.status_of(i) for i in ids} == {i: ("pending" if i == bad else "completed") for i in ids}
+    assert {i: shop.status_of(i) for i in ids} == {
+        i: ("pending" if i == bad else "completed") for i in ids
+    }
     assert outbox_per_order(shop) == {str(i): 1 for i in ids if i != bad}
 
 
@@ -149,7 +153,9 @@ def test_release_of_an_order_that_is_not_quarantined_is_refused(shop, mode):
     order_id = shop.orphan()
     with pytest.raises(ConfigurationError, match=f"order {order_id} is not quarantined"):
         regularizer(shop).release(order_id)
-    regularizer(shop, fault=fail_at("after_flip")).run(RunOptions(mode=mode, sleep=0, max_attempts=5))
+    regularizer(shop, fault=fail_at("after_flip")).run(
+        RunOptions(mode=mode, sleep=0, max_attempts=5)
+    )
     with pytest.raises(ConfigurationError, match="not quarantined"):
         regularizer(shop).release(order_id)  # failed once, not quarantined
     assert audit_per_order(shop, RELEASED) == {}
@@ -168,7 +174,10 @@ def test_late_webhook_between_scan_and_claim_is_left_alone(shop):
     summary = regularizer(shop, fault=webhook_arrives).run(RunOptions(mode="per_order", sleep=0))
     assert (summary.regularized, summary.skipped) == (1, 1)
     skipped = next(o for o in summary.outcomes if o.order_id == late)
-    assert (skipped.action, skipped.reason) == (SKIPPED, "order is already completed (its webhook arrived)")
+    assert (skipped.action, skipped.reason) == (
+        SKIPPED,
+        "order is already completed (its webhook arrived)",
+    )
     assert outbox_per_order(shop) == {str(other): 1}
     assert [r.action for r in audit_of(shop, late)] == [SKIPPED]
 
@@ -201,7 +210,9 @@ def test_dry_run_changes_no_order_and_writes_no_event(shop, mode):
     assert outbox_per_order(shop) == {}
     assert audit_per_order(shop, DRY_RUN) == {str(i): 1 for i in ids}
     assert audit_per_order(shop, REGULARIZED) == {}
-    assert str(bad) not in audit_per_order(shop, "inconsistent")  # a dry run records nothing as seen
+    assert str(bad) not in audit_per_order(
+        shop, "inconsistent"
+    )  # a dry run records nothing as seen
 
 
 def test_limit_is_respected(shop, mode):
@@ -235,7 +246,9 @@ def test_deadline_stops_taking_new_orders(shop):
 
     # The deadline counts from the run's start, detection included: a second leaves
     # room for a slow first scan and still stops well before the sixth order.
-    summary = regularizer(shop, fault=slow).run(RunOptions(mode="per_order", sleep=0, max_runtime_seconds=1.0))
+    summary = regularizer(shop, fault=slow).run(
+        RunOptions(mode="per_order", sleep=0, max_runtime_seconds=1.0)
+    )
     assert summary.stopped_by_deadline
     assert 1 <= summary.regularized < len(ids)
     assert sum(shop.status_of(i) == "completed" for i in ids) == summary.regularized
@@ -244,13 +257,19 @@ def test_deadline_stops_taking_new_orders(shop):
 
 # --- logs carry ids, never personal data ----------------------------------------------------------------
 
-PEOPLE = [("Alice Wonderland", "alice.wonder@example.com"), ("Bob Builderson", "bob.builds@example.org")]
+PEOPLE = [
+    ("Alice Wonderland", "alice.wonder@example.com"),
+    ("Bob Builderson", "bob.builds@example.org"),
+]
 
 
 def test_logs_contain_ids_only(shop, caplog, mode):
     customers = shop.tables.customers
     with shop.engine.begin() as conn:
-        conn.execute(customers.insert(), [{"id": i + 1, "name": n, "email": e} for i, (n, e) in enumerate(PEOPLE)])
+        conn.execute(
+            customers.insert(),
+            [{"id": i + 1, "name": n, "email": e} for i, (n, e) in enumerate(PEOPLE)],
+        )
     good = shop.orphan(customer_id=1)
     failing = shop.orphan(customer_id=2)
     mismatch = shop.order(customer_id=1, total="3.00")
@@ -258,7 +277,9 @@ def test_logs_contain_ids_only(shop, caplog, mode):
 
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="sqlalchemy.engine")  # statements and rows too
-    summary = regularizer(shop, fault=fail_at("after_outbox", only=failing)).run(RunOptions(mode=mode, sleep=0))
+    summary = regularizer(shop, fault=fail_at("after_outbox", only=failing)).run(
+        RunOptions(mode=mode, sleep=0)
+    )
     assert (summary.regularized, summary.failed) == (1, 1)
 
     text = caplog.text
@@ -297,8 +318,16 @@ def test_outbox_row_carries_the_idempotency_key_and_the_payment(shop, mode):
         [row] = conn.execute(sa.select(outbox)).all()
     payload = json.loads(row.payload)
     assert (row.order_id, row.idempotency_key, row.state, row.run_id) == (
-        str(order_id), f"order-completed:{order_id}", "pending", "run-42")
-    assert (payload["transaction_id"], payload["currency"], payload["type"]) == (str(tx_id), "USD", "OrderCompleted")
+        str(order_id),
+        f"order-completed:{order_id}",
+        "pending",
+        "run-42",
+    )
+    assert (payload["transaction_id"], payload["currency"], payload["type"]) == (
+        str(tx_id),
+        "USD",
+        "OrderCompleted",
+    )
     assert Decimal(payload["amount"]) == Decimal("12.30")
     assert summary.outcomes[0].transaction_id == tx_id
 
@@ -323,11 +352,26 @@ def test_audit_values_longer_than_their_columns_are_cut_not_fatal(shop):
     from regularization_pipeline.core.regularizer import fit_to_columns
 
     audit = owned_tables_of(shop).audit
-    fitted = fit_to_columns(audit, {"order_status": "s" * 100, "currency": "€" * 20, "reason": "r" * 600, "attempt": 3})
-    assert (len(fitted["order_status"]), len(fitted["currency"]), len(fitted["reason"]), fitted["attempt"]) == (64, 16, 500, 3)
+    fitted = fit_to_columns(
+        audit, {"order_status": "s" * 100, "currency": "€" * 20, "reason": "r" * 600, "attempt": 3}
+    )
+    assert (
+        len(fitted["order_status"]),
+        len(fitted["currency"]),
+        len(fitted["reason"]),
+        fitted["attempt"],
+    ) == (64, 16, 500, 3)
     with shop.engine.begin() as conn:  # and the database takes them
-        conn.execute(audit.insert(), {**fitted, "run_id": "r", "order_id": "1", "action": "skipped",
-                                      "created_at": dt.datetime(2026, 11, 25)})
+        conn.execute(
+            audit.insert(),
+            {
+                **fitted,
+                "run_id": "r",
+                "order_id": "1",
+                "action": "skipped",
+                "created_at": dt.datetime(2026, 11, 25),
+            },
+        )
 
 
 def test_batches_scan_past_pending_orders_that_are_not_orphans(shop):

@@ -78,7 +78,9 @@ def test_bind_schema_names_the_missing_table(engine):
 
 def test_bind_schema_names_the_missing_columns(engine):
     ShopWriter(engine).create()
-    mapping = SchemaMapping.parse({"orders": {"total": "grand_total"}, "transactions": {"reference": "psp_ref"}})
+    mapping = SchemaMapping.parse(
+        {"orders": {"total": "grand_total"}, "transactions": {"reference": "psp_ref"}}
+    )
     with pytest.raises(SchemaMismatchError, match="'orders' lacks column.*'grand_total'"):
         bind_schema(engine, mapping)
     mapping = SchemaMapping.parse({"transactions": {"reference": "psp_ref"}})
@@ -98,15 +100,34 @@ def test_bind_schema_refusal_leaves_the_shop_untouched(engine):
 
 # --- a shop that is not shaped like Laravel's -----------------------------------------------
 
-CUSTOM = SchemaMapping.parse({
-    "orders": {"table": "shop_orders", "id": "order_no", "status": "state", "total": "grand_total",
-               "currency": None, "deleted_at": None, "updated_at": None},
-    "transactions": {"table": "payments", "order_id": "order_ref", "status": "payment_status",
-                     "amount": "paid_amount", "currency": None, "completed_at": None},
-    "statuses": {"order_pending": ["PENDING", "PENDING_PAYMENT"], "order_completed": "COMPLETED",
-                 "order_do_not_touch": ["CANCELLED"], "transaction_completed": ["PAID"]},
-    "table_prefix": "regx_",
-})
+CUSTOM = SchemaMapping.parse(
+    {
+        "orders": {
+            "table": "shop_orders",
+            "id": "order_no",
+            "status": "state",
+            "total": "grand_total",
+            "currency": None,
+            "deleted_at": None,
+            "updated_at": None,
+        },
+        "transactions": {
+            "table": "payments",
+            "order_id": "order_ref",
+            "status": "payment_status",
+            "amount": "paid_amount",
+            "currency": None,
+            "completed_at": None,
+        },
+        "statuses": {
+            "order_pending": ["PENDING", "PENDING_PAYMENT"],
+            "order_completed": "COMPLETED",
+            "order_do_not_touch": ["CANCELLED"],
+            "transaction_completed": ["PAID"],
+        },
+        "table_prefix": "regx_",
+    }
+)
 
 
 def test_custom_mapping_works_end_to_end(engine):
@@ -117,7 +138,9 @@ def test_custom_mapping_works_end_to_end(engine):
     recent = shop.orphan(paid_minutes_ago=2)
     unpaid = shop.order()
     shop.payment(unpaid, status="FAILED")
-    lowercase = shop.order(status="pending")  # case matters: not one of this shop's pending statuses
+    lowercase = shop.order(
+        status="pending"
+    )  # case matters: not one of this shop's pending statuses
     shop.payment(lowercase)
     mismatch = shop.order(total="10.00")
     shop.payment(mismatch, amount="9.00")
@@ -131,9 +154,18 @@ def test_custom_mapping_works_end_to_end(engine):
 
     summary = Regularizer(engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
     assert summary.regularized == 2
-    statuses = {i: shop.status_of(i) for i in (orphan, waiting, recent, unpaid, lowercase, mismatch, closed)}
-    assert statuses == {orphan: "COMPLETED", waiting: "COMPLETED", recent: "PENDING", unpaid: "PENDING",
-                        lowercase: "pending", mismatch: "PENDING", closed: "CANCELLED"}
+    statuses = {
+        i: shop.status_of(i) for i in (orphan, waiting, recent, unpaid, lowercase, mismatch, closed)
+    }
+    assert statuses == {
+        orphan: "COMPLETED",
+        waiting: "COMPLETED",
+        recent: "PENDING",
+        unpaid: "PENDING",
+        lowercase: "pending",
+        mismatch: "PENDING",
+        closed: "CANCELLED",
+    }
     assert outbox_per_order(shop) == {str(orphan): 1, str(waiting): 1}
     assert audit_per_order(shop, REGULARIZED) == {str(orphan): 1, str(waiting): 1}
     assert set(audit_per_order(shop, INCONSISTENT)) == {str(mismatch), str(closed)}

@@ -33,7 +33,16 @@ def order(**kw):
 
 
 def tx(**kw):
-    return TransactionRow(**{"id": 10, "status": "completed", "amount": "49.90", "currency": "EUR", "completed_at": PAID, **kw})
+    return TransactionRow(
+        **{
+            "id": 10,
+            "status": "completed",
+            "amount": "49.90",
+            "currency": "EUR",
+            "completed_at": PAID,
+            **kw,
+        }
+    )
 
 
 def check(o, txs, window=WINDOW, statuses=STATUSES) -> Verdict:
@@ -93,8 +102,15 @@ def test_two_completed_transactions_are_a_double_charge():
 
 @pytest.mark.parametrize(
     ("total", "amount"),
-    [(None, "49.90"), ("49.90", None), ("49.90", "-49.90"), ("-1", "-1"), ("abc", "49.90"), ("49.90", "NaN"),
-     ("49.90", True)],
+    [
+        (None, "49.90"),
+        ("49.90", None),
+        ("49.90", "-49.90"),
+        ("-1", "-1"),
+        ("abc", "49.90"),
+        ("49.90", "NaN"),
+        ("49.90", True),
+    ],
 )
 def test_missing_negative_or_non_numeric_amount_is_invalid(total, amount):
     verdict = check(order(total=total), [tx(amount=amount)])
@@ -130,7 +146,10 @@ def test_payment_older_than_lookback_is_skipped():
     assert verdict.action == SKIPPED
     assert "lookback" in verdict.reason
     unbounded = d.ScanWindow(now=NOW, min_age_minutes=10)
-    assert check(order(), [tx(completed_at=NOW - dt.timedelta(days=400))], window=unbounded).action == REGULARIZED
+    assert (
+        check(order(), [tx(completed_at=NOW - dt.timedelta(days=400))], window=unbounded).action
+        == REGULARIZED
+    )
 
 
 def test_until_bounds_the_window_before_the_grace_cutoff():
@@ -139,11 +158,20 @@ def test_until_bounds_the_window_before_the_grace_cutoff():
 
 
 def test_status_values_are_compared_exactly_under_a_custom_mapping():
-    upper = StatusMapping(order_pending=("PENDING", "PENDING_PAYMENT"), order_completed="COMPLETED",
-                          order_do_not_touch=("CANCELLED",), transaction_completed=("PAID",))
-    assert check(order(status="PENDING_PAYMENT"), [tx(status="PAID")], statuses=upper).action == REGULARIZED
+    upper = StatusMapping(
+        order_pending=("PENDING", "PENDING_PAYMENT"),
+        order_completed="COMPLETED",
+        order_do_not_touch=("CANCELLED",),
+        transaction_completed=("PAID",),
+    )
+    assert (
+        check(order(status="PENDING_PAYMENT"), [tx(status="PAID")], statuses=upper).action
+        == REGULARIZED
+    )
     assert check(order(status="pending"), [tx(status="PAID")], statuses=upper).action == SKIPPED
-    assert check(order(status="PENDING"), [tx(status="completed")], statuses=upper).action == SKIPPED
+    assert (
+        check(order(status="PENDING"), [tx(status="completed")], statuses=upper).action == SKIPPED
+    )
 
 
 def test_provider_answer_never_overrides_into_a_flip():
@@ -153,7 +181,10 @@ def test_provider_answer_never_overrides_into_a_flip():
         verdict = apply_provider_answer(ok, ProviderAnswer(status))
         assert verdict.action == INCONSISTENT
         assert verdict.reason.startswith(d.PROVIDER_FAILED)
-    assert apply_provider_answer(ok, ProviderAnswer(PROVIDER_PENDING, "still settling")).action == SKIPPED
+    assert (
+        apply_provider_answer(ok, ProviderAnswer(PROVIDER_PENDING, "still settling")).action
+        == SKIPPED
+    )
 
 
 def test_to_decimal_refuses_what_is_not_a_finite_number():

@@ -47,8 +47,14 @@ def seed_mixed_shop(shop):
     shop.payment(double)
     shop.payment(double)
     deleted = shop.orphan(deleted=True)
-    return {"orphans": orphans, "healthy": healthy, "recent": recent, "mismatch": mismatch, "double": double,
-            "deleted": deleted}
+    return {
+        "orphans": orphans,
+        "healthy": healthy,
+        "recent": recent,
+        "mismatch": mismatch,
+        "double": double,
+        "deleted": deleted,
+    }
 
 
 def test_whole_selection_regularizes_delivers_and_audits(shop, handlers_db, instance):
@@ -72,7 +78,11 @@ def test_whole_selection_regularizes_delivers_and_audits(shop, handlers_db, inst
     assert events["delivered"] == 4 and events["dead"] == 0 and events["retried"] == 0
     assert events["outbox_pending"] == 0 and events["outbox_dead"] == 0
     assert outbox_states(shop.engine) == {tb.DELIVERED: 4}
-    assert effect_counts(shop.engine) == {"demo_enrollments": 4, "demo_notifications": 4, "demo_subscriptions": 4}
+    assert effect_counts(shop.engine) == {
+        "demo_enrollments": 4,
+        "demo_notifications": 4,
+        "demo_subscriptions": 4,
+    }
 
     audit = materialization_metadata(result, "regularization_audit")
     in_db = audit_actions(shop.engine, result.run_id)
@@ -82,14 +92,18 @@ def test_whole_selection_regularizes_delivers_and_audits(shop, handlers_db, inst
     assert audit["action_inconsistent"] == in_db[tb.INCONSISTENT]
     assert audit["action_failed"] == 0 and audit["error_rate"] == 0.0
     assert audit["orphans_remaining"] == 2  # the inconsistent ones wait for a human
-    preview_rows = [line for line in audit["preview"].splitlines() if re.search(r"\|\s*regularized\s*\|", line)]
+    preview_rows = [
+        line for line in audit["preview"].splitlines() if re.search(r"\|\s*regularized\s*\|", line)
+    ]
     assert sorted(int(line.split("|")[1]) for line in preview_rows) == sorted(seeded["orphans"])
 
 
 def test_lineage_runs_from_the_observed_table_to_the_audit():
     graph = defs.resolve_asset_graph()
-    parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
-               for key in graph.get_all_asset_keys()}
+    parents = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
     assert parents == {
         "app_orders": set(),
         "regularized_orders": {"app_orders"},
@@ -98,7 +112,9 @@ def test_lineage_runs_from_the_observed_table_to_the_audit():
     }
     job = defs.resolve_job_def("regularize_completed_orders")
     assert {k.name for k in job.asset_layer.asset_graph.asset_check_keys} == {
-        "no_orphaned_pending_orders", "transactions_consistent"}
+        "no_orphaned_pending_orders",
+        "transactions_consistent",
+    }
 
 
 def test_checks_warn_on_orphans_and_error_on_inconsistencies(shop, handlers_db, instance):
@@ -145,7 +161,8 @@ def test_app_orders_observation_counts_orders_by_status(shop, handlers_db, insta
     result = materialize_all(handlers_db, instance, dry_run=True)
 
     (observation,) = [
-        e.event_specific_data.asset_observation for e in result.all_events
+        e.event_specific_data.asset_observation
+        for e in result.all_events
         if e.event_type_value == "ASSET_OBSERVATION"
     ]
     assert observation.asset_key == dg.AssetKey("app_orders")
@@ -164,7 +181,10 @@ def test_run_refuses_while_migrations_are_missing(engine, handlers_db, instance)
     assert not result.success
     (failure,) = result.get_step_failure_events()
     assert failure.step_key == "regularized_orders"
-    assert "regularize-completed-orders migrate" in failure.step_failure_data.user_failure_data.description
+    assert (
+        "regularize-completed-orders migrate"
+        in failure.step_failure_data.user_failure_data.description
+    )
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert writer.status_of(order_id) == "pending"
     assert not sa.inspect(engine).has_table("regularization_audit")
@@ -177,19 +197,28 @@ SECRET = "a-webhook-secret-for-tests-only"
 def test_webhook_publisher_receives_each_event_once_signed(shop, handlers_db, instance):
     orders = shop.orphans(3)
     with ReceivingApp(secret=SECRET) as app:
-        publisher = EventPublisherResource(publishers=["webhook", "python"], webhook_url=app.url + "/hooks/orders",
-                                           webhook_secret=SECRET)
+        publisher = EventPublisherResource(
+            publishers=["webhook", "python"],
+            webhook_url=app.url + "/hooks/orders",
+            webhook_secret=SECRET,
+        )
         result = materialize_all(handlers_db, instance, publisher=publisher)
         received = app.accepted_per_key()
 
     assert result.success
     assert received == {f"order-completed:{i}": 1 for i in orders}
     assert materialization_metadata(result, "order_completed_events")["delivered"] == 3
-    assert effect_counts(shop.engine) == {"demo_enrollments": 3, "demo_notifications": 3, "demo_subscriptions": 3}
+    assert effect_counts(shop.engine) == {
+        "demo_enrollments": 3,
+        "demo_notifications": 3,
+        "demo_subscriptions": 3,
+    }
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_bad_publisher_settings_fail_without_retry_and_keep_events_pending(shop, handlers_db, instance):
+def test_bad_publisher_settings_fail_without_retry_and_keep_events_pending(
+    shop, handlers_db, instance
+):
     shop.orphans(2)
     publisher = EventPublisherResource(publishers=["webhook"], webhook_secret=SECRET)
 

@@ -62,8 +62,12 @@ def test_schedule_requests_a_run_when_none_is_in_flight(instance):
 
 def run_with_status(instance, status):
     # Dagster only queues a run that knows which code location to launch it from.
-    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("regularization_pipeline"),
-                                                    "__repository__"), JOB_NAME)
+    origin = RemoteJobOrigin(
+        RemoteRepositoryOrigin(
+            RegisteredCodeLocationOrigin("regularization_pipeline"), "__repository__"
+        ),
+        JOB_NAME,
+    )
     run = create_run_for_test(instance, job_name=JOB_NAME, status=status, remote_job_origin=origin)
     assert instance.get_run_by_id(run.run_id).status == status
     return run
@@ -76,7 +80,10 @@ def test_schedule_skips_while_a_run_is_queued_or_in_progress(instance, status):
     result = evaluate_schedule(instance)
 
     assert not result.run_requests
-    assert result.skip_message == f"run {run.run_id} of {JOB_NAME} is {status.value}: skipping this tick"
+    assert (
+        result.skip_message
+        == f"run {run.run_id} of {JOB_NAME} is {status.value}: skipping this tick"
+    )
 
 
 def test_in_flight_statuses_include_the_ones_dagster_leaves_out():
@@ -95,7 +102,9 @@ def test_job_runs_carry_the_concurrency_tag_and_a_max_runtime():
 def run_checks_on_their_own(db_url, instance):
     """What an operator does with "Execute checks" in the UI: a run of the checks alone."""
     return dg.materialize(
-        [*ALL_ASSETS, *ALL_CHECKS], instance=instance, resources=resources(db_url),
+        [*ALL_ASSETS, *ALL_CHECKS],
+        instance=instance,
+        resources=resources(db_url),
         selection=dg.AssetSelection.checks_for_assets("app_orders"),
     )
 
@@ -158,9 +167,14 @@ def test_sensor_ignores_passing_checks_and_failures_inside_the_job(shop, instanc
     shop.orphans(1)
     # The job itself evaluates the check; a failure there is already being fixed by that run.
     job = dg.Definitions(
-        assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[regularize_completed_orders], resources=resources(db_url),
+        assets=ALL_ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=[regularize_completed_orders],
+        resources=resources(db_url),
     ).resolve_job_def(JOB_NAME)
-    job.execute_in_process(instance=instance, run_config={"ops": {"regularized_orders": {"config": {"sleep": 0}}}})
+    job.execute_in_process(
+        instance=instance, run_config={"ops": {"regularized_orders": {"config": {"sleep": 0}}}}
+    )
 
     inside = tick(instance, cursor=passed.cursor)
     assert not inside.run_requests
@@ -168,8 +182,12 @@ def test_sensor_ignores_passing_checks_and_failures_inside_the_job(shop, instanc
 
 
 def test_a_runless_failure_report_launches_a_run(instance):
-    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-        asset_key=dg.AssetKey("app_orders"), check_name="no_orphaned_pending_orders", passed=False,
-        severity=dg.AssetCheckSeverity.WARN,
-    ))
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey("app_orders"),
+            check_name="no_orphaned_pending_orders",
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+        )
+    )
     assert len(tick(instance).run_requests) == 1

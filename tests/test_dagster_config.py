@@ -22,11 +22,15 @@ def test_config_fields_mirror_run_options():
     config_fields, option_fields = RegularizeConfig.model_fields, RunOptions.model_fields
     assert list(config_fields) == list(option_fields)
     for name, option in option_fields.items():
-        expected_default = DEFAULT_MAX_RUNTIME_SECONDS if name == "max_runtime_seconds" else option.default
+        expected_default = (
+            DEFAULT_MAX_RUNTIME_SECONDS if name == "max_runtime_seconds" else option.default
+        )
         assert config_fields[name].default == expected_default, name
         assert config_fields[name].description.startswith(option.description), name
         assert config_fields[name].annotation == dagster_config_type(option.annotation), name
-    assert config_fields["since"].annotation == str | None  # ISO strings: Dagster config has no datetime
+    assert (
+        config_fields["since"].annotation == str | None
+    )  # ISO strings: Dagster config has no datetime
     assert "Must be >= 1, <= 10000000." in config_fields["limit"].description
     assert bounds_of("sleep") == ">= 0, <= 3600"
 
@@ -42,7 +46,12 @@ def test_the_job_exposes_every_field_with_its_description():
 
 def test_defaults_are_valid_run_options():
     options = RegularizeConfig().to_run_options()
-    assert (options.limit, options.sleep, options.dry_run, options.lookback_hours) == (50, 2.0, False, None)
+    assert (options.limit, options.sleep, options.dry_run, options.lookback_hours) == (
+        50,
+        2.0,
+        False,
+        None,
+    )
 
 
 # Validation happens before any database work: one backend is enough.
@@ -54,15 +63,22 @@ def test_defaults_are_valid_run_options():
         ({"sleep": -1.0}, "sleep"),
         ({"lookback_hours": 0.0}, "lookback_hours"),
         ({"since": "not a date"}, "since"),
-        ({"since": "2030-01-02T00:00:00", "until": "2030-01-01T00:00:00"}, "since must be earlier than until"),
+        (
+            {"since": "2030-01-02T00:00:00", "until": "2030-01-01T00:00:00"},
+            "since must be earlier than until",
+        ),
     ],
 )
 def test_bad_config_fails_once_naming_the_field_and_changes_nothing(shop, monkeypatch, bad, field):
     monkeypatch.setenv("REGULARIZATION_DATABASE_URL", str(shop.engine.url))
     order_ids = shop.orphans(2)
     with dg.instance_for_test() as instance:
-        result = materialize_all(shop.engine.url.render_as_string(hide_password=False), instance,
-                                 raise_on_error=False, **bad)
+        result = materialize_all(
+            shop.engine.url.render_as_string(hide_password=False),
+            instance,
+            raise_on_error=False,
+            **bad,
+        )
 
         assert not result.success
         (failure,) = result.get_step_failure_events()
@@ -78,4 +94,6 @@ def test_bad_config_fails_once_naming_the_field_and_changes_nothing(shop, monkey
 
 def _audit_count(engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(tb.owned_tables().audit)).scalar_one()
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(tb.owned_tables().audit)
+        ).scalar_one()

@@ -70,8 +70,11 @@ class Services:
 
     def submit(self, limit: int, sleep: float, marker: str) -> str:
         return self.client().submit_job_execution(
-            JOB_NAME, repository_location_name=LOCATION,
-            run_config={"ops": {"regularized_orders": {"config": {"limit": limit, "sleep": sleep}}}},
+            JOB_NAME,
+            repository_location_name=LOCATION,
+            run_config={
+                "ops": {"regularized_orders": {"config": {"limit": limit, "sleep": sleep}}}
+            },
             tags={"test/marker": marker},
         )
 
@@ -80,10 +83,14 @@ class Services:
         with self.instance() as instance:
             while time.monotonic() < deadline:
                 records = instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))
-                if len(records) == len(run_ids) and all(r.dagster_run.status in FINISHED for r in records):
+                if len(records) == len(run_ids) and all(
+                    r.dagster_run.status in FINISHED for r in records
+                ):
                     return sorted(records, key=lambda r: r.start_time)
                 time.sleep(0.5)
-        raise AssertionError(f"runs not finished in {timeout} s; daemon log:\n{(self.logs / 'daemon.log').read_text()[-3000:]}")
+        raise AssertionError(
+            f"runs not finished in {timeout} s; daemon log:\n{(self.logs / 'daemon.log').read_text()[-3000:]}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +106,35 @@ def services(tmp_path_factory):
     # The schedule stays on (it is part of what runs) but fires half a day away: a tick
     # landing mid-test would complete the orphans before the run under test gets them.
     far = dt.datetime.now(dt.UTC) + dt.timedelta(hours=12)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "REGULARIZATION_DATABASE_URL": url,
-           SCHEDULE_CRON_ENV: f"{far.minute} {far.hour} * * *"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "REGULARIZATION_DATABASE_URL": url,
+        SCHEDULE_CRON_ENV: f"{far.minute} {far.hour} * * *",
+    }
     port = _free_port()
     workspace = str(ROOT / "workspace.yaml")
     processes = []
     try:
         for name, args in (
             ("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace]),
-            ("webserver", [str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)]),
+            (
+                "webserver",
+                [
+                    str(BIN / "dagster-webserver"),
+                    "-w",
+                    workspace,
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                ],
+            ),
         ):
             log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-            processes.append(subprocess.Popen(args, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(args, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+            )
         _wait_for_http(f"http://127.0.0.1:{port}/server_info", processes)
         yield Services(home, shop, port, tmp)
     finally:
@@ -179,18 +203,29 @@ def test_two_runs_submitted_at_once_never_overlap(services):
     assert first.end_time <= second.start_time, "the two runs ran at the same time"
     with services.instance() as instance:
         # The second was queued before the first ended, and launched only after it.
-        (enqueued,) = instance.all_logs(second.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
-        (launched,) = instance.all_logs(second.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_STARTING)
+        (enqueued,) = instance.all_logs(
+            second.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED
+        )
+        (launched,) = instance.all_logs(
+            second.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_STARTING
+        )
         assert enqueued.timestamp < first.end_time <= launched.timestamp
         # No other run of the job (e.g. a scheduled tick) overlapped either.
-        every = sorted(instance.get_run_records(filters=dg.RunsFilter(job_name=JOB_NAME)), key=lambda r: r.start_time)
+        every = sorted(
+            instance.get_run_records(filters=dg.RunsFilter(job_name=JOB_NAME)),
+            key=lambda r: r.start_time,
+        )
         for before, after in zip(every, every[1:], strict=False):
             assert before.end_time <= after.start_time
-        regularized = sum(materialized(instance, "regularized_orders", r)["regularized"] for r in run_ids)
+        regularized = sum(
+            materialized(instance, "regularized_orders", r)["regularized"] for r in run_ids
+        )
     assert regularized == 10
     # Every order from both tests completed once, each with exactly one delivered event and one effect per handler.
     orders = services.shop.tables.orders
     with services.shop.engine.connect() as conn:
-        completed = conn.execute(sa.select(sa.func.count()).where(orders.c.status == "completed")).scalar_one()
+        completed = conn.execute(
+            sa.select(sa.func.count()).where(orders.c.status == "completed")
+        ).scalar_one()
     assert outbox_states(services.shop.engine) == {"delivered": completed}
     assert set(effect_counts(services.shop.engine).values()) == {completed}

@@ -16,18 +16,33 @@ from regularization_pipeline.demo.handlers import effect_counts
 
 
 def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "REGULARIZATION_DATABASE_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DAGSTER_HOME", "REGULARIZATION_DATABASE_URL")
+    }
     env["REGULARIZATION_DATABASE_URL"] = f"sqlite:///{tmp_path / 'must_not_be_touched.db'}"
 
-    done = subprocess.run([sys.executable, "-m", "regularization_pipeline.demo"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", "regularization_pipeline.demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "Demo shop .demo/shop.db: 295 orders (200 healthy, 40 orphaned, 12 paid within the grace period" in out
+    assert (
+        "Demo shop .demo/shop.db: 295 orders (200 healthy, 40 orphaned, 12 paid within the grace period"
+        in out
+    )
     assert "regularized: 40 of 50 pending orders with a completed payment" in out
-    assert "inconsistent, reported and not fixed: amount_mismatch 4, currency_mismatch 3, double_charge 3, " \
-           "paid_but_cancelled 3" in out
+    assert (
+        "inconsistent, reported and not fixed: amount_mismatch 4, currency_mismatch 3, double_charge 3, "
+        "paid_but_cancelled 3" in out
+    )
     assert "OrderCompleted events delivered: 40 (retried 0, dead 0)" in out
     assert "handlers: demo_enrollments 40, demo_notifications 40, demo_subscriptions 40" in out
     assert "make dev" in out and "http://127.0.0.1:3000" in out
@@ -38,12 +53,23 @@ def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
     engine = create_app_engine(f"sqlite:///{tmp_path / '.demo' / 'shop.db'}")
     try:
         with engine.connect() as conn:
-            by_status = dict(conn.execute(sa.text("SELECT status, count(*) FROM orders GROUP BY status")).all())
-            outbox = dict(conn.execute(sa.select(tb.owned_tables().outbox.c.state, sa.func.count())
-                                       .group_by(tb.owned_tables().outbox.c.state)).all())
+            by_status = dict(
+                conn.execute(sa.text("SELECT status, count(*) FROM orders GROUP BY status")).all()
+            )
+            outbox = dict(
+                conn.execute(
+                    sa.select(tb.owned_tables().outbox.c.state, sa.func.count()).group_by(
+                        tb.owned_tables().outbox.c.state
+                    )
+                ).all()
+            )
         assert by_status == {"completed": 240, "pending": 42, "cancelled": 3, "failed": 10}
         assert outbox == {tb.DELIVERED: 40}
-        assert effect_counts(engine) == {"demo_enrollments": 40, "demo_notifications": 40, "demo_subscriptions": 40}
+        assert effect_counts(engine) == {
+            "demo_enrollments": 40,
+            "demo_notifications": 40,
+            "demo_subscriptions": 40,
+        }
     finally:
         engine.dispose()
 
@@ -53,5 +79,7 @@ def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
         (run,) = instance.get_runs(filters=dg.RunsFilter(job_name=JOB_NAME))
         assert run.status == dg.DagsterRunStatus.SUCCESS
         assert run.run_id in out
-        materialized = instance.fetch_materializations(dg.AssetKey("regularization_audit"), limit=1).records
+        materialized = instance.fetch_materializations(
+            dg.AssetKey("regularization_audit"), limit=1
+        ).records
         assert materialized[0].run_id == run.run_id

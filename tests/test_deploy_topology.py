@@ -57,10 +57,13 @@ CONTAINER_LOG_DIR = "/var/log/regularization"
 CONTAINER_WORKSPACE = "/opt/dagster/app/docker/workspace.yaml"
 ORPHANS = 3
 HEALTHY_WITHIN_SECONDS = 120
-FIRST_RUN_WITHIN_SECONDS = 150  # up to 60 s to the next minute, then queue, launch and the run itself
+FIRST_RUN_WITHIN_SECONDS = (
+    150  # up to 60 s to the next minute, then queue, launch and the run itself
+)
 
 CUSTOMER_EMAILS = [f"topology.customer{n}@example.com" for n in range(1, ORPHANS + 2)]
 EMAIL_PATTERN = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -70,6 +73,7 @@ def free_port() -> int:
 
 def interpolate(text: str, env: dict[str, str]) -> str:
     """Compose's interpolation of `${VAR:-default}`, `${VAR:?msg}`, `${VAR}` and `$$` for one string."""
+
     def value(match: re.Match) -> str:
         name, op, arg = match.group(1), match.group(2), match.group(3)
         if env.get(name):
@@ -77,6 +81,7 @@ def interpolate(text: str, env: dict[str, str]) -> str:
         if op == ":?":
             raise AssertionError(f"{name} is required: {arg}")
         return arg or ""
+
     text = re.sub(r"(?<!\$)\$\{([A-Z0-9_]+)(?:(:-|:\?)([^}]*))?\}", value, text)
     return text.replace("$$", "$")
 
@@ -96,7 +101,7 @@ def healthcheck_argv(service: str, env: dict[str, str]) -> list[str]:
 
 def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
     i = argv.index(flag)
-    return [*argv[: i + 1], value, *argv[i + 2:]]
+    return [*argv[: i + 1], value, *argv[i + 2 :]]
 
 
 @dataclass
@@ -119,20 +124,29 @@ class Topology:
         if service == "user-code":
             argv = replace_arg(argv, "-p", str(self.ports["grpc"]))
         if service == "webserver":
-            argv = [a.replace("127.0.0.1:3000/", f"127.0.0.1:{self.ports['webserver']}/") for a in argv]
+            argv = [
+                a.replace("127.0.0.1:3000/", f"127.0.0.1:{self.ports['webserver']}/") for a in argv
+            ]
         return argv
 
     def check(self, service: str, **env_overrides: str) -> subprocess.CompletedProcess:
-        return subprocess.run(self.check_argv(service, **env_overrides), env={**self.env, **env_overrides},
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            self.check_argv(service, **env_overrides),
+            env={**self.env, **env_overrides},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def output_of(self, name: str) -> str:
         path = self.tmp / f"{name}.out"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def diagnostics(self) -> str:
-        return "\n".join(f"--- {name} (last lines) ---\n" + "\n".join(self.output_of(name).splitlines()[-30:])
-                         for name in self.processes)
+        return "\n".join(
+            f"--- {name} (last lines) ---\n" + "\n".join(self.output_of(name).splitlines()[-30:])
+            for name in self.processes
+        )
 
     def stop(self, name: str) -> None:
         process = self.processes[name]
@@ -150,11 +164,19 @@ def _seed_shop(url: str) -> list:
     engine = create_app_engine(url)
     shop = ShopWriter(engine).create()
     with engine.begin() as conn:
-        conn.execute(shop.tables.customers.insert(), [
-            {"id": n, "name": f"Topology Customer {n}", "email": email} for n, email in enumerate(CUSTOMER_EMAILS, 1)
-        ])
-    orphan_ids = [shop.orphan(paid_minutes_ago=30 + n, customer_id=n) for n in range(1, ORPHANS + 1)]
-    shop.orphan(paid_minutes_ago=1, customer_id=ORPHANS + 1)  # its webhook may still come: left alone
+        conn.execute(
+            shop.tables.customers.insert(),
+            [
+                {"id": n, "name": f"Topology Customer {n}", "email": email}
+                for n, email in enumerate(CUSTOMER_EMAILS, 1)
+            ],
+        )
+    orphan_ids = [
+        shop.orphan(paid_minutes_ago=30 + n, customer_id=n) for n in range(1, ORPHANS + 1)
+    ]
+    shop.orphan(
+        paid_minutes_ago=1, customer_id=ORPHANS + 1
+    )  # its webhook may still come: left alone
     migrations.upgrade(engine, SchemaMapping().table_prefix)
     engine.dispose()
     return orphan_ids
@@ -195,7 +217,9 @@ def topology(dagster_storage_url, tmp_path_factory):
     orphan_ids = _seed_shop(shop_url)
     url = dagster_storage_url
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "REGULARIZATION_"))},
+        **{
+            k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "REGULARIZATION_"))
+        },
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "DAGSTER_HOME": str(home),
         **dagster_pg_env(url),
@@ -208,32 +232,52 @@ def topology(dagster_storage_url, tmp_path_factory):
         "PGHOST": url.host or "127.0.0.1",
         "PGPORT": str(url.port or 5432),
     }
-    topo = Topology(home=home, tmp=tmp, logs=logs, env=env, shop_url=shop_url, orphan_ids=orphan_ids, ports=ports)
+    topo = Topology(
+        home=home,
+        tmp=tmp,
+        logs=logs,
+        env=env,
+        shop_url=shop_url,
+        orphan_ids=orphan_ids,
+        ports=ports,
+    )
 
     services = compose_services()
-    user_code = replace_arg(replace_arg(services["user-code"]["command"], "-h", "127.0.0.1"), "-p", str(ports["grpc"]))
-    webserver = replace_arg(replace_arg(services["webserver"]["command"], "-h", "127.0.0.1"),
-                            "-p", str(ports["webserver"]))
+    user_code = replace_arg(
+        replace_arg(services["user-code"]["command"], "-h", "127.0.0.1"), "-p", str(ports["grpc"])
+    )
+    webserver = replace_arg(
+        replace_arg(services["webserver"]["command"], "-h", "127.0.0.1"),
+        "-p",
+        str(ports["webserver"]),
+    )
     webserver = replace_arg(webserver, "-w", str(workspace))
-    daemon = [a.replace(CONTAINER_WORKSPACE, str(workspace)).replace(CONTAINER_LOG_DIR, str(logs))
-              for a in services["daemon"]["command"]]
+    daemon = [
+        a.replace(CONTAINER_WORKSPACE, str(workspace)).replace(CONTAINER_LOG_DIR, str(logs))
+        for a in services["daemon"]["command"]
+    ]
     commands = {"user-code": user_code, "webserver": webserver, "daemon": daemon}
 
     topo.started_at = time.monotonic()
     try:
         for name, argv in commands.items():
             out = open(tmp / f"{name}.out", "wb")  # noqa: SIM115 - closed with the process
-            topo.processes[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
-                                                    start_new_session=True)
+            topo.processes[name] = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True
+            )
         pending = ["postgres", "user-code", "webserver", "daemon"]
         deadline = topo.started_at + HEALTHY_WITHIN_SECONDS
         while pending and time.monotonic() < deadline:
             for name, process in topo.processes.items():
-                assert process.poll() is None, f"{name} exited with {process.returncode}\n{topo.diagnostics()}"
+                assert process.poll() is None, (
+                    f"{name} exited with {process.returncode}\n{topo.diagnostics()}"
+                )
             pending = [s for s in pending if topo.check(s).returncode != 0]
             if pending:
                 time.sleep(2)
-        assert not pending, f"not healthy after {HEALTHY_WITHIN_SECONDS} s: {pending}\n{topo.diagnostics()}"
+        assert not pending, (
+            f"not healthy after {HEALTHY_WITHIN_SECONDS} s: {pending}\n{topo.diagnostics()}"
+        )
         topo.healthy_seconds = time.monotonic() - topo.started_at
         yield topo
     finally:
@@ -263,15 +307,19 @@ def first_scheduled_run(topology, instance):
     deadline = time.monotonic() + FIRST_RUN_WITHIN_SECONDS
     run = None
     while time.monotonic() < deadline:
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name=jobs.JOB_NAME,
-                                                      tags={"dagster/schedule_name": SCHEDULE_NAME}))
+        runs = instance.get_runs(
+            filters=dg.RunsFilter(
+                job_name=jobs.JOB_NAME, tags={"dagster/schedule_name": SCHEDULE_NAME}
+            )
+        )
         run = runs[-1] if runs else None
         if run is not None and run.is_finished:
             break
         time.sleep(2)
     assert run is not None and run.is_finished, (
         f"no finished scheduled run within {FIRST_RUN_WITHIN_SECONDS} s of the topology being healthy "
-        f"(last: {run and run.status})\n{topology.diagnostics()}")
+        f"(last: {run and run.status})\n{topology.diagnostics()}"
+    )
     topology.first_run_seconds = time.monotonic() - topology.started_at
     return run
 
@@ -285,20 +333,40 @@ def test_every_service_passes_its_compose_health_check(topology, capsys):
         result = topology.check(service)
         assert result.returncode == 0, f"{service}: {result.stdout}{result.stderr}"
     with capsys.disabled():
-        print(f"\n[topology] all four health checks passed {topology.healthy_seconds:.1f} s after start")
+        print(
+            f"\n[topology] all four health checks passed {topology.healthy_seconds:.1f} s after start"
+        )
     assert topology.healthy_seconds < HEALTHY_WITHIN_SECONDS
 
 
 def test_schedule_is_running_by_default(topology):
     # The runbook's command, against the same workspace the daemon uses.
-    result = subprocess.run([str(BIN / "dagster"), "schedule", "list", "-w", str(topology.tmp / "workspace.yaml"),
-                             "--running", "--name"], env=topology.env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            str(BIN / "dagster"),
+            "schedule",
+            "list",
+            "-w",
+            str(topology.tmp / "workspace.yaml"),
+            "--running",
+            "--name",
+        ],
+        env=topology.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert SCHEDULE_NAME in result.stdout.split()
-    assert jobs.regularize_completed_orders_every_5_minutes.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert (
+        jobs.regularize_completed_orders_every_5_minutes.default_status
+        == dg.DefaultScheduleStatus.RUNNING
+    )
 
 
-def test_a_scheduled_tick_launches_a_run_that_regularizes_the_orphans(topology, instance, first_scheduled_run, capsys):
+def test_a_scheduled_tick_launches_a_run_that_regularizes_the_orphans(
+    topology, instance, first_scheduled_run, capsys
+):
     run = first_scheduled_run
     assert run.status == dg.DagsterRunStatus.SUCCESS, topology.diagnostics()
     # The run went through the queue with the job's concurrency tag, as in production.
@@ -307,39 +375,61 @@ def test_a_scheduled_tick_launches_a_run_that_regularizes_the_orphans(topology, 
     orders = ShopWriter(engine).tables.orders
     with engine.connect() as conn:
         statuses = dict(conn.execute(sa.select(orders.c.id, orders.c.status)).all())
-        audit = conn.execute(sa.text(
-            "SELECT order_id, run_id FROM regularization_audit WHERE action = 'regularized'")).all()
+        audit = conn.execute(
+            sa.text(
+                "SELECT order_id, run_id FROM regularization_audit WHERE action = 'regularized'"
+            )
+        ).all()
     engine.dispose()
     seen = f"orders {statuses}, audit {audit}, run log:\n{run_messages(instance, run)}"
     assert {statuses[i] for i in topology.orphan_ids} == {"completed"}, seen
-    assert [s for i, s in statuses.items() if i not in topology.orphan_ids] == ["pending"], seen  # grace period
+    assert [s for i, s in statuses.items() if i not in topology.orphan_ids] == ["pending"], (
+        seen
+    )  # grace period
     assert sorted(int(order_id) for order_id, _ in audit) == sorted(topology.orphan_ids), seen
     assert {run_id for _, run_id in audit} == {run.run_id}, seen
     with capsys.disabled():
-        print(f"\n[topology] healthy after {topology.healthy_seconds:.1f} s; first scheduled run {run.run_id} "
-              f"ended {run.status.value} {topology.first_run_seconds:.1f} s after start, {len(audit)} orders regularized")
+        print(
+            f"\n[topology] healthy after {topology.healthy_seconds:.1f} s; first scheduled run {run.run_id} "
+            f"ended {run.status.value} {topology.first_run_seconds:.1f} s after start, {len(audit)} orders regularized"
+        )
 
 
 def test_log_files_carry_the_run_and_no_customer_email(topology, instance, first_scheduled_run):
     run = first_scheduled_run
-    lines = [json.loads(line) for line in (topology.logs / "order-regularizer.log").read_text().splitlines()]
+    lines = [
+        json.loads(line)
+        for line in (topology.logs / "order-regularizer.log").read_text().splitlines()
+    ]
     of_run = [entry for entry in lines if entry.get("run_id") == run.run_id]
     assert of_run, "order-regularizer.log has no line of the scheduled run"
     # The job's context.log lines and the package's managed loggers both reach the file.
-    assert any(entry["logger"] == "dagster" and "regularized" in entry["message"] for entry in of_run)
-    package_lines = [entry for entry in of_run if entry["logger"].startswith("regularization_pipeline")]
-    assert any(f"order {topology.orphan_ids[0]}: regularized" in entry["message"] for entry in package_lines), (
-        "\n".join(f"{e['logger']}: {e['message']}" for e in of_run))
+    assert any(
+        entry["logger"] == "dagster" and "regularized" in entry["message"] for entry in of_run
+    )
+    package_lines = [
+        entry for entry in of_run if entry["logger"].startswith("regularization_pipeline")
+    ]
+    assert any(
+        f"order {topology.orphan_ids[0]}: regularized" in entry["message"]
+        for entry in package_lines
+    ), "\n".join(f"{e['logger']}: {e['message']}" for e in of_run)
     daemon_log = (topology.logs / "daemon.log").read_text()
     # JSON lines, like order-regularizer.log: Dagster's own lines are JSON, none in its plain
     # format. (A library on Python's root logger still writes plain text: dagster-postgres's
     # "Retrying failed database creation" when the daemon and webserver start together.)
     lines = [line for line in daemon_log.splitlines() if line.strip()]
     daemon_lines = [json.loads(line) for line in lines if line.startswith("{")]
-    assert any(entry.get("logger") == "dagster.daemon" and "SchedulerDaemon" in entry["event"] for entry in daemon_lines)
+    assert any(
+        entry.get("logger") == "dagster.daemon" and "SchedulerDaemon" in entry["event"]
+        for entry in daemon_lines
+    )
     assert not [line for line in lines if not line.startswith("{") and " - dagster" in line]
     # Nothing sensitive anywhere: log files, process output, the run's event log.
-    texts = {"order-regularizer.log": (topology.logs / "order-regularizer.log").read_text(), "daemon.log": daemon_log}
+    texts = {
+        "order-regularizer.log": (topology.logs / "order-regularizer.log").read_text(),
+        "daemon.log": daemon_log,
+    }
     texts.update({f"{name} output": topology.output_of(name) for name in topology.processes})
     texts["event log"] = "\n".join(str(e.user_message) for e in instance.all_logs(run.run_id))
     for name, text in texts.items():
@@ -370,7 +460,9 @@ def test_each_health_check_fails_once_its_service_is_stopped(topology, first_sch
     topology.stop("daemon")
     deadline = time.monotonic() + 60
     while topology.check("daemon", **short).returncode == 0:
-        assert time.monotonic() < deadline, "the daemon liveness check still passes 60 s after the daemon stopped"
+        assert time.monotonic() < deadline, (
+            "the daemon liveness check still passes 60 s after the daemon stopped"
+        )
         time.sleep(3)
 
     topology.stop("webserver")

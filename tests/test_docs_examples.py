@@ -14,7 +14,9 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 def test_documented_custom_mapping_regularizes_an_orphan_end_to_end(engine):
     mapping = SchemaMapping.from_yaml(DOCS / "examples" / "schema-mapping.yaml")
-    assert mapping.transactions.table == "payments" and mapping.statuses.order_completed == "COMPLETED"
+    assert (
+        mapping.transactions.table == "payments" and mapping.statuses.order_completed == "COMPLETED"
+    )
     shop = migrated_shop(engine, mapping)
     orphan = shop.orphan()
     mismatch = shop.order(total="10.00")
@@ -36,9 +38,20 @@ def test_documented_provider_settings_load_and_read_a_real_provider_answer():
     from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
     from regularization_pipeline.core.verification import OrderRow, TransactionRow
 
-    with ProviderStub("token", statuses={"pay_1": "succeeded", "pay_2": "chargeback", "pay_3": "requires_action"}) as provider:
-        settings = GatewaySettings.load(provider.url + "/v1", str(DOCS / "examples" / "provider-settings.yaml"))
-        with GatewayVerifier(settings.model_copy(update={"max_requests_per_second": 1000}), "token") as verifier:
-            answers = [verifier.check(OrderRow(i, "pending", "1"), TransactionRow(i, "completed", "1", reference=f"pay_{i}")).status
-                       for i in (1, 2, 3)]
+    with ProviderStub(
+        "token", statuses={"pay_1": "succeeded", "pay_2": "chargeback", "pay_3": "requires_action"}
+    ) as provider:
+        settings = GatewaySettings.load(
+            provider.url + "/v1", str(DOCS / "examples" / "provider-settings.yaml")
+        )
+        with GatewayVerifier(
+            settings.model_copy(update={"max_requests_per_second": 1000}), "token"
+        ) as verifier:
+            answers = [
+                verifier.check(
+                    OrderRow(i, "pending", "1"),
+                    TransactionRow(i, "completed", "1", reference=f"pay_{i}"),
+                ).status
+                for i in (1, 2, 3)
+            ]
     assert answers == ["completed", "refunded", "pending"]

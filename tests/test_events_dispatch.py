@@ -28,7 +28,9 @@ IMMEDIATE = RetryPolicy(max_attempts=10, base_delay_seconds=0.0, jitter=0.0)
 
 
 def webhook(app: ReceivingApp, read_timeout: float = 2.0) -> WebhookPublisher:
-    return WebhookPublisher(app.url + "/hooks", SECRET, connect_timeout_seconds=0.5, read_timeout_seconds=read_timeout)
+    return WebhookPublisher(
+        app.url + "/hooks", SECRET, connect_timeout_seconds=0.5, read_timeout_seconds=read_timeout
+    )
 
 
 def drain(dispatcher: OutboxDispatcher, passes: int = 20) -> int:
@@ -42,7 +44,13 @@ def drain(dispatcher: OutboxDispatcher, passes: int = 20) -> int:
 
 def test_receiver_failing_the_first_deliveries_gets_every_event_exactly_once(shop):
     rows = seed_events(shop, 4)
-    script = [Reply(503), Reply(500), Reply(429, headers={"Retry-After": "0"}), Reply(408), Reply(502)]
+    script = [
+        Reply(503),
+        Reply(500),
+        Reply(429, headers={"Retry-After": "0"}),
+        Reply(408),
+        Reply(502),
+    ]
     with ReceivingApp(secret=SECRET, script=script) as app:
         dispatcher = OutboxDispatcher(shop.engine, owned(shop), [webhook(app)], retry=IMMEDIATE)
         passes = drain(dispatcher)
@@ -70,7 +78,9 @@ def owned(shop):
 
 def test_backoff_with_jitter_and_retry_after_are_stored_in_next_attempt_at(engine, shop):
     seed_events(shop, 2)
-    with ReceivingApp(secret=SECRET, script=[Reply(503), Reply(429, headers={"Retry-After": "120"})]) as app:
+    with ReceivingApp(
+        secret=SECRET, script=[Reply(503), Reply(429, headers={"Retry-After": "120"})]
+    ) as app:
         policy = RetryPolicy(max_attempts=5, base_delay_seconds=30, jitter=0.2)
         before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         summary = OutboxDispatcher(engine, owned(shop), [webhook(app)], retry=policy).dispatch()
@@ -79,13 +89,20 @@ def test_backoff_with_jitter_and_retry_after_are_stored_in_next_attempt_at(engin
     assert first.state == second.state == PENDING and first.attempts == second.attempts == 1
     delay = (first.next_attempt_at - before).total_seconds()
     assert 24 - 1 <= delay <= 36 + 1, delay  # 30 s +/- 20 % jitter
-    assert 119 <= (second.next_attempt_at - before).total_seconds() <= 122  # the receiver's Retry-After wins
+    assert (
+        119 <= (second.next_attempt_at - before).total_seconds() <= 122
+    )  # the receiver's Retry-After wins
     assert "HTTP 503" in first.last_error and "HTTP 429" in second.last_error
     # Not due yet: another pass sends nothing.
-    assert OutboxDispatcher(engine, owned(shop), [webhook(app)], retry=policy).dispatch().delivered == 0
+    assert (
+        OutboxDispatcher(engine, owned(shop), [webhook(app)], retry=policy).dispatch().delivered
+        == 0
+    )
 
 
-def test_dead_letter_after_max_attempts_then_redelivered_by_the_operator_command(shop, monkeypatch, capsys):
+def test_dead_letter_after_max_attempts_then_redelivered_by_the_operator_command(
+    shop, monkeypatch, capsys
+):
     from regularization_pipeline import cli
 
     (row,) = seed_events(shop, 1)
@@ -99,9 +116,13 @@ def test_dead_letter_after_max_attempts_then_redelivered_by_the_operator_command
         assert dead.last_error.startswith("RetryableDeliveryError: webhook answered HTTP 503")
         assert len(app.snapshot()) == 3  # nothing is sent to a dead event
 
-        monkeypatch.setenv("REGULARIZATION_DATABASE_URL", shop.engine.url.render_as_string(hide_password=False))
+        monkeypatch.setenv(
+            "REGULARIZATION_DATABASE_URL", shop.engine.url.render_as_string(hide_password=False)
+        )
         monkeypatch.delenv("REGULARIZATION_SCHEMA_FILE", raising=False)
-        assert cli.main(["redeliver", "--all-dead"]) == 0  # regularize-completed-orders redeliver --all-dead
+        assert (
+            cli.main(["redeliver", "--all-dead"]) == 0
+        )  # regularize-completed-orders redeliver --all-dead
         assert "1 dead event(s) back in the queue" in capsys.readouterr().out
         assert dispatcher.dispatch().delivered == 1
     (delivered,) = outbox_rows(shop.engine)
@@ -117,7 +138,10 @@ def test_permanent_refusal_is_dead_at_once_with_the_status_and_body(shop):
         assert (summary.dead, summary.delivered) == (1, 1)
         dead = next(r for r in outbox_rows(shop.engine) if r.state == DEAD)
         assert dead.attempts == 1
-        assert dead.last_error == 'PermanentDeliveryError: webhook answered HTTP 422: {"error":"unknown order"}'
+        assert (
+            dead.last_error
+            == 'PermanentDeliveryError: webhook answered HTTP 422: {"error":"unknown order"}'
+        )
         with pytest.raises(ValueError):
             dispatcher.redeliver()
         assert dispatcher.redeliver(event_ids=[dead.event_id]) == 1
@@ -130,8 +154,12 @@ def test_a_failing_publisher_does_not_rerun_those_that_succeeded(shop):
     calls: list[str] = []
     handlers = {"enroll": lambda e: calls.append(e.idempotency_key)}
     with ReceivingApp(secret=SECRET, script=[Reply(503)]) as app:
-        dispatcher = OutboxDispatcher(shop.engine, owned(shop), [PythonHandlersPublisher(handlers), webhook(app)],
-                                      retry=IMMEDIATE)
+        dispatcher = OutboxDispatcher(
+            shop.engine,
+            owned(shop),
+            [PythonHandlersPublisher(handlers), webhook(app)],
+            retry=IMMEDIATE,
+        )
         first = dispatcher.dispatch()
         assert (first.retried, first.delivered) == (1, 0)
         assert deliveries(shop.engine) == {(row.event_id, "python:enroll")}
@@ -150,7 +178,9 @@ def test_two_dispatchers_over_the_same_due_events_deliver_each_once(server_shop)
         summaries = []
 
         def run(name: str) -> None:
-            dispatcher = OutboxDispatcher(server_shop.engine, owned(server_shop), [webhook(app)], owner=name)
+            dispatcher = OutboxDispatcher(
+                server_shop.engine, owned(server_shop), [webhook(app)], owner=name
+            )
             start.wait()
             summaries.append(dispatcher.dispatch(batch_size=4))
 
@@ -179,13 +209,24 @@ def test_a_batch_outlasting_its_lease_never_delivers_a_row_taken_over(server_sho
             with lock:
                 calls.append((name, event.event_id))
             time.sleep(0.6)
+
         return {"slow": handler}
 
     # 2 s, not less: MariaDB's DATETIME keeps whole seconds, so a lease can be up to 1 s shorter there.
-    a = OutboxDispatcher(server_shop.engine, owned(server_shop), [PythonHandlersPublisher(slow("a"))],
-                         lease_seconds=2.0, owner="a")
-    b = OutboxDispatcher(server_shop.engine, owned(server_shop), [PythonHandlersPublisher(slow("b"))],
-                         lease_seconds=2.0, owner="b")
+    a = OutboxDispatcher(
+        server_shop.engine,
+        owned(server_shop),
+        [PythonHandlersPublisher(slow("a"))],
+        lease_seconds=2.0,
+        owner="a",
+    )
+    b = OutboxDispatcher(
+        server_shop.engine,
+        owned(server_shop),
+        [PythonHandlersPublisher(slow("b"))],
+        lease_seconds=2.0,
+        owner="b",
+    )
     first = threading.Thread(target=a.dispatch, kwargs={"batch_size": 5})
     first.start()
     time.sleep(2.3)  # a's claim of the whole batch has expired for the rows it has not reached
@@ -215,8 +256,10 @@ def test_a_dispatcher_killed_mid_delivery_is_taken_over_after_its_lease(server_d
     rows = seed_events(server_shop, 5)
     # The first request hangs (the app is slow); the child is SIGKILLed while it waits for the answer.
     with ReceivingApp(secret=SECRET, script=[Reply(delay=60)]) as app:
-        child = subprocess.Popen([sys.executable, "-c", CRASHING_DISPATCHER, server_db_url, app.url + "/hooks", SECRET],
-                                 env={**os.environ, "PYTHONPATH": os.getcwd()})
+        child = subprocess.Popen(
+            [sys.executable, "-c", CRASHING_DISPATCHER, server_db_url, app.url + "/hooks", SECRET],
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
         try:
             app.wait_for(1, timeout=30)
         finally:
@@ -224,9 +267,13 @@ def test_a_dispatcher_killed_mid_delivery_is_taken_over_after_its_lease(server_d
             child.wait(10)
         assert child.returncode == -9
         leased = outbox_rows(server_shop.engine)
-        assert {r.lease_owner for r in leased} == {"doomed"} and {r.state for r in leased} == {PENDING}
+        assert {r.lease_owner for r in leased} == {"doomed"} and {r.state for r in leased} == {
+            PENDING
+        }
 
-        rescuer = OutboxDispatcher(server_shop.engine, owned(server_shop), [webhook(app)], owner="rescuer")
+        rescuer = OutboxDispatcher(
+            server_shop.engine, owned(server_shop), [webhook(app)], owner="rescuer"
+        )
         assert rescuer.dispatch().delivered == 0  # the dead dispatcher's lease still holds
         killed_at = time.monotonic()
         while time.monotonic() - killed_at < 10 and rescuer.dispatch().delivered == 0:
@@ -240,7 +287,9 @@ def test_a_dispatcher_killed_mid_delivery_is_taken_over_after_its_lease(server_d
     # The interrupted event was sent again with the same key: at least once, idempotently.
     assert seen[0].key == rows[0].idempotency_key and seen[0].status is None
     assert took_over_after < 5.0
-    print(f"\n[crash] dispatcher SIGKILLed mid-delivery; events taken over {took_over_after:.2f}s later (lease 3 s)")
+    print(
+        f"\n[crash] dispatcher SIGKILLed mid-delivery; events taken over {took_over_after:.2f}s later (lease 3 s)"
+    )
 
 
 @pytest.mark.parametrize("server_db_url", ["postgresql", "mariadb"], indirect=True)
@@ -253,14 +302,22 @@ def test_outbox_mode_leaves_rows_for_the_documented_consumer_query(server_shop):
     # docs/events.md, "outbox mode": what the application runs.
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with server_shop.engine.begin() as conn:
-        batch = conn.execute(sa.text(
-            "SELECT id, event_id, idempotency_key, payload FROM regularization_outbox "
-            "WHERE state = 'pending' AND next_attempt_at <= :now "
-            "ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED"), {"now": now}).all()
+        batch = conn.execute(
+            sa.text(
+                "SELECT id, event_id, idempotency_key, payload FROM regularization_outbox "
+                "WHERE state = 'pending' AND next_attempt_at <= :now "
+                "ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED"
+            ),
+            {"now": now},
+        ).all()
         assert [r.idempotency_key for r in batch] == [r.idempotency_key for r in rows]
-        conn.execute(sa.text(
-            "UPDATE regularization_outbox SET state = 'delivered', delivered_at = :now, updated_at = :now, "
-            "attempts = attempts + 1 WHERE id = :id AND state = 'pending'"), [{"now": now, "id": r.id} for r in batch])
+        conn.execute(
+            sa.text(
+                "UPDATE regularization_outbox SET state = 'delivered', delivered_at = :now, updated_at = :now, "
+                "attempts = attempts + 1 WHERE id = :id AND state = 'pending'"
+            ),
+            [{"now": now, "id": r.id} for r in batch],
+        )
     assert {r.state for r in outbox_rows(server_shop.engine)} == {DELIVERED}
 
 
@@ -280,8 +337,12 @@ def test_a_slow_python_handler_does_not_let_another_dispatcher_take_the_event_ov
         taken_over.append(other.dispatch().delivered)
 
     handlers = PythonHandlersPublisher({"a_slow": slow, "b_next": after_slow})
-    first = OutboxDispatcher(shop.engine, owned(shop), [handlers], retry=IMMEDIATE, lease_seconds=1.0, owner="first")
-    other = OutboxDispatcher(shop.engine, owned(shop), [handlers], retry=IMMEDIATE, lease_seconds=1.0, owner="other")
+    first = OutboxDispatcher(
+        shop.engine, owned(shop), [handlers], retry=IMMEDIATE, lease_seconds=1.0, owner="first"
+    )
+    other = OutboxDispatcher(
+        shop.engine, owned(shop), [handlers], retry=IMMEDIATE, lease_seconds=1.0, owner="other"
+    )
 
     summary = first.dispatch()
 

@@ -30,8 +30,15 @@ SECRET = "whsec_test_0123456789abcdef"
 
 
 def event(order_id: str = "42") -> OrderCompleted:
-    return OrderCompleted(event_id="5b0e1c9e-9a57-4a47-8d3c-1f0e2b7c9a10", order_id=order_id, transaction_id="7",
-                          amount="49.90", currency="EUR", occurred_at="2024-05-01T10:00:00+00:00", run_id="run-1")
+    return OrderCompleted(
+        event_id="5b0e1c9e-9a57-4a47-8d3c-1f0e2b7c9a10",
+        order_id=order_id,
+        transaction_id="7",
+        amount="49.90",
+        currency="EUR",
+        occurred_at="2024-05-01T10:00:00+00:00",
+        run_id="run-1",
+    )
 
 
 @pytest.fixture
@@ -70,15 +77,20 @@ def test_signature_passes_on_the_real_body_and_fails_on_a_tampered_one(app):
     # Replay the genuine headers with one byte of the amount changed, as an attacker would.
     tampered = genuine.body.replace(b'"49.90"', b'"0.01"')
     assert tampered != genuine.body
-    headers = {k: v for k, v in genuine.headers.items() if k in ("content-type", "idempotency-key",
-                                                                  "x-regularization-signature")}
+    headers = {
+        k: v
+        for k, v in genuine.headers.items()
+        if k in ("content-type", "idempotency-key", "x-regularization-signature")
+    }
     answer = httpx.post(app.url + "/hooks/order-completed", content=tampered, headers=headers)
     assert answer.status_code == 401
     assert app.snapshot()[1].signature_ok is False
 
     # The documented Python check agrees with the receiver's own code, both ways.
     header = genuine.headers["x-regularization-signature"]
-    assert verify_signature(SECRET, header, genuine.body) and check_signature(SECRET, header, genuine.body)
+    assert verify_signature(SECRET, header, genuine.body) and check_signature(
+        SECRET, header, genuine.body
+    )
     assert not verify_signature(SECRET, header, tampered)
     assert not verify_signature("another-secret-of-length", header, genuine.body)
     # An old signature is refused even when the body is intact (replay protection).
@@ -87,7 +99,9 @@ def test_signature_passes_on_the_real_body_and_fails_on_a_tampered_one(app):
 
 
 def test_wrong_secret_is_refused_by_the_receiver_and_dead_letters(app):
-    pub = WebhookPublisher(app.url, "not-the-shared-secret", connect_timeout_seconds=0.5, read_timeout_seconds=0.5)
+    pub = WebhookPublisher(
+        app.url, "not-the-shared-secret", connect_timeout_seconds=0.5, read_timeout_seconds=0.5
+    )
     with pytest.raises(PermanentDeliveryError, match="HTTP 401: .*bad signature"):
         pub.publish(event())
     assert app.snapshot()[0].signature_ok is False
@@ -102,7 +116,11 @@ def test_wrong_secret_is_refused_by_the_receiver_and_dead_letters(app):
         (Reply(400, b'{"error":"order 42 unknown"}'), PermanentDeliveryError, None),
         (Reply(404), PermanentDeliveryError, None),
         (Reply(422), PermanentDeliveryError, None),
-        (Reply(301, headers={"Location": "http://127.0.0.1:9/elsewhere"}), PermanentDeliveryError, None),
+        (
+            Reply(301, headers={"Location": "http://127.0.0.1:9/elsewhere"}),
+            PermanentDeliveryError,
+            None,
+        ),
         (Reply(408), RetryableDeliveryError, None),
         (Reply(429, headers={"Retry-After": "7"}), RetryableDeliveryError, 7.0),
         (Reply(500), RetryableDeliveryError, None),
@@ -137,7 +155,10 @@ def test_permanent_error_keeps_a_truncated_single_line_response_body():
 def test_retry_after_as_an_http_date():
     when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=90)
     reply = Reply(429, headers={"Retry-After": email.utils.format_datetime(when, usegmt=True)})
-    with ReceivingApp(secret=SECRET, default=reply) as app, pytest.raises(RetryableDeliveryError) as info:
+    with (
+        ReceivingApp(secret=SECRET, default=reply) as app,
+        pytest.raises(RetryableDeliveryError) as info,
+    ):
         publisher(app.url).publish(event())
     assert 85 <= info.value.retry_after <= 90
 
@@ -156,7 +177,9 @@ def test_a_receiver_that_is_down_is_retryable_and_the_url_stays_out_of_the_error
     url = f"http://127.0.0.1:{port}/hooks?token=do-not-leak"
     caplog.set_level(logging.DEBUG)
     with pytest.raises(RetryableDeliveryError, match="unreachable") as info:
-        WebhookPublisher(url, SECRET, connect_timeout_seconds=0.5, read_timeout_seconds=0.5).publish(event())
+        WebhookPublisher(
+            url, SECRET, connect_timeout_seconds=0.5, read_timeout_seconds=0.5
+        ).publish(event())
     assert "do-not-leak" not in str(info.value)
     assert SECRET not in caplog.text
 
@@ -165,8 +188,12 @@ def test_a_receiver_that_is_down_is_retryable_and_the_url_stays_out_of_the_error
 
 
 def test_settings_build_webhook_and_entry_point_handlers():
-    settings = PublisherSettings(kinds=["python", "webhook"], webhook_url="http://127.0.0.1:1/h", webhook_secret=SECRET,
-                                 read_timeout_seconds=4)
+    settings = PublisherSettings(
+        kinds=["python", "webhook"],
+        webhook_url="http://127.0.0.1:1/h",
+        webhook_secret=SECRET,
+        read_timeout_seconds=4,
+    )
     pubs = build_publishers(settings)
     assert isinstance(pubs[0], PythonHandlersPublisher) and isinstance(pubs[1], WebhookPublisher)
     # The demo shop's handlers are installed under the entry-point group.
@@ -181,7 +208,10 @@ def test_settings_build_webhook_and_entry_point_handlers():
     [
         ({"kinds": ["webhook"]}, "webhook_url"),
         ({"kinds": ["webhook"], "webhook_url": "ftp://x", "webhook_secret": SECRET}, "webhook_url"),
-        ({"kinds": ["webhook"], "webhook_url": "http://x", "webhook_secret": "short"}, "webhook_secret"),
+        (
+            {"kinds": ["webhook"], "webhook_url": "http://x", "webhook_secret": "short"},
+            "webhook_secret",
+        ),
         ({"kinds": ["outbox", "python"]}, "cannot be combined"),
         ({"kinds": ["python", "python"]}, "once"),
         ({"kinds": ["kafka"]}, "kinds"),

@@ -110,6 +110,11 @@ def test_parse_retry_after():
     assert parse_retry_after("-3", now) == 0.0
     date = email.utils.format_datetime(now + dt.timedelta(seconds=90), usegmt=True)
     assert parse_retry_after(date, now) == 90.0
-    assert parse_retry_after(email.utils.format_datetime(now - dt.timedelta(hours=1), usegmt=True), now) == 0.0
+    assert (
+        parse_retry_after(
+            email.utils.format_datetime(now - dt.timedelta(hours=1), usegmt=True), now
+        )
+        == 0.0
+    )
     for junk in (None, "", "soon", "nan", "inf"):
         assert parse_retry_after(junk, now) is None

@@ -26,16 +26,24 @@ PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 
 RUN_FIELDS = sorted(RunOptions.model_fields)
 _values = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**12, 10**12),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
     st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30)),
-    st.datetimes(timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-11))]),
-                 min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 1, 1)),
+    st.datetimes(
+        timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-11))]),
+        min_value=dt.datetime(2, 1, 1),
+        max_value=dt.datetime(9998, 1, 1),
+    ),
     st.sampled_from(["auto", "per_order", "batched", "AUTO", "2026-01-01T00:00:00Z", "1e3", "-1"]),
     st.lists(st.integers(), max_size=2),
 )
 # Mostly real field names, sometimes a typo an operator would make.
-_run_keys = st.one_of(st.sampled_from(RUN_FIELDS), st.sampled_from(["Limit", "sleep_seconds", "modes", "dryrun"]))
+_run_keys = st.one_of(
+    st.sampled_from(RUN_FIELDS), st.sampled_from(["Limit", "sleep_seconds", "modes", "dryrun"])
+)
 
 
 @PROPERTY
@@ -58,31 +66,80 @@ def test_run_options_parse_gives_options_or_an_error_naming_a_field(raw):
 
 # --- schema mappings -----------------------------------------------------------------------
 
-_hostile = ["orders; DROP TABLE orders", "o\"rders", "o'rders", "orders--", "", " orders", "ordérs", "x" * 64,
-            "orders\n", "Orders", "_t", "t$1", "1orders"]
+_hostile = [
+    "orders; DROP TABLE orders",
+    'o"rders',
+    "o'rders",
+    "orders--",
+    "",
+    " orders",
+    "ordérs",
+    "x" * 64,
+    "orders\n",
+    "Orders",
+    "_t",
+    "t$1",
+    "1orders",
+]
 _identifiers = st.one_of(
     st.sampled_from(_hostile),
-    st.text(alphabet=string.ascii_letters + string.digits + "_$;'\"- \n\t", min_size=0, max_size=70),
+    st.text(
+        alphabet=string.ascii_letters + string.digits + "_$;'\"- \n\t", min_size=0, max_size=70
+    ),
 )
-_status_values = st.one_of(st.sampled_from(["pending", "completed", "cancelled", "", "pending'; --", "é😀"]),
-                           st.text(max_size=80))
-_orders = st.dictionaries(st.sampled_from(["table", "id", "status", "total", "currency", "created_at",
-                                           "updated_at", "deleted_at", "colour"]),
-                          st.one_of(st.none(), _identifiers), max_size=4)
-_transactions = st.dictionaries(st.sampled_from(["table", "id", "order_id", "status", "amount", "reference"]),
-                                st.one_of(st.none(), _identifiers), max_size=3)
+_status_values = st.one_of(
+    st.sampled_from(["pending", "completed", "cancelled", "", "pending'; --", "é😀"]),
+    st.text(max_size=80),
+)
+_orders = st.dictionaries(
+    st.sampled_from(
+        [
+            "table",
+            "id",
+            "status",
+            "total",
+            "currency",
+            "created_at",
+            "updated_at",
+            "deleted_at",
+            "colour",
+        ]
+    ),
+    st.one_of(st.none(), _identifiers),
+    max_size=4,
+)
+_transactions = st.dictionaries(
+    st.sampled_from(["table", "id", "order_id", "status", "amount", "reference"]),
+    st.one_of(st.none(), _identifiers),
+    max_size=3,
+)
 _statuses = st.dictionaries(
-    st.sampled_from(["order_pending", "order_completed", "order_do_not_touch", "transaction_completed", "paid"]),
-    st.one_of(_status_values, st.lists(_status_values, max_size=3)), max_size=4)
-_mapping = st.fixed_dictionaries({}, optional={
-    "orders": _orders, "transactions": _transactions, "statuses": _statuses,
-    "table_prefix": st.one_of(st.sampled_from(["regularization_", "reg_", "Reg_", "x" * 40, "a;b"]), _identifiers),
-})
+    st.sampled_from(
+        ["order_pending", "order_completed", "order_do_not_touch", "transaction_completed", "paid"]
+    ),
+    st.one_of(_status_values, st.lists(_status_values, max_size=3)),
+    max_size=4,
+)
+_mapping = st.fixed_dictionaries(
+    {},
+    optional={
+        "orders": _orders,
+        "transactions": _transactions,
+        "statuses": _statuses,
+        "table_prefix": st.one_of(
+            st.sampled_from(["regularization_", "reg_", "Reg_", "x" * 40, "a;b"]), _identifiers
+        ),
+    },
+)
 
 
 def _plain_identifier(value: str | None) -> bool:
-    return value is None or (value[0].isascii() and (value[0].isalpha() or value[0] == "_")
-                             and all(c.isascii() and (c.isalnum() or c in "_$") for c in value) and len(value) <= 63)
+    return value is None or (
+        value[0].isascii()
+        and (value[0].isalpha() or value[0] == "_")
+        and all(c.isascii() and (c.isalnum() or c in "_$") for c in value)
+        and len(value) <= 63
+    )
 
 
 @PROPERTY
@@ -121,7 +178,9 @@ def _widen(shop, column: str, table: str, length: int) -> None:
         return  # SQLite does not enforce VARCHAR lengths
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE varchar({length})"))
+            conn.execute(
+                sa.text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE varchar({length})")
+            )
         else:
             null = "NOT NULL" if column == "status" else "NULL"
             conn.execute(sa.text(f"ALTER TABLE {table} MODIFY {column} varchar({length}) {null}"))
@@ -158,8 +217,12 @@ def test_bad_rows_are_reported_with_a_reason_and_never_flipped(shop, mode):
     assert shop.status_of(healthy) == shop.status_of(emoji) == "completed"
     assert_flip_iff_event(shop)
 
-    expected = {null_amount: d.INVALID_AMOUNT, negative: d.INVALID_AMOUNT, three_completed: d.DOUBLE_CHARGE,
-                missing_order: d.MISSING_ORDER}
+    expected = {
+        null_amount: d.INVALID_AMOUNT,
+        negative: d.INVALID_AMOUNT,
+        three_completed: d.DOUBLE_CHARGE,
+        missing_order: d.MISSING_ORDER,
+    }
     for order_id, kind in expected.items():
         assert (INCONSISTENT, f"{kind}: reported, not fixed") in _actions(shop, order_id), order_id
         assert summary.inconsistent_by_kind[kind] >= 1
@@ -173,22 +236,34 @@ def test_bad_rows_are_reported_with_a_reason_and_never_flipped(shop, mode):
     assert _actions(shop, unknown_status) == [] and _actions(shop, no_completed) == []
     regularizer = Regularizer(shop.engine, shop.schema, sleeper=no_sleep)
     options = RunOptions(sleep=0)
-    assert regularizer.regularize_one(unknown_status, "operator", options).reason == "order status 'on_hold' is not a pending status"
-    assert regularizer.regularize_one(no_completed, "operator", options).reason == "order has no completed transaction"
+    assert (
+        regularizer.regularize_one(unknown_status, "operator", options).reason
+        == "order status 'on_hold' is not a pending status"
+    )
+    assert (
+        regularizer.regularize_one(no_completed, "operator", options).reason
+        == "order has no completed transaction"
+    )
     assert shop.status_of(unknown_status) == "on_hold" and shop.status_of(no_completed) == "pending"
 
     # A second run reports nothing twice and flips nothing more.
     again = _run(shop, mode=mode)
     assert (again.regularized, again.failed) == (0, 0)
     assert_flip_iff_event(shop)
-    figures(f"bad input/{shop.engine.dialect.name}/{mode}/bad rows", regularized=summary.regularized,
-            inconsistent=summary.inconsistent, by_kind={k: v for k, v in summary.inconsistent_by_kind.items() if v},
-            failed=summary.failed)
+    figures(
+        f"bad input/{shop.engine.dialect.name}/{mode}/bad rows",
+        regularized=summary.regularized,
+        inconsistent=summary.inconsistent,
+        by_kind={k: v for k, v in summary.inconsistent_by_kind.items() if v},
+        failed=summary.failed,
+    )
 
 
 def test_a_status_and_a_currency_longer_than_the_audit_columns_are_audited_cut_not_failed(engine):
     """The application's status column may be 255 characters; ours is 64 (currency: 16)."""
-    long_pending = "awaiting_payment_confirmation_from_the_provider_" + "é" * 20 + "_😀_" + "x" * 190
+    long_pending = (
+        "awaiting_payment_confirmation_from_the_provider_" + "é" * 20 + "_😀_" + "x" * 190
+    )
     assert len(long_pending) >= 255
     mapping = SchemaMapping.parse({"statuses": {"order_pending": ["pending", long_pending]}})
     shop = migrated_shop(engine, mapping)
@@ -203,11 +278,14 @@ def test_a_status_and_a_currency_longer_than_the_audit_columns_are_audited_cut_n
 
     summary = _run(shop, mode="per_order")
     outcome = Regularizer(shop.engine, shop.schema, sleeper=no_sleep).regularize_one(
-        unknown_long_status, "operator", RunOptions(sleep=0))
+        unknown_long_status, "operator", RunOptions(sleep=0)
+    )
 
     assert summary.failed == 0, [o.reason for o in summary.outcomes if o.action != REGULARIZED]
     assert summary.regularized == 2
-    assert shop.status_of(flipped_long_status) == shop.status_of(flipped_long_currency) == "completed"
+    assert (
+        shop.status_of(flipped_long_status) == shop.status_of(flipped_long_currency) == "completed"
+    )
     [a] = audit_of(shop, flipped_long_status)
     assert (a.action, a.order_status) == (REGULARIZED, long_pending[:64])
     [b] = audit_of(shop, flipped_long_currency)
@@ -216,9 +294,14 @@ def test_a_status_and_a_currency_longer_than_the_audit_columns_are_audited_cut_n
     [c] = audit_of(shop, unknown_long_status)
     assert c.order_status == "z" * 64 and c.reason.startswith("order status 'zzz")
     assert_flip_iff_event(shop)
-    figures(f"bad input/{engine.dialect.name}/long status and currency", status_chars=len(long_pending),
-            audited_status_chars=len(a.order_status), currency_chars=len(long_currency),
-            audited_currency_chars=len(b.currency), failed=summary.failed)
+    figures(
+        f"bad input/{engine.dialect.name}/long status and currency",
+        status_chars=len(long_pending),
+        audited_status_chars=len(a.order_status),
+        currency_chars=len(long_currency),
+        audited_currency_chars=len(b.currency),
+        failed=summary.failed,
+    )
 
 
 def test_a_completed_payment_on_a_cancelled_order_is_reported_not_flipped(shop):

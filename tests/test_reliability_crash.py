@@ -72,7 +72,8 @@ CHILD = textwrap.dedent(f"""
 def receipts_table(engine: sa.Engine) -> sa.Table:
     md = sa.MetaData()
     table = sa.Table(
-        "consumer_receipts", md,
+        "consumer_receipts",
+        md,
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
         sa.Column("idempotency_key", sa.String(128), nullable=False),
         sa.Column("event_id", sa.String(36), nullable=False),
@@ -83,37 +84,56 @@ def receipts_table(engine: sa.Engine) -> sa.Table:
 
 
 def start_child(url: str, mode: str) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, url, mode], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, mode],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert child.stdout.readline().strip() == "ready"
     return child
 
 
 def rerun_and_drain(shop, receipts: sa.Table) -> tuple[float, int]:
     """What the next scheduled run does: regularize, then dispatch until nothing is pending."""
+
     def consumer(event):
         with shop.engine.begin() as conn:
-            conn.execute(receipts.insert().values(idempotency_key=event.idempotency_key, event_id=event.event_id,
-                                                  receiver="rerun"))
+            conn.execute(
+                receipts.insert().values(
+                    idempotency_key=event.idempotency_key, event_id=event.event_id, receiver="rerun"
+                )
+            )
 
     began = time.monotonic()
-    Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0, limit=100000, max_attempts=1000))
-    dispatcher = OutboxDispatcher(shop.engine, owned_tables(), [PythonHandlersPublisher({"consumer": consumer})],
-                                  retry=RetryPolicy(base_delay_seconds=0.0, jitter=0.0), lease_seconds=LEASE_SECONDS)
+    Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(
+        RunOptions(sleep=0, limit=100000, max_attempts=1000)
+    )
+    dispatcher = OutboxDispatcher(
+        shop.engine,
+        owned_tables(),
+        [PythonHandlersPublisher({"consumer": consumer})],
+        retry=RetryPolicy(base_delay_seconds=0.0, jitter=0.0),
+        lease_seconds=LEASE_SECONDS,
+    )
     ob = owned_tables().outbox
     passes = 0
     while time.monotonic() - began < 30:
         dispatcher.dispatch(batch_size=50)
         passes += 1
         with shop.engine.connect() as conn:
-            left = conn.execute(sa.select(sa.func.count()).select_from(ob).where(ob.c.state != DELIVERED)).scalar_one()
+            left = conn.execute(
+                sa.select(sa.func.count()).select_from(ob).where(ob.c.state != DELIVERED)
+            ).scalar_one()
         if not left:
             break
         time.sleep(0.2)  # the killed dispatcher's lease must expire first
     return time.monotonic() - began, passes
 
 
-def check_invariants(shop, orphans: list[int], mismatches: list[int], receipts: sa.Table) -> Counter:
+def check_invariants(
+    shop, orphans: list[int], mismatches: list[int], receipts: sa.Table
+) -> Counter:
     tables = owned_tables()
     ob, au, at = tables.outbox, tables.audit, tables.attempts
     assert set(orphans) <= completed_ids(shop), "an orphan was lost"
@@ -127,10 +147,16 @@ def check_invariants(shop, orphans: list[int], mismatches: list[int], receipts: 
         assert set(received) == keys, "an event was never received by the consumer"
         # No attempt counted twice (nor lost): each counted attempt is exactly one audited decision.
         counted = dict(conn.execute(sa.select(at.c.order_id, at.c.total_attempts)).all())
-        audited = dict(conn.execute(
-            sa.select(au.c.order_id, sa.func.count()).where(
-                au.c.order_id.in_(list(counted)), au.c.action.in_(["failed", "quarantined", "inconsistent", "regularized"]))
-            .group_by(au.c.order_id)).all())
+        audited = dict(
+            conn.execute(
+                sa.select(au.c.order_id, sa.func.count())
+                .where(
+                    au.c.order_id.in_(list(counted)),
+                    au.c.action.in_(["failed", "quarantined", "inconsistent", "regularized"]),
+                )
+                .group_by(au.c.order_id)
+            ).all()
+        )
     assert counted == audited
     return received
 
@@ -176,20 +202,41 @@ def test_run_process_killed_at_random_instants_loses_and_duplicates_nothing(serv
             span[mode] *= 0.7
         before = len(set(orphans) & completed_ids(shop))
         with shop.engine.connect() as conn:
-            delivered_before = conn.execute(sa.select(sa.func.count()).select_from(owned_tables().outbox)
-                                            .where(owned_tables().outbox.c.state == DELIVERED)).scalar_one()
+            delivered_before = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(owned_tables().outbox)
+                .where(owned_tables().outbox.c.state == DELIVERED)
+            ).scalar_one()
         seconds, passes = rerun_and_drain(shop, receipts)
         received = check_invariants(shop, orphans, mismatches, receipts)
-        trials.append(dict(mode=mode, delay=round(delay, 3), killed=code == -9, completed_before=before,
-                           delivered_before=delivered_before, rerun_seconds=round(seconds, 2), passes=passes))
+        trials.append(
+            dict(
+                mode=mode,
+                delay=round(delay, 3),
+                killed=code == -9,
+                completed_before=before,
+                delivered_before=delivered_before,
+                rerun_seconds=round(seconds, 2),
+                passes=passes,
+            )
+        )
 
     redelivered = sum(1 for n in received.values() if n > 1)
     killed = sum(t["killed"] for t in trials)
-    figures(f"crash anywhere/{shop.engine.dialect.name}", attempts=len(trials), killed_mid_work=killed,
-            finished_before_kill=len(trials) - killed,
-            child_work_seconds={m: round(v, 2) for m, v in span.items()}, orphans=len(orphans), events=len(received),
-            redelivered_same_key=redelivered, lost=0, duplicate_events=0, attempts_counted_twice=0,
-            max_rerun_seconds=max(t["rerun_seconds"] for t in trials))
+    figures(
+        f"crash anywhere/{shop.engine.dialect.name}",
+        attempts=len(trials),
+        killed_mid_work=killed,
+        finished_before_kill=len(trials) - killed,
+        child_work_seconds={m: round(v, 2) for m, v in span.items()},
+        orphans=len(orphans),
+        events=len(received),
+        redelivered_same_key=redelivered,
+        lost=0,
+        duplicate_events=0,
+        attempts_counted_twice=0,
+        max_rerun_seconds=max(t["rerun_seconds"] for t in trials),
+    )
     for t in trials:
         print("   ", t)
     # The kills must really land mid-work, or this proves nothing.

@@ -43,13 +43,19 @@ def test_connection_killed_while_the_run_sleeps_between_orders_costs_nothing(ser
         if len(kills) < 3:  # between the first orders
             kills.append(kill_other_sessions(admin))
 
-    summary = Regularizer(shop.engine, shop.schema, sleeper=sleeper).run(RunOptions(mode="per_order", sleep=0.01))
+    summary = Regularizer(shop.engine, shop.schema, sleeper=sleeper).run(
+        RunOptions(mode="per_order", sleep=0.01)
+    )
     admin.dispose()
     assert (summary.regularized, summary.failed) == (len(ids), 0)
     assert sum(kills) >= 3
     assert_flip_iff_event(shop)
-    figures(f"db faults/{shop.engine.dialect.name}/killed between orders", sessions_killed=sum(kills),
-            orders=len(ids), failed=0)
+    figures(
+        f"db faults/{shop.engine.dialect.name}/killed between orders",
+        sessions_killed=sum(kills),
+        orders=len(ids),
+        failed=0,
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -67,7 +73,8 @@ def test_connection_killed_inside_an_order_fails_only_that_order(server_shop, mo
             time.sleep(0.2)  # PostgreSQL terminates the backend asynchronously
 
     summary = Regularizer(shop.engine, shop.schema, sleeper=no_sleep, fault=fault).run(
-        RunOptions(mode=mode, sleep=0, batch_size=10))
+        RunOptions(mode=mode, sleep=0, batch_size=10)
+    )
     admin.dispose()
     failed = [o for o in summary.outcomes if o.action == FAILED]
     assert killed and killed[0] >= 1
@@ -84,24 +91,34 @@ def test_connection_killed_inside_an_order_fails_only_that_order(server_shop, mo
     rerun(shop)
     assert shop.status_of(victim) == "completed"
     assert_flip_iff_event(shop)
-    figures(f"db faults/{shop.engine.dialect.name}/{mode}/killed inside an order", sessions_killed=killed[0],
-            failed=len(failed), reason=failed[0].reason.split(":")[0] if failed else "batch retried per order",
-            half_written=0)
+    figures(
+        f"db faults/{shop.engine.dialect.name}/{mode}/killed inside an order",
+        sessions_killed=killed[0],
+        failed=len(failed),
+        reason=failed[0].reason.split(":")[0] if failed else "batch retried per order",
+        half_written=0,
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_order_row_held_by_another_connection_is_skipped_and_left_for_the_next_run(server_shop, mode):
+def test_order_row_held_by_another_connection_is_skipped_and_left_for_the_next_run(
+    server_shop, mode
+):
     shop = server_shop
     ids = shop.orphans(20)
     held = ids[5]
     orders = shop.tables.orders
     app = second_engine(shop.engine)
-    engine = _lock_timeout_engine(shop)  # a wait shows as a 1 s timeout instead of InnoDB's default 50 s
+    engine = _lock_timeout_engine(
+        shop
+    )  # a wait shows as a 1 s timeout instead of InnoDB's default 50 s
     with app.connect() as holder:
         tx = holder.begin()
         holder.execute(sa.select(orders.c.id).where(orders.c.id == held).with_for_update())
         began = time.monotonic()
-        summary = Regularizer(engine, shop.schema, sleeper=no_sleep).run(RunOptions(mode=mode, sleep=0))
+        summary = Regularizer(engine, shop.schema, sleeper=no_sleep).run(
+            RunOptions(mode=mode, sleep=0)
+        )
         took = time.monotonic() - began
         tx.rollback()
     app.dispose()
@@ -115,8 +132,12 @@ def test_order_row_held_by_another_connection_is_skipped_and_left_for_the_next_r
     assert_flip_iff_event(shop)
     rerun(shop)
     assert shop.status_of(held) == "completed"
-    figures(f"db faults/{shop.engine.dialect.name}/{mode}/held row", run_seconds=round(took, 2), skipped=1,
-            left_for_next_run=1)
+    figures(
+        f"db faults/{shop.engine.dialect.name}/{mode}/held row",
+        run_seconds=round(took, 2),
+        skipped=1,
+        left_for_next_run=1,
+    )
 
 
 def _lock_timeout_engine(shop) -> sa.Engine:
@@ -146,14 +167,23 @@ def test_lock_wait_timeout_on_the_attempts_row_fails_only_that_order(server_shop
     at = owned_tables().attempts
     now = dt.datetime(2026, 1, 1)
     with shop.engine.begin() as conn:
-        conn.execute(at.insert().values(order_id=str(victim), failures=1, total_attempts=1, last_outcome=FAILED,
-                                        updated_at=now))
+        conn.execute(
+            at.insert().values(
+                order_id=str(victim),
+                failures=1,
+                total_attempts=1,
+                last_outcome=FAILED,
+                updated_at=now,
+            )
+        )
     engine = _lock_timeout_engine(shop)
     operator = second_engine(shop.engine)
     with operator.connect() as holder:
         tx = holder.begin()
         holder.execute(sa.select(at).where(at.c.order_id == str(victim)).with_for_update())
-        summary = Regularizer(engine, shop.schema, sleeper=no_sleep).run(RunOptions(mode=mode, sleep=0))
+        summary = Regularizer(engine, shop.schema, sleeper=no_sleep).run(
+            RunOptions(mode=mode, sleep=0)
+        )
         tx.rollback()
     failed = [o for o in summary.outcomes if o.action == FAILED]
     assert [o.order_id for o in failed] == [victim]
@@ -166,7 +196,11 @@ def test_lock_wait_timeout_on_the_attempts_row_fails_only_that_order(server_shop
     rerun(shop)
     assert shop.status_of(victim) == "completed"
     assert_flip_iff_event(shop)
-    figures(f"db faults/{shop.engine.dialect.name}/{mode}/lock wait timeout", failed=1, reason=failed[0].reason[:80])
+    figures(
+        f"db faults/{shop.engine.dialect.name}/{mode}/lock wait timeout",
+        failed=1,
+        reason=failed[0].reason[:80],
+    )
 
 
 def test_deadlock_with_the_application_fails_one_side_cleanly(server_shop):
@@ -178,8 +212,15 @@ def test_deadlock_with_the_application_fails_one_side_cleanly(server_shop):
     victim = ids[2]
     at, orders = owned_tables().attempts, shop.tables.orders
     with shop.engine.begin() as conn:
-        conn.execute(at.insert().values(order_id=str(victim), failures=1, total_attempts=1, last_outcome=FAILED,
-                                        updated_at=dt.datetime(2026, 1, 1)))
+        conn.execute(
+            at.insert().values(
+                order_id=str(victim),
+                failures=1,
+                total_attempts=1,
+                last_outcome=FAILED,
+                updated_at=dt.datetime(2026, 1, 1),
+            )
+        )
     operator = second_engine(shop.engine)
     holding, app_errors = threading.Event(), []
 
@@ -188,7 +229,11 @@ def test_deadlock_with_the_application_fails_one_side_cleanly(server_shop):
             with operator.begin() as conn:
                 conn.execute(sa.select(at).where(at.c.order_id == str(victim)).with_for_update())
                 holding.set()
-                conn.execute(orders.update().where(orders.c.id == victim).values(updated_at=dt.datetime(2026, 1, 2)))
+                conn.execute(
+                    orders.update()
+                    .where(orders.c.id == victim)
+                    .values(updated_at=dt.datetime(2026, 1, 2))
+                )
         except sa.exc.DBAPIError as exc:
             app_errors.append(exc)
         finally:
@@ -197,26 +242,39 @@ def test_deadlock_with_the_application_fails_one_side_cleanly(server_shop):
     worker = threading.Thread(target=operator_transaction)
 
     def fault(point, order_id):
-        if point == "after_lock" and order_id == victim and not worker.is_alive() and not holding.is_set():
+        if (
+            point == "after_lock"
+            and order_id == victim
+            and not worker.is_alive()
+            and not holding.is_set()
+        ):
             worker.start()
             holding.wait(10)
             time.sleep(0.3)  # the operator is now waiting on our row lock
 
     summary = Regularizer(shop.engine, shop.schema, sleeper=no_sleep, fault=fault).run(
-        RunOptions(mode="per_order", sleep=0))
+        RunOptions(mode="per_order", sleep=0)
+    )
     worker.join(30)
     operator.dispose()
     run_failed = [o for o in summary.outcomes if o.action == FAILED]
     deadlock_words = ("DeadlockDetected", "Deadlock found", "deadlock")
     run_lost = bool(run_failed) and any(w in run_failed[0].reason for w in deadlock_words)
     app_lost = bool(app_errors) and any(w in str(app_errors[0]) for w in deadlock_words)
-    assert run_lost != app_lost, (run_failed, app_errors)  # exactly one side was the deadlock victim
+    assert run_lost != app_lost, (
+        run_failed,
+        app_errors,
+    )  # exactly one side was the deadlock victim
     assert_flip_iff_event(shop)
     rerun(shop)
     assert shop.status_of(victim) == "completed"
     assert_flip_iff_event(shop)
-    figures(f"db faults/{shop.engine.dialect.name}/deadlock", victim="run" if run_lost else "operator",
-            run_reason=run_failed[0].reason[:80] if run_failed else "-", half_written=0)
+    figures(
+        f"db faults/{shop.engine.dialect.name}/deadlock",
+        victim="run" if run_lost else "operator",
+        run_reason=run_failed[0].reason[:80] if run_failed else "-",
+        half_written=0,
+    )
 
 
 # --- the database is not there ---------------------------------------------------------------
@@ -224,19 +282,28 @@ def test_deadlock_with_the_application_fails_one_side_cleanly(server_shop):
 PASSWORD = "n0t-In-Logs-7"
 
 
-@pytest.mark.parametrize("url", [f"postgresql://reg:{PASSWORD}@127.0.0.1:1/shop",
-                                 f"mysql+pymysql://reg:{PASSWORD}@127.0.0.1:1/shop"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://reg:{PASSWORD}@127.0.0.1:1/shop",
+        f"mysql+pymysql://reg:{PASSWORD}@127.0.0.1:1/shop",
+    ],
+)
 def test_database_down_at_start_fails_the_run_cleanly(url):
     from regularization_pipeline.defs.resources import AppDatabaseResource
 
     # What the job does first: reach the database, with its address named and its password hidden.
-    with pytest.raises(DatabaseUnavailableError, match="cannot connect to the application database") as err:
+    with pytest.raises(
+        DatabaseUnavailableError, match="cannot connect to the application database"
+    ) as err:
         AppDatabaseResource(url=url).bind()
     assert "127.0.0.1:1" in str(err.value) and PASSWORD not in str(err.value)
     # Core called directly still stops before any work, without the password in the error.
     engine = create_app_engine(url, pool_timeout=1)
     with pytest.raises(sa.exc.OperationalError) as raw:
-        Regularizer(engine, build_schema(SchemaMapping()), sleeper=no_sleep).run(RunOptions(sleep=0))
+        Regularizer(engine, build_schema(SchemaMapping()), sleeper=no_sleep).run(
+            RunOptions(sleep=0)
+        )
     assert PASSWORD not in str(raw.value) and "127.0.0.1" in str(raw.value)
     figures(f"db faults/{engine.dialect.name}/down at start", error=str(err.value)[:120])
 
@@ -250,9 +317,11 @@ class DatabaseTakenAway:
 
     def __init__(self, shop):
         self.url, self.name = shop.engine.url, shop.engine.url.database
-        self.admin = create_app_engine(self.url.set(database="postgres").render_as_string(hide_password=False)
-                                       if self.url.get_backend_name() == "postgresql" else
-                                       self.url.render_as_string(hide_password=False))
+        self.admin = create_app_engine(
+            self.url.set(database="postgres").render_as_string(hide_password=False)
+            if self.url.get_backend_name() == "postgresql"
+            else self.url.render_as_string(hide_password=False)
+        )
         self.user = f"reggone{os.getpid()}"
         self.hosts = ("%", "localhost", "127.0.0.1")
         if self.mariadb:
@@ -266,15 +335,23 @@ class DatabaseTakenAway:
         return self.url.get_backend_name() != "postgresql"
 
     def run_url(self) -> str:
-        return (self.url.set(username=self.user, password=None) if self.mariadb else self.url).render_as_string(hide_password=False)
+        return (
+            self.url.set(username=self.user, password=None) if self.mariadb else self.url
+        ).render_as_string(hide_password=False)
 
     def take(self) -> None:
         with self.admin.begin() as conn:
             if self.mariadb:
                 for host in self.hosts:
                     conn.execute(sa.text(f"ALTER USER '{self.user}'@'{host}' ACCOUNT LOCK"))
-                for session in conn.execute(sa.text("SELECT id FROM information_schema.processlist WHERE user = :u"),
-                                            {"u": self.user}).scalars().all():
+                for session in (
+                    conn.execute(
+                        sa.text("SELECT id FROM information_schema.processlist WHERE user = :u"),
+                        {"u": self.user},
+                    )
+                    .scalars()
+                    .all()
+                ):
                     try:
                         conn.execute(sa.text(f"KILL {int(session)}"))
                     except sa.exc.OperationalError:  # it ended on its own meanwhile
@@ -311,11 +388,14 @@ def test_database_gone_mid_run_stops_the_run_with_a_clear_error(server_shop):
     try:
         with pytest.raises(DatabaseUnavailableError) as refused:
             Regularizer(engine, bind_schema(engine, shop.mapping), sleeper=sleeper).run(
-                RunOptions(mode="per_order", sleep=0.01, batch_size=50))
+                RunOptions(mode="per_order", sleep=0.01, batch_size=50)
+            )
     finally:
         engine.dispose()
         gone.give_back()
-    assert "cannot connect to the application database" in str(refused.value) and gone.name in str(refused.value)
+    assert "cannot connect to the application database" in str(refused.value) and gone.name in str(
+        refused.value
+    )
     assert len(calls) == 3  # no order was tried after the one that found the database gone
     shop.engine.dispose()
     assert sorted(shop.status_of(i) for i in ids).count("completed") == 3
@@ -323,12 +403,21 @@ def test_database_gone_mid_run_stops_the_run_with_a_clear_error(server_shop):
     rerun(shop)
     assert all(shop.status_of(i) == "completed" for i in ids)
     assert_flip_iff_event(shop)
-    figures(f"db faults/{shop.engine.dialect.name}/gone mid-run", regularized_before=3, orders_tried_while_gone=1,
-            error=str(refused.value)[:120], half_written=0)
+    figures(
+        f"db faults/{shop.engine.dialect.name}/gone mid-run",
+        regularized_before=3,
+        orders_tried_while_gone=1,
+        error=str(refused.value)[:120],
+        half_written=0,
+    )
 
 
 def kill_other_sessions_of(admin: sa.Engine, database: str) -> None:
     with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database})
-
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"db": database},
+        )

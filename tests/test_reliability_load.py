@@ -49,8 +49,12 @@ RUN = textwrap.dedent(f"""
 
 
 def _run_in_child(url: str) -> dict:
-    child = subprocess.Popen([sys.executable, "-c", RUN, url], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.Popen(
+        [sys.executable, "-c", RUN, url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     began = time.monotonic()
     # A run over its budget is killed, so a slow claim fails the test instead of hanging it.
     killer = threading.Timer(RUN_BUDGET_SECONDS, child.kill)
@@ -63,7 +67,10 @@ def _run_in_child(url: str) -> dict:
     took = time.monotonic() - began
     assert child.returncode == 0, (
         f"a run of limit={LIMIT} over {ORPHANS} orphans was killed after {took:.0f} s "
-        f"(budget {RUN_BUDGET_SECONDS:.0f} s)" if child.returncode == -9 else out)
+        f"(budget {RUN_BUDGET_SECONDS:.0f} s)"
+        if child.returncode == -9
+        else out
+    )
     result = json.loads(out.strip().splitlines()[-1])
     result.update(wall_seconds=round(took, 2), peak_rss_mb=round(usage.ru_maxrss / 1024, 1))
     return result
@@ -89,21 +96,34 @@ def test_100k_orphans_in_runs_of_10k_keep_memory_flat():
         orders = shop.tables.orders
         ob = owned_tables().outbox
         with engine.connect() as conn:
-            still_pending = conn.execute(sa.select(sa.func.count()).select_from(orders)
-                                         .where(orders.c.status != "completed")).scalar_one()
+            still_pending = conn.execute(
+                sa.select(sa.func.count()).select_from(orders).where(orders.c.status != "completed")
+            ).scalar_one()
             events = conn.execute(sa.select(sa.func.count()).select_from(ob)).scalar_one()
-            orders_with_events = conn.execute(sa.select(sa.func.count(sa.distinct(ob.c.order_id)))).scalar_one()
+            orders_with_events = conn.execute(
+                sa.select(sa.func.count(sa.distinct(ob.c.order_id)))
+            ).scalar_one()
         engine.dispose()
 
     working = [r for r in runs if r["regularized"]]
     assert [r["regularized"] for r in working] == [LIMIT] * (ORPHANS // LIMIT)
-    assert runs[-1]["regularized"] == 0 and runs[-1]["found"] == 0  # the last run found nothing left
+    assert (
+        runs[-1]["regularized"] == 0 and runs[-1]["found"] == 0
+    )  # the last run found nothing left
     assert still_pending == 0
     assert events == orders_with_events == ORPHANS  # exactly one OrderCompleted per order
     peaks = [r["peak_rss_mb"] for r in working]
-    figures("load/postgresql/100k orphans in runs of 10k", seeded_seconds=round(seeded_in, 1),
-            runs=len(working), peak_rss_mb=peaks, run_seconds=[round(r["seconds"], 1) for r in working],
-            wall_seconds=[r["wall_seconds"] for r in runs], empty_run_rss_mb=runs[-1]["peak_rss_mb"],
-            outcomes_kept=working[0]["outcomes_kept"])
+    figures(
+        "load/postgresql/100k orphans in runs of 10k",
+        seeded_seconds=round(seeded_in, 1),
+        runs=len(working),
+        peak_rss_mb=peaks,
+        run_seconds=[round(r["seconds"], 1) for r in working],
+        wall_seconds=[r["wall_seconds"] for r in runs],
+        empty_run_rss_mb=runs[-1]["peak_rss_mb"],
+        outcomes_kept=working[0]["outcomes_kept"],
+    )
     assert max(peaks) <= 1.3 * min(peaks), f"peak RSS grew across runs: {peaks}"
-    assert max(peaks) <= 1.3 * runs[-1]["peak_rss_mb"], f"a run of {LIMIT} orders against an empty one: {peaks}"
+    assert max(peaks) <= 1.3 * runs[-1]["peak_rss_mb"], (
+        f"a run of {LIMIT} orders against an empty one: {peaks}"
+    )

@@ -40,7 +40,8 @@ def webhook_table(engine: sa.Engine) -> sa.Table:
     """The application's own record that its webhook completed an order (the marker we must never contradict)."""
     md = sa.MetaData()
     table = sa.Table(
-        "webhook_completions", md,
+        "webhook_completions",
+        md,
         sa.Column("order_id", sa.BigInteger, primary_key=True),
         sa.Column("completed_at", sa.DateTime, nullable=False),
     )
@@ -63,15 +64,25 @@ def test_late_webhooks_racing_a_run_over_two_thousand_orphans(server_shop, mode)
     def application_webhooks(share: list[int]) -> None:
         start.wait()
         for order_id in share:
-            for attempt in range(5):  # the application retries a deadlocked webhook like any request
+            for attempt in range(
+                5
+            ):  # the application retries a deadlocked webhook like any request
                 try:
                     with shop.engine.begin() as conn:
                         won = conn.execute(
-                            orders.update().where(orders.c.id == order_id, orders.c.status == "pending")
-                            .values(status="completed", updated_at=dt.datetime.now(dt.UTC).replace(tzinfo=None))
+                            orders.update()
+                            .where(orders.c.id == order_id, orders.c.status == "pending")
+                            .values(
+                                status="completed",
+                                updated_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                            )
                         ).rowcount
                         if won:
-                            conn.execute(markers.insert().values(order_id=order_id, completed_at=dt.datetime(2026, 1, 1)))
+                            conn.execute(
+                                markers.insert().values(
+                                    order_id=order_id, completed_at=dt.datetime(2026, 1, 1)
+                                )
+                            )
                     break
                 except sa.exc.OperationalError:
                     retried.append(order_id)
@@ -87,13 +98,17 @@ def test_late_webhooks_racing_a_run_over_two_thousand_orphans(server_shop, mode)
         except BaseException as exc:  # noqa: BLE001 - asserted below
             errors.append(exc)
 
-    writers = [threading.Thread(target=guarded, args=(late[i::WEBHOOK_WRITERS],)) for i in range(WEBHOOK_WRITERS)]
+    writers = [
+        threading.Thread(target=guarded, args=(late[i::WEBHOOK_WRITERS],))
+        for i in range(WEBHOOK_WRITERS)
+    ]
     for w in writers:
         w.start()
     start.wait()
     began = time.monotonic()
     summary = Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(
-        RunOptions(mode=mode, sleep=0, limit=10 * BACKLOG, batch_size=50))
+        RunOptions(mode=mode, sleep=0, limit=10 * BACKLOG, batch_size=50)
+    )
     run_seconds = time.monotonic() - began
     for w in writers:
         w.join(timeout=120)
@@ -123,14 +138,26 @@ def test_late_webhooks_racing_a_run_over_two_thousand_orphans(server_shop, mode)
     assert {r.action for r in audited} <= {REGULARIZED, SKIPPED}
     skipped = [r for r in audited if r.action == SKIPPED]
     assert {int(r.order_id) for r in skipped} <= by_webhook
-    assert all("already completed" in r.reason or "changed before the flip" in r.reason for r in skipped)
+    assert all(
+        "already completed" in r.reason or "changed before the flip" in r.reason for r in skipped
+    )
     locked = [o for o in summary.outcomes if o.reason == LOCKED_ELSEWHERE]
     assert {o.order_id for o in locked} <= by_webhook
 
-    figures(f"late webhooks/{shop.engine.dialect.name}/{mode}", orphans=BACKLOG, webhooks_sent=len(late),
-            webhook_won=len(by_webhook), run_flipped=len(flipped_by_run), run_found_completed=len(skipped),
-            run_skipped_locked=len(locked), webhook_retries=len(retried), run_seconds=round(run_seconds, 2),
-            webhooks_seconds=round(webhook_seconds, 2), double_completions=0, lost=0)
+    figures(
+        f"late webhooks/{shop.engine.dialect.name}/{mode}",
+        orphans=BACKLOG,
+        webhooks_sent=len(late),
+        webhook_won=len(by_webhook),
+        run_flipped=len(flipped_by_run),
+        run_found_completed=len(skipped),
+        run_skipped_locked=len(locked),
+        webhook_retries=len(retried),
+        run_seconds=round(run_seconds, 2),
+        webhooks_seconds=round(webhook_seconds, 2),
+        double_completions=0,
+        lost=0,
+    )
 
 
 # --- forced overlap ---------------------------------------------------------------------------
@@ -145,8 +172,16 @@ def _timed_run(url: str, start, results) -> None:
         regularizer = Regularizer(engine, bind_schema(engine, SchemaMapping()), sleeper=no_sleep)
         engine.connect().close()  # connected before the start, like the single run
         start.wait(timeout=60)
-        summary = regularizer.run(RunOptions(mode="batched", sleep=0, limit=10 * OVERLAP_BACKLOG, batch_size=50))
-        results.put((summary.regularized, summary.failed, [o.order_id for o in summary.outcomes if o.action == REGULARIZED]))
+        summary = regularizer.run(
+            RunOptions(mode="batched", sleep=0, limit=10 * OVERLAP_BACKLOG, batch_size=50)
+        )
+        results.put(
+            (
+                summary.regularized,
+                summary.failed,
+                [o.order_id for o in summary.outcomes if o.action == REGULARIZED],
+            )
+        )
     except BaseException as exc:  # noqa: BLE001 - the parent asserts on what was put
         results.put(("error", repr(exc), []))
     finally:
@@ -193,9 +228,17 @@ def test_four_overlapping_runs_flip_each_order_once_and_finish_sooner(server_sho
     assert len(events) == 4 * OVERLAP_BACKLOG and set(events.values()) == {1}
     assert_flip_iff_event(shop)
     single, overlap = min(singles), min(overlaps)
-    figures(f"forced overlap/{shop.engine.dialect.name}", backlog=OVERLAP_BACKLOG, runs=OVERLAP_RUNS,
-            single_run_seconds=[round(s, 2) for s in singles], four_runs_seconds=[round(s, 2) for s in overlaps],
-            speedup=round(single / overlap, 2), orders_per_run_last=shares, duplicates=0, lost=0)
+    figures(
+        f"forced overlap/{shop.engine.dialect.name}",
+        backlog=OVERLAP_BACKLOG,
+        runs=OVERLAP_RUNS,
+        single_run_seconds=[round(s, 2) for s in singles],
+        four_runs_seconds=[round(s, 2) for s in overlaps],
+        speedup=round(single / overlap, 2),
+        orders_per_run_last=shares,
+        duplicates=0,
+        lost=0,
+    )
     if shop.engine.dialect.name == "postgresql":
         # Together they finish sooner than one run. Not asserted on MariaDB, where four runs on two shared
         # cores measured slower than one (InnoDB's locking reads contend); docs/reliability.md reports both.
@@ -242,5 +285,11 @@ def test_four_runs_of_the_job_at_once_with_the_limit_bypassed_flip_each_order_on
     events = outbox_counts(shop.engine)
     assert len(events) == len(ids) and set(events.values()) == {1}
     assert_flip_iff_event(shop)
-    figures(f"forced overlap, the job/{shop.engine.dialect.name}", backlog=len(ids), runs=OVERLAP_RUNS,
-            regularized_per_run=sorted(o[1] for o in outcomes), duplicates=0, lost=0)
+    figures(
+        f"forced overlap, the job/{shop.engine.dialect.name}",
+        backlog=len(ids),
+        runs=OVERLAP_RUNS,
+        regularized_per_run=sorted(o[1] for o in outcomes),
+        duplicates=0,
+        lost=0,
+    )

@@ -35,7 +35,9 @@ def second_engine(engine: sa.Engine, **kw) -> sa.Engine:
 def completed_ids(shop) -> set[int]:
     orders = shop.tables.orders
     with shop.engine.connect() as conn:
-        return set(conn.execute(sa.select(orders.c.id).where(orders.c.status == "completed")).scalars())
+        return set(
+            conn.execute(sa.select(orders.c.id).where(orders.c.status == "completed")).scalars()
+        )
 
 
 def outbox_counts(engine: sa.Engine) -> dict[int, int]:
@@ -64,12 +66,26 @@ def kill_other_sessions(admin: sa.Engine) -> int:
     """Kill every other connection to this database, from the admin's own; returns how many."""
     with admin.connect() as conn:
         if admin.dialect.name == "postgresql":
-            killed = conn.execute(sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalars().all()
+            killed = (
+                conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+                .scalars()
+                .all()
+            )
             return sum(bool(k) for k in killed)
-        ids = conn.execute(sa.text(
-            "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()")).scalars().all()
+        ids = (
+            conn.execute(
+                sa.text(
+                    "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+                )
+            )
+            .scalars()
+            .all()
+        )
         for session in ids:
             try:
                 conn.execute(sa.text(f"KILL {int(session)}"))

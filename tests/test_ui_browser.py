@@ -26,8 +26,15 @@ from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.defs import jobs
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 LINEAGE = ["app_orders", "regularized_orders", "order_completed_events", "regularization_audit"]
 RUNS = 3
 TIMEOUT_MS = 60_000
@@ -45,24 +52,45 @@ def webserver(tmp_path_factory):
     url = f"sqlite:///{tmp / 'shop.db'}"
     engine = create_app_engine(url)
     shop = migrated_shop(engine)
-    defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[jobs.regularize_completed_orders],
-                          resources=resources(url))
+    defs = dg.Definitions(
+        assets=ALL_ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=[jobs.regularize_completed_orders],
+        resources=resources(url),
+    )
     job = defs.resolve_job_def(jobs.JOB_NAME)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for n in range(RUNS):
             shop.orphans(2 * n + 1)
             double = shop.orphan()
-            shop.payment(double)  # a double charge: transactions_consistent fails, as an operator would see it
-            result = job.execute_in_process(instance=instance, run_config={
-                "ops": {"regularized_orders": {"config": {"sleep": 0}}}})
+            shop.payment(
+                double
+            )  # a double charge: transactions_consistent fails, as an operator would see it
+            result = job.execute_in_process(
+                instance=instance,
+                run_config={"ops": {"regularized_orders": {"config": {"sleep": 0}}}},
+            )
             assert result.success
     engine.dispose()
 
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "REGULARIZATION_DATABASE_URL": url}
     log = open(tmp / "webserver.log", "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1",
-                             "-p", str(port)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "dagster-webserver"),
+            "-w",
+            str(ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait_for_http(f"http://127.0.0.1:{port}/server_info", [proc])
         shots = Path(os.environ.get("UI_SCREENSHOTS_DIR") or tmp / "screenshots")
@@ -82,7 +110,9 @@ def page(webserver):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         context = browser.new_context(viewport={"width": 1600, "height": 1000})
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
@@ -106,7 +136,9 @@ def test_the_asset_graph_shows_the_lineage(webserver, page):
     _dismiss_welcome(page)
     for name in LINEAGE:
         page.get_by_text(name, exact=True).first.wait_for(state="visible")
-    page.get_by_text("Loading...").first.wait_for(state="hidden")  # each node's latest materialization
+    page.get_by_text("Loading...").first.wait_for(
+        state="hidden"
+    )  # each node's latest materialization
     page.wait_for_timeout(1500)  # the graph's layout animation
     for name in LINEAGE:
         # The graph's node as well as the sidebar's entry: the lineage is drawn, not only listed.

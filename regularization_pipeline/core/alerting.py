@@ -66,7 +66,9 @@ class IncidentBook:
     """The state kept in a sensor's cursor: open incidents, and messages a channel has yet to take."""
 
     open: dict[str, str] = field(default_factory=dict)  # incident -> detail when it opened
-    undelivered: list[dict[str, object]] = field(default_factory=list)  # {"channel": name, "alert": {...}}
+    undelivered: list[dict[str, object]] = field(
+        default_factory=list
+    )  # {"channel": name, "alert": {...}}
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> IncidentBook:
@@ -155,7 +157,9 @@ def deliver(book: IncidentBook, alerts: Sequence[Alert], channels: Sequence[Chan
     A message a channel refused stays in ``book.undelivered`` for that channel
     only: the next call retries it there and nowhere else.
     """
-    queue = list(book.undelivered) + [{"channel": c.name, "alert": a.to_json()} for a in alerts for c in channels]
+    queue = list(book.undelivered) + [
+        {"channel": c.name, "alert": a.to_json()} for a in alerts for c in channels
+    ]
     by_name = {c.name: c for c in channels}
     left, errors = [], []
     for item in queue:
@@ -167,7 +171,12 @@ def deliver(book: IncidentBook, alerts: Sequence[Alert], channels: Sequence[Chan
             channel.send(alert)
         except AlertDeliveryError as exc:
             errors.append(str(exc))
-            log.warning("alert %s (%s) not delivered: %s; retried on the next tick", alert.incident, alert.state, exc)
+            log.warning(
+                "alert %s (%s) not delivered: %s; retried on the next tick",
+                alert.incident,
+                alert.state,
+                exc,
+            )
             left.append(item)
     book.undelivered = left[-MAX_UNDELIVERED:]
     return errors

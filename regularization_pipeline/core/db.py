@@ -25,11 +25,15 @@ DATABASE_URL_ENV = "REGULARIZATION_DATABASE_URL"
 def database_url_from_env() -> str:
     url = os.environ.get(DATABASE_URL_ENV)
     if not url:
-        raise ConfigurationError(f"{DATABASE_URL_ENV} is not set: give the application's SQLAlchemy database URL")
+        raise ConfigurationError(
+            f"{DATABASE_URL_ENV} is not set: give the application's SQLAlchemy database URL"
+        )
     return url
 
 
-def create_app_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 30.0, echo: bool = False) -> sa.Engine:
+def create_app_engine(
+    url: str, *, pool_size: int = 5, pool_timeout: float = 30.0, echo: bool = False
+) -> sa.Engine:
     """An engine with parameters hidden from error messages, so order data never reaches a log."""
     try:
         parsed = sa.engine.make_url(url)
@@ -39,7 +43,9 @@ def create_app_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 30.
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
-        kwargs.update(pool_size=pool_size, pool_timeout=pool_timeout, pool_pre_ping=True, pool_recycle=1800)
+        kwargs.update(
+            pool_size=pool_size, pool_timeout=pool_timeout, pool_pre_ping=True, pool_recycle=1800
+        )
     if parsed.get_backend_name() == "mysql" and parsed.drivername == "mysql":
         # The project ships PyMySQL; a bare mysql:// would ask for mysqlclient.
         parsed = parsed.set(drivername="mysql+pymysql")
@@ -87,9 +93,13 @@ def insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
         return
     columns = list(rows[0])
     quote = conn.dialect.identifier_preparer
-    sql = (f"COPY {quote.format_table(table)} ({', '.join(quote.quote(c) for c in columns)}) "
-           "FROM STDIN WITH (FORMAT csv)")
-    data = io.StringIO("".join(",".join(_csv_field(row[c]) for c in columns) + "\n" for row in rows))
+    sql = (
+        f"COPY {quote.format_table(table)} ({', '.join(quote.quote(c) for c in columns)}) "
+        "FROM STDIN WITH (FORMAT csv)"
+    )
+    data = io.StringIO(
+        "".join(",".join(_csv_field(row[c]) for c in columns) + "\n" for row in rows)
+    )
     with conn.connection.dbapi_connection.cursor() as cursor:
         cursor.copy_expert(sql, data)
 

@@ -33,7 +33,13 @@ MISSING_ORDER = "missing_order"
 UNDATED_PAYMENT = "undated_payment"  # completed, but no completion time: no grace period can apply
 PROVIDER_FAILED = "provider_failed"  # only known by asking the provider, never by SQL
 INCONSISTENCY_KINDS = (
-    AMOUNT_MISMATCH, CURRENCY_MISMATCH, INVALID_AMOUNT, DOUBLE_CHARGE, PAID_BUT_CLOSED, MISSING_ORDER, UNDATED_PAYMENT,
+    AMOUNT_MISMATCH,
+    CURRENCY_MISMATCH,
+    INVALID_AMOUNT,
+    DOUBLE_CHARGE,
+    PAID_BUT_CLOSED,
+    MISSING_ORDER,
+    UNDATED_PAYMENT,
     PROVIDER_FAILED,
 )
 
@@ -68,7 +74,9 @@ class ScanWindow:
         if self.lookback_hours is not None and self.lookback_hours <= 0:
             raise ConfigurationError(f"lookback_hours must be > 0, got {self.lookback_hours}")
         if self.since and self.until and as_naive_utc(self.since) >= as_naive_utc(self.until):
-            raise ConfigurationError(f"since ({self.since.isoformat()}) must be before until ({self.until.isoformat()})")
+            raise ConfigurationError(
+                f"since ({self.since.isoformat()}) must be before until ({self.until.isoformat()})"
+            )
 
     @property
     def not_after(self) -> dt.datetime:
@@ -96,7 +104,9 @@ def order_is_pending(s: AppSchema) -> list[sa.ColumnElement[bool]]:
     return [s.o("status").in_(s.statuses.order_pending), *_order_is_live(s)]
 
 
-def _tx_is_completed(s: AppSchema, window: ScanWindow | None = None) -> list[sa.ColumnElement[bool]]:
+def _tx_is_completed(
+    s: AppSchema, window: ScanWindow | None = None
+) -> list[sa.ColumnElement[bool]]:
     """A completed transaction (that completed inside the window, when one is given)."""
     conds = [s.t("status").in_(s.statuses.transaction_completed)]
     if window is not None:
@@ -171,7 +181,13 @@ def regularizable_condition(s: AppSchema, window: ScanWindow) -> sa.ColumnElemen
     payment_problems[INVALID_AMOUNT] = sa.or_(s.t("amount").is_(None), s.t("amount") < 0)
     payment_problems[AMOUNT_MISMATCH] = s.t("amount") != total
     clean = [~_exists_tx(s, *_completed_tx(s), problem) for problem in payment_problems.values()]
-    return sa.and_(orphan_condition(s, window), total.is_not(None), total >= 0, _completed_tx_count(s) == 1, *clean)
+    return sa.and_(
+        orphan_condition(s, window),
+        total.is_not(None),
+        total >= 0,
+        _completed_tx_count(s) == 1,
+        *clean,
+    )
 
 
 # --- what the checks and the run summary read ---------------------------------------
@@ -192,8 +208,13 @@ class OrphanStats:
         return round(max((self.now - self.oldest_completed_at).total_seconds(), 0.0) / 60.0, 1)
 
 
-def orphan_stats(conn: sa.Connection, s: AppSchema, window: ScanWindow, sample_size: int = 20,
-                 count_aged_out: bool = True) -> OrphanStats:
+def orphan_stats(
+    conn: sa.Connection,
+    s: AppSchema,
+    window: ScanWindow,
+    sample_size: int = 20,
+    count_aged_out: bool = True,
+) -> OrphanStats:
     """How many orphans, the oldest payment among them, a few ids, and how many aged out of the window.
 
     Counting the aged-out orphans reads the history before the window, so it costs
@@ -206,17 +227,35 @@ def orphan_stats(conn: sa.Connection, s: AppSchema, window: ScanWindow, sample_s
         .select_from(s.orders.join(s.transactions, sa.and_(*_completed_tx(s, window))))
         .where(*order_is_pending(s))
     ).one()
-    sample = tuple(
-        conn.execute(
-            sa.select(s.o("id")).where(orphan_condition(s, window)).order_by(s.o("id")).limit(sample_size)
-        ).scalars()
-    ) if count and sample_size else ()
+    sample = (
+        tuple(
+            conn.execute(
+                sa.select(s.o("id"))
+                .where(orphan_condition(s, window))
+                .order_by(s.o("id"))
+                .limit(sample_size)
+            ).scalars()
+        )
+        if count and sample_size
+        else ()
+    )
     aged_out = 0
     if count_aged_out and window.not_before is not None:
-        older = ScanWindow(now=window.now, min_age_minutes=0, until=window.not_before - dt.timedelta(microseconds=1))
-        aged_out = conn.execute(sa.select(sa.func.count()).where(orphan_condition(s, older))).scalar_one()
-    return OrphanStats(count=count, oldest_completed_at=_to_datetime(oldest), now=window.now,
-                       sample_ids=sample, aged_out=aged_out)
+        older = ScanWindow(
+            now=window.now,
+            min_age_minutes=0,
+            until=window.not_before - dt.timedelta(microseconds=1),
+        )
+        aged_out = conn.execute(
+            sa.select(sa.func.count()).where(orphan_condition(s, older))
+        ).scalar_one()
+    return OrphanStats(
+        count=count,
+        oldest_completed_at=_to_datetime(oldest),
+        now=window.now,
+        sample_ids=sample,
+        aged_out=aged_out,
+    )
 
 
 def _to_datetime(value) -> dt.datetime | None:
@@ -227,7 +266,11 @@ def _to_datetime(value) -> dt.datetime | None:
 
 
 def candidate_pages(
-    engine: sa.Engine, s: AppSchema, window: ScanWindow, page_size: int, after=None,
+    engine: sa.Engine,
+    s: AppSchema,
+    window: ScanWindow,
+    page_size: int,
+    after=None,
 ) -> Iterator[list]:
     """Ids of regularizable orphans in id order, one short read transaction per page.
 
@@ -277,7 +320,10 @@ ORDER_ID_CHUNK = 1000
 
 
 def inconsistency_report(
-    conn: sa.Connection, s: AppSchema, window: ScanWindow | None = None, sample_size: int | None = 100,
+    conn: sa.Connection,
+    s: AppSchema,
+    window: ScanWindow | None = None,
+    sample_size: int | None = 100,
     order_ids: Collection | None = None,
 ) -> InconsistencyReport:
     """Every kind of inconsistency, one set-based query each (window bounds the payments looked at).
@@ -291,7 +337,7 @@ def inconsistency_report(
     merged = InconsistencyReport()
     ids = sorted(set(order_ids), key=order_id_sort_key)
     for start in range(0, len(ids), ORDER_ID_CHUNK):
-        part = _report(conn, s, window, None, ids[start:start + ORDER_ID_CHUNK])
+        part = _report(conn, s, window, None, ids[start : start + ORDER_ID_CHUNK])
         for kind, found in part.order_ids.items():
             merged.order_ids[kind].extend(found)
     for kind, found in merged.order_ids.items():
@@ -300,8 +346,13 @@ def inconsistency_report(
     return merged
 
 
-def _report(conn: sa.Connection, s: AppSchema, window: ScanWindow | None, sample_size: int | None,
-            only: list | None) -> InconsistencyReport:
+def _report(
+    conn: sa.Connection,
+    s: AppSchema,
+    window: ScanWindow | None,
+    sample_size: int | None,
+    only: list | None,
+) -> InconsistencyReport:
     """The report over every order, or over the orders ``only`` names."""
     of_orders = [] if only is None else [s.o("id").in_(only)]
     of_payments = [] if only is None else [s.t("order_id").in_(only)]
@@ -310,12 +361,20 @@ def _report(conn: sa.Connection, s: AppSchema, window: ScanWindow | None, sample
     # payments, keeping only the rows with a problem (few), flagged per kind.
     problems = _amount_problem(s)
     flagged = conn.execute(
-        sa.select(s.o("id").label("order_id"), *(sa.case((cond, 1), else_=0).label(kind) for kind, cond in problems.items()))
+        sa.select(
+            s.o("id").label("order_id"),
+            *(sa.case((cond, 1), else_=0).label(kind) for kind, cond in problems.items()),
+        )
         .select_from(s.orders.join(s.transactions, sa.and_(*_completed_tx(s, window))))
         .where(*order_is_pending(s), *of_orders, sa.or_(*problems.values()))
     ).all()
     for kind in problems:
-        _keep(report, kind, sorted({row.order_id for row in flagged if getattr(row, kind)}, key=order_id_sort_key), sample_size)
+        _keep(
+            report,
+            kind,
+            sorted({row.order_id for row in flagged if getattr(row, kind)}, key=order_id_sort_key),
+            sample_size,
+        )
 
     # Orders charged twice, whatever their status: one grouped scan of the completed payments.
     charged_twice = (
@@ -325,28 +384,47 @@ def _report(conn: sa.Connection, s: AppSchema, window: ScanWindow | None, sample
         .having(sa.func.count() > 1)
         .subquery()
     )
-    live_order = sa.exists().select_from(s.orders).where(s.o("id") == charged_twice.c.order_id, *_order_is_live(s))
-    queries: dict[str, sa.Select] = {DOUBLE_CHARGE: sa.select(charged_twice.c.order_id).where(live_order)}
+    live_order = (
+        sa.exists()
+        .select_from(s.orders)
+        .where(s.o("id") == charged_twice.c.order_id, *_order_is_live(s))
+    )
+    queries: dict[str, sa.Select] = {
+        DOUBLE_CHARGE: sa.select(charged_twice.c.order_id).where(live_order)
+    }
     if s.statuses.order_do_not_touch:
         queries[PAID_BUT_CLOSED] = sa.select(s.o("id")).where(
-            s.o("status").in_(s.statuses.order_do_not_touch), *_order_is_live(s), *of_orders,
+            s.o("status").in_(s.statuses.order_do_not_touch),
+            *_order_is_live(s),
+            *of_orders,
             _exists_tx(s, *_completed_tx(s, window)),
         )
     no_order = ~sa.exists().select_from(s.orders).where(s.o("id") == s.t("order_id"))
     queries[MISSING_ORDER] = (
-        sa.select(s.t("order_id")).where(*_tx_is_completed(s, window), *of_payments, no_order).distinct()
+        sa.select(s.t("order_id"))
+        .where(*_tx_is_completed(s, window), *of_payments, no_order)
+        .distinct()
     )
     if window is None:  # an undated payment falls in no window: the whole-history report has it
         # Without it a paid order would never be found, counted or aged out: silently dropped.
-        pending_order = sa.exists().select_from(s.orders).where(s.o("id") == s.t("order_id"), *order_is_pending(s))
-        queries[UNDATED_PAYMENT] = sa.select(s.t("order_id")).where(
-            *_tx_is_completed(s), s.tx_completed_at.is_(None), *of_payments, pending_order).distinct()
+        pending_order = (
+            sa.exists()
+            .select_from(s.orders)
+            .where(s.o("id") == s.t("order_id"), *order_is_pending(s))
+        )
+        queries[UNDATED_PAYMENT] = (
+            sa.select(s.t("order_id"))
+            .where(*_tx_is_completed(s), s.tx_completed_at.is_(None), *of_payments, pending_order)
+            .distinct()
+        )
 
     for kind, query in queries.items():
         ids = query.subquery()
         first = ids.c[0]
         if sample_size == 0:
-            report.counts[kind] = conn.execute(sa.select(sa.func.count()).select_from(ids)).scalar_one()
+            report.counts[kind] = conn.execute(
+                sa.select(sa.func.count()).select_from(ids)
+            ).scalar_one()
             continue
         # The total rides along each row (a window function) so one execution gives both.
         page = sa.select(first, sa.func.count().over().label("total")).order_by(first)

@@ -93,7 +93,20 @@ class OrderCompleted:
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any]) -> OrderCompleted:
-        return cls(**{k: data.get(k) for k in ("event_id", "order_id", "transaction_id", "amount", "currency", "occurred_at", "run_id")})
+        return cls(
+            **{
+                k: data.get(k)
+                for k in (
+                    "event_id",
+                    "order_id",
+                    "transaction_id",
+                    "amount",
+                    "currency",
+                    "occurred_at",
+                    "run_id",
+                )
+            }
+        )
 
 
 def outbox_row(event: OrderCompleted, now: dt.datetime) -> dict[str, Any]:
@@ -113,7 +126,14 @@ def outbox_row(event: OrderCompleted, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-def new_event(order_id: Any, transaction_id: Any, amount: Any, currency: str | None, run_id: str, now: dt.datetime) -> OrderCompleted:
+def new_event(
+    order_id: Any,
+    transaction_id: Any,
+    amount: Any,
+    currency: str | None,
+    run_id: str,
+    now: dt.datetime,
+) -> OrderCompleted:
     return OrderCompleted(
         event_id=str(uuid.uuid4()),
         order_id=str(order_id),
@@ -156,7 +176,9 @@ class PythonHandlersPublisher:
     def sub_publishers(self) -> list[Publisher]:
         return [_HandlerPublisher(f"python:{key}", fn) for key, fn in sorted(self.handlers.items())]
 
-    def publish(self, event: OrderCompleted) -> None:  # pragma: no cover - expanded by the dispatcher
+    def publish(
+        self, event: OrderCompleted
+    ) -> None:  # pragma: no cover - expanded by the dispatcher
         for pub in self.sub_publishers():
             pub.publish(event)
 
@@ -170,7 +192,9 @@ class _HandlerPublisher:
         self.fn(event)
 
 
-def load_entry_point_handlers(group: str = HANDLER_ENTRY_POINT_GROUP) -> dict[str, Callable[[OrderCompleted], None]]:
+def load_entry_point_handlers(
+    group: str = HANDLER_ENTRY_POINT_GROUP,
+) -> dict[str, Callable[[OrderCompleted], None]]:
     """Handlers installed under the entry-point group, by entry-point name."""
     return {ep.name: ep.load() for ep in entry_points(group=group)}
 
@@ -203,7 +227,9 @@ def expand_publishers(publishers: Sequence[Any]) -> list[Publisher]:
 
 def webhook_body(event: OrderCompleted) -> bytes:
     """The exact bytes POSTed and signed: compact JSON with sorted keys, UTF-8."""
-    return json.dumps(event.payload(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(
+        event.payload(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
 
 
 def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
@@ -212,8 +238,14 @@ def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
     return hmac.new(key, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: str | bytes, header: str | None, body: bytes, *, now: float | None = None,
-                     tolerance_seconds: float = 300.0) -> bool:
+def verify_signature(
+    secret: str | bytes,
+    header: str | None,
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance_seconds: float = 300.0,
+) -> bool:
     """What a Python receiver runs: constant-time compare, and a timestamp no older than the tolerance."""
     if not header:
         return False
@@ -268,11 +300,18 @@ class WebhookPublisher:
         self.name = name
         self._secret = secret.encode("utf-8")
         self.clock = clock
-        self.timeout = httpx.Timeout(connect=connect_timeout_seconds, read=read_timeout_seconds,
-                                     write=read_timeout_seconds, pool=connect_timeout_seconds)
+        self.timeout = httpx.Timeout(
+            connect=connect_timeout_seconds,
+            read=read_timeout_seconds,
+            write=read_timeout_seconds,
+            pool=connect_timeout_seconds,
+        )
         self._owns_client = client is None
-        self.client = client or httpx.Client(timeout=self.timeout, follow_redirects=False,
-                                             headers={"User-Agent": f"{SOURCE}/webhook"})
+        self.client = client or httpx.Client(
+            timeout=self.timeout,
+            follow_redirects=False,
+            headers={"User-Agent": f"{SOURCE}/webhook"},
+        )
 
     @property
     def max_seconds(self) -> float:
@@ -293,7 +332,9 @@ class WebhookPublisher:
     def publish(self, event: OrderCompleted) -> None:
         body = webhook_body(event)
         try:
-            response = self.client.post(self.url, content=body, headers=self.headers(event, body), timeout=self.timeout)
+            response = self.client.post(
+                self.url, content=body, headers=self.headers(event, body), timeout=self.timeout
+            )
         except httpx.TimeoutException as exc:
             raise RetryableDeliveryError(f"webhook timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
@@ -304,7 +345,9 @@ class WebhookPublisher:
             return
         detail = f"webhook answered HTTP {status}: {_snippet(response.text)}"
         if status in (408, 429) or status >= 500:
-            raise RetryableDeliveryError(detail, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+            raise RetryableDeliveryError(
+                detail, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+            )
         raise PermanentDeliveryError(detail)
 
     def close(self) -> None:
@@ -323,27 +366,42 @@ class PublisherSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kinds: list[PublisherKind] = Field(
-        default_factory=lambda: ["python"], min_length=1,
+        default_factory=lambda: ["python"],
+        min_length=1,
         description="'webhook' (signed HTTP POST), 'python' (handlers under the entry-point group), "
         "'outbox' (the application reads the outbox table itself; cannot be combined with the others).",
     )
-    webhook_url: str | None = Field(None, description="Where OrderCompleted is POSTed (http:// or https://).")
-    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 signing secret shared with the receiver.")
+    webhook_url: str | None = Field(
+        None, description="Where OrderCompleted is POSTed (http:// or https://)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 signing secret shared with the receiver."
+    )
     connect_timeout_seconds: float = Field(3.0, gt=0, le=60, description="Webhook connect timeout.")
-    read_timeout_seconds: float = Field(10.0, gt=0, le=300, description="Webhook read timeout (per read).")
-    handler_entry_point_group: str = Field(HANDLER_ENTRY_POINT_GROUP, description="Entry-point group of the python handlers.")
+    read_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Webhook read timeout (per read)."
+    )
+    handler_entry_point_group: str = Field(
+        HANDLER_ENTRY_POINT_GROUP, description="Entry-point group of the python handlers."
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> PublisherSettings:
         if len(set(self.kinds)) != len(self.kinds):
             raise ValueError("kinds: each publisher kind may appear once")
         if "outbox" in self.kinds and len(self.kinds) > 1:
-            raise ValueError("kinds: 'outbox' means the application consumes the table itself; it cannot be combined")
+            raise ValueError(
+                "kinds: 'outbox' means the application consumes the table itself; it cannot be combined"
+            )
         if "webhook" in self.kinds:
             if not self.webhook_url or not self.webhook_url.startswith(("http://", "https://")):
-                raise ValueError("webhook_url: required for the webhook publisher, as an http:// or https:// URL")
+                raise ValueError(
+                    "webhook_url: required for the webhook publisher, as an http:// or https:// URL"
+                )
             if self.webhook_secret is None or len(self.webhook_secret.get_secret_value()) < 16:
-                raise ValueError("webhook_secret: required for the webhook publisher, at least 16 characters")
+                raise ValueError(
+                    "webhook_secret: required for the webhook publisher, at least 16 characters"
+                )
         return self
 
     @classmethod
@@ -352,19 +410,28 @@ class PublisherSettings(BaseModel):
         return validate_or_explain(cls, values, "publisher settings")
 
 
-def build_publishers(settings: PublisherSettings,
-                     handlers: Mapping[str, Callable[[OrderCompleted], None]] | None = None) -> list[Any]:
+def build_publishers(
+    settings: PublisherSettings,
+    handlers: Mapping[str, Callable[[OrderCompleted], None]] | None = None,
+) -> list[Any]:
     """The publishers ``settings`` names, in order. ``handlers`` replaces the entry-point lookup (tests)."""
     built: list[Any] = []
     for kind in settings.kinds:
         if kind == "webhook":
-            built.append(WebhookPublisher(
-                settings.webhook_url or "", settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
-                connect_timeout_seconds=settings.connect_timeout_seconds,
-                read_timeout_seconds=settings.read_timeout_seconds,
-            ))
+            built.append(
+                WebhookPublisher(
+                    settings.webhook_url or "",
+                    settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
+                    connect_timeout_seconds=settings.connect_timeout_seconds,
+                    read_timeout_seconds=settings.read_timeout_seconds,
+                )
+            )
         elif kind == "python":
-            found = handlers if handlers is not None else load_entry_point_handlers(settings.handler_entry_point_group)
+            found = (
+                handlers
+                if handlers is not None
+                else load_entry_point_handlers(settings.handler_entry_point_group)
+            )
             built.append(PythonHandlersPublisher(dict(found)))
         else:
             built.append(OutboxOnlyPublisher())
@@ -427,7 +494,9 @@ class OutboxDispatcher:
         self.tables = tables
         self.publishers = expand_publishers(publishers)
         # Outbox mode: the application consumes and marks the rows itself.
-        self.consumes_outbox = bool(self.publishers) and all(getattr(p, "consumes_outbox", False) for p in self.publishers)
+        self.consumes_outbox = bool(self.publishers) and all(
+            getattr(p, "consumes_outbox", False) for p in self.publishers
+        )
         self.retry = retry or RetryPolicy()
         budget = sum(float(getattr(p, "max_seconds", 0.0)) for p in self.publishers)
         if lease_seconds <= budget:
@@ -440,7 +509,9 @@ class OutboxDispatcher:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
 
-    def claim(self, batch_size: int, event_ids: Sequence[str] | None = None, after_id: int = 0) -> list[sa.Row]:
+    def claim(
+        self, batch_size: int, event_ids: Sequence[str] | None = None, after_id: int = 0
+    ) -> list[sa.Row]:
         """Lease up to ``batch_size`` due events with an id above ``after_id``, in one short transaction."""
         ob = self.tables.outbox
         now = self.clock()
@@ -466,9 +537,18 @@ class OutboxDispatcher:
                 .where(ob.c.id.in_(ids), *due)
                 .values(lease_owner=self.owner, lease_expires_at=now + self.lease, updated_at=now)
             )
-            return list(conn.execute(sa.select(ob).where(ob.c.id.in_(ids), ob.c.lease_owner == self.owner)).all())
+            return list(
+                conn.execute(
+                    sa.select(ob).where(ob.c.id.in_(ids), ob.c.lease_owner == self.owner)
+                ).all()
+            )
 
-    def dispatch(self, batch_size: int = 100, max_batches: int | None = None, event_ids: Sequence[str] | None = None) -> DispatchSummary:
+    def dispatch(
+        self,
+        batch_size: int = 100,
+        max_batches: int | None = None,
+        event_ids: Sequence[str] | None = None,
+    ) -> DispatchSummary:
         """Deliver due events, each at most once per call.
 
         The claims walk the outbox by id, so an event rescheduled during the
@@ -507,13 +587,18 @@ class OutboxDispatcher:
                 .values(lease_expires_at=now + self.lease, updated_at=now)
             ).rowcount
         if not kept:
-            log.warning("event %s: lease lost before delivery, left to the dispatcher that took it over", row.event_id)
+            log.warning(
+                "event %s: lease lost before delivery, left to the dispatcher that took it over",
+                row.event_id,
+            )
         return bool(kept)
 
     def _done_publishers(self, event_id: str) -> set[str]:
         dl = self.tables.deliveries
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(dl.c.publisher).where(dl.c.event_id == event_id)).scalars())
+            return set(
+                conn.execute(sa.select(dl.c.publisher).where(dl.c.event_id == event_id)).scalars()
+            )
 
     def _deliver(self, row: sa.Row, summary: DispatchSummary) -> None:
         event = OrderCompleted.from_payload(json.loads(row.payload))
@@ -534,7 +619,13 @@ class OutboxDispatcher:
                 pub.publish(event)
             except Exception as exc:  # isolate: one failing publisher never stops the others
                 error = exc if error is None or isinstance(exc, PermanentDeliveryError) else error
-                log.warning("event %s for order %s: publisher %s failed: %s", row.event_id, row.order_id, pub.name, type(exc).__name__)
+                log.warning(
+                    "event %s for order %s: publisher %s failed: %s",
+                    row.event_id,
+                    row.order_id,
+                    pub.name,
+                    type(exc).__name__,
+                )
                 continue
             self._mark_publisher_done(row.event_id, pub.name)
         self._settle(row, error, summary)
@@ -543,7 +634,11 @@ class OutboxDispatcher:
         dl = self.tables.deliveries
         try:
             with self.engine.begin() as conn:
-                conn.execute(dl.insert().values(event_id=event_id, publisher=publisher, delivered_at=self.clock()))
+                conn.execute(
+                    dl.insert().values(
+                        event_id=event_id, publisher=publisher, delivered_at=self.clock()
+                    )
+                )
         except sa.exc.IntegrityError:
             pass  # another dispatcher that took over an expired lease recorded it first
 
@@ -551,20 +646,33 @@ class OutboxDispatcher:
         ob = self.tables.outbox
         now = self.clock()
         attempts = row.attempts + 1
-        values: dict[str, Any] = {"attempts": attempts, "lease_owner": None, "lease_expires_at": None, "updated_at": now}
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
         if error is None:
             values.update(state=DELIVERED, delivered_at=now, last_error=None)
         elif isinstance(error, PermanentDeliveryError) or attempts >= self.retry.max_attempts:
             values.update(state=DEAD, last_error=_describe(error))
         else:
             retry_after = getattr(error, "retry_after", None)
-            delay = min(retry_after, MAX_RETRY_AFTER_SECONDS) if retry_after is not None else self.retry.delay(attempts, self.rng)
-            values.update(next_attempt_at=now + dt.timedelta(seconds=delay), last_error=_describe(error))
+            delay = (
+                min(retry_after, MAX_RETRY_AFTER_SECONDS)
+                if retry_after is not None
+                else self.retry.delay(attempts, self.rng)
+            )
+            values.update(
+                next_attempt_at=now + dt.timedelta(seconds=delay), last_error=_describe(error)
+            )
         with self.engine.begin() as conn:
             # Only the lease holder settles: a dispatcher whose lease expired and
             # was taken over must not overwrite the newer holder's outcome.
             settled = conn.execute(
-                ob.update().where(ob.c.id == row.id, ob.c.lease_owner == self.owner).values(**values)
+                ob.update()
+                .where(ob.c.id == row.id, ob.c.lease_owner == self.owner)
+                .values(**values)
             ).rowcount
         if not settled:
             return
@@ -573,7 +681,12 @@ class OutboxDispatcher:
             summary.lag_seconds.append(max((now - row.created_at).total_seconds(), 0.0))
         elif values.get("state") == DEAD:
             summary.dead += 1
-            log.error("event %s for order %s is dead after %d attempt(s)", row.event_id, row.order_id, attempts)
+            log.error(
+                "event %s for order %s is dead after %d attempt(s)",
+                row.event_id,
+                row.order_id,
+                attempts,
+            )
         else:
             summary.retried += 1
 
@@ -588,8 +701,16 @@ class OutboxDispatcher:
         now = self.clock()
         with self.engine.begin() as conn:
             return conn.execute(
-                ob.update().where(*cond).values(state=PENDING, attempts=0, next_attempt_at=now, updated_at=now,
-                                               lease_owner=None, lease_expires_at=None)
+                ob.update()
+                .where(*cond)
+                .values(
+                    state=PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             ).rowcount
 
 

@@ -59,26 +59,54 @@ class GatewaySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: str = Field(..., description="The provider API's base URL, e.g. https://api.provider.example/v1.")
+    base_url: str = Field(
+        ..., description="The provider API's base URL, e.g. https://api.provider.example/v1."
+    )
     path_template: str = Field(
         "/payments/{reference}",
         description="Path appended to base_url; {reference} is the transaction's provider reference "
         "(its id when the mapping has no reference column), {transaction_id} and {order_id} are also available.",
     )
-    status_path: str = Field("status", description="Dotted path of the status in the JSON answer, e.g. data.status.")
-    completed_values: list[str] = Field(default_factory=lambda: ["completed", "succeeded", "paid", "captured"])
-    failed_values: list[str] = Field(default_factory=lambda: ["failed", "declined", "canceled", "cancelled", "expired"])
-    refunded_values: list[str] = Field(default_factory=lambda: ["refunded", "partially_refunded", "chargeback", "disputed"])
-    pending_values: list[str] = Field(default_factory=lambda: ["pending", "processing", "requires_action", "authorized"])
-    connect_timeout_seconds: float = Field(3.0, gt=0, le=60, description="Connect timeout of one request.")
-    read_timeout_seconds: float = Field(10.0, gt=0, le=300, description="Read timeout of one request.")
-    max_requests_per_second: float = Field(5.0, gt=0, le=10_000, description="Token-bucket rate of provider requests.")
-    burst: int = Field(1, ge=1, le=1_000, description="Requests allowed back to back before the rate applies.")
-    max_retries: int = Field(2, ge=0, le=10, description="Extra tries after a transport error, timeout or 5xx.")
-    retry_delay_seconds: float = Field(0.5, ge=0, le=60, description="First delay between those tries; doubles each time.")
-    max_rate_limited_retries: int = Field(3, ge=0, le=20, description="Tries after a 429 before giving up on this order.")
+    status_path: str = Field(
+        "status", description="Dotted path of the status in the JSON answer, e.g. data.status."
+    )
+    completed_values: list[str] = Field(
+        default_factory=lambda: ["completed", "succeeded", "paid", "captured"]
+    )
+    failed_values: list[str] = Field(
+        default_factory=lambda: ["failed", "declined", "canceled", "cancelled", "expired"]
+    )
+    refunded_values: list[str] = Field(
+        default_factory=lambda: ["refunded", "partially_refunded", "chargeback", "disputed"]
+    )
+    pending_values: list[str] = Field(
+        default_factory=lambda: ["pending", "processing", "requires_action", "authorized"]
+    )
+    connect_timeout_seconds: float = Field(
+        3.0, gt=0, le=60, description="Connect timeout of one request."
+    )
+    read_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Read timeout of one request."
+    )
+    max_requests_per_second: float = Field(
+        5.0, gt=0, le=10_000, description="Token-bucket rate of provider requests."
+    )
+    burst: int = Field(
+        1, ge=1, le=1_000, description="Requests allowed back to back before the rate applies."
+    )
+    max_retries: int = Field(
+        2, ge=0, le=10, description="Extra tries after a transport error, timeout or 5xx."
+    )
+    retry_delay_seconds: float = Field(
+        0.5, ge=0, le=60, description="First delay between those tries; doubles each time."
+    )
+    max_rate_limited_retries: int = Field(
+        3, ge=0, le=20, description="Tries after a 429 before giving up on this order."
+    )
     max_wait_seconds: float = Field(
-        60.0, ge=0, le=3600,
+        60.0,
+        ge=0,
+        le=3600,
         description="Longest wait for the rate limiter or a Retry-After before the order is failed for this run.",
     )
 
@@ -95,7 +123,9 @@ class GatewaySettings(BaseModel):
         try:
             value.format(reference="r", transaction_id="t", order_id="o")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"unknown placeholder {exc}; use {{reference}}, {{transaction_id}} or {{order_id}}") from exc
+            raise ValueError(
+                f"unknown placeholder {exc}; use {{reference}}, {{transaction_id}} or {{order_id}}"
+            ) from exc
         return value if value.startswith("/") else "/" + value
 
     @field_validator("status_path")
@@ -121,8 +151,12 @@ class GatewaySettings(BaseModel):
         if not isinstance(value, str):
             return PROVIDER_UNKNOWN
         text = value.strip().lower()
-        for status, values in ((PROVIDER_COMPLETED, self.completed_values), (PROVIDER_FAILED, self.failed_values),
-                               (PROVIDER_REFUNDED, self.refunded_values), (PROVIDER_PENDING, self.pending_values)):
+        for status, values in (
+            (PROVIDER_COMPLETED, self.completed_values),
+            (PROVIDER_FAILED, self.failed_values),
+            (PROVIDER_REFUNDED, self.refunded_values),
+            (PROVIDER_PENDING, self.pending_values),
+        ):
             if text in {v.strip().lower() for v in values}:
                 return status
         return PROVIDER_UNKNOWN
@@ -164,12 +198,18 @@ class GatewayVerifier:
     ):
         self.settings = settings
         self.sleeper = sleeper
-        self.limiter = limiter or RateLimiter(settings.max_requests_per_second, settings.burst, sleeper=sleeper)
+        self.limiter = limiter or RateLimiter(
+            settings.max_requests_per_second, settings.burst, sleeper=sleeper
+        )
         headers = {"Accept": "application/json", "User-Agent": "regularization_pipeline/gateway"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.timeout = httpx.Timeout(connect=settings.connect_timeout_seconds, read=settings.read_timeout_seconds,
-                                     write=settings.read_timeout_seconds, pool=settings.connect_timeout_seconds)
+        self.timeout = httpx.Timeout(
+            connect=settings.connect_timeout_seconds,
+            read=settings.read_timeout_seconds,
+            write=settings.read_timeout_seconds,
+            pool=settings.connect_timeout_seconds,
+        )
         self._owns_client = client is None
         self.client = client or httpx.Client(timeout=self.timeout, follow_redirects=False)
         self._headers = headers
@@ -180,8 +220,12 @@ class GatewayVerifier:
         def q(value: Any) -> str:
             return urllib.parse.quote(str(value), safe="")
 
-        reference = transaction.reference if transaction.reference not in (None, "") else transaction.id
-        path = self.settings.path_template.format(reference=q(reference), transaction_id=q(transaction.id), order_id=q(order.id))
+        reference = (
+            transaction.reference if transaction.reference not in (None, "") else transaction.id
+        )
+        path = self.settings.path_template.format(
+            reference=q(reference), transaction_id=q(transaction.id), order_id=q(order.id)
+        )
         return self.settings.base_url + path
 
     def check(self, order: OrderRow, transaction: TransactionRow) -> ProviderAnswer:
@@ -206,13 +250,20 @@ class GatewayVerifier:
                 if status == 429:
                     wait = parse_retry_after(response.headers.get("Retry-After"))
                     # Without a Retry-After, wait a full second's budget before asking again.
-                    self.limiter.back_off(wait if wait is not None else max(1.0, 1.0 / s.max_requests_per_second))
+                    self.limiter.back_off(
+                        wait if wait is not None else max(1.0, 1.0 / s.max_requests_per_second)
+                    )
                     rate_limited += 1
                     self.rate_limited_responses += 1
-                    log.warning("transaction %s: provider rate-limited us (429), retry after %s s", transaction.id,
-                                "?" if wait is None else f"{wait:g}")
+                    log.warning(
+                        "transaction %s: provider rate-limited us (429), retry after %s s",
+                        transaction.id,
+                        "?" if wait is None else f"{wait:g}",
+                    )
                     if rate_limited > s.max_rate_limited_retries:
-                        raise ProviderUnavailableError(f"provider kept answering HTTP 429 after {rate_limited} tries")
+                        raise ProviderUnavailableError(
+                            f"provider kept answering HTTP 429 after {rate_limited} tries"
+                        )
                     continue
                 if status < 500:
                     return response
@@ -229,7 +280,9 @@ class GatewayVerifier:
     def _answer(self, response: httpx.Response) -> ProviderAnswer:
         status = response.status_code
         if status == 404:
-            return ProviderAnswer(PROVIDER_UNKNOWN, "provider does not know the transaction (HTTP 404)")
+            return ProviderAnswer(
+                PROVIDER_UNKNOWN, "provider does not know the transaction (HTTP 404)"
+            )
         if status in (401, 403):
             raise ProviderRejectedError(f"provider refused our credentials (HTTP {status})")
         if not 200 <= status < 300:
@@ -239,13 +292,20 @@ class GatewayVerifier:
         try:
             document = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return ProviderAnswer(PROVIDER_UNKNOWN, f"provider answered malformed JSON (HTTP {status})")
+            return ProviderAnswer(
+                PROVIDER_UNKNOWN, f"provider answered malformed JSON (HTTP {status})"
+            )
         value = dig(document, self.settings.status_path)
         if value is _MISSING:
-            return ProviderAnswer(PROVIDER_UNKNOWN, f"no status at {self.settings.status_path!r} in the provider's answer")
+            return ProviderAnswer(
+                PROVIDER_UNKNOWN,
+                f"no status at {self.settings.status_path!r} in the provider's answer",
+            )
         mapped = self.settings.classify(value)
         if mapped == PROVIDER_UNKNOWN:
-            return ProviderAnswer(PROVIDER_UNKNOWN, f"unrecognised provider status {_shown(value)!r}")
+            return ProviderAnswer(
+                PROVIDER_UNKNOWN, f"unrecognised provider status {_shown(value)!r}"
+            )
         if mapped == PROVIDER_PENDING:
             return ProviderAnswer(PROVIDER_PENDING, f"provider status {_shown(value)!r}")
         return ProviderAnswer(mapped, f"provider status {_shown(value)!r}")

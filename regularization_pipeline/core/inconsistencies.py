@@ -40,7 +40,9 @@ LATE_COMMIT_MARGIN = dt.timedelta(hours=1)
 MAX_SCOPED_ORDERS = 20_000
 
 
-def with_provider_failures(conn: sa.Connection, schema: AppSchema, report: d.InconsistencyReport) -> d.InconsistencyReport:
+def with_provider_failures(
+    conn: sa.Connection, schema: AppSchema, report: d.InconsistencyReport
+) -> d.InconsistencyReport:
     """``report`` with the pending orders held because the provider said their payment failed or was refunded.
 
     SQL cannot see that kind: it is known from the run that asked the provider,
@@ -49,12 +51,20 @@ def with_provider_failures(conn: sa.Connection, schema: AppSchema, report: d.Inc
     the next run ask again.
     """
     s, at = schema, tb.owned_tables(schema.mapping.table_prefix).attempts
-    keys = list(conn.execute(sa.select(at.c.order_id).where(
-        at.c.quarantined_at.is_not(None), at.c.last_outcome == tb.INCONSISTENT,
-        at.c.last_reason.startswith(f"{d.PROVIDER_FAILED}:", autoescape=True))).scalars())
+    keys = list(
+        conn.execute(
+            sa.select(at.c.order_id).where(
+                at.c.quarantined_at.is_not(None),
+                at.c.last_outcome == tb.INCONSISTENT,
+                at.c.last_reason.startswith(f"{d.PROVIDER_FAILED}:", autoescape=True),
+            )
+        ).scalars()
+    )
     ids = []
     if keys:  # usually none: the orders table is only read when some are held
-        held = sa.select(s.o("id")).where(sa.cast(s.o("id"), sa.String).in_(keys), *d.order_is_pending(s))
+        held = sa.select(s.o("id")).where(
+            sa.cast(s.o("id"), sa.String).in_(keys), *d.order_is_pending(s)
+        )
         ids = sorted(conn.execute(held).scalars(), key=d.order_id_sort_key)
     report.order_ids[d.PROVIDER_FAILED], report.counts[d.PROVIDER_FAILED] = ids, len(ids)
     return report
@@ -63,8 +73,14 @@ def with_provider_failures(conn: sa.Connection, schema: AppSchema, report: d.Inc
 class InconsistencyTracker:
     """Reports the open inconsistencies of the whole history, refreshed incrementally."""
 
-    def __init__(self, engine: sa.Engine, schema: AppSchema, *, clock: Callable[[], dt.datetime] = d.utcnow,
-                 full_scan_every: dt.timedelta = FULL_SCAN_EVERY):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        schema: AppSchema,
+        *,
+        clock: Callable[[], dt.datetime] = d.utcnow,
+        full_scan_every: dt.timedelta = FULL_SCAN_EVERY,
+    ):
         self.engine = engine
         self.schema = schema
         self.tables = tb.owned_tables(schema.mapping.table_prefix)
@@ -76,27 +92,43 @@ class InconsistencyTracker:
         require_migrated(self.engine, self.schema.mapping.table_prefix)
         st = self.tables.scan_state
         with self.engine.begin() as conn:
-            state = conn.execute(sa.select(st).where(st.c.name == SCAN_NAME).with_for_update()).one()
+            state = conn.execute(
+                sa.select(st).where(st.c.name == SCAN_NAME).with_for_update()
+            ).one()
             now = self.clock()
             scope = None if full else self._incremental_scope(conn, state, now)
             found = d.inconsistency_report(conn, self.schema, sample_size=None, order_ids=scope)
             self._store(conn, found, scope, now)
-            values = {"scanned_at": now} if scope is not None else {"scanned_at": now, "full_scan_at": now}
+            values = (
+                {"scanned_at": now}
+                if scope is not None
+                else {"scanned_at": now, "full_scan_at": now}
+            )
             conn.execute(st.update().where(st.c.name == SCAN_NAME).values(**values))
             return with_provider_failures(conn, self.schema, self._open(conn))
 
     def _incremental_scope(self, conn: sa.Connection, state: Any, now: dt.datetime) -> set | None:
         """The orders to re-examine, or None when a full scan is due."""
-        if state.scanned_at is None or state.full_scan_at is None or now - state.full_scan_at >= self.full_scan_every:
+        if (
+            state.scanned_at is None
+            or state.full_scan_at is None
+            or now - state.full_scan_at >= self.full_scan_every
+        ):
             return None
         s = self.schema
         since = state.scanned_at - LATE_COMMIT_MARGIN
-        paid = sa.select(s.t("order_id")).where(
-            s.t("status").in_(s.statuses.transaction_completed), s.tx_completed_at >= since
-        ).distinct().limit(MAX_SCOPED_ORDERS + 1)
+        paid = (
+            sa.select(s.t("order_id"))
+            .where(s.t("status").in_(s.statuses.transaction_completed), s.tx_completed_at >= since)
+            .distinct()
+            .limit(MAX_SCOPED_ORDERS + 1)
+        )
         scope = set(conn.execute(paid).scalars())
         as_app_id = self._app_id_type(conn)
-        scope.update(as_app_id(i) for i in conn.execute(sa.select(self.tables.inconsistencies.c.order_id)).scalars())
+        scope.update(
+            as_app_id(i)
+            for i in conn.execute(sa.select(self.tables.inconsistencies.c.order_id)).scalars()
+        )
         return None if len(scope) > MAX_SCOPED_ORDERS else scope
 
     def _app_id_type(self, conn: sa.Connection) -> Callable[[str], Any]:
@@ -110,18 +142,25 @@ class InconsistencyTracker:
                 return type(sample)
         return str
 
-    def _store(self, conn: sa.Connection, found: d.InconsistencyReport, scope: set | None, now: dt.datetime) -> None:
+    def _store(
+        self, conn: sa.Connection, found: d.InconsistencyReport, scope: set | None, now: dt.datetime
+    ) -> None:
         """Make the stored rows for ``scope`` (everything when None) exactly ``found``, keeping first_seen_at."""
         inc = self.tables.inconsistencies
         examined = None if scope is None else {str(i) for i in scope}
-        current = {(str(order_id), kind) for kind, ids in found.order_ids.items() for order_id in ids}
+        current = {
+            (str(order_id), kind) for kind, ids in found.order_ids.items() for order_id in ids
+        }
         stored = {
-            (row.order_id, row.kind) for row in conn.execute(sa.select(inc.c.order_id, inc.c.kind))
+            (row.order_id, row.kind)
+            for row in conn.execute(sa.select(inc.c.order_id, inc.c.kind))
             if examined is None or row.order_id in examined
         }
         for order_id, kind in stored - current:
             conn.execute(inc.delete().where(inc.c.order_id == order_id, inc.c.kind == kind))
-        opened = [{"order_id": o, "kind": k, "first_seen_at": now} for o, k in sorted(current - stored)]
+        opened = [
+            {"order_id": o, "kind": k, "first_seen_at": now} for o, k in sorted(current - stored)
+        ]
         if opened:
             conn.execute(inc.insert(), opened)
 

@@ -27,7 +27,9 @@ def head_revision() -> str:
 
 def current_revision(engine: sa.Engine, prefix: str) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn, opts={"version_table": f"{prefix}alembic_version"}).get_current_revision()
+        return MigrationContext.configure(
+            conn, opts={"version_table": f"{prefix}alembic_version"}
+        ).get_current_revision()
 
 
 def upgrade(engine: sa.Engine, prefix: str, revision: str = "head") -> str:

@@ -35,14 +35,18 @@ def existing_order_id(conn: sa.Connection, schema: AppSchema, order_id: str) -> 
     column = schema.o("id")
     try:
         found = conn.execute(sa.select(column).where(column == order_id)).first()
-    except sa.exc.DataError:  # PostgreSQL: not a valid value of the key's type ("abc" for an integer id)
+    except (
+        sa.exc.DataError
+    ):  # PostgreSQL: not a valid value of the key's type ("abc" for an integer id)
         found = None
     if found is None:
         raise ConfigurationError(f"order {order_id} does not exist")
     return found[0]
 
 
-def regularize_order(regularizer: Regularizer, order_id: str, options: RunOptions, run_id: str) -> OrderOutcome:
+def regularize_order(
+    regularizer: Regularizer, order_id: str, options: RunOptions, run_id: str
+) -> OrderOutcome:
     """Regularize one named order, if and only if it is an orphan now (outside the grace period).
 
     The order is then decided exactly like in a run (lock, re-verify, compare-and-set
@@ -55,17 +59,26 @@ def regularize_order(regularizer: Regularizer, order_id: str, options: RunOption
     attempts = regularizer.tables.attempts
     with regularizer.engine.connect() as conn:
         key = existing_order_id(conn, schema, order_id)
-        held = conn.execute(sa.select(attempts.c.last_reason).where(
-            attempts.c.order_id == str(key), attempts.c.quarantined_at.is_not(None))).first()
+        held = conn.execute(
+            sa.select(attempts.c.last_reason).where(
+                attempts.c.order_id == str(key), attempts.c.quarantined_at.is_not(None)
+            )
+        ).first()
         if held is not None:
             # A run skips it; one by hand is a decision to try again, so it goes through release.
             raise ConfigurationError(
                 f"order {key} is quarantined (last: {held.last_reason}): lift it with "
                 f"`regularize-completed-orders release --order-id {key}` first"
             )
-        orphan = conn.execute(sa.select(sa.literal(1)).where(schema.o("id") == key, d.orphan_condition(schema, window))).first()
+        orphan = conn.execute(
+            sa.select(sa.literal(1)).where(
+                schema.o("id") == key, d.orphan_condition(schema, window)
+            )
+        ).first()
         if orphan is None:
-            status = conn.execute(sa.select(schema.o("status")).where(schema.o("id") == key)).scalar_one()
+            status = conn.execute(
+                sa.select(schema.o("status")).where(schema.o("id") == key)
+            ).scalar_one()
             raise ConfigurationError(
                 f"order {key} is not an orphan (status {status}, no completed payment older than "
                 f"{window.min_age_minutes:g} minute(s) in the window): nothing to regularize"
@@ -84,20 +97,33 @@ class OrphanRow:
     COLUMNS = ("order_id", "order_status", "transaction_id", "completed_at", "age_minutes")
 
     def values(self) -> tuple:
-        return (self.order_id, self.order_status, self.transaction_id,
-                self.completed_at.isoformat(sep=" ") if self.completed_at else "", self.age_minutes)
+        return (
+            self.order_id,
+            self.order_status,
+            self.transaction_id,
+            self.completed_at.isoformat(sep=" ") if self.completed_at else "",
+            self.age_minutes,
+        )
 
 
-def orphan_rows(conn: sa.Connection, schema: AppSchema, window: d.ScanWindow, limit: int | None = None) -> list[OrphanRow]:
+def orphan_rows(
+    conn: sa.Connection, schema: AppSchema, window: d.ScanWindow, limit: int | None = None
+) -> list[OrphanRow]:
     """Orphaned orders in the window, oldest payment first: ids, statuses and times only."""
     s = schema
-    completed = sa.and_(s.t("order_id") == s.o("id"), s.t("status").in_(s.statuses.transaction_completed),
-                        s.tx_completed_at <= window.not_after,
-                        *([s.tx_completed_at >= window.not_before] if window.not_before is not None else []))
+    completed = sa.and_(
+        s.t("order_id") == s.o("id"),
+        s.t("status").in_(s.statuses.transaction_completed),
+        s.tx_completed_at <= window.not_after,
+        *([s.tx_completed_at >= window.not_before] if window.not_before is not None else []),
+    )
     query = (
         sa.select(s.o("id"), s.o("status"), sa.func.min(s.t("id")), sa.func.min(s.tx_completed_at))
         .select_from(s.orders.join(s.transactions, completed))
-        .where(s.o("status").in_(s.statuses.order_pending), *([s.o("deleted_at").is_(None)] if s.has_o("deleted_at") else []))
+        .where(
+            s.o("status").in_(s.statuses.order_pending),
+            *([s.o("deleted_at").is_(None)] if s.has_o("deleted_at") else []),
+        )
         .group_by(s.o("id"), s.o("status"))
         .order_by(sa.func.min(s.tx_completed_at), s.o("id"))
     )
@@ -114,16 +140,28 @@ def orphan_rows(conn: sa.Connection, schema: AppSchema, window: d.ScanWindow, li
 INCONSISTENCY_COLUMNS = ("kind", "order_id")
 
 
-def inconsistency_rows(conn: sa.Connection, schema: AppSchema, window: d.ScanWindow | None) -> list[tuple[str, Any]]:
+def inconsistency_rows(
+    conn: sa.Connection, schema: AppSchema, window: d.ScanWindow | None
+) -> list[tuple[str, Any]]:
     """(kind, order id) for every inconsistency the pipeline reports and never fixes."""
     report = d.inconsistency_report(conn, schema, window, sample_size=None)
-    if sa.inspect(conn).has_table(tb.owned_tables(schema.mapping.table_prefix).attempts.name):  # read-only before migrate too
+    if sa.inspect(conn).has_table(
+        tb.owned_tables(schema.mapping.table_prefix).attempts.name
+    ):  # read-only before migrate too
         report = with_provider_failures(conn, schema, report)
-    return [(kind, order_id) for kind in d.INCONSISTENCY_KINDS for order_id in report.order_ids.get(kind, [])]
+    return [
+        (kind, order_id)
+        for kind in d.INCONSISTENCY_KINDS
+        for order_id in report.order_ids.get(kind, [])
+    ]
 
 
-def dead_event_ids(conn: sa.Connection, tables: tb.OwnedTables, since: dt.datetime | None = None,
-                   until: dt.datetime | None = None) -> list[str]:
+def dead_event_ids(
+    conn: sa.Connection,
+    tables: tb.OwnedTables,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> list[str]:
     """Dead-lettered events, optionally only those created in [since, until]."""
     ob = tables.outbox
     query = sa.select(ob.c.event_id).where(ob.c.state == tb.DEAD)
@@ -134,9 +172,14 @@ def dead_event_ids(conn: sa.Connection, tables: tb.OwnedTables, since: dt.dateti
     return list(conn.execute(query.order_by(ob.c.id)).scalars())
 
 
-def redeliver_dead_events(engine: sa.Engine, tables: tb.OwnedTables, event_ids: Sequence[str] = (),
-                          all_dead: bool = False, since: dt.datetime | None = None,
-                          until: dt.datetime | None = None) -> int:
+def redeliver_dead_events(
+    engine: sa.Engine,
+    tables: tb.OwnedTables,
+    event_ids: Sequence[str] = (),
+    all_dead: bool = False,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> int:
     """Put dead events back in the queue (core's OutboxDispatcher.redeliver); returns how many.
 
     Named events must all exist and be dead, or nothing changes: a typo must
@@ -149,13 +192,19 @@ def redeliver_dead_events(engine: sa.Engine, tables: tb.OwnedTables, event_ids: 
     ob = tables.outbox
     with engine.connect() as conn:
         if event_ids:
-            states = dict(conn.execute(sa.select(ob.c.event_id, ob.c.state).where(ob.c.event_id.in_(list(event_ids)))).all())
+            states = dict(
+                conn.execute(
+                    sa.select(ob.c.event_id, ob.c.state).where(ob.c.event_id.in_(list(event_ids)))
+                ).all()
+            )
             unknown = [e for e in event_ids if e not in states]
             if unknown:
                 raise ConfigurationError(f"unknown event id(s): {', '.join(unknown)}")
             alive = [e for e in event_ids if states[e] != tb.DEAD]
             if alive:
-                raise ConfigurationError(f"not dead-lettered: {', '.join(f'{e} ({states[e]})' for e in alive)}")
+                raise ConfigurationError(
+                    f"not dead-lettered: {', '.join(f'{e} ({states[e]})' for e in alive)}"
+                )
             chosen = list(event_ids)
         else:
             chosen = dead_event_ids(conn, tables, since, until)
@@ -163,4 +212,6 @@ def redeliver_dead_events(engine: sa.Engine, tables: tb.OwnedTables, event_ids: 
         return 0
     # Publishers are not needed to move rows back to pending: the next run delivers them.
     dispatcher = OutboxDispatcher(engine, tables, [], owner="operator")
-    return sum(dispatcher.redeliver(event_ids=chosen[i:i + 500]) for i in range(0, len(chosen), 500))
+    return sum(
+        dispatcher.redeliver(event_ids=chosen[i : i + 500]) for i in range(0, len(chosen), 500)
+    )

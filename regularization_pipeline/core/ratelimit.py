@@ -30,7 +30,9 @@ class RateLimitWaitTooLong(Exception):  # noqa: N818 - reads as the condition it
     """The next permitted call is further away than the caller is willing to wait."""
 
     def __init__(self, wait_seconds: float):
-        super().__init__(f"next request permitted in {wait_seconds:.1f}s, more than the allowed wait")
+        super().__init__(
+            f"next request permitted in {wait_seconds:.1f}s, more than the allowed wait"
+        )
         self.wait_seconds = wait_seconds
 
 

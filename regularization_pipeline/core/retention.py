@@ -38,8 +38,11 @@ class PruneSummary:
     dry_run: bool = False
 
     def as_metrics(self) -> dict[str, int]:
-        return {"pruned_audit_rows": self.audit_rows, "pruned_outbox_events": self.outbox_events,
-                "pruned_event_deliveries": self.deliveries}
+        return {
+            "pruned_audit_rows": self.audit_rows,
+            "pruned_outbox_events": self.outbox_events,
+            "pruned_event_deliveries": self.deliveries,
+        }
 
 
 def retention_cutoff(older_than_days: float, now: dt.datetime) -> dt.datetime:
@@ -48,8 +51,14 @@ def retention_cutoff(older_than_days: float, now: dt.datetime) -> dt.datetime:
     return now - dt.timedelta(days=older_than_days)
 
 
-def prune_history(engine: sa.Engine, tables: tb.OwnedTables, older_than_days: float = DEFAULT_RETENTION_DAYS,
-                  *, dry_run: bool = False, clock: Callable[[], dt.datetime] = utcnow) -> PruneSummary:
+def prune_history(
+    engine: sa.Engine,
+    tables: tb.OwnedTables,
+    older_than_days: float = DEFAULT_RETENTION_DAYS,
+    *,
+    dry_run: bool = False,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> PruneSummary:
     """Delete (or, with ``dry_run``, count) the history older than ``older_than_days``."""
     cutoff = retention_cutoff(older_than_days, clock())
     au, ob, dl = tables.audit, tables.outbox, tables.deliveries
@@ -57,10 +66,16 @@ def prune_history(engine: sa.Engine, tables: tb.OwnedTables, older_than_days: fl
     settled = [ob.c.state.in_([tb.DELIVERED, tb.DEAD]), ob.c.updated_at < cutoff]
     if dry_run:
         with engine.connect() as conn:
-            audit_rows = conn.execute(sa.select(sa.func.count()).select_from(au).where(*old_audit)).scalar_one()
-            events = conn.execute(sa.select(sa.func.count()).select_from(ob).where(*settled)).scalar_one()
+            audit_rows = conn.execute(
+                sa.select(sa.func.count()).select_from(au).where(*old_audit)
+            ).scalar_one()
+            events = conn.execute(
+                sa.select(sa.func.count()).select_from(ob).where(*settled)
+            ).scalar_one()
             deliveries = conn.execute(
-                sa.select(sa.func.count()).select_from(dl.join(ob, dl.c.event_id == ob.c.event_id)).where(*settled)
+                sa.select(sa.func.count())
+                .select_from(dl.join(ob, dl.c.event_id == ob.c.event_id))
+                .where(*settled)
             ).scalar_one()
         return PruneSummary(cutoff, int(audit_rows), int(events), int(deliveries), dry_run=True)
 
@@ -68,20 +83,31 @@ def prune_history(engine: sa.Engine, tables: tb.OwnedTables, older_than_days: fl
     while True:
         # Ids first, then delete by id: MySQL refuses a DELETE whose subquery reads the same table.
         with engine.begin() as conn:
-            ids = list(conn.execute(sa.select(au.c.id).where(*old_audit).order_by(au.c.id).limit(BATCH)).scalars())
+            ids = list(
+                conn.execute(
+                    sa.select(au.c.id).where(*old_audit).order_by(au.c.id).limit(BATCH)
+                ).scalars()
+            )
             if ids:
                 audit_rows += conn.execute(au.delete().where(au.c.id.in_(ids))).rowcount
         if len(ids) < BATCH:
             break
     while True:
         with engine.begin() as conn:
-            rows = conn.execute(sa.select(ob.c.id, ob.c.event_id).where(*settled).order_by(ob.c.id).limit(BATCH)).all()
+            rows = conn.execute(
+                sa.select(ob.c.id, ob.c.event_id).where(*settled).order_by(ob.c.id).limit(BATCH)
+            ).all()
             if rows:
                 # The state is checked again: an event redelivered meanwhile is pending and stays,
                 # and so do its deliveries (they spare its publishers a second copy).
-                events += conn.execute(ob.delete().where(ob.c.id.in_([r.id for r in rows]), *settled)).rowcount
-                kept = set(conn.execute(
-                    sa.select(ob.c.event_id).where(ob.c.id.in_([r.id for r in rows]))).scalars())
+                events += conn.execute(
+                    ob.delete().where(ob.c.id.in_([r.id for r in rows]), *settled)
+                ).rowcount
+                kept = set(
+                    conn.execute(
+                        sa.select(ob.c.event_id).where(ob.c.id.in_([r.id for r in rows]))
+                    ).scalars()
+                )
                 gone = [r.event_id for r in rows if r.event_id not in kept]
                 if gone:
                     deliveries += conn.execute(dl.delete().where(dl.c.event_id.in_(gone))).rowcount

@@ -31,7 +31,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 
 def _check_identifier(value: str | None) -> str | None:
-    if value is not None and not _IDENTIFIER.fullmatch(value):  # match() and $ let a trailing newline by
+    if value is not None and not _IDENTIFIER.fullmatch(
+        value
+    ):  # match() and $ let a trailing newline by
         raise ValueError(f"{value!r} is not a valid table or column name")
     return value
 
@@ -56,10 +58,16 @@ class OrdersMapping(_TableSection):
     id: str = Field("id", description="Primary key column.")
     status: str = Field("status", description="Order status column.")
     total: str = Field("total", description="Order total amount column.")
-    currency: str | None = Field("currency", description="Currency column, or null if orders have none.")
+    currency: str | None = Field(
+        "currency", description="Currency column, or null if orders have none."
+    )
     created_at: str = Field("created_at", description="Creation timestamp column.")
-    updated_at: str | None = Field("updated_at", description="Column set to now when the order is flipped, or null.")
-    deleted_at: str | None = Field("deleted_at", description="Soft-delete column (Laravel SoftDeletes), or null.")
+    updated_at: str | None = Field(
+        "updated_at", description="Column set to now when the order is flipped, or null."
+    )
+    deleted_at: str | None = Field(
+        "deleted_at", description="Soft-delete column (Laravel SoftDeletes), or null."
+    )
 
 
 class TransactionsMapping(_TableSection):
@@ -77,33 +85,46 @@ class TransactionsMapping(_TableSection):
     )
     updated_at: str = Field("updated_at", description="Last update timestamp column.")
     reference: str | None = Field(
-        None, description="The provider's reference for the payment (used by provider verification)."
+        None,
+        description="The provider's reference for the payment (used by provider verification).",
     )
 
 
 class StatusMapping(_Strict):
     """Which status values mean what. Values are compared exactly: case matters."""
 
-    order_pending: tuple[str, ...] = Field(("pending",), min_length=1, description="Order statuses that mean 'waiting for payment'.")
-    order_completed: str = Field("completed", min_length=1, description="The status written when an order is regularized.")
+    order_pending: tuple[str, ...] = Field(
+        ("pending",), min_length=1, description="Order statuses that mean 'waiting for payment'."
+    )
+    order_completed: str = Field(
+        "completed", min_length=1, description="The status written when an order is regularized."
+    )
     order_do_not_touch: tuple[str, ...] = Field(
         ("cancelled", "failed", "refunded"),
         description="Order statuses that must never be flipped; a completed payment on one is reported.",
     )
     transaction_completed: tuple[str, ...] = Field(
-        ("completed",), min_length=1, description="Transaction statuses that mean the payment went through."
+        ("completed",),
+        min_length=1,
+        description="Transaction statuses that mean the payment went through.",
     )
 
     @model_validator(mode="after")
     def _disjoint(self) -> StatusMapping:
         pending = set(self.order_pending)
         if self.order_completed in pending:
-            raise ValueError(f"order_completed {self.order_completed!r} is also listed in order_pending")
+            raise ValueError(
+                f"order_completed {self.order_completed!r} is also listed in order_pending"
+            )
         clash = pending & set(self.order_do_not_touch)
         if clash:
-            raise ValueError(f"statuses {sorted(clash)} are both in order_pending and order_do_not_touch")
+            raise ValueError(
+                f"statuses {sorted(clash)} are both in order_pending and order_do_not_touch"
+            )
         if self.order_completed in self.order_do_not_touch:
-            raise ValueError(f"order_completed {self.order_completed!r} is also listed in order_do_not_touch")
+            raise ValueError(
+                f"order_completed {self.order_completed!r} is also listed in order_do_not_touch"
+            )
         for name in ("order_pending", "order_do_not_touch", "transaction_completed"):
             if any(not value for value in getattr(self, name)):
                 raise ValueError(f"{name} contains an empty status value")
@@ -213,7 +234,9 @@ def _mapped_columns(section: BaseModel) -> list[str]:
 
 def build_schema(mapping: SchemaMapping) -> AppSchema:
     """Table clauses for the mapped names, without touching a database."""
-    orders = sa.table(mapping.orders.table, *(sa.column(c) for c in _mapped_columns(mapping.orders)))
+    orders = sa.table(
+        mapping.orders.table, *(sa.column(c) for c in _mapped_columns(mapping.orders))
+    )
     transactions = sa.table(
         mapping.transactions.table, *(sa.column(c) for c in _mapped_columns(mapping.transactions))
     )
@@ -235,9 +258,11 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
         present = {col["name"] for col in inspector.get_columns(section.table)}
         present_lower = {name.lower() for name in present}
         missing = [
-            c for c in _mapped_columns(section)
+            c
+            for c in _mapped_columns(section)
             # MySQL and SQLite compare column names case-insensitively.
-            if c not in present and (engine.dialect.name == "postgresql" or c.lower() not in present_lower)
+            if c not in present
+            and (engine.dialect.name == "postgresql" or c.lower() not in present_lower)
         ]
         if missing:
             raise SchemaMismatchError(

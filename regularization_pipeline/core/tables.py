@@ -54,8 +54,14 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
     md = sa.MetaData()
     tz = TIMESTAMP
     audit = sa.Table(
-        f"{prefix}audit", md,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        f"{prefix}audit",
+        md,
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("order_id", ORDER_ID, nullable=False),
         sa.Column("transaction_id", sa.String(64)),
@@ -73,8 +79,14 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
         sa.Index(f"ix_{prefix}audit_created", "created_at"),
     )
     outbox = sa.Table(
-        f"{prefix}outbox", md,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        f"{prefix}outbox",
+        md,
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("event_id", sa.String(36), nullable=False, unique=True),
         sa.Column("event_type", sa.String(64), nullable=False),
         sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
@@ -94,7 +106,8 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
         sa.Index(f"ix_{prefix}outbox_order", "order_id"),
     )
     attempts = sa.Table(
-        f"{prefix}order_attempts", md,
+        f"{prefix}order_attempts",
+        md,
         sa.Column("order_id", ORDER_ID, primary_key=True),
         sa.Column("failures", sa.Integer, nullable=False, default=0),
         sa.Column("total_attempts", sa.Integer, nullable=False, default=0),
@@ -105,21 +118,33 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
         sa.Column("updated_at", tz, nullable=False),
     )
     deliveries = sa.Table(
-        f"{prefix}event_deliveries", md,
+        f"{prefix}event_deliveries",
+        md,
         sa.Column("event_id", sa.String(36), primary_key=True),
         sa.Column("publisher", sa.String(128), primary_key=True),
         sa.Column("delivered_at", tz, nullable=False),
     )
     inconsistencies = sa.Table(
-        f"{prefix}inconsistencies", md,
+        f"{prefix}inconsistencies",
+        md,
         sa.Column("order_id", ORDER_ID, primary_key=True),
         sa.Column("kind", sa.String(32), primary_key=True),
         sa.Column("first_seen_at", tz, nullable=False),
     )
     scan_state = sa.Table(
-        f"{prefix}scan_state", md,
+        f"{prefix}scan_state",
+        md,
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("scanned_at", tz),
         sa.Column("full_scan_at", tz),
     )
-    return OwnedTables(md, audit, outbox, attempts, deliveries, inconsistencies, scan_state, f"{prefix}alembic_version")
+    return OwnedTables(
+        md,
+        audit,
+        outbox,
+        attempts,
+        deliveries,
+        inconsistencies,
+        scan_state,
+        f"{prefix}alembic_version",
+    )

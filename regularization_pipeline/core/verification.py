@@ -87,9 +87,17 @@ def apply_provider_answer(verdict: Verdict, answer: ProviderAnswer) -> Verdict:
     if answer.status == PROVIDER_COMPLETED:
         return verdict
     if answer.status in (PROVIDER_FAILED, PROVIDER_REFUNDED):
-        return Verdict(INCONSISTENT, f"{d.PROVIDER_FAILED}: provider reports the payment {answer.status}", verdict.transaction)
+        return Verdict(
+            INCONSISTENT,
+            f"{d.PROVIDER_FAILED}: provider reports the payment {answer.status}",
+            verdict.transaction,
+        )
     detail = f" ({answer.detail})" if answer.detail else ""
-    return Verdict(SKIPPED, f"provider reports {answer.status}{detail}: left for the next run", verdict.transaction)
+    return Verdict(
+        SKIPPED,
+        f"provider reports {answer.status}{detail}: left for the next run",
+        verdict.transaction,
+    )
 
 
 def to_decimal(value: Any) -> Decimal | None:
@@ -116,23 +124,47 @@ def verify(
         return Verdict(SKIPPED, "order is already completed (its webhook arrived)")
     if order.status in statuses.order_do_not_touch:
         if completed:
-            return Verdict(INCONSISTENT, f"{d.PAID_BUT_CLOSED}: order is {order.status!r} but has a completed transaction", completed[0])
+            return Verdict(
+                INCONSISTENT,
+                f"{d.PAID_BUT_CLOSED}: order is {order.status!r} but has a completed transaction",
+                completed[0],
+            )
         return Verdict(SKIPPED, f"order status {order.status!r} is not to be touched")
     if order.status not in statuses.order_pending:
         return Verdict(SKIPPED, f"order status {order.status!r} is not a pending status")
     if not completed:
         return Verdict(SKIPPED, "order has no completed transaction")
     if len(completed) > 1:
-        return Verdict(INCONSISTENT, f"{d.DOUBLE_CHARGE}: {len(completed)} completed transactions", completed[0])
+        return Verdict(
+            INCONSISTENT,
+            f"{d.DOUBLE_CHARGE}: {len(completed)} completed transactions",
+            completed[0],
+        )
 
     tx = completed[0]
     paid, due = to_decimal(tx.amount), to_decimal(order.total)
     if paid is None or due is None or paid < 0 or due < 0:
-        return Verdict(INCONSISTENT, f"{d.INVALID_AMOUNT}: order total or transaction amount is missing, not a number or negative", tx)
+        return Verdict(
+            INCONSISTENT,
+            f"{d.INVALID_AMOUNT}: order total or transaction amount is missing, not a number or negative",
+            tx,
+        )
     if paid != due:
-        return Verdict(INCONSISTENT, f"{d.AMOUNT_MISMATCH}: transaction amount {paid} differs from order total {due}", tx)
-    if tx.currency and order.currency and tx.currency.strip().upper() != order.currency.strip().upper():
-        return Verdict(INCONSISTENT, f"{d.CURRENCY_MISMATCH}: transaction currency differs from the order's", tx)
+        return Verdict(
+            INCONSISTENT,
+            f"{d.AMOUNT_MISMATCH}: transaction amount {paid} differs from order total {due}",
+            tx,
+        )
+    if (
+        tx.currency
+        and order.currency
+        and tx.currency.strip().upper() != order.currency.strip().upper()
+    ):
+        return Verdict(
+            INCONSISTENT,
+            f"{d.CURRENCY_MISMATCH}: transaction currency differs from the order's",
+            tx,
+        )
 
     if tx.completed_at is None:
         return Verdict(SKIPPED, "completed transaction has no completion time", tx)

@@ -5,7 +5,6 @@ Lineage: ``app_orders`` -> ``regularized_orders`` -> ``order_completed_events``
 result becomes numeric metadata with stable keys, so the UI plots it over time.
 """
 
-
 import statistics
 import time
 import warnings
@@ -44,7 +43,9 @@ AUDIT_PREVIEW_ROWS = 50
 
 # Transient database errors (a dropped connection, a lock timeout) are worth a
 # retry; everything that cannot get better by waiting raises Failure(allow_retries=False).
-TRANSIENT_DB_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+TRANSIENT_DB_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 
 
 @contextmanager
@@ -52,13 +53,20 @@ def permanent_errors_fail_without_retry() -> Iterator[None]:
     """Bad config, a wrong mapping, missing migrations or a provider refusing our token: fail at once."""
     try:
         yield
-    except (ConfigurationError, SchemaMismatchError, MigrationsMissingError, ProviderRejectedError) as exc:
+    except (
+        ConfigurationError,
+        SchemaMismatchError,
+        MigrationsMissingError,
+        ProviderRejectedError,
+    ) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
 # Chosen on purpose (an observable source with its own key); its beta warning was the one
 # line of the daemon's JSON log that was not JSON, printed by every process loading us.
-warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*", category=dg.BetaWarning)
+warnings.filterwarnings(
+    "ignore", message=".*multi_observable_source_asset.*", category=dg.BetaWarning
+)
 
 
 @dg.multi_observable_source_asset(
@@ -80,7 +88,9 @@ def app_orders(app_db: AppDatabaseResource) -> Iterator[dg.ObserveResult]:
         schema = app_db.bind()
     status = schema.o("status")
     with app_db.get_engine().connect() as conn:
-        rows = conn.execute(sa.select(status, sa.func.count()).group_by(status).order_by(status)).all()
+        rows = conn.execute(
+            sa.select(status, sa.func.count()).group_by(status).order_by(status)
+        ).all()
     counts = {str(value): int(n) for value, n in rows}
     metadata: dict[str, int] = {"orders_total": sum(counts.values())}
     metadata.update({f"orders_{value}": n for value, n in counts.items()})
@@ -101,10 +111,14 @@ def _progress_logger(context: dg.AssetExecutionContext, clock=time.monotonic):
         # Ids and actions only: reasons can quote amounts, and nothing personal belongs in run logs.
         now = clock()
         if summary.processed <= PROGRESS_EVERY_ORDER_UP_TO or summary.processed >= limit:
-            context.log.info(f"{summary.processed}/{limit} {outcome.action} order {outcome.order_id}")
+            context.log.info(
+                f"{summary.processed}/{limit} {outcome.action} order {outcome.order_id}"
+            )
         elif now - last[0] >= PROGRESS_EVERY_SECONDS:
-            context.log.info(f"{summary.processed}/{limit} processed: {summary.regularized} regularized, "
-                             f"{summary.failed} failed, last order {outcome.order_id}")
+            context.log.info(
+                f"{summary.processed}/{limit} processed: {summary.regularized} regularized, "
+                f"{summary.failed} failed, last order {outcome.order_id}"
+            )
         else:
             return
         last[0] = now
@@ -138,7 +152,9 @@ def regularized_orders(
         verifier = payment_gateway.verifier()
         try:
             regularizer = Regularizer(app_db.get_engine(), schema, verifier=verifier)
-            summary = regularizer.run(options, run_id=context.run_id, progress=_progress_logger(context))
+            summary = regularizer.run(
+                options, run_id=context.run_id, progress=_progress_logger(context)
+            )
         finally:
             if verifier is not None:
                 verifier.close()
@@ -147,14 +163,21 @@ def regularized_orders(
         f"{summary.failed} failed, {summary.quarantined} quarantined, of {summary.found} orphan(s) found"
     )
     if summary.stopped_by_deadline:
-        context.log.warning(f"stopped after {options.max_runtime_seconds} s; the rest waits for the next run")
+        context.log.warning(
+            f"stopped after {options.max_runtime_seconds} s; the rest waits for the next run"
+        )
     if summary.stopped_by_provider:
-        context.log.warning("the payment provider is unavailable: stopped; the rest waits for the next run")
-    metadata: dict[str, float | int] = {**summary.as_metrics(), "stopped_by_deadline": int(summary.stopped_by_deadline),
-                                        "stopped_by_provider": int(summary.stopped_by_provider),
-                                        "provider_requests": verifier.requests_sent if verifier else 0,
-                                        "provider_rate_limited": verifier.rate_limited_responses if verifier else 0,
-                                        "dry_run": int(options.dry_run)}
+        context.log.warning(
+            "the payment provider is unavailable: stopped; the rest waits for the next run"
+        )
+    metadata: dict[str, float | int] = {
+        **summary.as_metrics(),
+        "stopped_by_deadline": int(summary.stopped_by_deadline),
+        "stopped_by_provider": int(summary.stopped_by_provider),
+        "provider_requests": verifier.requests_sent if verifier else 0,
+        "provider_rate_limited": verifier.rate_limited_responses if verifier else 0,
+        "dry_run": int(options.dry_run),
+    }
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -162,10 +185,17 @@ def outbox_backlog(engine: sa.Engine, tables: tb.OwnedTables) -> dict[str, int]:
     """Outbox rows still pending and dead-lettered, whatever run wrote them."""
     ob = tables.outbox
     with engine.connect() as conn:
-        counts = dict(conn.execute(
-            sa.select(ob.c.state, sa.func.count()).where(ob.c.state.in_([tb.PENDING, tb.DEAD])).group_by(ob.c.state)
-        ).all())
-    return {"outbox_pending": int(counts.get(tb.PENDING, 0)), "outbox_dead": int(counts.get(tb.DEAD, 0))}
+        counts = dict(
+            conn.execute(
+                sa.select(ob.c.state, sa.func.count())
+                .where(ob.c.state.in_([tb.PENDING, tb.DEAD]))
+                .group_by(ob.c.state)
+            ).all()
+        )
+    return {
+        "outbox_pending": int(counts.get(tb.PENDING, 0)),
+        "outbox_dead": int(counts.get(tb.DEAD, 0)),
+    }
 
 
 @dg.asset(
@@ -176,7 +206,9 @@ def outbox_backlog(engine: sa.Engine, tables: tb.OwnedTables) -> dict[str, int]:
     retry_policy=TRANSIENT_DB_RETRY,
 )
 def order_completed_events(
-    context: dg.AssetExecutionContext, app_db: AppDatabaseResource, event_publisher: EventPublisherResource
+    context: dg.AssetExecutionContext,
+    app_db: AppDatabaseResource,
+    event_publisher: EventPublisherResource,
 ) -> dg.MaterializeResult:
     """OrderCompleted events delivered from the outbox to every publisher, at least once.
 
@@ -190,7 +222,9 @@ def order_completed_events(
         publishers = event_publisher.build_publishers()
     try:
         with permanent_errors_fail_without_retry():
-            dispatcher = event_publisher.dispatcher(engine, tables, publishers, owner=f"run-{context.run_id}")
+            dispatcher = event_publisher.dispatcher(
+                engine, tables, publishers, owner=f"run-{context.run_id}"
+            )
         summary = dispatcher.dispatch()
     finally:
         close_publishers(publishers)
@@ -203,19 +237,34 @@ def order_completed_events(
         "delivery_lag_max_seconds": round(max(lags), 3) if lags else 0.0,
         **outbox_backlog(engine, tables),
     }
-    context.log.info(f"{summary.delivered} event(s) delivered, {summary.retried} to retry, {summary.dead} dead")
+    context.log.info(
+        f"{summary.delivered} event(s) delivered, {summary.retried} to retry, {summary.dead} dead"
+    )
     return dg.MaterializeResult(metadata=metadata)
 
 
-AUDIT_COLUMNS = ("order_id", "action", "reason", "transaction_id", "order_amount", "transaction_amount",
-                 "currency", "transaction_completed_at", "created_at")
+AUDIT_COLUMNS = (
+    "order_id",
+    "action",
+    "reason",
+    "transaction_id",
+    "order_amount",
+    "transaction_amount",
+    "currency",
+    "transaction_completed_at",
+    "created_at",
+)
 
 
 def audit_action_counts(engine: sa.Engine, tables: tb.OwnedTables, run_id: str) -> dict[str, int]:
     """How many audit rows of each action this run wrote, counted by the database."""
     au = tables.audit
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(au.c.action, sa.func.count()).where(au.c.run_id == run_id).group_by(au.c.action))
+        rows = conn.execute(
+            sa.select(au.c.action, sa.func.count())
+            .where(au.c.run_id == run_id)
+            .group_by(au.c.action)
+        )
         return {action: int(n) for action, n in rows}
 
 
@@ -227,13 +276,19 @@ def audit_preview(engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: 
     import pandas as pd  # only this step needs it: kept off the code location's import time
 
     au = tables.audit
-    query = (sa.select(*(au.c[name] for name in AUDIT_COLUMNS)).where(au.c.run_id == run_id)
-             .order_by(au.c.id).limit(rows))
+    query = (
+        sa.select(*(au.c[name] for name in AUDIT_COLUMNS))
+        .where(au.c.run_id == run_id)
+        .order_by(au.c.id)
+        .limit(rows)
+    )
     with engine.connect() as conn:
         return pd.DataFrame(conn.execute(query).all(), columns=list(AUDIT_COLUMNS))
 
 
-def audit_metrics(counts: dict[str, int], oldest_orphan_age_minutes: float, orphans_remaining: int) -> dict[str, float | int]:
+def audit_metrics(
+    counts: dict[str, int], oldest_orphan_age_minutes: float, orphans_remaining: int
+) -> dict[str, float | int]:
     total = sum(counts.values())
     metrics: dict[str, float | int] = {"audit_rows": total}
     for action in tb.AUDIT_ACTIONS:
@@ -247,7 +302,9 @@ def audit_metrics(counts: dict[str, int], oldest_orphan_age_minutes: float, orph
 
 def _run_grace_minutes(context: dg.AssetExecutionContext) -> float:
     """The grace period this run used, so "remaining" means what the run left, not the default."""
-    config = (context.run.run_config.get("ops", {}).get("regularized_orders", {}) or {}).get("config") or {}
+    config = (context.run.run_config.get("ops", {}).get("regularized_orders", {}) or {}).get(
+        "config"
+    ) or {}
     value = config.get("min_age_minutes")
     return float(value) if isinstance(value, int | float) else float(d.DEFAULT_MIN_AGE_MINUTES)
 
@@ -259,7 +316,9 @@ def _run_grace_minutes(context: dg.AssetExecutionContext) -> float:
     kinds={"pandas", "sql"},
     retry_policy=TRANSIENT_DB_RETRY,
 )
-def regularization_audit(context: dg.AssetExecutionContext, app_db: AppDatabaseResource) -> dg.MaterializeResult:
+def regularization_audit(
+    context: dg.AssetExecutionContext, app_db: AppDatabaseResource
+) -> dg.MaterializeResult:
     """The audit trail written by this run: one row per decision on an order, with totals per action.
 
     `error_rate` is failed plus quarantined over all of this run's audit rows;
@@ -274,8 +333,12 @@ def regularization_audit(context: dg.AssetExecutionContext, app_db: AppDatabaseR
     counts = audit_action_counts(engine, tables, context.run_id)
     grace = _run_grace_minutes(context)
     with engine.connect() as conn:
-        remaining = d.orphan_stats(conn, schema, RunOptions(min_age_minutes=grace).window(d.utcnow()), sample_size=0)
-    metadata: dict[str, object] = dict(audit_metrics(counts, remaining.oldest_age_minutes, remaining.count))
+        remaining = d.orphan_stats(
+            conn, schema, RunOptions(min_age_minutes=grace).window(d.utcnow()), sample_size=0
+        )
+    metadata: dict[str, object] = dict(
+        audit_metrics(counts, remaining.oldest_age_minutes, remaining.count)
+    )
     metadata["grace_minutes"] = grace
     record = context.instance.get_run_record_by_id(context.run_id)
     started = record.start_time if record is not None else None

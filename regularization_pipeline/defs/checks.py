@@ -5,7 +5,6 @@ that *fixes* them. They run inside the job and on their own; a failure of
 ``no_orphaned_pending_orders`` outside the job launches the job (see sensors).
 """
 
-
 import dagster as dg
 
 from regularization_pipeline.core import detection as d
@@ -35,7 +34,9 @@ def no_orphaned_pending_orders(
     return dg.AssetCheckResult(
         passed=stats.count == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        description=None if stats.count == 0 else f"{stats.count} pending order(s) have a completed payment",
+        description=None
+        if stats.count == 0
+        else f"{stats.count} pending order(s) have a completed payment",
         metadata={
             "orphaned_orders": stats.count,
             "oldest_orphan_age_minutes": stats.oldest_age_minutes,
@@ -66,7 +67,9 @@ def transactions_consistent(
         with app_db.get_engine().connect() as conn:
             report = d.inconsistency_report(conn, schema, sample_size=0)
     metadata: dict[str, int] = {"inconsistencies_total": report.total}
-    metadata.update({f"inconsistent_{kind}": report.counts.get(kind, 0) for kind in d.INCONSISTENCY_KINDS})
+    metadata.update(
+        {f"inconsistent_{kind}": report.counts.get(kind, 0) for kind in d.INCONSISTENCY_KINDS}
+    )
     found = ", ".join(f"{n} {kind}" for kind, n in report.counts.items() if n)
     return dg.AssetCheckResult(
         passed=report.total == 0,

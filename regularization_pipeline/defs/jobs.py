@@ -1,6 +1,5 @@
 """The job, the schedule that runs it every five minutes, and the sensor that runs it on an orphan alert."""
 
-
 import os
 
 import dagster as dg
@@ -30,7 +29,10 @@ IN_FLIGHT_STATUSES = [
 regularize_completed_orders = dg.define_asset_job(
     name=JOB_NAME,
     selection=dg.AssetSelection.assets(
-        assets.app_orders, assets.regularized_orders, assets.order_completed_events, assets.regularization_audit
+        assets.app_orders,
+        assets.regularized_orders,
+        assets.order_completed_events,
+        assets.regularization_audit,
     ),
     description="Find orders left pending after a lost payment webhook, verify and complete them, deliver their "
     "OrderCompleted events and record the audit trail. Never runs twice at once.",
@@ -66,7 +68,9 @@ def regularize_completed_orders_every_5_minutes(context: dg.ScheduleEvaluationCo
 
 # AssetCheckExecutionRecordStatus is not part of Dagster's public API; its value is stable.
 CHECK_FAILED, CHECK_PLANNED = "FAILED", "PLANNED"
-ORPHAN_CHECK_KEY = dg.AssetCheckKey(dg.AssetKey("app_orders"), checks.no_orphaned_pending_orders.check_key.name)
+ORPHAN_CHECK_KEY = dg.AssetCheckKey(
+    dg.AssetKey("app_orders"), checks.no_orphaned_pending_orders.check_key.name
+)
 
 
 @dg.sensor(
@@ -85,22 +89,29 @@ def regularize_on_orphan_alert(context: dg.SensorEvaluationContext):
     as planned when its run starts and fills in the result under the same id.
     """
     last_seen = int(context.cursor) if context.cursor else 0
-    history = context.instance.event_log_storage.get_asset_check_execution_history(ORPHAN_CHECK_KEY, limit=50)
+    history = context.instance.event_log_storage.get_asset_check_execution_history(
+        ORPHAN_CHECK_KEY, limit=50
+    )
     new = [record for record in history if record.id > last_seen]
     if not new:
         return dg.SkipReason("no new evaluation of no_orphaned_pending_orders")
     running = [record.id for record in new if _still_running(context.instance, record)]
     context.update_cursor(str(min(running) - 1 if running else max(record.id for record in new)))
     failures = [
-        record for record in new
-        if record.status.value == CHECK_FAILED and not _is_run_of_job(context.instance, record.run_id)
+        record
+        for record in new
+        if record.status.value == CHECK_FAILED
+        and not _is_run_of_job(context.instance, record.run_id)
     ]
     if not failures:
         return dg.SkipReason("no new failure of no_orphaned_pending_orders outside the job")
     latest = max(failures, key=lambda record: record.id)
     return dg.RunRequest(
         run_key=f"orphan-alert-{latest.id}",
-        tags={"regularization/trigger": "no_orphaned_pending_orders", "regularization/check_run_id": latest.run_id},
+        tags={
+            "regularization/trigger": "no_orphaned_pending_orders",
+            "regularization/check_run_id": latest.run_id,
+        },
     )
 
 

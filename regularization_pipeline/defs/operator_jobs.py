@@ -6,7 +6,6 @@ fails the run at once with a message naming it, without retries, and changes
 nothing. Outcomes are logged with ids and counts only.
 """
 
-
 import dagster as dg
 from pydantic import Field
 
@@ -24,13 +23,19 @@ class OneOrderConfig(dg.Config):
     """Which order, and how it is decided."""
 
     order_id: str = Field(description="The order's id in the application.")
-    min_age_minutes: float = Field(default=10.0, description="Grace period left to the webhook. Must be >= 0.")
-    dry_run: bool = Field(default=False, description="Decide and audit as 'dry-run', change nothing.")
+    min_age_minutes: float = Field(
+        default=10.0, description="Grace period left to the webhook. Must be >= 0."
+    )
+    dry_run: bool = Field(
+        default=False, description="Decide and audit as 'dry-run', change nothing."
+    )
 
 
 @dg.op(tags=OPERATOR_TAGS)
 def regularize_named_order(
-    context: dg.OpExecutionContext, config: OneOrderConfig, app_db: AppDatabaseResource,
+    context: dg.OpExecutionContext,
+    config: OneOrderConfig,
+    app_db: AppDatabaseResource,
     payment_gateway: PaymentGatewayResource,
 ) -> None:
     """Regularize one orphaned order now: lock, re-verify, flip, one outbox row and one audit row.
@@ -44,14 +49,19 @@ def regularize_named_order(
         verifier = payment_gateway.verifier()
         try:
             outcome = operator_tools.regularize_order(
-                Regularizer(app_db.get_engine(), schema, verifier=verifier), config.order_id, options,
-                f"operator-{context.run_id}")
+                Regularizer(app_db.get_engine(), schema, verifier=verifier),
+                config.order_id,
+                options,
+                f"operator-{context.run_id}",
+            )
         finally:
             if verifier is not None:
                 verifier.close()
     context.log.info(f"order {outcome.order_id}: {outcome.action}")
     if outcome.action not in ("regularized", "dry-run"):
-        raise dg.Failure(description=f"order {outcome.order_id}: {outcome.action}", allow_retries=False)
+        raise dg.Failure(
+            description=f"order {outcome.order_id}: {outcome.action}", allow_retries=False
+        )
 
 
 @dg.job(tags=OPERATOR_TAGS)
@@ -65,14 +75,18 @@ class OrderIdConfig(dg.Config):
 
 
 @dg.op(tags=OPERATOR_TAGS)
-def release_order(context: dg.OpExecutionContext, config: OrderIdConfig, app_db: AppDatabaseResource) -> None:
+def release_order(
+    context: dg.OpExecutionContext, config: OrderIdConfig, app_db: AppDatabaseResource
+) -> None:
     """Lift an order's quarantine and reset its failure count; the next run retries it."""
     with permanent_errors_fail_without_retry():
         schema = app_db.bind()
         require_migrated(app_db.get_engine(), schema.mapping.table_prefix)
         with app_db.get_engine().connect() as conn:
             order_id = operator_tools.existing_order_id(conn, schema, config.order_id)
-        Regularizer(app_db.get_engine(), schema).release(order_id, run_id=f"operator-{context.run_id}")
+        Regularizer(app_db.get_engine(), schema).release(
+            order_id, run_id=f"operator-{context.run_id}"
+        )
     context.log.info(f"order {order_id}: released from quarantine")
 
 
@@ -83,10 +97,20 @@ def release_quarantined_order():
 
 
 class RedeliverConfig(dg.Config):
-    event_ids: list[str] = Field(default=[], description="Dead events to redeliver (every one must be dead).")
-    all_dead: bool = Field(default=False, description="Every dead event instead (narrowed by since/until).")
-    since: str | None = Field(default=None, description="With all_dead: events created at or after this UTC time (ISO 8601).")
-    until: str | None = Field(default=None, description="With all_dead: events created at or before this UTC time (ISO 8601).")
+    event_ids: list[str] = Field(
+        default=[], description="Dead events to redeliver (every one must be dead)."
+    )
+    all_dead: bool = Field(
+        default=False, description="Every dead event instead (narrowed by since/until)."
+    )
+    since: str | None = Field(
+        default=None,
+        description="With all_dead: events created at or after this UTC time (ISO 8601).",
+    )
+    until: str | None = Field(
+        default=None,
+        description="With all_dead: events created at or before this UTC time (ISO 8601).",
+    )
 
 
 def _time(name: str, text: str | None):
@@ -99,14 +123,21 @@ def _time(name: str, text: str | None):
 
 
 @dg.op(tags=OPERATOR_TAGS)
-def redeliver_events(context: dg.OpExecutionContext, config: RedeliverConfig, app_db: AppDatabaseResource) -> None:
+def redeliver_events(
+    context: dg.OpExecutionContext, config: RedeliverConfig, app_db: AppDatabaseResource
+) -> None:
     """Put dead-lettered OrderCompleted events back in the queue; the next run delivers them."""
     with permanent_errors_fail_without_retry():
         engine = app_db.get_engine()
         require_migrated(engine, app_db.mapping().table_prefix)
         count = operator_tools.redeliver_dead_events(
-            engine, app_db.owned_tables(), event_ids=config.event_ids, all_dead=config.all_dead,
-            since=_time("since", config.since), until=_time("until", config.until))
+            engine,
+            app_db.owned_tables(),
+            event_ids=config.event_ids,
+            all_dead=config.all_dead,
+            since=_time("since", config.since),
+            until=_time("until", config.until),
+        )
     context.log.info(f"{count} dead event(s) back in the queue")
 
 
@@ -117,17 +148,24 @@ def redeliver_dead_events():
 
 
 class PruneConfig(dg.Config):
-    older_than_days: float = Field(default=retention.DEFAULT_RETENTION_DAYS, description="Retention period in days. Must be >= 1.")
+    older_than_days: float = Field(
+        default=retention.DEFAULT_RETENTION_DAYS,
+        description="Retention period in days. Must be >= 1.",
+    )
     dry_run: bool = Field(default=False, description="Count what would be pruned, delete nothing.")
 
 
 @dg.op(tags=OPERATOR_TAGS)
-def prune_old_history(context: dg.OpExecutionContext, config: PruneConfig, app_db: AppDatabaseResource) -> None:
+def prune_old_history(
+    context: dg.OpExecutionContext, config: PruneConfig, app_db: AppDatabaseResource
+) -> None:
     """Delete audit rows and delivered or dead outbox events older than the retention; never pending events."""
     with permanent_errors_fail_without_retry():
         engine = app_db.get_engine()
         require_migrated(engine, app_db.mapping().table_prefix)
-        summary = retention.prune_history(engine, app_db.owned_tables(), config.older_than_days, dry_run=config.dry_run)
+        summary = retention.prune_history(
+            engine, app_db.owned_tables(), config.older_than_days, dry_run=config.dry_run
+        )
     verb = "would prune" if summary.dry_run else "pruned"
     context.log.info(f"{verb} before {summary.cutoff.isoformat()}: {summary.as_metrics()}")
 
@@ -138,4 +176,9 @@ def prune_history():
     prune_old_history()
 
 
-OPERATOR_JOBS = [regularize_one_order, release_quarantined_order, redeliver_dead_events, prune_history]
+OPERATOR_JOBS = [
+    regularize_one_order,
+    release_quarantined_order,
+    redeliver_dead_events,
+    prune_history,
+]

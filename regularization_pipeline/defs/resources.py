@@ -31,16 +31,23 @@ from regularization_pipeline.core.schema import AppSchema, SchemaMapping, bind_s
 class AppDatabaseResource(dg.ConfigurableResource):
     """The application's database (orders, transactions) and this project's own tables in it."""
 
-    url: str = Field(description="SQLAlchemy URL of the application database; set it with REGULARIZATION_DATABASE_URL.")
+    url: str = Field(
+        description="SQLAlchemy URL of the application database; set it with REGULARIZATION_DATABASE_URL."
+    )
     schema_file: str | None = Field(
         default=None,
         description="YAML schema mapping (REGULARIZATION_SCHEMA_FILE); Laravel defaults when unset.",
     )
     table_prefix: str | None = Field(
-        default=None, description="Prefix of the tables this project owns; overrides the mapping's when set."
+        default=None,
+        description="Prefix of the tables this project owns; overrides the mapping's when set.",
     )
-    pool_size: int = Field(default=5, ge=1, le=100, description="Connections kept open (not used by SQLite).")
-    pool_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="Seconds to wait for a free connection.")
+    pool_size: int = Field(
+        default=5, ge=1, le=100, description="Connections kept open (not used by SQLite)."
+    )
+    pool_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds to wait for a free connection."
+    )
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
@@ -52,14 +59,17 @@ class AppDatabaseResource(dg.ConfigurableResource):
     def get_engine(self) -> sa.Engine:
         """One pooled engine per run; order data is hidden from its error messages."""
         if self._engine is None:
-            self._engine = create_app_engine(self.url, pool_size=self.pool_size, pool_timeout=self.pool_timeout_seconds)
+            self._engine = create_app_engine(
+                self.url, pool_size=self.pool_size, pool_timeout=self.pool_timeout_seconds
+            )
         return self._engine
 
     def mapping(self) -> SchemaMapping:
         mapping = load_mapping(self.schema_file)
         if self.table_prefix is not None and self.table_prefix != mapping.table_prefix:
-            mapping = SchemaMapping.parse({**mapping.model_dump(), "table_prefix": self.table_prefix},
-                                          source="table_prefix")
+            mapping = SchemaMapping.parse(
+                {**mapping.model_dump(), "table_prefix": self.table_prefix}, source="table_prefix"
+            )
         return mapping
 
     def bind(self) -> AppSchema:
@@ -84,25 +94,43 @@ class EventPublisherResource(dg.ConfigurableResource):
         description="Publishers by name: 'python' (handlers installed under the entry-point group), "
         "'webhook' (signed HTTP POST to webhook_url), 'outbox' (the application reads the outbox table itself).",
     )
-    webhook_url: str | None = Field(default=None, description="Where the webhook publisher POSTs (REGULARIZATION_WEBHOOK_URL).")
+    webhook_url: str | None = Field(
+        default=None, description="Where the webhook publisher POSTs (REGULARIZATION_WEBHOOK_URL)."
+    )
     webhook_secret: str | None = Field(
-        default=None, description="HMAC signing secret of the webhook publisher (REGULARIZATION_WEBHOOK_SECRET)."
+        default=None,
+        description="HMAC signing secret of the webhook publisher (REGULARIZATION_WEBHOOK_SECRET).",
     )
     connect_timeout_seconds: float = Field(default=3.0, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(default=10.0, description="Webhook read timeout.")
     handler_entry_point_group: str = Field(
-        default=HANDLER_ENTRY_POINT_GROUP, description="Entry-point group the python handlers are loaded from."
+        default=HANDLER_ENTRY_POINT_GROUP,
+        description="Entry-point group the python handlers are loaded from.",
     )
-    max_attempts: int = Field(default=8, ge=1, le=100, description="Delivery attempts before an event is dead-lettered.")
-    base_delay_seconds: float = Field(default=30.0, ge=0, le=86_400, description="First retry delay; doubles per attempt.")
-    max_delay_seconds: float = Field(default=3600.0, ge=0, le=86_400, description="Upper bound of the retry delay.")
-    lease_seconds: float = Field(default=120.0, gt=0, le=86_400, description="How long a claimed event is reserved for this run.")
+    max_attempts: int = Field(
+        default=8, ge=1, le=100, description="Delivery attempts before an event is dead-lettered."
+    )
+    base_delay_seconds: float = Field(
+        default=30.0, ge=0, le=86_400, description="First retry delay; doubles per attempt."
+    )
+    max_delay_seconds: float = Field(
+        default=3600.0, ge=0, le=86_400, description="Upper bound of the retry delay."
+    )
+    lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        description="How long a claimed event is reserved for this run.",
+    )
 
     def settings(self) -> PublisherSettings:
         """Raises ConfigurationError naming the offending fields (never the secret's value)."""
         return PublisherSettings.parse(
-            kinds=self.publishers, webhook_url=self.webhook_url, webhook_secret=self.webhook_secret,
-            connect_timeout_seconds=self.connect_timeout_seconds, read_timeout_seconds=self.read_timeout_seconds,
+            kinds=self.publishers,
+            webhook_url=self.webhook_url,
+            webhook_secret=self.webhook_secret,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            read_timeout_seconds=self.read_timeout_seconds,
             handler_entry_point_group=self.handler_entry_point_group,
         )
 
@@ -110,11 +138,21 @@ class EventPublisherResource(dg.ConfigurableResource):
         """The configured publishers; release them with core's close_publishers."""
         return build_publishers(self.settings())
 
-    def dispatcher(self, engine: sa.Engine, tables: tb.OwnedTables, publishers: list[Any],
-                   owner: str | None = None) -> OutboxDispatcher:
-        retry = RetryPolicy(max_attempts=self.max_attempts, base_delay_seconds=self.base_delay_seconds,
-                            max_delay_seconds=self.max_delay_seconds)
-        return OutboxDispatcher(engine, tables, publishers, retry=retry, lease_seconds=self.lease_seconds, owner=owner)
+    def dispatcher(
+        self,
+        engine: sa.Engine,
+        tables: tb.OwnedTables,
+        publishers: list[Any],
+        owner: str | None = None,
+    ) -> OutboxDispatcher:
+        retry = RetryPolicy(
+            max_attempts=self.max_attempts,
+            base_delay_seconds=self.base_delay_seconds,
+            max_delay_seconds=self.max_delay_seconds,
+        )
+        return OutboxDispatcher(
+            engine, tables, publishers, retry=retry, lease_seconds=self.lease_seconds, owner=owner
+        )
 
 
 class PaymentGatewayResource(dg.ConfigurableResource):
@@ -127,9 +165,12 @@ class PaymentGatewayResource(dg.ConfigurableResource):
     """
 
     base_url: str | None = Field(
-        default=None, description="Provider API base URL (REGULARIZATION_PROVIDER_URL); verification is off when unset."
+        default=None,
+        description="Provider API base URL (REGULARIZATION_PROVIDER_URL); verification is off when unset.",
     )
-    token: str | None = Field(default=None, description="Bearer token (REGULARIZATION_PROVIDER_TOKEN, via dg.EnvVar).")
+    token: str | None = Field(
+        default=None, description="Bearer token (REGULARIZATION_PROVIDER_TOKEN, via dg.EnvVar)."
+    )
     settings_file: str | None = Field(
         default=None,
         description="YAML file with the rest of the provider settings: path_template, status_path, the status values, "
@@ -150,7 +191,9 @@ class PaymentGatewayResource(dg.ConfigurableResource):
             return None
         settings = self.settings()
         if not self.token:
-            raise ConfigurationError("provider verification is on (base_url is set) but REGULARIZATION_PROVIDER_TOKEN is not")
+            raise ConfigurationError(
+                "provider verification is on (base_url is set) but REGULARIZATION_PROVIDER_TOKEN is not"
+            )
         return GatewayVerifier(settings, self.token)
 
 
@@ -164,21 +207,48 @@ class AlertResource(dg.ConfigurableResource):
     """
 
     webhook_url: str | None = Field(
-        default=None, description="Slack-compatible incoming webhook URL (REGULARIZATION_ALERT_WEBHOOK_URL); off when unset."
+        default=None,
+        description="Slack-compatible incoming webhook URL (REGULARIZATION_ALERT_WEBHOOK_URL); off when unset.",
     )
-    smtp_host: str | None = Field(default=None, description="SMTP server (REGULARIZATION_ALERT_SMTP_HOST); e-mail is off when unset.")
-    smtp_port: int = Field(default=25, ge=1, le=65_535, description="SMTP port (REGULARIZATION_ALERT_SMTP_PORT).")
-    smtp_from: str = Field(default="regularization@localhost", description="Sender address (REGULARIZATION_ALERT_SMTP_FROM).")
-    smtp_to: list[str] = Field(default=[], description="Recipients (REGULARIZATION_ALERT_SMTP_TO, comma-separated).")
-    smtp_starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS (REGULARIZATION_ALERT_SMTP_STARTTLS).")
-    smtp_username: str | None = Field(default=None, description="SMTP login (REGULARIZATION_ALERT_SMTP_USERNAME); no login when unset.")
-    smtp_password: str | None = Field(default=None, description="SMTP password (REGULARIZATION_ALERT_SMTP_PASSWORD, via dg.EnvVar).")
-    timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Connect and read timeout of each channel.")
+    smtp_host: str | None = Field(
+        default=None,
+        description="SMTP server (REGULARIZATION_ALERT_SMTP_HOST); e-mail is off when unset.",
+    )
+    smtp_port: int = Field(
+        default=25, ge=1, le=65_535, description="SMTP port (REGULARIZATION_ALERT_SMTP_PORT)."
+    )
+    smtp_from: str = Field(
+        default="regularization@localhost",
+        description="Sender address (REGULARIZATION_ALERT_SMTP_FROM).",
+    )
+    smtp_to: list[str] = Field(
+        default=[], description="Recipients (REGULARIZATION_ALERT_SMTP_TO, comma-separated)."
+    )
+    smtp_starttls: bool = Field(
+        default=False,
+        description="Upgrade the connection with STARTTLS (REGULARIZATION_ALERT_SMTP_STARTTLS).",
+    )
+    smtp_username: str | None = Field(
+        default=None,
+        description="SMTP login (REGULARIZATION_ALERT_SMTP_USERNAME); no login when unset.",
+    )
+    smtp_password: str | None = Field(
+        default=None,
+        description="SMTP password (REGULARIZATION_ALERT_SMTP_PASSWORD, via dg.EnvVar).",
+    )
+    timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Connect and read timeout of each channel."
+    )
     stale_orphan_minutes: float = Field(
-        default=60.0, gt=0, description="Alert when the oldest orphan's payment is older than this: the webhook path is likely broken."
+        default=60.0,
+        gt=0,
+        description="Alert when the oldest orphan's payment is older than this: the webhook path is likely broken.",
     )
     max_error_rate: float = Field(
-        default=0.2, ge=0, le=1, description="Alert when a run's error_rate (failed + quarantined over processed) exceeds this."
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Alert when a run's error_rate (failed + quarantined over processed) exceeds this.",
     )
 
     def channels(self) -> list[Channel]:
@@ -187,7 +257,16 @@ class AlertResource(dg.ConfigurableResource):
         if self.webhook_url:
             found.append(WebhookChannel(self.webhook_url, timeout_seconds=self.timeout_seconds))
         if self.smtp_host and self.smtp_to:
-            found.append(EmailChannel(self.smtp_host, self.smtp_port, self.smtp_from, list(self.smtp_to),
-                                      starttls=self.smtp_starttls, username=self.smtp_username,
-                                      password=self.smtp_password, timeout_seconds=self.timeout_seconds))
+            found.append(
+                EmailChannel(
+                    self.smtp_host,
+                    self.smtp_port,
+                    self.smtp_from,
+                    list(self.smtp_to),
+                    starttls=self.smtp_starttls,
+                    username=self.smtp_username,
+                    password=self.smtp_password,
+                    timeout_seconds=self.timeout_seconds,
+                )
+            )
         return found

@@ -84,12 +84,20 @@ def _dagster_home() -> Path:
 def _orders_by_status(engine: sa.Engine) -> dict[str, int]:
     orders = ShopWriter(engine).tables.orders
     with engine.connect() as conn:
-        return dict(conn.execute(sa.select(orders.c.status, sa.func.count()).group_by(orders.c.status)).all())
+        return dict(
+            conn.execute(
+                sa.select(orders.c.status, sa.func.count()).group_by(orders.c.status)
+            ).all()
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regularization_pipeline.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--sleep", type=float, default=0.01, help="seconds between orders (default 0.01)")
+    parser = argparse.ArgumentParser(
+        prog="python -m regularization_pipeline.demo", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--sleep", type=float, default=0.01, help="seconds between orders (default 0.01)"
+    )
     args = parser.parse_args(argv)
 
     shop_path = SHOP_PATH.resolve()
@@ -105,12 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     engine = create_app_engine(url)
     kinds = build_shop(engine)
     revision = migrations.upgrade(engine, SchemaMapping().table_prefix)
-    print(f"Demo shop {SHOP_PATH}: {sum(kinds.values())} orders ("
-          + ", ".join(f"{n} {kind}" for kind, n in kinds.items()) + f"); migrated to revision {revision}")
+    print(
+        f"Demo shop {SHOP_PATH}: {sum(kinds.values())} orders ("
+        + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        + f"); migrated to revision {revision}"
+    )
 
     from regularization_pipeline.cli import BusyError, launch_job, print_report
 
-    print(f"Running the job regularize_completed_orders once (sleep {args.sleep} s) on the instance in {home} ...")
+    print(
+        f"Running the job regularize_completed_orders once (sleep {args.sleep} s) on the instance in {home} ..."
+    )
     try:
         report = launch_job(_instance(), {"sleep": args.sleep})
     except BusyError as exc:
@@ -123,22 +136,40 @@ def main(argv: list[str] | None = None) -> int:
     m = report.metrics
     print()
     print("What happened:")
-    print(f"  regularized: {m['regularized']} of {m['orphans_found']} pending orders with a completed payment "
-          f"(oldest paid {m['oldest_orphan_age_minutes']:.0f} min ago); {m['failed']} failed, {m['skipped']} skipped; "
-          "the rest are inconsistent")
-    print(f"  left to their webhook: {RECENT} orders paid less than {d.DEFAULT_MIN_AGE_MINUTES} min ago")
-    kinds_found = {k.removeprefix("inconsistent_"): int(v) for k, v in m.items()
-                   if k.startswith("inconsistent_") and v}
-    print("  inconsistent, reported and not fixed: "
-          + (", ".join(f"{kind} {n}" for kind, n in kinds_found.items()) or "none"))
-    print(f"  OrderCompleted events delivered: {report.events.get('delivered', 0)} "
-          f"(retried {report.events.get('retried', 0)}, dead {report.events.get('dead', 0)})")
+    print(
+        f"  regularized: {m['regularized']} of {m['orphans_found']} pending orders with a completed payment "
+        f"(oldest paid {m['oldest_orphan_age_minutes']:.0f} min ago); {m['failed']} failed, {m['skipped']} skipped; "
+        "the rest are inconsistent"
+    )
+    print(
+        f"  left to their webhook: {RECENT} orders paid less than {d.DEFAULT_MIN_AGE_MINUTES} min ago"
+    )
+    kinds_found = {
+        k.removeprefix("inconsistent_"): int(v)
+        for k, v in m.items()
+        if k.startswith("inconsistent_") and v
+    }
+    print(
+        "  inconsistent, reported and not fixed: "
+        + (", ".join(f"{kind} {n}" for kind, n in kinds_found.items()) or "none")
+    )
+    print(
+        f"  OrderCompleted events delivered: {report.events.get('delivered', 0)} "
+        f"(retried {report.events.get('retried', 0)}, dead {report.events.get('dead', 0)})"
+    )
     print("  handlers: " + ", ".join(f"{table} {n}" for table, n in effect_counts(engine).items()))
-    print("  orders by status now: " + ", ".join(f"{s} {n}" for s, n in sorted(_orders_by_status(engine).items())))
+    print(
+        "  orders by status now: "
+        + ", ".join(f"{s} {n}" for s, n in sorted(_orders_by_status(engine).items()))
+    )
     engine.dispose()
     print()
-    print("Open the UI with `make dev`, then http://127.0.0.1:3000: the run above, the assets' metadata,")
-    print("the checks on app_orders and the schedule. `make demo` again rebuilds the shop from scratch.")
+    print(
+        "Open the UI with `make dev`, then http://127.0.0.1:3000: the run above, the assets' metadata,"
+    )
+    print(
+        "the checks on app_orders and the schedule. `make demo` again rebuilds the shop from scratch."
+    )
     return 0
 
 

@@ -27,7 +27,8 @@ metadata = sa.MetaData()
 
 def _effect_table(name: str) -> sa.Table:
     return sa.Table(
-        name, metadata,
+        name,
+        metadata,
         sa.Column("idempotency_key", sa.String(128), primary_key=True),
         sa.Column("order_id", sa.String(64), nullable=False),
         sa.Column("event_id", sa.String(36), nullable=False),
@@ -57,10 +58,18 @@ def _record_once(table: sa.Table, event: OrderCompleted) -> bool:
     engine = _engine()
     # Checked on every call, not once per process: the shop may be rebuilt under a long-lived worker.
     table.create(engine, checkfirst=True)
-    row = {"idempotency_key": event.idempotency_key, "order_id": event.order_id, "event_id": event.event_id,
-           "created_at": utcnow()}
+    row = {
+        "idempotency_key": event.idempotency_key,
+        "order_id": event.order_id,
+        "event_id": event.event_id,
+        "created_at": utcnow(),
+    }
     with engine.begin() as conn:
-        if conn.execute(sa.select(table.c.idempotency_key).where(table.c.idempotency_key == row["idempotency_key"])).first():
+        if conn.execute(
+            sa.select(table.c.idempotency_key).where(
+                table.c.idempotency_key == row["idempotency_key"]
+            )
+        ).first():
             return False
         try:
             conn.execute(table.insert().values(row))
@@ -88,5 +97,7 @@ def effect_counts(engine: sa.Engine) -> dict[str, int]:
     """Rows per demo table, for the demo's report and the tests."""
     metadata.create_all(engine)
     with engine.connect() as conn:
-        return {table.name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-                for table in (enrollments, notifications, subscriptions)}
+        return {
+            table.name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            for table in (enrollments, notifications, subscriptions)
+        }

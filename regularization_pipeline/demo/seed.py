@@ -46,15 +46,21 @@ def seed(engine: sa.Engine) -> Counter | None:
     orders = shop.tables.orders
     if sa.inspect(engine).has_table(orders.name):
         with engine.connect() as conn:
-            already_seeded = bool(conn.execute(sa.select(sa.func.count()).select_from(orders)).scalar_one())
+            already_seeded = bool(
+                conn.execute(sa.select(sa.func.count()).select_from(orders)).scalar_one()
+            )
         if already_seeded:
             migrations.upgrade(engine, SchemaMapping().table_prefix)
             return None
     kinds = build_shop(engine)
     with engine.begin() as conn:
-        conn.execute(shop.tables.customers.insert(), [
-            {"id": n, "name": f"Demo Customer {n}", "email": customer_email(n)} for n in range(1, CUSTOMER_ORPHANS + 1)
-        ])
+        conn.execute(
+            shop.tables.customers.insert(),
+            [
+                {"id": n, "name": f"Demo Customer {n}", "email": customer_email(n)}
+                for n in range(1, CUSTOMER_ORPHANS + 1)
+            ],
+        )
     for n in range(1, CUSTOMER_ORPHANS + 1):
         shop.orphan(paid_minutes_ago=30 + n, customer_id=n)
     kinds["orphaned"] += CUSTOMER_ORPHANS
@@ -63,8 +69,9 @@ def seed(engine: sa.Engine) -> Counter | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regularization_pipeline.demo.seed",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m regularization_pipeline.demo.seed", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--url", help=f"SQLAlchemy URL of the shop (default: ${DATABASE_URL_ENV})")
     args = parser.parse_args(argv)
     try:
@@ -80,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if kinds is None:
         print("demo shop already seeded: left as it is (our tables migrated)")
     else:
-        print(f"demo shop seeded: {sum(kinds.values())} orders ("
-              + ", ".join(f"{n} {kind}" for kind, n in kinds.items()) + "); our tables migrated")
+        print(
+            f"demo shop seeded: {sum(kinds.values())} orders ("
+            + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+            + "); our tables migrated"
+        )
     return 0
 
 

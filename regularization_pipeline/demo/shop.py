@@ -35,13 +35,19 @@ def shop_tables(mapping: SchemaMapping | None = None, *, with_indexes: bool = Tr
     o, t = m.orders, m.transactions
     md = sa.MetaData()
     customers = sa.Table(
-        "customers", md,
+        "customers",
+        md,
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("name", sa.String(120)),
         sa.Column("email", sa.String(200)),
     )
     ocols = [
-        sa.Column(o.id, sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            o.id,
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("customer_id", sa.Integer),
         sa.Column(o.status, sa.String(32), nullable=False),
         sa.Column(o.total, sa.Numeric(12, 2)),
@@ -55,7 +61,12 @@ def shop_tables(mapping: SchemaMapping | None = None, *, with_indexes: bool = Tr
         ocols.append(sa.Column(o.deleted_at, sa.DateTime))
     orders = sa.Table(o.table, md, *ocols)
     tcols = [
-        sa.Column(t.id, sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            t.id,
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column(t.order_id, sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
         sa.Column(t.status, sa.String(32), nullable=False),
         sa.Column(t.amount, sa.Numeric(12, 2)),
@@ -96,12 +107,24 @@ class ShopWriter:
         self.tables.metadata.create_all(self.engine)
         return self
 
-    def order(self, *, status: str | None = None, total: Any = "49.90", currency: str = "EUR",
-              age_minutes: float = 120, deleted: bool = False, customer_id: int | None = None) -> Any:
+    def order(
+        self,
+        *,
+        status: str | None = None,
+        total: Any = "49.90",
+        currency: str = "EUR",
+        age_minutes: float = 120,
+        deleted: bool = False,
+        customer_id: int | None = None,
+    ) -> Any:
         m = self.mapping.orders
         created = self.now - dt.timedelta(minutes=age_minutes + 5)
-        values = {m.status: status or self.mapping.statuses.order_pending[0], m.total: total,
-                  m.created_at: created, "customer_id": customer_id}
+        values = {
+            m.status: status or self.mapping.statuses.order_pending[0],
+            m.total: total,
+            m.created_at: created,
+            "customer_id": customer_id,
+        }
         if m.currency:
             values[m.currency] = currency
         if m.updated_at:
@@ -111,12 +134,24 @@ class ShopWriter:
         with self.engine.begin() as conn:
             return conn.execute(self.tables.orders.insert().values(values)).inserted_primary_key[0]
 
-    def payment(self, order_id: Any, *, status: str | None = None, amount: Any = "49.90", currency: str = "EUR",
-                completed_minutes_ago: float | None = 60) -> Any:
+    def payment(
+        self,
+        order_id: Any,
+        *,
+        status: str | None = None,
+        amount: Any = "49.90",
+        currency: str = "EUR",
+        completed_minutes_ago: float | None = 60,
+    ) -> Any:
         t = self.mapping.transactions
         when = self.now - dt.timedelta(minutes=completed_minutes_ago or 0)
-        values = {t.order_id: order_id, t.status: status or self.mapping.statuses.transaction_completed[0],
-                  t.amount: amount, t.updated_at: when, "card_last4": "4242"}
+        values = {
+            t.order_id: order_id,
+            t.status: status or self.mapping.statuses.transaction_completed[0],
+            t.amount: amount,
+            t.updated_at: when,
+            "card_last4": "4242",
+        }
         if t.currency:
             values[t.currency] = currency
         if t.completed_at:
@@ -124,12 +159,25 @@ class ShopWriter:
         if t.reference:
             values[t.reference] = f"pay_{self.rng.randrange(10**12):012d}"
         with self.engine.begin() as conn:
-            return conn.execute(self.tables.transactions.insert().values(values)).inserted_primary_key[0]
+            return conn.execute(
+                self.tables.transactions.insert().values(values)
+            ).inserted_primary_key[0]
 
-    def orphan(self, *, amount: Any = "49.90", currency: str = "EUR", paid_minutes_ago: float = 60, **order_kw) -> Any:
+    def orphan(
+        self,
+        *,
+        amount: Any = "49.90",
+        currency: str = "EUR",
+        paid_minutes_ago: float = 60,
+        **order_kw,
+    ) -> Any:
         """A pending order whose payment completed but whose webhook never arrived."""
-        order_id = self.order(total=amount, currency=currency, age_minutes=paid_minutes_ago, **order_kw)
-        self.payment(order_id, amount=amount, currency=currency, completed_minutes_ago=paid_minutes_ago)
+        order_id = self.order(
+            total=amount, currency=currency, age_minutes=paid_minutes_ago, **order_kw
+        )
+        self.payment(
+            order_id, amount=amount, currency=currency, completed_minutes_ago=paid_minutes_ago
+        )
         return order_id
 
     def orphans(self, count: int, **kw) -> list:
@@ -139,7 +187,12 @@ class ShopWriter:
         amount = kw.get("amount", "49.90")
         rows = []
         for _ in range(count):
-            row = {m.status: self.mapping.statuses.order_pending[0], m.total: amount, m.created_at: paid, "customer_id": None}
+            row = {
+                m.status: self.mapping.statuses.order_pending[0],
+                m.total: amount,
+                m.created_at: paid,
+                "customer_id": None,
+            }
             if m.currency:
                 row[m.currency] = "EUR"
             if m.updated_at:
@@ -148,15 +201,26 @@ class ShopWriter:
                 row[m.deleted_at] = None
             rows.append(row)
         with self.engine.begin() as conn:
-            before = conn.execute(sa.select(sa.func.coalesce(sa.func.max(self.tables.orders.c[m.id]), 0))).scalar_one()
+            before = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(self.tables.orders.c[m.id]), 0))
+            ).scalar_one()
             conn.execute(self.tables.orders.insert(), rows)
-            ids = list(conn.execute(
-                sa.select(self.tables.orders.c[m.id]).where(self.tables.orders.c[m.id] > before).order_by(self.tables.orders.c[m.id])
-            ).scalars())
+            ids = list(
+                conn.execute(
+                    sa.select(self.tables.orders.c[m.id])
+                    .where(self.tables.orders.c[m.id] > before)
+                    .order_by(self.tables.orders.c[m.id])
+                ).scalars()
+            )
             txs = []
             for oid in ids:
-                tx = {t.order_id: oid, t.status: self.mapping.statuses.transaction_completed[0], t.amount: amount,
-                      t.updated_at: paid, "card_last4": "4242"}
+                tx = {
+                    t.order_id: oid,
+                    t.status: self.mapping.statuses.transaction_completed[0],
+                    t.amount: amount,
+                    t.updated_at: paid,
+                    "card_last4": "4242",
+                }
                 if t.currency:
                     tx[t.currency] = "EUR"
                 if t.completed_at:
@@ -170,4 +234,8 @@ class ShopWriter:
     def status_of(self, order_id: Any) -> str:
         m = self.mapping.orders
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(self.tables.orders.c[m.status]).where(self.tables.orders.c[m.id] == order_id)).scalar_one()
+            return conn.execute(
+                sa.select(self.tables.orders.c[m.status]).where(
+                    self.tables.orders.c[m.id] == order_id
+                )
+            ).scalar_one()

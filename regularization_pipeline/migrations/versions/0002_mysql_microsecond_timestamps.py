@@ -8,6 +8,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-25
 """
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
@@ -19,8 +20,13 @@ depends_on = None
 
 _COLUMNS = {
     "audit": {"transaction_completed_at": True, "created_at": False},
-    "outbox": {"next_attempt_at": False, "lease_expires_at": True, "created_at": False,
-               "delivered_at": True, "updated_at": False},
+    "outbox": {
+        "next_attempt_at": False,
+        "lease_expires_at": True,
+        "created_at": False,
+        "delivered_at": True,
+        "updated_at": False,
+    },
     "order_attempts": {"quarantined_at": True, "updated_at": False},
     "event_deliveries": {"delivered_at": False},
 }
@@ -31,8 +37,13 @@ def _alter(table_prefix: str, to: sa.types.TypeEngine, from_: sa.types.TypeEngin
         return
     for table, columns in _COLUMNS.items():
         for column, nullable in columns.items():
-            op.alter_column(f"{table_prefix}{table}", column, type_=to, existing_type=from_,
-                            existing_nullable=nullable)
+            op.alter_column(
+                f"{table_prefix}{table}",
+                column,
+                type_=to,
+                existing_type=from_,
+                existing_nullable=nullable,
+            )
 
 
 def upgrade(table_prefix: str) -> None:
