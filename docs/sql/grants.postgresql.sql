@@ -24,7 +24,7 @@
 --     scan deletes the inconsistencies that cleared); their id sequences: USAGE.
 --   * our alembic version table: SELECT only, the run checks the revision; migrations run as
 --     the owner, never as this role.
--- No access to any other table (customers, users...): tests/test_reliability_security.py proves a
+-- No access to any other table (customers, users...): tests/reliability/test_security.py proves a
 -- run and a dispatch work with exactly these grants, and that another orders column is refused.
 --
 -- The role gets no password here: set one with \password, or use your own authentication.

@@ -1,0 +1,77 @@
+"""insert_many: what a batch writes comes back exactly, on every backend (COPY on PostgreSQL)."""
+
+import datetime as dt
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from regularization_pipeline.core.db import insert_many
+from tests.support.rows import owned
+
+AWKWARD_REASONS = [
+    "",  # an empty string is not NULL
+    'a "quoted", comma-separated\nmulti-line reason',
+    "Zahlung bestätigt — 支払い済み",
+    "\\N and \\t are text, not escapes",
+]
+
+
+def test_insert_many_round_trips_nulls_quotes_newlines_and_times(shop):
+    audit = owned(shop).audit
+    naive = dt.datetime(2026, 11, 25, 10, 30, 15, 123456)
+    aware = dt.datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    rows = [
+        dict(
+            run_id="r",
+            order_id=str(n),
+            transaction_id=None if n % 2 else f"tx-{n}",
+            action="regularized",
+            reason=reason,
+            attempt=n,
+            order_status="pending",
+            order_amount=Decimal("49.90") if n else None,
+            transaction_amount=Decimal("-0.000001"),
+            currency=None,
+            transaction_completed_at=aware if n else None,
+            created_at=naive,
+        )
+        for n, reason in enumerate(AWKWARD_REASONS)
+    ]
+
+    with shop.engine.begin() as conn:
+        insert_many(conn, audit, rows)
+        insert_many(conn, audit, [])  # nothing to do: no statement, no error
+
+    with shop.engine.connect() as conn:
+        stored = conn.execute(sa.select(audit).order_by(audit.c.attempt)).mappings().all()
+    assert [r["reason"] for r in stored] == AWKWARD_REASONS
+    assert [r["transaction_id"] for r in stored] == ["tx-0", None, "tx-2", None]
+    assert [r["currency"] for r in stored] == [None] * 4
+    assert stored[0]["order_amount"] is None and stored[1]["order_amount"] == Decimal("49.90")
+    assert {r["transaction_amount"] for r in stored} == {Decimal("-0.000001")}
+    assert stored[0]["transaction_completed_at"] is None
+    # An aware time is stored as naive UTC, the convention of every timestamp we write.
+    assert {r["transaction_completed_at"] for r in stored[1:]} == {
+        dt.datetime(2026, 11, 25, 10, 30, 15, 123456)
+    }
+    assert {r["created_at"] for r in stored} == {naive}
+
+
+def test_insert_many_is_part_of_the_callers_transaction(shop):
+    audit = owned(shop).audit
+    row = dict(
+        run_id="r",
+        order_id="1",
+        action="failed",
+        reason="rolled back",
+        attempt=0,
+        created_at=dt.datetime(2026, 1, 1),
+    )
+    try:
+        with shop.engine.begin() as conn:
+            insert_many(conn, audit, [row])
+            raise RuntimeError("the batch fails after its inserts")
+    except RuntimeError:
+        pass
+    with shop.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one() == 0

@@ -1,0 +1,54 @@
+"""Real processes the tests start and wait for: free ports, HTTP readiness, the venv's commands."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import sqlalchemy as sa
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, processes: list[subprocess.Popen], timeout: float = 90) -> None:
+    """Until ``url`` answers 200; fails at once when one of ``processes`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in processes:
+            assert proc.poll() is None, f"{proc.args[0]} exited early with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback test server
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def dagster_pg_env(url: sa.URL, network: str = "regularization_network") -> dict[str, str]:
+    """The variables docker/dagster.yaml reads, pointing at ``url``."""
+    return {
+        "DAGSTER_POSTGRES_HOSTNAME": url.host or "127.0.0.1",
+        "DAGSTER_POSTGRES_PORT": str(url.port or 5432),
+        "DAGSTER_POSTGRES_USER": url.username or "postgres",
+        "DAGSTER_POSTGRES_PASSWORD": url.password or "",
+        "DAGSTER_POSTGRES_DB": url.database,
+        "DAGSTER_DOCKER_NETWORK": network,
+    }
+
+
+def table_value(stdout: str, metric: str) -> str:
+    """A metric's value in the CLI's two-column table."""
+    (line,) = [line for line in stdout.splitlines() if line.split()[:1] == [metric]]
+    return line.split()[1]
