@@ -26,8 +26,10 @@ import sqlalchemy as sa
 
 from bench import shopgen
 from regularization_pipeline.core import detection as d
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.core.inconsistencies import InconsistencyTracker
+from regularization_pipeline.core.inconsistency_scan import inconsistency_report
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.schema import SchemaMapping, bind_schema
 
@@ -163,7 +165,7 @@ def sent_statements(engine: sa.Engine, fn: Callable[[], object]) -> list[tuple[s
 
 
 def bench_detection(report: Report, engine: sa.Engine, schema, repeat: int, label: str) -> None:
-    now = d.utcnow()
+    now = utcnow()
     window = d.ScanWindow(now=now)
     day = d.ScanWindow(now=now, lookback_hours=24)
     params = {"not_after": window.not_after}
@@ -222,7 +224,7 @@ def bench_detection(report: Report, engine: sa.Engine, schema, repeat: int, labe
 
     def report_all():
         with engine.connect() as conn:
-            return d.inconsistency_report(conn, schema, window, sample_size=0)
+            return inconsistency_report(conn, schema, window, sample_size=0)
 
     report.figure(
         f"detection_inconsistency_report_ms{label}",
@@ -234,7 +236,7 @@ def bench_detection(report: Report, engine: sa.Engine, schema, repeat: int, labe
     tracker = InconsistencyTracker(engine, schema)
     tracked = tracker.refresh(full=True)
     with engine.connect() as conn:
-        scanned = d.inconsistency_report(conn, schema, sample_size=None)
+        scanned = inconsistency_report(conn, schema, sample_size=None)
     if tracked.order_ids != scanned.order_ids:
         raise AssertionError(
             f"the tracked inconsistencies and a full scan disagree: {tracked.counts} vs {scanned.counts}"
@@ -345,9 +347,7 @@ def bench_throughput(report: Report, engine: sa.Engine, schema, orders: int, rep
     ids = shopgen.add_orphans(engine, orders, seed=2)
     # Only these orphans are due: the generated backlog is completed first. The pending
     # inconsistent orders stay as they are, reported by every run as in a real shop.
-    regularizable = d.regularizable_condition(
-        schema, d.ScanWindow(now=d.utcnow(), min_age_minutes=0)
-    )
+    regularizable = d.regularizable_condition(schema, d.ScanWindow(now=utcnow(), min_age_minutes=0))
     with engine.begin() as conn:
         conn.execute(
             schema.orders.update()

@@ -40,12 +40,14 @@ from pydantic import ValidationError
 
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import migrations, operator_tools, retention
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.db import (
     check_reachable,
     create_app_engine,
     database_url_from_env,
 )
 from regularization_pipeline.core.errors import ConfigurationError, RegularizationError
+from regularization_pipeline.core.run import RunOptions
 from regularization_pipeline.core.schema import AppSchema, bind_schema, load_mapping
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
@@ -386,8 +388,7 @@ def _window(
     args: argparse.Namespace, parser: argparse.ArgumentParser, min_age: float | None
 ) -> d.ScanWindow:
     try:
-        return d.ScanWindow(
-            now=d.utcnow(),
+        options = RunOptions.parse(
             min_age_minutes=d.DEFAULT_MIN_AGE_MINUTES if min_age is None else min_age,
             lookback_hours=args.hours,
             since=args.since,
@@ -397,6 +398,7 @@ def _window(
         parser.error(
             str(exc).replace("lookback_hours", "--hours").replace("min_age_minutes", "--min-age")
         )
+    return options.window(utcnow())
 
 
 def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out=None) -> None:
@@ -461,18 +463,10 @@ def _payment_verifier():
 
     # Loading the definitions warns about Dagster beta APIs: noise on an operator's terminal.
     warnings.filterwarnings("ignore", module="dagster")
-    from regularization_pipeline.definitions import (
-        PROVIDER_SETTINGS_ENV,
-        PROVIDER_TOKEN_ENV,
-        PROVIDER_URL_ENV,
-    )
     from regularization_pipeline.defs.resources import PaymentGatewayResource
 
-    return PaymentGatewayResource(
-        base_url=os.environ.get(PROVIDER_URL_ENV) or None,
-        token=os.environ.get(PROVIDER_TOKEN_ENV) or None,
-        settings_file=os.environ.get(PROVIDER_SETTINGS_ENV) or None,
-    ).verifier()
+    # The resource the code location builds, its EnvVar fields resolved as a run would.
+    return PaymentGatewayResource.from_env().process_config_and_initialize().verifier()
 
 
 def cmd_regularize_order(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -576,17 +570,7 @@ Command = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 DEFAULT_COMMAND = "run"
 
 
-def build_parser() -> tuple[
-    argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, Command]]
-]:
-    parser = argparse.ArgumentParser(
-        prog="regularize-completed-orders",
-        description="Complete orders left pending after a lost payment webhook. "
-        f"Without a command, runs `{DEFAULT_COMMAND}`.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands: dict[str, tuple[argparse.ArgumentParser, Command]] = {}
-
+def _register_run(sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]) -> None:
     run = sub.add_parser(
         "run",
         help="run the regularization job once (the default)",
@@ -595,6 +579,8 @@ def build_parser() -> tuple[
     _add_run_options(run)
     commands["run"] = (run, cmd_run)
 
+
+def _register_migrate(sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]) -> None:
     migrate = sub.add_parser(
         "migrate",
         help="create or upgrade this project's tables in REGULARIZATION_DATABASE_URL",
@@ -602,6 +588,10 @@ def build_parser() -> tuple[
     )
     commands["migrate"] = (migrate, cmd_migrate)
 
+
+def _register_regularize_order(
+    sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]
+) -> None:
     one = sub.add_parser(
         "regularize-order",
         help="regularize one orphaned order now, with every guarantee of a run",
@@ -627,6 +617,8 @@ def build_parser() -> tuple[
     )
     commands["regularize-order"] = (one, cmd_regularize_order)
 
+
+def _register_release(sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]) -> None:
     release = sub.add_parser(
         "release",
         help="lift an order's quarantine so the next run retries it",
@@ -637,6 +629,10 @@ def build_parser() -> tuple[
     )
     commands["release"] = (release, cmd_release)
 
+
+def _register_list_orphans(
+    sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]
+) -> None:
     orphans = sub.add_parser(
         "list-orphans",
         help="list orphaned orders (read-only)",
@@ -650,6 +646,10 @@ def build_parser() -> tuple[
     _add_format(orphans)
     commands["list-orphans"] = (orphans, cmd_list_orphans)
 
+
+def _register_list_inconsistencies(
+    sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]
+) -> None:
     inconsistent = sub.add_parser(
         "list-inconsistencies",
         help="list what the pipeline reports and never fixes (read-only)",
@@ -660,6 +660,8 @@ def build_parser() -> tuple[
     _add_format(inconsistent)
     commands["list-inconsistencies"] = (inconsistent, cmd_list_inconsistencies)
 
+
+def _register_redeliver(sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]) -> None:
     redeliver = sub.add_parser(
         "redeliver",
         help="put dead-lettered OrderCompleted events back in the queue",
@@ -681,6 +683,8 @@ def build_parser() -> tuple[
     )
     commands["redeliver"] = (redeliver, cmd_redeliver)
 
+
+def _register_prune(sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]) -> None:
     prune = sub.add_parser(
         "prune",
         help="delete audit rows and settled outbox events older than the retention",
@@ -698,6 +702,26 @@ def build_parser() -> tuple[
         "--dry-run", action="store_true", help="count what would be pruned, delete nothing"
     )
     commands["prune"] = (prune, cmd_prune)
+
+
+def build_parser() -> tuple[
+    argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, Command]]
+]:
+    parser = argparse.ArgumentParser(
+        prog="regularize-completed-orders",
+        description="Complete orders left pending after a lost payment webhook. "
+        f"Without a command, runs `{DEFAULT_COMMAND}`.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands: dict[str, tuple[argparse.ArgumentParser, Command]] = {}
+    _register_run(sub, commands)
+    _register_migrate(sub, commands)
+    _register_regularize_order(sub, commands)
+    _register_release(sub, commands)
+    _register_list_orphans(sub, commands)
+    _register_list_inconsistencies(sub, commands)
+    _register_redeliver(sub, commands)
+    _register_prune(sub, commands)
     return parser, commands
 
 

@@ -1,4 +1,12 @@
-"""Errors the pipeline raises on purpose, each with a message an operator can act on."""
+"""Errors the pipeline raises on purpose, and how any error is described where people read it.
+
+Every message names what an operator can act on; :func:`describe_error` is the only
+text of an unexpected error that reaches logs, the audit trail and the UI.
+"""
+
+from __future__ import annotations
+
+import re
 
 
 class RegularizationError(Exception):
@@ -19,3 +27,55 @@ class MigrationsMissingError(RegularizationError):
 
 class DatabaseUnavailableError(RegularizationError):
     """The application database cannot be reached."""
+
+
+# --- describing and classifying errors ---------------------------------------------------
+
+# What a database's own message can quote of the application's data: a duplicate key
+# ("Duplicate entry 'jane@example.com'"), a value that did not parse, a trigger's text.
+# PostgreSQL quotes a value after a colon (`invalid input syntax for type integer: "x"`) and
+# names (`database "shop"`) without one: the names stay, they are what an operator needs.
+_QUOTED = re.compile(r"'[^']*'|(?<=: )\"[^\"]*\"")
+_EMAIL = re.compile(r"[^\s@,;:()]+@[^\s@,;:()]+")
+_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){8,}")  # card and account numbers, phone numbers
+
+_DEADLOCK_SQLSTATES = {"40P01", "40001"}  # PostgreSQL: deadlock_detected, serialization_failure
+_DEADLOCK_MYSQL_ERRORS = {1213}  # ER_LOCK_DEADLOCK
+
+
+def redact(text: str) -> str:
+    """``text`` without quoted values, e-mail addresses or long digit runs."""
+    return _DIGIT_RUN.sub("#", _EMAIL.sub("<e-mail>", _QUOTED.sub("'…'", text)))
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error class, the database's error code, and the first line of its message, redacted.
+
+    Engines hide bound parameters, but a database's message can still quote the
+    data it choked on; this text goes to logs, the audit trail and the UI.
+    """
+    orig = getattr(exc, "orig", None)
+    name = type(exc).__name__
+    if orig is not None:
+        name += f" ({type(orig).__module__}.{type(orig).__name__})"
+    args = getattr(orig, "args", ())
+    # PyMySQL: (errno, message)
+    mysql_code = args[0] if len(args) == 2 and isinstance(args[0], int) else None
+    code = getattr(orig, "pgcode", None) or mysql_code
+    if code is not None:
+        name += f" [{code}]"
+    if mysql_code is not None:
+        text = str(args[1]).strip()
+    else:
+        text = str(orig if orig is not None else exc).strip()
+    first = redact(text.splitlines()[0]) if text else ""
+    return f"{name}: {first}"[:480] if first else name
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether the database rolled the transaction back to break a deadlock (safe to try again)."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "pgcode", None) in _DEADLOCK_SQLSTATES:
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in _DEADLOCK_MYSQL_ERRORS

@@ -23,51 +23,35 @@ run that start together do the work once.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.attempts import note_attempt
+from regularization_pipeline.core.audit import Decision, write_audit
+from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.errors import describe_error
+from regularization_pipeline.core.inconsistency_scan import (
+    InconsistencyReport,
+    inconsistency_report,
+    order_id_sort_key,
+    with_provider_failures,
+)
 from regularization_pipeline.core.migrations import require_migrated
+from regularization_pipeline.core.run import RunContext
 from regularization_pipeline.core.schema import AppSchema
+from regularization_pipeline.core.verification import Verdict
+
+log = logging.getLogger("regularization_pipeline.regularizer")
 
 SCAN_NAME = "inconsistencies"  # the scan_state row, created by migration 0003
 FULL_SCAN_EVERY = dt.timedelta(hours=24)
 LATE_COMMIT_MARGIN = dt.timedelta(hours=1)
 # Past this many orders to re-examine, one full scan is cheaper than the probes.
 MAX_SCOPED_ORDERS = 20_000
-
-
-def with_provider_failures(
-    conn: sa.Connection, schema: AppSchema, report: d.InconsistencyReport
-) -> d.InconsistencyReport:
-    """``report`` with the pending orders held because the provider said their payment failed or was refunded.
-
-    SQL cannot see that kind: it is known from the run that asked the provider,
-    which holds the order (quarantine) so it is not asked again every five
-    minutes. It stays open while the order is pending and held; ``release`` lets
-    the next run ask again.
-    """
-    s, at = schema, tb.owned_tables(schema.mapping.table_prefix).attempts
-    keys = list(
-        conn.execute(
-            sa.select(at.c.order_id).where(
-                at.c.quarantined_at.is_not(None),
-                at.c.last_outcome == tb.INCONSISTENT,
-                at.c.last_reason.startswith(f"{d.PROVIDER_FAILED}:", autoescape=True),
-            )
-        ).scalars()
-    )
-    ids = []
-    if keys:  # usually none: the orders table is only read when some are held
-        held = sa.select(s.o("id")).where(
-            sa.cast(s.o("id"), sa.String).in_(keys), *d.order_is_pending(s)
-        )
-        ids = sorted(conn.execute(held).scalars(), key=d.order_id_sort_key)
-    report.order_ids[d.PROVIDER_FAILED], report.counts[d.PROVIDER_FAILED] = ids, len(ids)
-    return report
 
 
 class InconsistencyTracker:
@@ -78,7 +62,7 @@ class InconsistencyTracker:
         engine: sa.Engine,
         schema: AppSchema,
         *,
-        clock: Callable[[], dt.datetime] = d.utcnow,
+        clock: Callable[[], dt.datetime] = utcnow,
         full_scan_every: dt.timedelta = FULL_SCAN_EVERY,
     ):
         self.engine = engine
@@ -87,7 +71,7 @@ class InconsistencyTracker:
         self.clock = clock
         self.full_scan_every = full_scan_every
 
-    def refresh(self, *, full: bool = False) -> d.InconsistencyReport:
+    def refresh(self, *, full: bool = False) -> InconsistencyReport:
         """Re-examine what may have changed (everything when ``full`` or due), store it, return every open one."""
         require_migrated(self.engine, self.schema.mapping.table_prefix)
         st = self.tables.scan_state
@@ -97,7 +81,7 @@ class InconsistencyTracker:
             ).one()
             now = self.clock()
             scope = None if full else self._incremental_scope(conn, state, now)
-            found = d.inconsistency_report(conn, self.schema, sample_size=None, order_ids=scope)
+            found = inconsistency_report(conn, self.schema, sample_size=None, order_ids=scope)
             self._store(conn, found, scope, now)
             values = (
                 {"scanned_at": now}
@@ -143,7 +127,7 @@ class InconsistencyTracker:
         return str
 
     def _store(
-        self, conn: sa.Connection, found: d.InconsistencyReport, scope: set | None, now: dt.datetime
+        self, conn: sa.Connection, found: InconsistencyReport, scope: set | None, now: dt.datetime
     ) -> None:
         """Make the stored rows for ``scope`` (everything when None) exactly ``found``, keeping first_seen_at."""
         inc = self.tables.inconsistencies
@@ -164,13 +148,70 @@ class InconsistencyTracker:
         if opened:
             conn.execute(inc.insert(), opened)
 
-    def _open(self, conn: sa.Connection) -> d.InconsistencyReport:
+    def _open(self, conn: sa.Connection) -> InconsistencyReport:
         inc = self.tables.inconsistencies
-        report = d.InconsistencyReport()
+        report = InconsistencyReport()
         as_app_id = self._app_id_type(conn)
         for row in conn.execute(sa.select(inc.c.order_id, inc.c.kind)):
             report.order_ids.setdefault(row.kind, []).append(as_app_id(row.order_id))
         for kind, ids in report.order_ids.items():
-            ids.sort(key=d.order_id_sort_key)
+            ids.sort(key=order_id_sort_key)
             report.counts[kind] = len(ids)
         return report
+
+
+def open_report(ctx: RunContext, bounds_history: bool) -> InconsistencyReport:
+    """Every open inconsistency a run reports: every id, not a sample (one past it would never be audited).
+
+    The whole history comes from the tracker, which re-examines only what may
+    have changed; a bounded window, or a dry run (which writes nothing of ours
+    either), is scanned as asked.
+    """
+    if bounds_history or ctx.dry_run:
+        with ctx.engine.connect() as conn:
+            report = inconsistency_report(conn, ctx.schema, ctx.window, sample_size=None)
+            return with_provider_failures(conn, ctx.schema, report)
+    return InconsistencyTracker(ctx.engine, ctx.schema, clock=ctx.clock).refresh()
+
+
+# Order ids per audit transaction: bounded IN lists and transactions.
+AUDIT_CHUNK = 500
+
+
+def audit_new_inconsistencies(ctx: RunContext, report: InconsistencyReport) -> None:
+    """Audit each standing inconsistency once per order and kind, when first seen.
+
+    The audit trail itself is the memory: an order can carry two kinds at
+    once (an amount mismatch that is also a double charge), so remembering
+    only the last kind would audit both again on every run.
+    """
+    for kind, ids in report.order_ids.items():
+        for start in range(0, len(ids), AUDIT_CHUNK):
+            try:
+                _audit_first_seen(ctx, kind, ids[start : start + AUDIT_CHUNK])
+            except Exception as exc:  # an overlapping run wrote the same rows first
+                log.warning(
+                    "run %s: could not audit %s inconsistencies: %s",
+                    ctx.run_id,
+                    kind,
+                    describe_error(exc),
+                )
+
+
+def _audit_first_seen(ctx: RunContext, kind: str, ids: list) -> None:
+    au = ctx.tables.audit
+    verdict = Verdict(tb.INCONSISTENT, f"{kind}: reported, not fixed")
+    with ctx.engine.begin() as conn:
+        seen = set(
+            conn.execute(
+                sa.select(au.c.order_id).where(
+                    au.c.order_id.in_([str(i) for i in ids]),
+                    au.c.action == tb.INCONSISTENT,
+                    au.c.reason.startswith(f"{kind}:", autoescape=True),
+                )
+            ).scalars()
+        )
+        new = [order_id for order_id in ids if str(order_id) not in seen]
+        for order_id in new:
+            note_attempt(ctx, conn, order_id, verdict, failed=False)
+        write_audit(ctx, conn, [Decision(order_id, verdict) for order_id in new])

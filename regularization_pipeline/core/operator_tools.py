@@ -17,9 +17,13 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.clock import as_naive_utc, to_datetime, utcnow
 from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.events import OutboxDispatcher
-from regularization_pipeline.core.inconsistencies import with_provider_failures
+from regularization_pipeline.core.inconsistency_scan import (
+    inconsistency_report,
+    with_provider_failures,
+)
+from regularization_pipeline.core.outbox import OutboxDispatcher
 from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
 from regularization_pipeline.core.schema import AppSchema
 
@@ -27,7 +31,7 @@ from regularization_pipeline.core.schema import AppSchema
 def parse_utc_time(text: str) -> dt.datetime:
     """An ISO 8601 time as naive UTC (a time without offset is taken as UTC); ValueError when malformed."""
     value = dt.datetime.fromisoformat(text.strip())
-    return d.as_naive_utc(value)
+    return as_naive_utc(value)
 
 
 def existing_order_id(conn: sa.Connection, schema: AppSchema, order_id: str) -> Any:
@@ -55,7 +59,7 @@ def regularize_order(
     orphan is refused before anything is written.
     """
     schema = regularizer.schema
-    window = options.window(d.utcnow())
+    window = options.window(utcnow())
     attempts = regularizer.tables.attempts
     with regularizer.engine.connect() as conn:
         key = existing_order_id(conn, schema, order_id)
@@ -111,27 +115,19 @@ def orphan_rows(
 ) -> list[OrphanRow]:
     """Orphaned orders in the window, oldest payment first: ids, statuses and times only."""
     s = schema
-    completed = sa.and_(
-        s.t("order_id") == s.o("id"),
-        s.t("status").in_(s.statuses.transaction_completed),
-        s.tx_completed_at <= window.not_after,
-        *([s.tx_completed_at >= window.not_before] if window.not_before is not None else []),
-    )
+    first_paid = sa.func.min(s.tx_completed_at)
     query = (
-        sa.select(s.o("id"), s.o("status"), sa.func.min(s.t("id")), sa.func.min(s.tx_completed_at))
-        .select_from(s.orders.join(s.transactions, completed))
-        .where(
-            s.o("status").in_(s.statuses.order_pending),
-            *([s.o("deleted_at").is_(None)] if s.has_o("deleted_at") else []),
+        d.select_orphan_payments(
+            s, window, s.o("id"), s.o("status"), sa.func.min(s.t("id")), first_paid
         )
         .group_by(s.o("id"), s.o("status"))
-        .order_by(sa.func.min(s.tx_completed_at), s.o("id"))
+        .order_by(first_paid, s.o("id"))
     )
     if limit is not None:
         query = query.limit(limit)
     rows = []
     for order_id, status, tx_id, completed_at in conn.execute(query).all():
-        when = d._to_datetime(completed_at)
+        when = to_datetime(completed_at)
         age = round(max((window.now - when).total_seconds(), 0.0) / 60.0, 1) if when else 0.0
         rows.append(OrphanRow(order_id, str(status), tx_id, when, age))
     return rows
@@ -144,7 +140,7 @@ def inconsistency_rows(
     conn: sa.Connection, schema: AppSchema, window: d.ScanWindow | None
 ) -> list[tuple[str, Any]]:
     """(kind, order id) for every inconsistency the pipeline reports and never fixes."""
-    report = d.inconsistency_report(conn, schema, window, sample_size=None)
+    report = inconsistency_report(conn, schema, window, sample_size=None)
     if sa.inspect(conn).has_table(
         tb.owned_tables(schema.mapping.table_prefix).attempts.name
     ):  # read-only before migrate too

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.detection import utcnow
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import ConfigurationError
 
 DEFAULT_RETENTION_DAYS = 90
@@ -61,25 +61,35 @@ def prune_history(
 ) -> PruneSummary:
     """Delete (or, with ``dry_run``, count) the history older than ``older_than_days``."""
     cutoff = retention_cutoff(older_than_days, clock())
-    au, ob, dl = tables.audit, tables.outbox, tables.deliveries
+    au, ob = tables.audit, tables.outbox
     old_audit = [au.c.created_at < cutoff, au.c.action != tb.INCONSISTENT]
     settled = [ob.c.state.in_([tb.DELIVERED, tb.DEAD]), ob.c.updated_at < cutoff]
     if dry_run:
-        with engine.connect() as conn:
-            audit_rows = conn.execute(
-                sa.select(sa.func.count()).select_from(au).where(*old_audit)
-            ).scalar_one()
-            events = conn.execute(
-                sa.select(sa.func.count()).select_from(ob).where(*settled)
-            ).scalar_one()
-            deliveries = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(dl.join(ob, dl.c.event_id == ob.c.event_id))
-                .where(*settled)
-            ).scalar_one()
-        return PruneSummary(cutoff, int(audit_rows), int(events), int(deliveries), dry_run=True)
+        return _count_prunable(engine, tables, old_audit, settled, cutoff)
+    audit_rows = _prune_audit(engine, au, old_audit)
+    events, deliveries = _prune_settled_events(engine, tables, settled)
+    return PruneSummary(cutoff, audit_rows, events, deliveries)
 
-    audit_rows = events = deliveries = 0
+
+def _count_prunable(engine, tables: tb.OwnedTables, old_audit, settled, cutoff) -> PruneSummary:
+    au, ob, dl = tables.audit, tables.outbox, tables.deliveries
+    with engine.connect() as conn:
+        audit_rows = conn.execute(
+            sa.select(sa.func.count()).select_from(au).where(*old_audit)
+        ).scalar_one()
+        events = conn.execute(
+            sa.select(sa.func.count()).select_from(ob).where(*settled)
+        ).scalar_one()
+        deliveries = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(dl.join(ob, dl.c.event_id == ob.c.event_id))
+            .where(*settled)
+        ).scalar_one()
+    return PruneSummary(cutoff, int(audit_rows), int(events), int(deliveries), dry_run=True)
+
+
+def _prune_audit(engine: sa.Engine, au: sa.Table, old_audit: list) -> int:
+    pruned = 0
     while True:
         # Ids first, then delete by id: MySQL refuses a DELETE whose subquery reads the same table.
         with engine.begin() as conn:
@@ -89,28 +99,29 @@ def prune_history(
                 ).scalars()
             )
             if ids:
-                audit_rows += conn.execute(au.delete().where(au.c.id.in_(ids))).rowcount
+                pruned += conn.execute(au.delete().where(au.c.id.in_(ids))).rowcount
         if len(ids) < BATCH:
-            break
+            return pruned
+
+
+def _prune_settled_events(
+    engine: sa.Engine, tables: tb.OwnedTables, settled: list
+) -> tuple[int, int]:
+    ob, dl = tables.outbox, tables.deliveries
+    events = deliveries = 0
     while True:
         with engine.begin() as conn:
             rows = conn.execute(
                 sa.select(ob.c.id, ob.c.event_id).where(*settled).order_by(ob.c.id).limit(BATCH)
             ).all()
+            ids = [r.id for r in rows]
             if rows:
                 # The state is checked again: an event redelivered meanwhile is pending and stays,
                 # and so do its deliveries (they spare its publishers a second copy).
-                events += conn.execute(
-                    ob.delete().where(ob.c.id.in_([r.id for r in rows]), *settled)
-                ).rowcount
-                kept = set(
-                    conn.execute(
-                        sa.select(ob.c.event_id).where(ob.c.id.in_([r.id for r in rows]))
-                    ).scalars()
-                )
+                events += conn.execute(ob.delete().where(ob.c.id.in_(ids), *settled)).rowcount
+                kept = set(conn.execute(sa.select(ob.c.event_id).where(ob.c.id.in_(ids))).scalars())
                 gone = [r.event_id for r in rows if r.event_id not in kept]
                 if gone:
                     deliveries += conn.execute(dl.delete().where(dl.c.event_id.in_(gone))).rowcount
         if len(rows) < BATCH:
-            break
-    return PruneSummary(cutoff, audit_rows, events, deliveries)
+            return events, deliveries

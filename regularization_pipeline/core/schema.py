@@ -183,8 +183,9 @@ def format_validation_error(exc: ValidationError) -> str:
     """One line per problem, each naming the field path, e.g. ``statuses.order_pending: ...``."""
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{where}: {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 
 

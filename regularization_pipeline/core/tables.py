@@ -49,19 +49,22 @@ class OwnedTables:
     version_table: str
 
 
-@lru_cache(maxsize=16)
-def owned_tables(prefix: str = "regularization_") -> OwnedTables:
-    md = sa.MetaData()
-    tz = TIMESTAMP
-    audit = sa.Table(
+def _surrogate_id() -> sa.Column:
+    # SQLite autoincrements only an INTEGER primary key.
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
+def _audit_table(prefix: str, md: sa.MetaData) -> sa.Table:
+    """One row per decision on an order."""
+    return sa.Table(
         f"{prefix}audit",
         md,
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
+        _surrogate_id(),
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("order_id", ORDER_ID, nullable=False),
         sa.Column("transaction_id", sa.String(64)),
@@ -72,21 +75,20 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
         sa.Column("order_amount", MONEY),
         sa.Column("transaction_amount", MONEY),
         sa.Column("currency", sa.String(16)),
-        sa.Column("transaction_completed_at", tz),
-        sa.Column("created_at", tz, nullable=False),
+        sa.Column("transaction_completed_at", TIMESTAMP),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Index(f"ix_{prefix}audit_run", "run_id"),
         sa.Index(f"ix_{prefix}audit_order", "order_id"),
         sa.Index(f"ix_{prefix}audit_created", "created_at"),
     )
-    outbox = sa.Table(
+
+
+def _outbox_table(prefix: str, md: sa.MetaData) -> sa.Table:
+    """One OrderCompleted event per flipped order, and its delivery state."""
+    return sa.Table(
         f"{prefix}outbox",
         md,
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
+        _surrogate_id(),
         sa.Column("event_id", sa.String(36), nullable=False, unique=True),
         sa.Column("event_type", sa.String(64), nullable=False),
         sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
@@ -95,16 +97,24 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
-        sa.Column("next_attempt_at", tz, nullable=False),
+        sa.Column("next_attempt_at", TIMESTAMP, nullable=False),
         sa.Column("lease_owner", sa.String(64)),
-        sa.Column("lease_expires_at", tz),
+        sa.Column("lease_expires_at", TIMESTAMP),
         sa.Column("last_error", sa.String(1000)),
-        sa.Column("created_at", tz, nullable=False),
-        sa.Column("delivered_at", tz),
-        sa.Column("updated_at", tz, nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("delivered_at", TIMESTAMP),
+        sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.Index(f"ix_{prefix}outbox_due", "state", "next_attempt_at"),
         sa.Index(f"ix_{prefix}outbox_order", "order_id"),
     )
+
+
+@lru_cache(maxsize=16)
+def owned_tables(prefix: str = "regularization_") -> OwnedTables:
+    """Our tables under ``prefix``: audit, outbox, attempts, deliveries, inconsistencies, scan state."""
+    md = sa.MetaData()
+    audit = _audit_table(prefix, md)
+    outbox = _outbox_table(prefix, md)
     attempts = sa.Table(
         f"{prefix}order_attempts",
         md,
@@ -114,29 +124,29 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
         sa.Column("last_outcome", sa.String(20), nullable=False),
         sa.Column("last_reason", sa.String(500)),
         sa.Column("last_run_id", sa.String(64)),
-        sa.Column("quarantined_at", tz),
-        sa.Column("updated_at", tz, nullable=False),
+        sa.Column("quarantined_at", TIMESTAMP),
+        sa.Column("updated_at", TIMESTAMP, nullable=False),
     )
     deliveries = sa.Table(
         f"{prefix}event_deliveries",
         md,
         sa.Column("event_id", sa.String(36), primary_key=True),
         sa.Column("publisher", sa.String(128), primary_key=True),
-        sa.Column("delivered_at", tz, nullable=False),
+        sa.Column("delivered_at", TIMESTAMP, nullable=False),
     )
     inconsistencies = sa.Table(
         f"{prefix}inconsistencies",
         md,
         sa.Column("order_id", ORDER_ID, primary_key=True),
         sa.Column("kind", sa.String(32), primary_key=True),
-        sa.Column("first_seen_at", tz, nullable=False),
+        sa.Column("first_seen_at", TIMESTAMP, nullable=False),
     )
     scan_state = sa.Table(
         f"{prefix}scan_state",
         md,
         sa.Column("name", sa.String(64), primary_key=True),
-        sa.Column("scanned_at", tz),
-        sa.Column("full_scan_at", tz),
+        sa.Column("scanned_at", TIMESTAMP),
+        sa.Column("full_scan_at", TIMESTAMP),
     )
     return OwnedTables(
         md,

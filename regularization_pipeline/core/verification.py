@@ -117,55 +117,64 @@ def verify(
     statuses: StatusMapping,
     window: d.ScanWindow,
 ) -> Verdict:
+    """The decision on one order, from its row and its payments as read under its lock."""
     completed = [t for t in transactions if t.status in statuses.transaction_completed]
+    refused = _order_refused(order, completed, statuses)
+    if refused is not None:
+        return refused
+    if not completed:
+        return Verdict(SKIPPED, "order has no completed transaction")
+    if len(completed) > 1:
+        reason = f"{d.DOUBLE_CHARGE}: {len(completed)} completed transactions"
+        return Verdict(INCONSISTENT, reason, completed[0])
+    tx = completed[0]
+    return _payment_mismatch(order, tx) or _timing(tx, window)
+
+
+def _order_refused(
+    order: OrderRow, completed: list[TransactionRow], statuses: StatusMapping
+) -> Verdict | None:
+    """Why the order itself must not be flipped (deleted, completed, closed), or None."""
     if order.deleted_at is not None:
         return Verdict(SKIPPED, "order is soft-deleted")
     if order.status == statuses.order_completed:
         return Verdict(SKIPPED, "order is already completed (its webhook arrived)")
     if order.status in statuses.order_do_not_touch:
         if completed:
-            return Verdict(
-                INCONSISTENT,
-                f"{d.PAID_BUT_CLOSED}: order is {order.status!r} but has a completed transaction",
-                completed[0],
+            reason = (
+                f"{d.PAID_BUT_CLOSED}: order is {order.status!r} but has a completed transaction"
             )
+            return Verdict(INCONSISTENT, reason, completed[0])
         return Verdict(SKIPPED, f"order status {order.status!r} is not to be touched")
     if order.status not in statuses.order_pending:
         return Verdict(SKIPPED, f"order status {order.status!r} is not a pending status")
-    if not completed:
-        return Verdict(SKIPPED, "order has no completed transaction")
-    if len(completed) > 1:
-        return Verdict(
-            INCONSISTENT,
-            f"{d.DOUBLE_CHARGE}: {len(completed)} completed transactions",
-            completed[0],
-        )
+    return None
 
-    tx = completed[0]
+
+def _payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
+    """Why the one completed payment does not pay for this order (amount, currency), or None."""
     paid, due = to_decimal(tx.amount), to_decimal(order.total)
     if paid is None or due is None or paid < 0 or due < 0:
-        return Verdict(
-            INCONSISTENT,
-            f"{d.INVALID_AMOUNT}: order total or transaction amount is missing, not a number or negative",
-            tx,
+        reason = (
+            f"{d.INVALID_AMOUNT}: order total or transaction amount is missing, "
+            "not a number or negative"
         )
+        return Verdict(INCONSISTENT, reason, tx)
     if paid != due:
-        return Verdict(
-            INCONSISTENT,
-            f"{d.AMOUNT_MISMATCH}: transaction amount {paid} differs from order total {due}",
-            tx,
-        )
+        reason = f"{d.AMOUNT_MISMATCH}: transaction amount {paid} differs from order total {due}"
+        return Verdict(INCONSISTENT, reason, tx)
     if (
         tx.currency
         and order.currency
         and tx.currency.strip().upper() != order.currency.strip().upper()
     ):
-        return Verdict(
-            INCONSISTENT,
-            f"{d.CURRENCY_MISMATCH}: transaction currency differs from the order's",
-            tx,
-        )
+        reason = f"{d.CURRENCY_MISMATCH}: transaction currency differs from the order's"
+        return Verdict(INCONSISTENT, reason, tx)
+    return None
 
+
+def _timing(tx: TransactionRow, window: d.ScanWindow) -> Verdict:
+    """Regularized when the payment completed inside the window; left alone otherwise."""
     if tx.completed_at is None:
         return Verdict(SKIPPED, "completed transaction has no completion time", tx)
     if tx.completed_at > window.not_after:

@@ -16,13 +16,14 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import (
     ConfigurationError,
     MigrationsMissingError,
     SchemaMismatchError,
 )
-from regularization_pipeline.core.events import close_publishers
 from regularization_pipeline.core.migrations import require_migrated
+from regularization_pipeline.core.publishers import close_publishers
 from regularization_pipeline.core.regularizer import (
     OrderOutcome,
     Regularizer,
@@ -334,7 +335,7 @@ def regularization_audit(
     grace = _run_grace_minutes(context)
     with engine.connect() as conn:
         remaining = d.orphan_stats(
-            conn, schema, RunOptions(min_age_minutes=grace).window(d.utcnow()), sample_size=0
+            conn, schema, RunOptions(min_age_minutes=grace).window(utcnow()), sample_size=0
         )
     metadata: dict[str, object] = dict(
         audit_metrics(counts, remaining.oldest_age_minutes, remaining.count)

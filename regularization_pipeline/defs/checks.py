@@ -8,8 +8,10 @@ that *fixes* them. They run inside the job and on their own; a failure of
 import dagster as dg
 
 from regularization_pipeline.core import detection as d
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import MigrationsMissingError
 from regularization_pipeline.core.inconsistencies import InconsistencyTracker
+from regularization_pipeline.core.inconsistency_scan import inconsistency_report
 from regularization_pipeline.core.regularizer import RunOptions
 from regularization_pipeline.defs.assets import permanent_errors_fail_without_retry
 from regularization_pipeline.defs.resources import AppDatabaseResource
@@ -28,7 +30,7 @@ def no_orphaned_pending_orders(
     """
     with permanent_errors_fail_without_retry():
         schema = app_db.bind()
-    window = RunOptions().window(d.utcnow())
+    window = RunOptions().window(utcnow())
     with app_db.get_engine().connect() as conn:
         stats = d.orphan_stats(conn, schema, window, sample_size=ORPHAN_SAMPLE_SIZE)
     return dg.AssetCheckResult(
@@ -65,7 +67,7 @@ def transactions_consistent(
         # Before `migrate` the check still answers, from a full scan that stores nothing.
         context.log.warning(f"{exc}; scanning the whole payment history instead")
         with app_db.get_engine().connect() as conn:
-            report = d.inconsistency_report(conn, schema, sample_size=0)
+            report = inconsistency_report(conn, schema, sample_size=0)
     metadata: dict[str, int] = {"inconsistencies_total": report.total}
     metadata.update(
         {f"inconsistent_{kind}": report.counts.get(kind, 0) for kind in d.INCONSISTENCY_KINDS}

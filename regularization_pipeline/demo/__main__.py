@@ -133,7 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     if not report.success:
         return 1
 
-    m = report.metrics
+    _print_what_happened(report.metrics, report.events, engine)
+    engine.dispose()
+    print()
+    print(
+        "Open the UI with `make dev`, then http://127.0.0.1:3000: the run above, the assets' metadata,"
+    )
+    print(
+        "the checks on app_orders and the schedule. `make demo` again rebuilds the shop from scratch."
+    )
+    return 0
+
+
+def _print_what_happened(m: dict, events: dict, engine: sa.Engine) -> None:
+    """The demo's summary of the run, in words."""
     print()
     print("What happened:")
     print(
@@ -154,23 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         + (", ".join(f"{kind} {n}" for kind, n in kinds_found.items()) or "none")
     )
     print(
-        f"  OrderCompleted events delivered: {report.events.get('delivered', 0)} "
-        f"(retried {report.events.get('retried', 0)}, dead {report.events.get('dead', 0)})"
+        f"  OrderCompleted events delivered: {events.get('delivered', 0)} "
+        f"(retried {events.get('retried', 0)}, dead {events.get('dead', 0)})"
     )
     print("  handlers: " + ", ".join(f"{table} {n}" for table, n in effect_counts(engine).items()))
     print(
         "  orders by status now: "
         + ", ".join(f"{s} {n}" for s, n in sorted(_orders_by_status(engine).items()))
     )
-    engine.dispose()
-    print()
-    print(
-        "Open the UI with `make dev`, then http://127.0.0.1:3000: the run above, the assets' metadata,"
-    )
-    print(
-        "the checks on app_orders and the schedule. `make demo` again rebuilds the shop from scratch."
-    )
-    return 0
 
 
 def _instance():

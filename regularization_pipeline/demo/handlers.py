@@ -15,8 +15,8 @@ import threading
 
 import sqlalchemy as sa
 
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.db import DATABASE_URL_ENV, create_app_engine
-from regularization_pipeline.core.detection import utcnow
 from regularization_pipeline.core.events import OrderCompleted
 
 # Where `make demo` builds the embedded shop (relative to the working directory).

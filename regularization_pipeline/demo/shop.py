@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core.detection import utcnow
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.schema import SchemaMapping
 
 

@@ -1,0 +1,121 @@
+"""Reading an order and its payments, as the decision needs them, with statements built once.
+
+Rebuilding a statement for every order cost more Python time than the database
+spent running it; built once with bind parameters, SQLAlchemy reuses its
+compiled form. The same statements serve one order and a batch: the flip and
+the payments take a list of ids.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import sqlalchemy as sa
+
+from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.clock import to_datetime
+from regularization_pipeline.core.db import supports_skip_locked
+from regularization_pipeline.core.schema import AppSchema
+from regularization_pipeline.core.verification import OrderRow, TransactionRow
+
+
+def same_order_id(stored: Any, given: Any) -> bool:
+    """Whether the row found is the order asked for, exactly.
+
+    MySQL/MariaDB compare a string with an integer column as a number: asked for
+    order '1; DROP TABLE orders', they return order 1. Bound parameters make that
+    harmless as SQL, but acting on order 1 would still be wrong.
+    """
+    return str(stored) == str(given)
+
+
+class OrderStatements:
+    """The statements one order's (or one batch's) decision runs, for one schema and engine."""
+
+    def __init__(self, engine: sa.Engine, schema: AppSchema, tables: tb.OwnedTables):
+        self.schema = schema
+        self.tables = tables
+        self.skip_locked = supports_skip_locked(engine)
+
+    @cached_property
+    def order_columns(self) -> list:
+        """The columns of an :class:`OrderRow`, in its field order."""
+        s = self.schema
+        return [
+            s.o("id"),
+            s.o("status"),
+            s.o("total"),
+            s.o("currency") if s.has_o("currency") else sa.null(),
+            s.o("deleted_at") if s.has_o("deleted_at") else sa.null(),
+        ]
+
+    @cached_property
+    def _one_order(self) -> sa.Select:
+        return sa.select(*self.order_columns).where(self.schema.o("id") == sa.bindparam("p_order"))
+
+    @cached_property
+    def _locked_order(self) -> sa.Select:
+        return (
+            self._one_order.with_for_update(skip_locked=True)
+            if self.skip_locked
+            else self._one_order
+        )
+
+    @cached_property
+    def exists(self) -> sa.Select:
+        """The order's key, when some row answers to ``p_order``."""
+        s = self.schema
+        return sa.select(s.o("id")).where(s.o("id") == sa.bindparam("p_order"))
+
+    @cached_property
+    def _payments(self) -> sa.Select:
+        s = self.schema
+        columns = [
+            s.t("order_id"),
+            s.t("id"),
+            s.t("status"),
+            s.t("amount"),
+            s.t("currency") if s.has_t("currency") else sa.null(),
+            s.tx_completed_at,
+            s.t("reference") if s.has_t("reference") else sa.null(),
+        ]
+        return (
+            sa.select(*columns)
+            .where(s.t("order_id").in_(sa.bindparam("p_orders", expanding=True)))
+            .order_by(s.t("order_id"), s.t("id"))
+        )
+
+    @cached_property
+    def flip(self) -> sa.Update:
+        """The compare-and-set: pending orders among ``p_orders`` become completed."""
+        s = self.schema
+        values = {s.mapping.orders.status: s.statuses.order_completed}
+        if s.has_o("updated_at"):
+            values[s.mapping.orders.updated_at] = sa.bindparam("p_now")
+        return (
+            s.orders.update()
+            .where(
+                s.o("id").in_(sa.bindparam("p_orders", expanding=True)),
+                s.o("status").in_(s.statuses.order_pending),
+            )
+            .values(values)
+        )
+
+    def load_order(self, conn: sa.Connection, order_id: Any, *, lock: bool) -> OrderRow | None:
+        """The order as stored (under its row lock when ``lock``), or None: absent or locked elsewhere."""
+        query = self._locked_order if lock else self._one_order
+        row = conn.execute(query, {"p_order": order_id}).first()
+        return OrderRow(*row) if row is not None and same_order_id(row[0], order_id) else None
+
+    def payments_of(self, conn: sa.Connection, order_ids: list) -> dict[Any, list[TransactionRow]]:
+        """Every payment of the orders, by order id, in transaction id order."""
+        found: dict[Any, list[TransactionRow]] = {}
+        for row in conn.execute(self._payments, {"p_orders": list(order_ids)}):
+            payment = TransactionRow(row[1], row[2], row[3], row[4], to_datetime(row[5]), row[6])
+            found.setdefault(row[0], []).append(payment)
+        return found
+
+    def payments(self, conn: sa.Connection, order_id: Any) -> list[TransactionRow]:
+        """The payments of one order."""
+        return next(iter(self.payments_of(conn, [order_id]).values()), [])

@@ -1,0 +1,300 @@
+"""Delivery of the outbox after commit: leases, retries with backoff, a dead letter.
+
+Delivery happens outside any row lock: the dispatcher *claims* due rows with a
+lease (``lease_owner``, ``lease_expires_at``) in a short transaction, delivers
+them to every publisher, then records the outcome with a compare-and-set on its
+own lease. A crashed dispatcher's claim expires and another one takes the rows
+over. Delivery is at least once; each publisher's success is recorded in
+``event_deliveries`` so a retry never re-runs a publisher that already succeeded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.db import supports_skip_locked
+from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.events import OrderCompleted
+from regularization_pipeline.core.publishers import PermanentDeliveryError, expand_publishers
+from regularization_pipeline.core.tables import DEAD, DELIVERED, PENDING, OwnedTables
+
+log = logging.getLogger("regularization_pipeline.events")
+
+# A Retry-After longer than this is treated as this: a misconfigured receiver
+# must not park an event for months.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_delay_seconds: float = 30.0
+    max_delay_seconds: float = 3600.0
+    jitter: float = 0.2  # +/- 20 % so a burst of failures does not retry in lockstep
+
+    def delay(self, attempts: int, rng: random.Random) -> float:
+        raw = min(self.base_delay_seconds * (2 ** max(attempts - 1, 0)), self.max_delay_seconds)
+        return raw * (1 + rng.uniform(-self.jitter, self.jitter))
+
+
+@dataclass
+class DispatchSummary:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    lag_seconds: list[float] = field(default_factory=list)
+
+
+class OutboxDispatcher:
+    """Delivers due outbox rows to every publisher, with leases, backoff and a dead letter."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        tables: OwnedTables,
+        publishers: Sequence[Any],
+        *,
+        retry: RetryPolicy | None = None,
+        lease_seconds: float = 120.0,
+        owner: str | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        rng: random.Random | None = None,
+    ):
+        self.engine = engine
+        self.tables = tables
+        self.publishers = expand_publishers(publishers)
+        # Outbox mode: the application consumes and marks the rows itself.
+        self.consumes_outbox = bool(self.publishers) and all(
+            getattr(p, "consumes_outbox", False) for p in self.publishers
+        )
+        self.retry = retry or RetryPolicy()
+        budget = sum(float(getattr(p, "max_seconds", 0.0)) for p in self.publishers)
+        if lease_seconds <= budget:
+            # A lease that can expire mid-delivery lets a second dispatcher deliver the same attempt.
+            raise ConfigurationError(
+                f"lease_seconds ({lease_seconds:g}) must exceed the publishers' worst-case delivery time ({budget:g}s)"
+            )
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.owner = owner or f"dispatcher-{uuid.uuid4()}"
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+
+    def claim(
+        self, batch_size: int, event_ids: Sequence[str] | None = None, after_id: int = 0
+    ) -> list[sa.Row]:
+        """Lease up to ``batch_size`` due events with an id above ``after_id``, in one short transaction."""
+        ob = self.tables.outbox
+        now = self.clock()
+        due = [
+            ob.c.state == PENDING,
+            ob.c.id > after_id,
+            ob.c.next_attempt_at <= now,
+            sa.or_(ob.c.lease_expires_at.is_(None), ob.c.lease_expires_at < now),
+        ]
+        if event_ids is not None:
+            due.append(ob.c.event_id.in_(list(event_ids)))
+        with self.engine.begin() as conn:
+            pick = sa.select(ob.c.id).where(*due).order_by(ob.c.id).limit(batch_size)
+            if supports_skip_locked(conn):
+                pick = pick.with_for_update(skip_locked=True)
+            ids = list(conn.execute(pick).scalars())
+            if not ids:
+                return []
+            # The conditions are repeated so that, without row locks (SQLite), the
+            # update is still a compare-and-set: a row leased meanwhile is not taken.
+            conn.execute(
+                ob.update()
+                .where(ob.c.id.in_(ids), *due)
+                .values(lease_owner=self.owner, lease_expires_at=now + self.lease, updated_at=now)
+            )
+            return list(
+                conn.execute(
+                    sa.select(ob).where(ob.c.id.in_(ids), ob.c.lease_owner == self.owner)
+                ).all()
+            )
+
+    def dispatch(
+        self,
+        batch_size: int = 100,
+        max_batches: int | None = None,
+        event_ids: Sequence[str] | None = None,
+    ) -> DispatchSummary:
+        """Deliver due events, each at most once per call.
+
+        The claims walk the outbox by id, so an event rescheduled during the
+        call waits for the next one: a short retry delay never becomes a hot
+        loop (a time cutoff would not do: MySQL's DATETIME drops the fraction
+        of a second). In outbox mode nothing is claimed.
+        """
+        summary = DispatchSummary()
+        if self.consumes_outbox:
+            return summary
+        batches, after_id = 0, 0
+        while max_batches is None or batches < max_batches:
+            rows = self.claim(batch_size, event_ids, after_id=after_id)
+            if not rows:
+                break
+            batches += 1
+            after_id = max(row.id for row in rows)
+            for row in rows:
+                if self._renew_lease(row):
+                    self._deliver(row, summary)
+        return summary
+
+    def _renew_lease(self, row: sa.Row) -> bool:
+        """Extend the lease before going on the network; False when another dispatcher took the row over.
+
+        Claiming a batch leases every row at once, while delivery is one row
+        after another: without renewing, the last rows of a slow batch could
+        expire and be delivered twice in the same attempt.
+        """
+        ob = self.tables.outbox
+        now = self.clock()
+        with self.engine.begin() as conn:
+            kept = conn.execute(
+                ob.update()
+                .where(ob.c.id == row.id, ob.c.lease_owner == self.owner, ob.c.state == PENDING)
+                .values(lease_expires_at=now + self.lease, updated_at=now)
+            ).rowcount
+        if not kept:
+            log.warning(
+                "event %s: lease lost before delivery, left to the dispatcher that took it over",
+                row.event_id,
+            )
+        return bool(kept)
+
+    def _done_publishers(self, event_id: str) -> set[str]:
+        dl = self.tables.deliveries
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(sa.select(dl.c.publisher).where(dl.c.event_id == event_id)).scalars()
+            )
+
+    def _deliver(self, row: sa.Row, summary: DispatchSummary) -> None:
+        event = OrderCompleted.from_payload(json.loads(row.payload))
+        done = self._done_publishers(row.event_id)
+        error: Exception | None = None
+        renewed = time.monotonic()  # dispatch() renewed the lease just before this call
+        for pub in self.publishers:
+            if pub.name in done:
+                continue
+            # Python handlers declare no worst-case time: a slow one eats into the lease, so
+            # no publisher starts with less than three quarters of it left. A lease lost
+            # meanwhile leaves the rest to the dispatcher that took the event over.
+            if time.monotonic() - renewed > self.lease.total_seconds() / 4:
+                if not self._renew_lease(row):
+                    return
+                renewed = time.monotonic()
+            try:
+                pub.publish(event)
+            except Exception as exc:  # isolate: one failing publisher never stops the others
+                error = exc if error is None or isinstance(exc, PermanentDeliveryError) else error
+                log.warning(
+                    "event %s for order %s: publisher %s failed: %s",
+                    row.event_id,
+                    row.order_id,
+                    pub.name,
+                    type(exc).__name__,
+                )
+                continue
+            self._mark_publisher_done(row.event_id, pub.name)
+        self._settle(row, error, summary)
+
+    def _mark_publisher_done(self, event_id: str, publisher: str) -> None:
+        dl = self.tables.deliveries
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    dl.insert().values(
+                        event_id=event_id, publisher=publisher, delivered_at=self.clock()
+                    )
+                )
+        except sa.exc.IntegrityError:
+            pass  # another dispatcher that took over an expired lease recorded it first
+
+    def _settle(self, row: sa.Row, error: Exception | None, summary: DispatchSummary) -> None:
+        ob = self.tables.outbox
+        now = self.clock()
+        attempts = row.attempts + 1
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+        if error is None:
+            values.update(state=DELIVERED, delivered_at=now, last_error=None)
+        elif isinstance(error, PermanentDeliveryError) or attempts >= self.retry.max_attempts:
+            values.update(state=DEAD, last_error=_describe(error))
+        else:
+            retry_after = getattr(error, "retry_after", None)
+            delay = (
+                min(retry_after, MAX_RETRY_AFTER_SECONDS)
+                if retry_after is not None
+                else self.retry.delay(attempts, self.rng)
+            )
+            values.update(
+                next_attempt_at=now + dt.timedelta(seconds=delay), last_error=_describe(error)
+            )
+        with self.engine.begin() as conn:
+            # Only the lease holder settles: a dispatcher whose lease expired and
+            # was taken over must not overwrite the newer holder's outcome.
+            settled = conn.execute(
+                ob.update()
+                .where(ob.c.id == row.id, ob.c.lease_owner == self.owner)
+                .values(**values)
+            ).rowcount
+        if not settled:
+            return
+        if error is None:
+            summary.delivered += 1
+            summary.lag_seconds.append(max((now - row.created_at).total_seconds(), 0.0))
+        elif values.get("state") == DEAD:
+            summary.dead += 1
+            log.error(
+                "event %s for order %s is dead after %d attempt(s)",
+                row.event_id,
+                row.order_id,
+                attempts,
+            )
+        else:
+            summary.retried += 1
+
+    def redeliver(self, event_ids: Sequence[str] | None = None, all_dead: bool = False) -> int:
+        """Put dead events back to pending, due now, with a fresh attempt count. Returns how many."""
+        if not event_ids and not all_dead:
+            raise ValueError("give event ids or all_dead=True")
+        ob = self.tables.outbox
+        cond = [ob.c.state == DEAD]
+        if event_ids:
+            cond.append(ob.c.event_id.in_(list(event_ids)))
+        now = self.clock()
+        with self.engine.begin() as conn:
+            return conn.execute(
+                ob.update()
+                .where(*cond)
+                .values(
+                    state=PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:1000] if text else type(error).__name__

@@ -1,0 +1,297 @@
+"""Who receives each OrderCompleted: a signed webhook, in-process Python handlers, or the outbox itself.
+
+A publisher either returns (delivered), raises :class:`RetryableDeliveryError`
+(tried again later, honouring ``Retry-After``) or :class:`PermanentDeliveryError`
+(dead-lettered at once). The dispatcher (``core/outbox.py``) records each
+publisher's success separately, so a retry never re-runs one that succeeded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Literal, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.events import (
+    EVENT_ID_HEADER,
+    EVENT_TYPE,
+    EVENT_TYPE_HEADER,
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    SOURCE,
+    OrderCompleted,
+    sign,
+    webhook_body,
+)
+from regularization_pipeline.core.ratelimit import parse_retry_after
+from regularization_pipeline.core.schema import validate_or_explain
+
+HANDLER_ENTRY_POINT_GROUP = "regularization_pipeline.order_completed"
+
+
+# --- publishers --------------------------------------------------------------------
+
+
+class PermanentDeliveryError(Exception):
+    """The consumer refused the event for good (e.g. HTTP 400): dead-letter it, do not retry."""
+
+
+class RetryableDeliveryError(Exception):
+    """A transient failure; ``retry_after`` (seconds) overrides the backoff when the consumer asked."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Publisher(Protocol):
+    name: str
+
+    def publish(self, event: OrderCompleted) -> None: ...
+
+
+@dataclass
+class PythonHandlersPublisher:
+    """Calls in-process handlers, each recorded separately so a retry skips those that succeeded."""
+
+    handlers: Mapping[str, Callable[[OrderCompleted], None]]
+    name: str = "python"
+
+    def sub_publishers(self) -> list[Publisher]:
+        return [_HandlerPublisher(f"python:{key}", fn) for key, fn in sorted(self.handlers.items())]
+
+    def publish(
+        self, event: OrderCompleted
+    ) -> None:  # pragma: no cover - expanded by the dispatcher
+        for pub in self.sub_publishers():
+            pub.publish(event)
+
+
+@dataclass
+class _HandlerPublisher:
+    name: str
+    fn: Callable[[OrderCompleted], None]
+
+    def publish(self, event: OrderCompleted) -> None:
+        self.fn(event)
+
+
+def load_entry_point_handlers(
+    group: str = HANDLER_ENTRY_POINT_GROUP,
+) -> dict[str, Callable[[OrderCompleted], None]]:
+    """Handlers installed under the entry-point group, by entry-point name."""
+    return {ep.name: ep.load() for ep in entry_points(group=group)}
+
+
+class OutboxOnlyPublisher:
+    """Delivers nothing: the application consumes the outbox table itself (docs/events.md).
+
+    A dispatcher whose only publisher is this one claims nothing, so every row
+    stays ``pending`` until the application marks it ``delivered``.
+    """
+
+    name = "outbox"
+    consumes_outbox = True
+
+    def publish(self, event: OrderCompleted) -> None:
+        return None
+
+
+def expand_publishers(publishers: Sequence[Any]) -> list[Publisher]:
+    expanded: list[Publisher] = []
+    for pub in publishers:
+        expanded.extend(pub.sub_publishers() if hasattr(pub, "sub_publishers") else [pub])
+    names = [p.name for p in expanded]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        # Outcomes are recorded by name: two publishers sharing one would skip each other.
+        raise ConfigurationError(f"publishers: duplicate publisher name(s) {duplicates}")
+    return expanded
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    """A response body fit for ``last_error``: one line, bounded, no control characters."""
+    flat = " ".join(text.split())
+    return flat[:limit] + ("..." if len(flat) > limit else "")
+
+
+class WebhookPublisher:
+    """POSTs the signed OrderCompleted payload to the application's webhook URL.
+
+    Outcomes: 2xx delivered; 409 delivered as well (the receiver says it
+    already processed this idempotency key, which is what a duplicate
+    delivery should get); 408, 429, 5xx, timeouts and connection errors are
+    retried, honouring ``Retry-After``; any other status (3xx included:
+    a signed body is never sent on to a redirect target) is permanent and
+    dead-letters the event with the status and the start of the response.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        *,
+        connect_timeout_seconds: float = 3.0,
+        read_timeout_seconds: float = 10.0,
+        name: str = "webhook",
+        client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError("webhook_url must be an http:// or https:// URL")
+        if not secret:
+            raise ConfigurationError("webhook_secret is empty: deliveries must be signed")
+        self.url = url
+        self.name = name
+        self._secret = secret.encode("utf-8")
+        self.clock = clock
+        self.timeout = httpx.Timeout(
+            connect=connect_timeout_seconds,
+            read=read_timeout_seconds,
+            write=read_timeout_seconds,
+            pool=connect_timeout_seconds,
+        )
+        self._owns_client = client is None
+        self.client = client or httpx.Client(
+            timeout=self.timeout,
+            follow_redirects=False,
+            headers={"User-Agent": f"{SOURCE}/webhook"},
+        )
+
+    @property
+    def max_seconds(self) -> float:
+        """An upper bound of one delivery on a well-behaved socket: the dispatcher's lease must outlast it."""
+        t = self.timeout
+        return float((t.connect or 0) + (t.pool or 0) + (t.write or 0) + (t.read or 0))
+
+    def headers(self, event: OrderCompleted, body: bytes) -> dict[str, str]:
+        timestamp = int(self.clock())
+        return {
+            "Content-Type": "application/json",
+            IDEMPOTENCY_HEADER: event.idempotency_key,
+            EVENT_ID_HEADER: event.event_id,
+            EVENT_TYPE_HEADER: EVENT_TYPE,
+            SIGNATURE_HEADER: f"t={timestamp},v1={sign(self._secret, timestamp, body)}",
+        }
+
+    def publish(self, event: OrderCompleted) -> None:
+        body = webhook_body(event)
+        try:
+            response = self.client.post(
+                self.url, content=body, headers=self.headers(event, body), timeout=self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise RetryableDeliveryError(f"webhook timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            # The exception text is the socket error; the URL stays out of last_error and logs.
+            raise RetryableDeliveryError(f"webhook unreachable ({type(exc).__name__})") from exc
+        status = response.status_code
+        if 200 <= status < 300 or status == 409:
+            return
+        detail = f"webhook answered HTTP {status}: {_snippet(response.text)}"
+        if status in (408, 429) or status >= 500:
+            raise RetryableDeliveryError(
+                detail, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+            )
+        raise PermanentDeliveryError(detail)
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+
+# --- publishers from settings ------------------------------------------------------------
+
+PublisherKind = Literal["webhook", "python", "outbox"]
+
+
+class PublisherSettings(BaseModel):
+    """Who receives each OrderCompleted event; the Dagster resource builds these from its config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kinds: list[PublisherKind] = Field(
+        default_factory=lambda: ["python"],
+        min_length=1,
+        description="'webhook' (signed HTTP POST), 'python' (handlers under the entry-point group), "
+        "'outbox' (the application reads the outbox table itself; cannot be combined with the others).",
+    )
+    webhook_url: str | None = Field(
+        None, description="Where OrderCompleted is POSTed (http:// or https://)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 signing secret shared with the receiver."
+    )
+    connect_timeout_seconds: float = Field(3.0, gt=0, le=60, description="Webhook connect timeout.")
+    read_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Webhook read timeout (per read)."
+    )
+    handler_entry_point_group: str = Field(
+        HANDLER_ENTRY_POINT_GROUP, description="Entry-point group of the python handlers."
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> PublisherSettings:
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError("kinds: each publisher kind may appear once")
+        if "outbox" in self.kinds and len(self.kinds) > 1:
+            raise ValueError(
+                "kinds: 'outbox' means the application consumes the table itself; it cannot be combined"
+            )
+        if "webhook" in self.kinds:
+            if not self.webhook_url or not self.webhook_url.startswith(("http://", "https://")):
+                raise ValueError(
+                    "webhook_url: required for the webhook publisher, as an http:// or https:// URL"
+                )
+            if self.webhook_secret is None or len(self.webhook_secret.get_secret_value()) < 16:
+                raise ValueError(
+                    "webhook_secret: required for the webhook publisher, at least 16 characters"
+                )
+        return self
+
+    @classmethod
+    def parse(cls, **values: Any) -> PublisherSettings:
+        """Validate, naming every offending field (never its value) in one ConfigurationError."""
+        return validate_or_explain(cls, values, "publisher settings")
+
+
+def build_publishers(
+    settings: PublisherSettings,
+    handlers: Mapping[str, Callable[[OrderCompleted], None]] | None = None,
+) -> list[Any]:
+    """The publishers ``settings`` names, in order. ``handlers`` replaces the entry-point lookup (tests)."""
+    built: list[Any] = []
+    for kind in settings.kinds:
+        if kind == "webhook":
+            built.append(
+                WebhookPublisher(
+                    settings.webhook_url or "",
+                    settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
+                    connect_timeout_seconds=settings.connect_timeout_seconds,
+                    read_timeout_seconds=settings.read_timeout_seconds,
+                )
+            )
+        elif kind == "python":
+            found = (
+                handlers
+                if handlers is not None
+                else load_entry_point_handlers(settings.handler_entry_point_group)
+            )
+            built.append(PythonHandlersPublisher(dict(found)))
+        else:
+            built.append(OutboxOnlyPublisher())
+    return built
+
+
+def close_publishers(publishers: Sequence[Any]) -> None:
+    """Release the connection pools of publishers that hold one."""
+    for pub in publishers:
+        close = getattr(pub, "close", None)
+        if callable(close):
+            close()

@@ -1,0 +1,231 @@
+"""One run: its options, the outcome of each order it decided, and its summary.
+
+:class:`RunOptions` is validated once, here: every bound (``limit``, ``sleep``,
+``lookback_hours`` ...) and the order of ``since`` and ``until``. The scan
+window built from it (:meth:`RunOptions.window`) trusts these values. The same
+fields are the Dagster run config of ``regularized_orders`` (``defs/config.py``
+generates it from this class).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.clock import as_naive_utc
+from regularization_pipeline.core.orders import OrderStatements
+from regularization_pipeline.core.schema import AppSchema, validate_or_explain
+
+LOCKED_ELSEWHERE = "order is locked by another worker"
+PROVIDER_UNAVAILABLE = "provider unavailable: left for the next run"
+
+
+class RunOptions(BaseModel):
+    """How one run behaves. The same fields are the Dagster run config of ``regularized_orders``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int = Field(
+        50,
+        ge=1,
+        le=10_000_000,
+        description="Maximum number of orders to act on in this run (the original --limit).",
+    )
+    sleep: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Seconds to wait between two orders, to spare the application and the provider (the original --sleep).",
+    )
+    lookback_hours: float | None = Field(
+        None,
+        gt=0,
+        description="Only payments completed within this many hours; older orphans are counted as aged out, not dropped silently.",
+    )
+    min_age_minutes: float = Field(
+        d.DEFAULT_MIN_AGE_MINUTES,
+        ge=0,
+        le=525_600,
+        description="Grace period: payments completed more recently are left to their webhook.",
+    )
+    dry_run: bool = Field(
+        False,
+        description="Decide and audit as 'dry-run' without changing any order or writing any event.",
+    )
+    batch_size: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="How many candidate order ids are read per page of the scan.",
+    )
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        le=1_000,
+        description="Failed attempts after which an order is quarantined instead of retried.",
+    )
+    since: dt.datetime | None = Field(
+        None, description="Only payments completed at or after this UTC time (ISO 8601)."
+    )
+    until: dt.datetime | None = Field(
+        None, description="Only payments completed at or before this UTC time (ISO 8601)."
+    )
+    max_runtime_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Stop taking new orders after this many seconds; the rest waits for the next run.",
+    )
+    mode: Literal["auto", "per_order", "batched"] = Field(
+        "auto",
+        description=(
+            "per_order: one transaction per order, sleeping between orders (the original's pace). "
+            "batched: claim, verify and flip batch_size orders per transaction, sleeping between batches; "
+            "a database error in a batch falls back to per_order for it. "
+            "auto: batched when sleep is 0 and no provider verification is configured, else per_order."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> RunOptions:
+        if self.since and self.until and as_naive_utc(self.since) >= as_naive_utc(self.until):
+            raise ValueError("since must be earlier than until")
+        return self
+
+    @classmethod
+    def parse(cls, **values: Any) -> RunOptions:
+        """Validate, naming every offending field (never its value) in one ConfigurationError."""
+        return validate_or_explain(cls, values, "run options")
+
+    def bounds_history(self) -> bool:
+        """Whether a lookback, ``since`` or ``until`` leaves part of the payment history out."""
+        return self.lookback_hours is not None or self.since is not None or self.until is not None
+
+    def window(self, now: dt.datetime) -> d.ScanWindow:
+        return d.ScanWindow(
+            now=now,
+            min_age_minutes=self.min_age_minutes,
+            lookback_hours=self.lookback_hours,
+            since=self.since,
+            until=self.until,
+        )
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    order_id: Any
+    action: str
+    reason: str
+    transaction_id: Any = None
+    attempt: int = 0
+
+    @property
+    def acted(self) -> bool:
+        """Whether this outcome counts against the run's limit (a lock held elsewhere does not)."""
+        return not (self.action == tb.SKIPPED and self.reason == LOCKED_ELSEWHERE)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    dry_run: bool = False
+    found: int = 0
+    oldest_orphan_age_minutes: float = 0.0
+    aged_out: int = 0
+    processed: int = 0
+    regularized: int = 0
+    would_regularize: int = 0
+    skipped: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    inconsistent: int = 0
+    inconsistent_by_kind: dict[str, int] = field(default_factory=dict)
+    stopped_by_deadline: bool = False
+    stopped_by_provider: bool = False
+    elapsed_seconds: float = 0.0
+    outcomes: list[OrderOutcome] = field(default_factory=list)
+
+    def record(self, outcome: OrderOutcome) -> None:
+        self.outcomes.append(outcome)
+        if outcome.acted:
+            self.processed += 1
+        counter = {
+            tb.REGULARIZED: "regularized",
+            tb.DRY_RUN: "would_regularize",
+            tb.SKIPPED: "skipped",
+            tb.FAILED: "failed",
+            tb.QUARANTINED: "quarantined",
+            tb.INCONSISTENT: "inconsistent",
+        }[outcome.action]
+        setattr(self, counter, getattr(self, counter) + 1)
+        if outcome.action == tb.INCONSISTENT and outcome.reason.startswith(d.PROVIDER_FAILED):
+            self.inconsistent_by_kind[d.PROVIDER_FAILED] = (
+                self.inconsistent_by_kind.get(d.PROVIDER_FAILED, 0) + 1
+            )
+
+    @property
+    def error_rate(self) -> float:
+        return (
+            round((self.failed + self.quarantined) / self.processed, 4) if self.processed else 0.0
+        )
+
+    def as_metrics(self) -> dict[str, float | int]:
+        """Numeric figures with stable keys, for Dagster metadata and the CLI table."""
+        metrics: dict[str, float | int] = {
+            "orphans_found": self.found,
+            "oldest_orphan_age_minutes": self.oldest_orphan_age_minutes,
+            "aged_out": self.aged_out,
+            "processed": self.processed,
+            "regularized": self.regularized,
+            "would_regularize": self.would_regularize,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "quarantined": self.quarantined,
+            "inconsistent": self.inconsistent,
+            "error_rate": self.error_rate,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+        }
+        for kind in d.INCONSISTENCY_KINDS:
+            metrics[f"inconsistent_{kind}"] = self.inconsistent_by_kind.get(kind, 0)
+        return metrics
+
+
+class Fault(Exception):
+    """Raised by test fault hooks; never by production code."""
+
+
+# Called with (point, order id) at the points a crash would hurt most; tests raise from
+# it to prove a crash anywhere leaves nothing behind, and pick one order by its id.
+FaultHook = Callable[[str, Any], None]
+ProgressHook = Callable[[OrderOutcome, RunSummary, int], None]
+
+
+def no_fault(_point: str, _order_id: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every step of a run needs, passed as one: where it writes, when, and on what terms."""
+
+    engine: sa.Engine
+    schema: AppSchema
+    tables: tb.OwnedTables
+    statements: OrderStatements
+    clock: Callable[[], dt.datetime]
+    fault: FaultHook
+    run_id: str
+    window: d.ScanWindow
+    dry_run: bool = False
+    max_attempts: int = 5
+
+    def fault_each(self, point: str, order_ids: list) -> None:
+        """The fault point, once per order: every crash test holds for batches too."""
+        for order_id in order_ids:
+            self.fault(point, order_id)

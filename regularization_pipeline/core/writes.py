@@ -1,0 +1,88 @@
+"""The one write step of a decision: flip, OrderCompleted outbox row, attempts, audit.
+
+Both paths use it, a single order (:meth:`Regularizer.regularize_one`) and a
+batch (:mod:`regularization_pipeline.core.batching`), inside the transaction
+that holds the orders' row locks. Writing the flip and its event in one place
+is what makes "exactly one event per flip" hold in every mode: the flip is a
+compare-and-set on the pending statuses, and the outbox rows are written only
+for the orders it moved, before the transaction commits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.attempts import note_attempt, reset_after_regularization
+from regularization_pipeline.core.audit import Decision, dry_run_of, write_audit
+from regularization_pipeline.core.db import insert_many
+from regularization_pipeline.core.events import new_event, outbox_row
+from regularization_pipeline.core.run import OrderOutcome, RunContext
+from regularization_pipeline.core.verification import Verdict
+
+LATE_WEBHOOK = "order changed before the flip (late webhook)"
+
+
+class FlipRaceError(RuntimeError):
+    """Some orders of a batch changed between the claim and the flip (only without row locks)."""
+
+
+def write_decisions(
+    ctx: RunContext, conn: sa.Connection, decisions: list[Decision]
+) -> list[OrderOutcome]:
+    """Carry out the decisions in the caller's transaction; returns the outcomes the run counts.
+
+    A dry run writes only the audit. A batch whose flip moved fewer orders than it
+    should raises :class:`FlipRaceError` (the caller rolls back and decides them one
+    by one); a single order is then skipped as taken by its late webhook.
+    """
+    if ctx.dry_run:
+        decisions = [dry_run_of(decision) for decision in decisions]
+    flip = [x for x in decisions if x.verdict.action == tb.REGULARIZED]
+    if flip and not _flip(ctx, conn, flip):
+        if len(decisions) > 1:
+            raise FlipRaceError(f"an order of the batch of {len(flip)} changed before the flip")
+        decisions = [Decision(flip[0].order_id, Verdict(tb.SKIPPED, LATE_WEBHOOK), flip[0].order)]
+        flip = []
+    if flip:
+        _write_events(ctx, conn, flip)
+    if not ctx.dry_run:
+        for decision in decisions:
+            if decision.verdict.action == tb.INCONSISTENT:
+                # The provider says the payment failed or was refunded: a human decides, so
+                # the order is held instead of asked about (and audited) every five minutes.
+                held = decision.verdict.reason.startswith(f"{d.PROVIDER_FAILED}:")
+                note_attempt(
+                    ctx, conn, decision.order_id, decision.verdict, failed=False, hold=held
+                )
+    outcomes = write_audit(ctx, conn, decisions)
+    ctx.fault_each("before_commit", [decision.order_id for decision in decisions])
+    return outcomes
+
+
+def _flip(ctx: RunContext, conn: sa.Connection, flip: list[Decision]) -> bool:
+    """The compare-and-set; True when it moved every order it was given."""
+    ids = [decision.order_id for decision in flip]
+    moved = conn.execute(ctx.statements.flip, {"p_orders": ids, "p_now": ctx.clock()}).rowcount
+    if moved != len(ids):
+        return False
+    ctx.fault_each("after_flip", ids)
+    return True
+
+
+def _write_events(ctx: RunContext, conn: sa.Connection, flipped: list[Decision]) -> None:
+    """One OrderCompleted outbox row per flipped order, and its attempts reset."""
+    now = ctx.clock()
+    insert_many(conn, ctx.tables.outbox, [outbox_row(_event(ctx, x, now), now) for x in flipped])
+    ids = [decision.order_id for decision in flipped]
+    ctx.fault_each("after_outbox", ids)
+    reset_after_regularization(ctx, conn, ids)
+
+
+def _event(ctx: RunContext, decision: Decision, now) -> Any:
+    tx, order = decision.verdict.transaction, decision.order
+    currency = tx.currency or (order.currency if order else None)
+    return new_event(decision.order_id, tx.id, tx.amount, currency, ctx.run_id, now)
