@@ -1,12 +1,16 @@
-"""Resources: the application's database and the publishers of OrderCompleted events.
+"""Resources: the application's database, the publishers of OrderCompleted events, the
+payment provider, and the alert channels.
 
-Secrets never appear in code or run config: the database URL comes from
-``REGULARIZATION_DATABASE_URL`` through ``dg.EnvVar`` (see ``definitions.py``),
-so the UI shows the variable's name, never its value.
+Each builds itself from the environment (``from_env``), which is how
+``definitions.py`` gets them. Secrets never appear in code or run config: the
+database URL, the webhook secret, the provider token and the alert channels'
+addresses are read through ``dg.EnvVar`` at run time, so the UI shows the
+variable's name, never its value.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dagster as dg
@@ -15,17 +19,64 @@ from pydantic import Field, PrivateAttr
 
 from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.alerting import Channel, EmailChannel, WebhookChannel
-from regularization_pipeline.core.db import check_reachable, create_app_engine
+from regularization_pipeline.core.db import DATABASE_URL_ENV, check_reachable, create_app_engine
 from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.events import (
+from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
+from regularization_pipeline.core.outbox import OutboxDispatcher, RetryPolicy
+from regularization_pipeline.core.publishers import (
     HANDLER_ENTRY_POINT_GROUP,
-    OutboxDispatcher,
     PublisherSettings,
-    RetryPolicy,
     build_publishers,
 )
-from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
-from regularization_pipeline.core.schema import AppSchema, SchemaMapping, bind_schema, load_mapping
+from regularization_pipeline.core.schema import (
+    SCHEMA_FILE_ENV,
+    AppSchema,
+    SchemaMapping,
+    bind_schema,
+    load_mapping,
+)
+
+# Which publishers receive OrderCompleted (comma-separated: python, webhook, outbox) and the webhook's settings.
+PUBLISHERS_ENV = "REGULARIZATION_PUBLISHERS"
+WEBHOOK_URL_ENV = "REGULARIZATION_WEBHOOK_URL"
+WEBHOOK_SECRET_ENV = "REGULARIZATION_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
+# Optional verification with the payment provider's API.
+PROVIDER_URL_ENV = "REGULARIZATION_PROVIDER_URL"
+PROVIDER_TOKEN_ENV = "REGULARIZATION_PROVIDER_TOKEN"  # noqa: S105 - the variable's name, not a secret
+PROVIDER_SETTINGS_ENV = "REGULARIZATION_PROVIDER_SETTINGS"
+# Alert channels (docs/monitoring.md): each is off while its address is unset; alerts are then only logged.
+ALERT_WEBHOOK_URL_ENV = "REGULARIZATION_ALERT_WEBHOOK_URL"
+ALERT_SMTP_HOST_ENV = "REGULARIZATION_ALERT_SMTP_HOST"
+ALERT_SMTP_PORT_ENV = "REGULARIZATION_ALERT_SMTP_PORT"
+ALERT_SMTP_FROM_ENV = "REGULARIZATION_ALERT_SMTP_FROM"
+ALERT_SMTP_TO_ENV = "REGULARIZATION_ALERT_SMTP_TO"
+ALERT_SMTP_STARTTLS_ENV = "REGULARIZATION_ALERT_SMTP_STARTTLS"
+ALERT_SMTP_USERNAME_ENV = "REGULARIZATION_ALERT_SMTP_USERNAME"
+ALERT_SMTP_PASSWORD_ENV = "REGULARIZATION_ALERT_SMTP_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+# The alert thresholds; the resource's defaults while unset.
+ALERT_STALE_ORPHAN_MINUTES_ENV = "REGULARIZATION_ALERT_STALE_ORPHAN_MINUTES"
+ALERT_MAX_ERROR_RATE_ENV = "REGULARIZATION_ALERT_MAX_ERROR_RATE"
+
+
+def secret_from_env(name: str) -> dg.EnvVar | None:
+    """The variable, read at run time (the UI shows its name), when it is set where the code loads."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def setting_from_env(name: str) -> str | None:
+    """A plain setting (not a secret), or None while it is unset or empty."""
+    return os.environ.get(name, "").strip() or None
+
+
+def number_from_env(name: str) -> float | None:
+    """A number set in the environment; None while it is empty (the resource's default then)."""
+    text = setting_from_env(name)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
 
 
 class AppDatabaseResource(dg.ConfigurableResource):
@@ -80,6 +131,11 @@ class AppDatabaseResource(dg.ConfigurableResource):
 
     def owned_tables(self) -> tb.OwnedTables:
         return tb.owned_tables(self.mapping().table_prefix)
+
+    @classmethod
+    def from_env(cls) -> AppDatabaseResource:
+        """REGULARIZATION_DATABASE_URL (read at run time) and REGULARIZATION_SCHEMA_FILE."""
+        return cls(url=dg.EnvVar(DATABASE_URL_ENV), schema_file=setting_from_env(SCHEMA_FILE_ENV))
 
 
 class EventPublisherResource(dg.ConfigurableResource):
@@ -154,6 +210,16 @@ class EventPublisherResource(dg.ConfigurableResource):
             engine, tables, publishers, retry=retry, lease_seconds=self.lease_seconds, owner=owner
         )
 
+    @classmethod
+    def from_env(cls) -> EventPublisherResource:
+        """REGULARIZATION_PUBLISHERS, and the webhook's URL and secret (read at run time)."""
+        names = (setting_from_env(PUBLISHERS_ENV) or "python").split(",")
+        return cls(
+            publishers=[name.strip() for name in names if name.strip()],
+            webhook_url=secret_from_env(WEBHOOK_URL_ENV),
+            webhook_secret=secret_from_env(WEBHOOK_SECRET_ENV),
+        )
+
 
 class PaymentGatewayResource(dg.ConfigurableResource):
     """Optional verification of each payment with the provider's API, rate-limited; off unless base_url is set.
@@ -195,6 +261,15 @@ class PaymentGatewayResource(dg.ConfigurableResource):
                 "provider verification is on (base_url is set) but REGULARIZATION_PROVIDER_TOKEN is not"
             )
         return GatewayVerifier(settings, self.token)
+
+    @classmethod
+    def from_env(cls) -> PaymentGatewayResource:
+        """REGULARIZATION_PROVIDER_URL, _TOKEN (read at run time) and _SETTINGS."""
+        return cls(
+            base_url=secret_from_env(PROVIDER_URL_ENV),
+            token=secret_from_env(PROVIDER_TOKEN_ENV),
+            settings_file=secret_from_env(PROVIDER_SETTINGS_ENV),
+        )
 
 
 class AlertResource(dg.ConfigurableResource):
@@ -270,3 +345,25 @@ class AlertResource(dg.ConfigurableResource):
                 )
             )
         return found
+
+    @classmethod
+    def from_env(cls) -> AlertResource:
+        """REGULARIZATION_ALERT_*: the webhook URL (it embeds its token) and the SMTP password
+        are read at run time through EnvVar; the rest is plain settings, read here."""
+        thresholds = {
+            "stale_orphan_minutes": number_from_env(ALERT_STALE_ORPHAN_MINUTES_ENV),
+            "max_error_rate": number_from_env(ALERT_MAX_ERROR_RATE_ENV),
+        }
+        recipients = (setting_from_env(ALERT_SMTP_TO_ENV) or "").split(",")
+        return cls(
+            **{field: value for field, value in thresholds.items() if value is not None},
+            webhook_url=secret_from_env(ALERT_WEBHOOK_URL_ENV),
+            smtp_host=setting_from_env(ALERT_SMTP_HOST_ENV),
+            smtp_port=int(setting_from_env(ALERT_SMTP_PORT_ENV) or 25),
+            smtp_from=setting_from_env(ALERT_SMTP_FROM_ENV) or "regularization@localhost",
+            smtp_to=[address.strip() for address in recipients if address.strip()],
+            smtp_starttls=(setting_from_env(ALERT_SMTP_STARTTLS_ENV) or "").lower()
+            in ("1", "true", "yes"),
+            smtp_username=setting_from_env(ALERT_SMTP_USERNAME_ENV),
+            smtp_password=secret_from_env(ALERT_SMTP_PASSWORD_ENV),
+        )
