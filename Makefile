@@ -40,10 +40,16 @@ format: venv
 test: venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The inner loop: no browser, no deployment topology, no long scenario (marked slow), on
+# both cores. Every database still counts: SQLite, PostgreSQL and MariaDB.
+test-fast: venv
+	$(BIN)/pytest -m "not slow" --ignore=tests/ui --ignore=tests/deploy -n 4 -q $(PYTEST_ARGS)
+
 # The UI on http://127.0.0.1:3000 with the scheduler and sensors; the demo shop unless
 # REGULARIZATION_DATABASE_URL names another database.
 dev: venv $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	REGULARIZATION_DATABASE_URL=$${REGULARIZATION_DATABASE_URL:-sqlite:///$(CURDIR)/.demo/shop.db} \
+		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # The benchmark suite on a million-order PostgreSQL shop (BENCH_DATABASE_URL, default a
 # `regbench` database on 127.0.0.1, created if missing). Not part of `make test`, which
