@@ -47,8 +47,12 @@ test-fast: venv
 
 # The UI on http://127.0.0.1:3000 with the scheduler and sensors; the demo shop unless
 # REGULARIZATION_DATABASE_URL names another database.
+# Without REGULARIZATION_DATABASE_URL: the demo shop, with the demo's OrderCompleted handlers.
+DEMO_ENV := REGULARIZATION_DATABASE_URL=sqlite:///$(CURDIR)/.demo/shop.db REGULARIZATION_PUBLISHERS=python \
+	REGULARIZATION_PYTHON_HANDLERS=regularization_pipeline.demo.handlers:enroll,regularization_pipeline.demo.handlers:notify,regularization_pipeline.demo.handlers:activate_subscription
+
 dev: venv $(DAGSTER_HOME)/dagster.yaml
-	REGULARIZATION_DATABASE_URL=$${REGULARIZATION_DATABASE_URL:-sqlite:///$(CURDIR)/.demo/shop.db} \
+	$(if $(REGULARIZATION_DATABASE_URL),,$(DEMO_ENV)) \
 		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # The benchmark suite on a million-order PostgreSQL shop (BENCH_DATABASE_URL, default a

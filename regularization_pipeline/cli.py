@@ -29,9 +29,13 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import io
+import math
 import os
+import re
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +50,11 @@ from regularization_pipeline.core.db import (
     create_app_engine,
     database_url_from_env,
 )
-from regularization_pipeline.core.errors import ConfigurationError, RegularizationError
+from regularization_pipeline.core.errors import (
+    ConfigurationError,
+    RegularizationError,
+    describe_error,
+)
 from regularization_pipeline.core.run import RunOptions
 from regularization_pipeline.core.schema import AppSchema, bind_schema, load_mapping
 
@@ -85,6 +93,7 @@ class JobReport:
     events: dict[str, float | int]
     failures: list[str]
     checks: dict[str, tuple[bool, str]]  # check name -> (passed, severity)
+    delivered_to: str = ""
 
     @property
     def orders_failed(self) -> int:
@@ -92,9 +101,16 @@ class JobReport:
 
 
 def launch_job(
-    instance, config: Mapping[str, Any], tags: Mapping[str, str] | None = None
+    instance,
+    config: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+    log_level: str = "INFO",
 ) -> JobReport:
-    """Run the job once in this process against ``instance``, after making sure none is in flight."""
+    """Run the job once in this process against ``instance``, after making sure none is in flight.
+
+    ``log_level`` is the console's. Without --debug, an error line keeps its first line
+    only: the operator reads what failed, and the report below says the rest.
+    """
     from regularization_pipeline.definitions import defs
     from regularization_pipeline.defs.jobs import JOB_NAME, in_flight_run
 
@@ -104,16 +120,55 @@ def launch_job(
             f"run {running.dagster_run.run_id} of {JOB_NAME} is {running.dagster_run.status.value}: not starting another"
         )
     job = defs.resolve_job_def(JOB_NAME)
-    result = job.execute_in_process(
+    if DEBUG.on:
+        return _report(_execute(job, instance, config, tags, log_level))
+    stderr, sys.stderr = sys.stderr, _ErrorsInOneLine(sys.stderr)
+    try:
+        return _report(_execute(job, instance, config, tags, log_level))
+    finally:
+        sys.stderr = stderr
+
+
+class _ErrorsInOneLine(io.TextIOBase):
+    """stderr for Dagster's console while a job runs: an error record keeps its first line.
+
+    Dagster prints a failed step with its whole stack trace; the operator needs what
+    failed (the report below says the rest, and --debug shows everything).
+    """
+
+    RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - \S+ - (\w+) - ")
+
+    def __init__(self, target):
+        self.target = target
+        self.dropping = False
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            record = self.RECORD.match(line)
+            if record:
+                self.dropping = record.group(1) in ("ERROR", "CRITICAL")
+                self.target.write(line + "\n")
+            elif not self.dropping:
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def _execute(job, instance, config: Mapping[str, Any], tags, log_level: str):
+    return job.execute_in_process(
         instance=instance,
         run_config={
             "ops": {"regularized_orders": {"config": dict(config)}},
-            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+            "loggers": {"console": {"config": {"log_level": log_level}}},
         },
         tags={"regularization/launched_by": "cli", **(tags or {})},
         raise_on_error=False,
     )
-    return _report(result)
 
 
 def _metadata_of(result, asset: str) -> dict[str, float | int]:
@@ -145,7 +200,15 @@ def _report(result) -> JobReport:
         _metadata_of(result, "order_completed_events"),
         failures,
         checks,
+        _text_of(result, "order_completed_events", "delivered_to"),
     )
+
+
+def _text_of(result, asset: str, key: str) -> str:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == asset and key in event.materialization.metadata:
+            return str(event.materialization.metadata[key].value)
+    return ""
 
 
 def format_table(
@@ -166,6 +229,8 @@ def print_report(report: JobReport, out=sys.stdout) -> None:
         print(format_table(list(report.metrics.items())), file=out)
     if report.events:
         print(format_table([(f"events_{k}", v) for k, v in report.events.items()]), file=out)
+    if report.delivered_to:
+        print(f"events: {report.delivered_to}", file=out)
     for name, (passed, severity) in sorted(report.checks.items()):
         print(f"check {name}: {'passed' if passed else f'FAILED ({severity})'}", file=out)
     for failure in report.failures:
@@ -184,9 +249,12 @@ def _whole_number(text: str) -> int:
 
 def _number(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -271,40 +339,44 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import dagster as dg
 
     config = run_config_from_args(args, parser)
-    try:
-        # The code location falls back to the demo shop for `make dev`; a run from the
-        # command line is meant for the application's database, so it must be named.
-        database_url_from_env()
-    except ConfigurationError as exc:
-        parser.error(str(exc))
     if not os.environ.get("DAGSTER_HOME"):
-        parser.error(
-            "DAGSTER_HOME is not set: point it at the Dagster instance directory (`make dev` uses .dagster_home)"
+        raise ConfigurationError(
+            "DAGSTER_HOME is not set: point it at the Dagster instance directory "
+            "(`make dev` uses .dagster_home)"
         )
-    try:
-        with dg.DagsterInstance.get() as instance:
-            report = launch_job(instance, config)
-    except BusyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BUSY
+    # What the job would refuse under a stack trace, refused here in one line and before
+    # anything runs: the URL (the code location's own default is the demo shop, so a run
+    # from the command line must name it), the mapping, the server, our tables, the
+    # publishers and the provider settings.
+    _open_database(parser, migrated=True).engine.dispose()
+    _check_delivery_settings()
+    _payment_verifier_or_none()
+    with dg.DagsterInstance.get() as instance:
+        report = launch_job(instance, config, log_level="DEBUG" if DEBUG.on else "INFO")
     print_report(report)
     if not report.success:
+        return EXIT_FAILED
+    if report.events.get("all_deliveries_failed"):
+        print("error: every OrderCompleted delivery of this run failed", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED if report.orders_failed else EXIT_OK
 
 
+def _check_delivery_settings() -> None:
+    """The publishers the job would build, built and closed: a bad choice is refused now."""
+    from regularization_pipeline.core.publishers import close_publishers
+    from regularization_pipeline.defs.resources import EventPublisherResource
+
+    resource = EventPublisherResource.from_env().process_config_and_initialize()
+    close_publishers(resource.build_publishers())
+
+
 def cmd_migrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    try:
-        engine = create_app_engine(database_url_from_env())
-        prefix = load_mapping().table_prefix
-    except ConfigurationError as exc:
-        parser.error(str(exc))
+    engine = create_app_engine(database_url_from_env())
+    prefix = load_mapping().table_prefix
     try:
         check_reachable(engine)
         revision = migrations.upgrade(engine, prefix)
-    except RegularizationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     finally:
         engine.dispose()
     print(
@@ -319,7 +391,7 @@ def cmd_migrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 def _utc_time(text: str) -> dt.datetime:
     try:
         return operator_tools.parse_utc_time(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO 8601 time (e.g. 2024-05-01 or 2024-05-01T13:30:00+02:00; UTC without offset)"
         ) from None
@@ -366,21 +438,20 @@ class OpenDatabase:
 
 
 def _open_database(parser: argparse.ArgumentParser, *, migrated: bool = False) -> OpenDatabase:
-    """The application database with its mapping checked (and our tables, when ``migrated``); errors exit."""
+    """The application database with its mapping checked (and our tables, when ``migrated``).
+
+    Raises the RegularizationError that names what is wrong (main() makes it exit 2).
+    """
+    engine = create_app_engine(database_url_from_env())
     try:
-        engine = create_app_engine(database_url_from_env())
         mapping = load_mapping()
-    except ConfigurationError as exc:
-        parser.error(str(exc))
-    try:
         check_reachable(engine)
         schema = bind_schema(engine, mapping)
         if migrated:
             migrations.require_migrated(engine, mapping.table_prefix)
-    except RegularizationError as exc:
+    except BaseException:
         engine.dispose()
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from None
+        raise
     return OpenDatabase(engine, schema, mapping.table_prefix)
 
 
@@ -459,14 +530,17 @@ def cmd_list_inconsistencies(args: argparse.Namespace, parser: argparse.Argument
 
 def _payment_verifier():
     """The provider verification the job would use, from the same variables (None when off)."""
-    import warnings
-
-    # Loading the definitions warns about Dagster beta APIs: noise on an operator's terminal.
-    warnings.filterwarnings("ignore", module="dagster")
     from regularization_pipeline.defs.resources import PaymentGatewayResource
 
     # The resource the code location builds, its EnvVar fields resolved as a run would.
     return PaymentGatewayResource.from_env().process_config_and_initialize().verifier()
+
+
+def _payment_verifier_or_none() -> None:
+    """Refuse bad provider settings now (ConfigurationError), as the job would later."""
+    verifier = _payment_verifier()
+    if verifier is not None:
+        verifier.close()
 
 
 def cmd_regularize_order(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -498,11 +572,6 @@ def cmd_regularize_order(args: argparse.Namespace, parser: argparse.ArgumentPars
         outcome = operator_tools.regularize_order(
             regularizer, args.order_id, options, f"operator-{uuid.uuid4()}"
         )
-    except ConfigurationError as exc:
-        parser.error(str(exc))
-    except RegularizationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     finally:
         if verifier is not None:
             verifier.close()
@@ -704,10 +773,17 @@ def _register_prune(sub, commands: dict[str, tuple[argparse.ArgumentParser, Comm
     commands["prune"] = (prune, cmd_prune)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (the usage is in --help)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> tuple[
     argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, Command]]
 ]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="regularize-completed-orders",
         description="Complete orders left pending after a lost payment webhook. "
         f"Without a command, runs `{DEFAULT_COMMAND}`.",
@@ -725,14 +801,51 @@ def build_parser() -> tuple[
     return parser, commands
 
 
+class _Debug:
+    """Whether --debug was given: tracebacks and Dagster's own log lines reach the terminal."""
+
+    on = False
+
+
+DEBUG = _Debug()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command under one error contract: bad input exits 2 with one line naming the
+    problem, a run with failed orders exits 1, another run in flight 3; a traceback only
+    with --debug; a closed pipe (``| head``) ends quietly."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    DEBUG.on = "--debug" in args_list
+    args_list = [arg for arg in args_list if arg != "--debug"]
+    if not DEBUG.on:
+        # Dagster's beta and deprecation warnings are noise on an operator's terminal.
+        warnings.filterwarnings("ignore")
     parser, commands = build_parser()
     if not args_list or (args_list[0] not in commands and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, DEFAULT_COMMAND)
     args = parser.parse_args(args_list)
     command_parser, command = commands[args.command]
-    return command(args, command_parser)
+    try:
+        return command(args, command_parser)
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say, and nothing to say it to.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except BusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except RegularizationError as exc:
+        if DEBUG.on:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if DEBUG.on:
+            raise
+        print(
+            f"error: {describe_error(exc)} (again with --debug for the traceback)", file=sys.stderr
+        )
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def claim_batch(
     left): the candidates are looked for within the next ``slice_size`` pending
     orders, so a slice with none, or all held by another run, moves the scan on.
     """
-    s, at = ctx.schema, ctx.tables.attempts
+    s = ctx.schema
     pending = d.pending_ids_after(s, after, slice_size).subquery()
     slice_end = conn.execute(sa.select(sa.func.max(pending.c[0]))).scalar()
     if slice_end is None:
@@ -75,12 +75,9 @@ def claim_batch(
     in_slice = [s.o("id") <= slice_end]
     if after is not None:
         in_slice.append(s.o("id") > after)
-    quarantined = sa.exists().where(
-        at.c.order_id == sa.cast(s.o("id"), sa.String), at.c.quarantined_at.is_not(None)
-    )
     query = (
         sa.select(*ctx.statements.order_columns)
-        .where(*in_slice, d.regularizable_condition(s, ctx.window), ~quarantined)
+        .where(*in_slice, d.fixable_condition(s, ctx.window, ctx.tables.attempts))
         .order_by(s.o("id"))
         .limit(size)
     )

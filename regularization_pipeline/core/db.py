@@ -39,6 +39,8 @@ def create_app_engine(
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise ConfigurationError(f"invalid database URL: {exc}") from exc
+    if parsed.get_backend_name() in ("mysql", "mariadb") and not parsed.database:
+        raise ConfigurationError("invalid database URL: a MariaDB/MySQL URL must name its database")
     kwargs: dict = {"hide_parameters": True, "echo": echo, "future": True}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}

@@ -106,7 +106,9 @@ def completed_payment_of_order(
 
 
 def exists_payment(s: AppSchema, *conds: sa.ColumnElement[bool]) -> sa.Exists:
-    return sa.exists().select_from(s.transactions).where(*conds)
+    """A payment of the order in the outer query: only the order is correlated, so the
+    subquery keeps its own FROM even inside a query that joins the payments too."""
+    return sa.exists().select_from(s.transactions).where(*conds).correlate_except(s.transactions)
 
 
 def completed_payment_count(s: AppSchema) -> sa.ScalarSelect:
@@ -114,6 +116,7 @@ def completed_payment_count(s: AppSchema) -> sa.ScalarSelect:
         sa.select(sa.func.count())
         .select_from(s.transactions)
         .where(*completed_payment_of_order(s))
+        .correlate_except(s.transactions)
         .scalar_subquery()
     )
 
@@ -210,36 +213,51 @@ class OrphanStats:
         return round(max((self.now - self.oldest_completed_at).total_seconds(), 0.0) / 60.0, 1)
 
 
+def is_quarantined(s: AppSchema, attempts: sa.Table) -> sa.Exists:
+    """The order has been set aside: it failed too often, or the provider said its payment failed."""
+    return sa.exists().where(
+        attempts.c.order_id == sa.cast(s.o("id"), sa.String), attempts.c.quarantined_at.is_not(None)
+    )
+
+
+def fixable_condition(
+    s: AppSchema, window: ScanWindow, attempts: sa.Table | None
+) -> sa.ColumnElement[bool]:
+    """An orphan the job would fix: regularizable and, when our tables exist, not quarantined.
+
+    Every other orphan is *held*: an inconsistency, or a quarantine, that waits for a
+    human. Held orders are counted apart (``held_orders_<reason>``), never as orphans.
+    """
+    condition = regularizable_condition(s, window)
+    return condition if attempts is None else sa.and_(condition, ~is_quarantined(s, attempts))
+
+
 def orphan_stats(
     conn: sa.Connection,
     s: AppSchema,
     window: ScanWindow,
     sample_size: int = 20,
     count_aged_out: bool = True,
+    *,
+    attempts: sa.Table | None = None,
 ) -> OrphanStats:
-    """How many orphans, the oldest payment among them, a few ids, and how many aged out of the window.
+    """How many orphans the job would fix, the oldest payment among them, a few ids, and how
+    many aged out of the window. ``attempts`` (our attempts table) leaves quarantined ones out.
 
     Counting the aged-out orphans reads the history before the window, so it costs
     about what a count with no window does; ``count_aged_out=False`` leaves it at 0.
     """
+    fixable = fixable_condition(s, window, attempts)
     # A join, not a subquery per order (see select_orphan_payments).
     count, oldest = conn.execute(
         select_orphan_payments(
             s, window, sa.func.count(sa.distinct(s.o("id"))), sa.func.min(s.tx_completed_at)
-        )
+        ).where(fixable)
     ).one()
-    sample = (
-        tuple(
-            conn.execute(
-                sa.select(s.o("id"))
-                .where(orphan_condition(s, window))
-                .order_by(s.o("id"))
-                .limit(sample_size)
-            ).scalars()
-        )
-        if count and sample_size
-        else ()
-    )
+    sample = ()
+    if count and sample_size:
+        first = sa.select(s.o("id")).where(fixable).order_by(s.o("id")).limit(sample_size)
+        sample = tuple(conn.execute(first).scalars())
     aged_out = 0
     if count_aged_out and window.not_before is not None:
         older = ScanWindow(
@@ -247,9 +265,8 @@ def orphan_stats(
             min_age_minutes=0,
             until=window.not_before - dt.timedelta(microseconds=1),
         )
-        aged_out = conn.execute(
-            sa.select(sa.func.count()).where(orphan_condition(s, older))
-        ).scalar_one()
+        older_fixable = fixable_condition(s, older, attempts)
+        aged_out = conn.execute(sa.select(sa.func.count()).where(older_fixable)).scalar_one()
     return OrphanStats(
         count=count,
         oldest_completed_at=to_datetime(oldest),

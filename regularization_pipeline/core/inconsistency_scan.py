@@ -211,11 +211,56 @@ def with_provider_failures(
             )
         ).scalars()
     )
-    ids = []
-    if keys:  # usually none: the orders table is only read when some are held
-        held = sa.select(s.o("id")).where(
-            sa.cast(s.o("id"), sa.String).in_(keys), *order_is_pending(s)
-        )
-        ids = sorted(conn.execute(held).scalars(), key=order_id_sort_key)
+    ids = pending_among(conn, s, keys)
     report.order_ids[PROVIDER_FAILED], report.counts[PROVIDER_FAILED] = ids, len(ids)
     return report
+
+
+def pending_among(conn: sa.Connection, s: AppSchema, keys: list[str]) -> list:
+    """The pending, live orders among ``keys`` (order ids as our tables keep them, text)."""
+    if not keys:  # usually none: the orders table is only read when some are held
+        return []
+    found = []
+    for start in range(0, len(keys), ORDER_ID_CHUNK):
+        chunk = keys[start : start + ORDER_ID_CHUNK]
+        held = sa.select(s.o("id")).where(
+            sa.cast(s.o("id"), sa.String).in_(chunk), *order_is_pending(s)
+        )
+        found.extend(conn.execute(held).scalars())
+    return sorted(found, key=order_id_sort_key)
+
+
+QUARANTINED = "quarantined"
+HELD_REASONS = (*INCONSISTENCY_KINDS, QUARANTINED)
+
+
+def quarantined_order_ids(conn: sa.Connection, schema: AppSchema) -> list:
+    """Pending orders quarantined after repeated failures (the provider's holds are a kind of their own)."""
+    at = tb.owned_tables(schema.mapping.table_prefix).attempts
+    keys = conn.execute(
+        sa.select(at.c.order_id).where(
+            at.c.quarantined_at.is_not(None),
+            ~at.c.last_reason.startswith(f"{PROVIDER_FAILED}:", autoescape=True),
+        )
+    ).scalars()
+    return pending_among(conn, schema, list(keys))
+
+
+def held_orders(
+    conn: sa.Connection, schema: AppSchema, report: InconsistencyReport
+) -> dict[str, int]:
+    """Orders the job leaves alone by design, by reason: each kind of inconsistency, and quarantine.
+
+    Never counted as orphans: they wait for a human (``list-inconsistencies``), and stay
+    here until the inconsistency is settled or the quarantine released.
+    """
+    held = {kind: int(report.counts.get(kind, 0)) for kind in INCONSISTENCY_KINDS}
+    held[QUARANTINED] = len(quarantined_order_ids(conn, schema))
+    return held
+
+
+def held_metadata(held: dict[str, int]) -> dict[str, int]:
+    """``held_orders`` (all reasons) and ``held_orders_<reason>``: stable keys for metadata."""
+    return {"held_orders": sum(held.values())} | {
+        f"held_orders_{reason}": held.get(reason, 0) for reason in HELD_REASONS
+    }

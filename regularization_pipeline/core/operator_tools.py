@@ -20,12 +20,16 @@ from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.clock import as_naive_utc, to_datetime, utcnow
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.inconsistency_scan import (
+    QUARANTINED,
     inconsistency_report,
+    quarantined_order_ids,
     with_provider_failures,
 )
+from regularization_pipeline.core.orders import same_order_id
 from regularization_pipeline.core.outbox import OutboxDispatcher
 from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
 from regularization_pipeline.core.schema import AppSchema
+from regularization_pipeline.core.verification import verify
 
 
 def parse_utc_time(text: str) -> dt.datetime:
@@ -35,15 +39,20 @@ def parse_utc_time(text: str) -> dt.datetime:
 
 
 def existing_order_id(conn: sa.Connection, schema: AppSchema, order_id: str) -> Any:
-    """The order's id as the database holds it; ConfigurationError when there is no such order."""
-    column = schema.o("id")
-    try:
-        found = conn.execute(sa.select(column).where(column == order_id)).first()
-    except (
-        sa.exc.DataError
-    ):  # PostgreSQL: not a valid value of the key's type ("abc" for an integer id)
-        found = None
-    if found is None:
+    """The order's id as the database holds it; ConfigurationError when there is no such order.
+
+    The text is parsed against the key's type first, and the row found must carry
+    exactly that key: a MySQL-family server would otherwise answer '1O' with order 1.
+    """
+    key = schema.parse_order_id(order_id)
+    found = None
+    if key is not None:
+        column = schema.o("id")
+        try:
+            found = conn.execute(sa.select(column).where(column == key)).first()
+        except sa.exc.DataError:  # PostgreSQL: out of the key type's range
+            found = None
+    if found is None or not same_order_id(found[0], key):
         raise ConfigurationError(f"order {order_id} does not exist")
     return found[0]
 
@@ -80,12 +89,12 @@ def regularize_order(
             )
         ).first()
         if orphan is None:
-            status = conn.execute(
-                sa.select(schema.o("status")).where(schema.o("id") == key)
-            ).scalar_one()
+            # Why not, in the words of the decision a run would take on it.
+            order = regularizer.statements.load_order(conn, key, lock=False)
+            payments = regularizer.statements.payments(conn, key)
+            verdict = verify(order, payments, schema.statuses, window)
             raise ConfigurationError(
-                f"order {key} is not an orphan (status {status}, no completed payment older than "
-                f"{window.min_age_minutes:g} minute(s) in the window): nothing to regularize"
+                f"order {key} is not an orphan ({verdict.reason}): nothing to regularize"
             )
     return regularizer.regularize_one(key, run_id, options, window)
 
@@ -95,16 +104,25 @@ class OrphanRow:
     order_id: Any
     order_status: str
     transaction_id: Any
+    payment_reference: str | None
     completed_at: dt.datetime | None
     age_minutes: float
 
-    COLUMNS = ("order_id", "order_status", "transaction_id", "completed_at", "age_minutes")
+    COLUMNS = (
+        "order_id",
+        "order_status",
+        "transaction_id",
+        "payment_reference",
+        "completed_at",
+        "age_minutes",
+    )
 
     def values(self) -> tuple:
         return (
             self.order_id,
             self.order_status,
             self.transaction_id,
+            self.payment_reference or "",
             self.completed_at.isoformat(sep=" ") if self.completed_at else "",
             self.age_minutes,
         )
@@ -113,23 +131,29 @@ class OrphanRow:
 def orphan_rows(
     conn: sa.Connection, schema: AppSchema, window: d.ScanWindow, limit: int | None = None
 ) -> list[OrphanRow]:
-    """Orphaned orders in the window, oldest payment first: ids, statuses and times only."""
+    """The orphans a run would fix, oldest payment first: ids, the provider's reference of the
+    payment (when the mapping names one), statuses and times only. Held orders are left
+    out (``inconsistency_rows`` lists them)."""
     s = schema
     first_paid = sa.func.min(s.tx_completed_at)
+    reference = sa.func.min(s.t("reference")) if s.has_t("reference") else sa.null()
+    attempts = tb.owned_tables(s.mapping.table_prefix).attempts
+    migrated = sa.inspect(conn).has_table(attempts.name)
     query = (
         d.select_orphan_payments(
-            s, window, s.o("id"), s.o("status"), sa.func.min(s.t("id")), first_paid
+            s, window, s.o("id"), s.o("status"), sa.func.min(s.t("id")), reference, first_paid
         )
+        .where(d.fixable_condition(s, window, attempts if migrated else None))
         .group_by(s.o("id"), s.o("status"))
         .order_by(first_paid, s.o("id"))
     )
     if limit is not None:
         query = query.limit(limit)
     rows = []
-    for order_id, status, tx_id, completed_at in conn.execute(query).all():
+    for order_id, status, tx_id, ref, completed_at in conn.execute(query).all():
         when = to_datetime(completed_at)
         age = round(max((window.now - when).total_seconds(), 0.0) / 60.0, 1) if when else 0.0
-        rows.append(OrphanRow(order_id, str(status), tx_id, when, age))
+        rows.append(OrphanRow(order_id, str(status), tx_id, ref, when, age))
     return rows
 
 
@@ -139,17 +163,20 @@ INCONSISTENCY_COLUMNS = ("kind", "order_id")
 def inconsistency_rows(
     conn: sa.Connection, schema: AppSchema, window: d.ScanWindow | None
 ) -> list[tuple[str, Any]]:
-    """(kind, order id) for every inconsistency the pipeline reports and never fixes."""
+    """(reason, order id) for every order the pipeline holds and never fixes: each kind of
+    inconsistency, and the orders quarantined after repeated failures."""
     report = inconsistency_report(conn, schema, window, sample_size=None)
-    if sa.inspect(conn).has_table(
-        tb.owned_tables(schema.mapping.table_prefix).attempts.name
-    ):  # read-only before migrate too
+    quarantined: list = []
+    attempts = tb.owned_tables(schema.mapping.table_prefix).attempts
+    if sa.inspect(conn).has_table(attempts.name):  # read-only before migrate too
         report = with_provider_failures(conn, schema, report)
-    return [
+        quarantined = quarantined_order_ids(conn, schema)
+    rows = [
         (kind, order_id)
         for kind in d.INCONSISTENCY_KINDS
         for order_id in report.order_ids.get(kind, [])
     ]
+    return rows + [(QUARANTINED, order_id) for order_id in quarantined]
 
 
 def dead_event_ids(

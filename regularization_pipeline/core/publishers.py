@@ -8,6 +8,7 @@ publisher's success separately, so a retry never re-runs one that succeeded.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,23 @@ def load_entry_point_handlers(
 ) -> dict[str, Callable[[OrderCompleted], None]]:
     """Handlers installed under the entry-point group, by entry-point name."""
     return {ep.name: ep.load() for ep in entry_points(group=group)}
+
+
+def load_named_handlers(paths: Sequence[str]) -> dict[str, Callable[[OrderCompleted], None]]:
+    """Handlers named ``module:function``, by that name; a ConfigurationError names a bad one."""
+    found: dict[str, Callable[[OrderCompleted], None]] = {}
+    for path in paths:
+        module_name, _, attribute = path.partition(":")
+        try:
+            handler = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigurationError(
+                f"python handler {path!r} cannot be imported (expected module:function)"
+            ) from None
+        if not callable(handler):
+            raise ConfigurationError(f"python handler {path!r} is not callable")
+        found[path] = handler
+    return found
 
 
 class OutboxOnlyPublisher:
@@ -217,10 +235,11 @@ class PublisherSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kinds: list[PublisherKind] = Field(
-        default_factory=lambda: ["python"],
+        default_factory=lambda: ["outbox"],
         min_length=1,
-        description="'webhook' (signed HTTP POST), 'python' (handlers under the entry-point group), "
-        "'outbox' (the application reads the outbox table itself; cannot be combined with the others).",
+        description="'outbox' (the default: the application reads the outbox table itself; cannot "
+        "be combined with the others), 'webhook' (signed HTTP POST), 'python' (handlers installed "
+        "under the entry-point group or named in python_handlers).",
     )
     webhook_url: str | None = Field(
         None, description="Where OrderCompleted is POSTed (http:// or https://)."
@@ -234,6 +253,10 @@ class PublisherSettings(BaseModel):
     )
     handler_entry_point_group: str = Field(
         HANDLER_ENTRY_POINT_GROUP, description="Entry-point group of the python handlers."
+    )
+    python_handlers: list[str] = Field(
+        default_factory=list,
+        description="More python handlers, each as module:function (REGULARIZATION_PYTHON_HANDLERS).",
     )
 
     @model_validator(mode="after")
@@ -278,15 +301,32 @@ def build_publishers(
                 )
             )
         elif kind == "python":
-            found = (
-                handlers
-                if handlers is not None
-                else load_entry_point_handlers(settings.handler_entry_point_group)
-            )
+            found = handlers if handlers is not None else _python_handlers(settings)
             built.append(PythonHandlersPublisher(dict(found)))
         else:
             built.append(OutboxOnlyPublisher())
     return built
+
+
+def _python_handlers(settings: PublisherSettings) -> dict[str, Callable[[OrderCompleted], None]]:
+    found = load_entry_point_handlers(settings.handler_entry_point_group)
+    found.update(load_named_handlers(settings.python_handlers))
+    if not found:
+        # Delivering to nobody would mark every event delivered: lost for the application.
+        raise ConfigurationError(
+            "publishers: 'python' is chosen but no handler is installed under the entry-point "
+            f"group {settings.handler_entry_point_group!r} nor named in python_handlers "
+            "(REGULARIZATION_PYTHON_HANDLERS)"
+        )
+    return found
+
+
+def describe_destination(publishers: Sequence[Any]) -> str:
+    """Where a run's events went, in words, for its report."""
+    names = [pub.name for pub in expand_publishers(publishers)]
+    if names == [OutboxOnlyPublisher.name]:
+        return "outbox: left in the outbox table for the application to consume"
+    return "delivered to " + ", ".join(names)
 
 
 def close_publishers(publishers: Sequence[Any]) -> None:

@@ -38,6 +38,7 @@ from regularization_pipeline.core.audit import Decision
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
 from regularization_pipeline.core.inconsistencies import audit_new_inconsistencies, open_report
+from regularization_pipeline.core.inconsistency_scan import held_orders
 from regularization_pipeline.core.migrations import require_migrated
 from regularization_pipeline.core.orders import OrderStatements, same_order_id
 from regularization_pipeline.core.run import (
@@ -156,21 +157,26 @@ class Regularizer:
 
     def _survey(self, ctx: RunContext, options: RunOptions) -> RunSummary:
         """The run's starting figures; each inconsistency seen for the first time is audited."""
-        with self.engine.connect() as conn:
-            stats = d.orphan_stats(conn, self.schema, ctx.window, sample_size=0)
         report = open_report(ctx, options.bounds_history())
+        with self.engine.connect() as conn:
+            stats = d.orphan_stats(
+                conn, self.schema, ctx.window, sample_size=0, attempts=self.tables.attempts
+            )
+            held = held_orders(conn, self.schema, report)
         if not options.dry_run:
             audit_new_inconsistencies(ctx, report)
         log.info(
-            "run %s: %d orphan(s) found, %d inconsistency(ies), limit %d",
+            "run %s: %d orphan(s) to fix, %d held order(s), limit %d",
             ctx.run_id,
             stats.count,
-            report.total,
+            sum(held.values()),
             options.limit,
         )
         return RunSummary(
             run_id=ctx.run_id,
             dry_run=options.dry_run,
+            limit=options.limit,
+            held=held,
             found=stats.count,
             aged_out=stats.aged_out,
             oldest_orphan_age_minutes=stats.oldest_age_minutes,

@@ -16,6 +16,7 @@ What is pruned, in bounded batches (short transactions, bounded IN lists):
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import ConfigurationError
 
 DEFAULT_RETENTION_DAYS = 90
+MAX_RETENTION_DAYS = 36_500
 BATCH = 500
 
 
@@ -46,8 +48,10 @@ class PruneSummary:
 
 
 def retention_cutoff(older_than_days: float, now: dt.datetime) -> dt.datetime:
-    if older_than_days < 1:
-        raise ConfigurationError(f"older_than_days must be >= 1, got {older_than_days:g}")
+    if not (math.isfinite(older_than_days) and 1 <= older_than_days <= MAX_RETENTION_DAYS):
+        raise ConfigurationError(
+            f"older_than_days must be a number from 1 to {MAX_RETENTION_DAYS}, got {older_than_days:g}"
+        )
     return now - dt.timedelta(days=older_than_days)
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.clock import as_naive_utc
+from regularization_pipeline.core.inconsistency_scan import held_metadata
 from regularization_pipeline.core.orders import OrderStatements
 from regularization_pipeline.core.schema import AppSchema, validate_or_explain
 
@@ -42,17 +43,21 @@ class RunOptions(BaseModel):
         2.0,
         ge=0,
         le=3600,
+        allow_inf_nan=False,
         description="Seconds to wait between two orders, to spare the application and the provider (the original --sleep).",
     )
     lookback_hours: float | None = Field(
         None,
         gt=0,
+        le=87_600,
+        allow_inf_nan=False,
         description="Only payments completed within this many hours; older orphans are counted as aged out, not dropped silently.",
     )
     min_age_minutes: float = Field(
         d.DEFAULT_MIN_AGE_MINUTES,
         ge=0,
         le=525_600,
+        allow_inf_nan=False,
         description="Grace period: payments completed more recently are left to their webhook.",
     )
     dry_run: bool = Field(
@@ -80,6 +85,8 @@ class RunOptions(BaseModel):
     max_runtime_seconds: float | None = Field(
         None,
         gt=0,
+        le=86_400,
+        allow_inf_nan=False,
         description="Stop taking new orders after this many seconds; the rest waits for the next run.",
     )
     mode: Literal["auto", "per_order", "batched"] = Field(
@@ -135,6 +142,7 @@ class OrderOutcome:
 class RunSummary:
     run_id: str
     dry_run: bool = False
+    limit: int = 50
     found: int = 0
     oldest_orphan_age_minutes: float = 0.0
     aged_out: int = 0
@@ -146,6 +154,7 @@ class RunSummary:
     quarantined: int = 0
     inconsistent: int = 0
     inconsistent_by_kind: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
     stopped_by_deadline: bool = False
     stopped_by_provider: bool = False
     elapsed_seconds: float = 0.0
@@ -193,7 +202,14 @@ class RunSummary:
         }
         for kind in d.INCONSISTENCY_KINDS:
             metrics[f"inconsistent_{kind}"] = self.inconsistent_by_kind.get(kind, 0)
+        metrics.update(held_metadata(self.held))
+        metrics["orphans_beyond_limit"] = self.beyond_limit
         return metrics
+
+    @property
+    def beyond_limit(self) -> int:
+        """Orphans found but not evaluated because the run reached its limit."""
+        return max(self.found - self.processed, 0) if self.processed >= self.limit else 0
 
 
 class Fault(Exception):

@@ -10,8 +10,10 @@ fails at start with the name in the message instead of half-way through a run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -27,6 +29,7 @@ M = TypeVar("M", bound=BaseModel)
 
 # Identifiers end up quoted by SQLAlchemy, but a mapping is operator input: keep
 # it to what real schemas use so a stray quote or semicolon is refused early.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 
@@ -161,6 +164,8 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigurationError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{what} {str(path)!r} is not UTF-8 text") from exc
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -206,6 +211,24 @@ class AppSchema:
     mapping: SchemaMapping
     orders: sa.TableClause
     transactions: sa.TableClause
+    # The type of the orders' key as the database declares it: "integer", "uuid" or "text".
+    order_key_type: str = "text"
+
+    def parse_order_id(self, text: str):
+        """An operator's order id as a value of the orders' key, or None when it cannot be one.
+
+        Parsed before any query: MySQL-family servers compare a string with an integer
+        key as a number, so '1O', '1,2' or '1 OR 1=1' would otherwise find order 1.
+        """
+        text = text.strip()
+        if self.order_key_type == "integer":
+            return int(text) if _WHOLE_NUMBER.fullmatch(text) else None
+        if self.order_key_type == "uuid":
+            try:
+                return str(uuid.UUID(text))
+            except ValueError:
+                return None
+        return text or None
 
     @property
     def statuses(self) -> StatusMapping:
@@ -244,6 +267,14 @@ def build_schema(mapping: SchemaMapping) -> AppSchema:
     return AppSchema(mapping=mapping, orders=orders, transactions=transactions)
 
 
+def _key_type(column_type: sa.types.TypeEngine) -> str:
+    if isinstance(column_type, sa.Integer):
+        return "integer"
+    if isinstance(column_type, sa.Uuid) or type(column_type).__name__.upper() == "UUID":
+        return "uuid"
+    return "text"
+
+
 def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
     """Check that every mapped table and column exists, then build the clauses.
 
@@ -251,12 +282,17 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
     missing columns, before anything is read from or written to those tables.
     """
     inspector = sa.inspect(engine)
+    key_type = "text"
     for section in (mapping.orders, mapping.transactions):
         if not inspector.has_table(section.table):
             raise SchemaMismatchError(
                 f"table {section.table!r} named in the schema mapping does not exist in the database"
             )
-        present = {col["name"] for col in inspector.get_columns(section.table)}
+        columns = inspector.get_columns(section.table)
+        present = {col["name"] for col in columns}
+        if section is mapping.orders:
+            key = [col for col in columns if col["name"].lower() == mapping.orders.id.lower()]
+            key_type = _key_type(key[0]["type"]) if key else "text"
         present_lower = {name.lower() for name in present}
         missing = [
             c
@@ -270,4 +306,4 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
                 f"table {section.table!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
                 f"named in the schema mapping"
             )
-    return build_schema(mapping)
+    return dataclasses.replace(build_schema(mapping), order_key_type=key_type)

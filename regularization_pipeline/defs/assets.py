@@ -23,7 +23,7 @@ from regularization_pipeline.core.errors import (
     SchemaMismatchError,
 )
 from regularization_pipeline.core.migrations import require_migrated
-from regularization_pipeline.core.publishers import close_publishers
+from regularization_pipeline.core.publishers import close_publishers, describe_destination
 from regularization_pipeline.core.regularizer import (
     OrderOutcome,
     Regularizer,
@@ -83,9 +83,14 @@ warnings.filterwarnings(
     ],
     name="observe_app_orders",
 )
-def app_orders(app_db: AppDatabaseResource) -> Iterator[dg.ObserveResult]:
+def app_orders(
+    context: dg.AssetExecutionContext, app_db: AppDatabaseResource
+) -> Iterator[dg.ObserveResult]:
     """Row counts of the application's orders by status."""
     with permanent_errors_fail_without_retry():
+        # The run's first step: out-of-range options (limit 0, sleep -1...) end the run
+        # here, as its first and only error, before any check or order is touched.
+        RegularizeConfig(**_regularize_config(context)).to_run_options()
         schema = app_db.bind()
     status = schema.o("status")
     with app_db.get_engine().connect() as conn:
@@ -216,6 +221,8 @@ def order_completed_events(
     Every due event is delivered, including retries left by earlier runs; each
     carries the idempotency key `order-completed:<order id>`. Failures back off
     exponentially and end in the dead letter after the resource's max_attempts.
+    With the `outbox` publisher (the default) nothing is sent: the events wait in
+    the outbox table for the application (`delivered_to` says which).
     """
     engine, tables = app_db.get_engine(), app_db.owned_tables()
     with permanent_errors_fail_without_retry():
@@ -230,16 +237,21 @@ def order_completed_events(
     finally:
         close_publishers(publishers)
     lags = summary.lag_seconds
-    metadata: dict[str, float | int] = {
+    attempted = summary.delivered + summary.retried + summary.dead
+    metadata: dict[str, object] = {
+        "delivered_to": describe_destination(publishers),
         "delivered": summary.delivered,
         "retried": summary.retried,
         "dead": summary.dead,
+        # Every delivery this run attempted failed: a receiver down or refusing us.
+        "all_deliveries_failed": int(attempted > 0 and summary.delivered == 0),
         "delivery_lag_p50_seconds": round(statistics.median(lags), 3) if lags else 0.0,
         "delivery_lag_max_seconds": round(max(lags), 3) if lags else 0.0,
         **outbox_backlog(engine, tables),
     }
     context.log.info(
-        f"{summary.delivered} event(s) delivered, {summary.retried} to retry, {summary.dead} dead"
+        f"{metadata['delivered_to']}: {summary.delivered} event(s) delivered, "
+        f"{summary.retried} to retry, {summary.dead} dead"
     )
     return dg.MaterializeResult(metadata=metadata)
 
@@ -301,12 +313,15 @@ def audit_metrics(
     return metrics
 
 
+def _regularize_config(context: dg.AssetExecutionContext) -> dict:
+    """The run config given to ``regularized_orders`` in this run (empty when none)."""
+    ops = context.run.run_config.get("ops", {})
+    return dict((ops.get("regularized_orders", {}) or {}).get("config") or {})
+
+
 def _run_grace_minutes(context: dg.AssetExecutionContext) -> float:
     """The grace period this run used, so "remaining" means what the run left, not the default."""
-    config = (context.run.run_config.get("ops", {}).get("regularized_orders", {}) or {}).get(
-        "config"
-    ) or {}
-    value = config.get("min_age_minutes")
+    value = _regularize_config(context).get("min_age_minutes")
     return float(value) if isinstance(value, int | float) else float(d.DEFAULT_MIN_AGE_MINUTES)
 
 
@@ -323,8 +338,9 @@ def regularization_audit(
     """The audit trail written by this run: one row per decision on an order, with totals per action.
 
     `error_rate` is failed plus quarantined over all of this run's audit rows;
-    `oldest_orphan_age_minutes` and `orphans_remaining` describe the orphans still
-    pending after the run, outside the run's own grace period (`grace_minutes`);
+    `oldest_orphan_age_minutes` and `orphans_remaining` describe the orphans the job
+    would still fix after the run (held orders apart), outside the run's own grace
+    period (`grace_minutes`);
     `run_duration_seconds` is the time from the run's start to this step.
     """
     engine, tables = app_db.get_engine(), app_db.owned_tables()
@@ -334,9 +350,8 @@ def regularization_audit(
     counts = audit_action_counts(engine, tables, context.run_id)
     grace = _run_grace_minutes(context)
     with engine.connect() as conn:
-        remaining = d.orphan_stats(
-            conn, schema, RunOptions(min_age_minutes=grace).window(utcnow()), sample_size=0
-        )
+        window = RunOptions(min_age_minutes=grace).window(utcnow())
+        remaining = d.orphan_stats(conn, schema, window, sample_size=0, attempts=tables.attempts)
     metadata: dict[str, object] = dict(
         audit_metrics(counts, remaining.oldest_age_minutes, remaining.count)
     )

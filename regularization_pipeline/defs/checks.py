@@ -6,12 +6,17 @@ that *fixes* them. They run inside the job and on their own; a failure of
 """
 
 import dagster as dg
+import sqlalchemy as sa
 
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import MigrationsMissingError
 from regularization_pipeline.core.inconsistencies import InconsistencyTracker
-from regularization_pipeline.core.inconsistency_scan import inconsistency_report
+from regularization_pipeline.core.inconsistency_scan import (
+    held_metadata,
+    held_orders,
+    inconsistency_report,
+)
 from regularization_pipeline.core.regularizer import RunOptions
 from regularization_pipeline.defs.assets import permanent_errors_fail_without_retry
 from regularization_pipeline.defs.resources import AppDatabaseResource
@@ -25,14 +30,25 @@ def no_orphaned_pending_orders(
 ) -> dg.AssetCheckResult:
     """No pending order has a completed payment older than the grace period (a lost webhook).
 
-    Warns, never blocks: the regularization job fixes these orders. Orders paid
-    within the default grace period are left to their webhook and not counted.
+    Counts the orders the job would fix: warns, never blocks, since the job fixes
+    them. Orders paid within the default grace period are left to their webhook, and
+    held orders (an inconsistency, a quarantine: they wait for a human) are counted
+    apart, under `transactions_consistent`.
     """
     with permanent_errors_fail_without_retry():
         schema = app_db.bind()
     window = RunOptions().window(utcnow())
+    attempts = app_db.owned_tables().attempts
     with app_db.get_engine().connect() as conn:
-        stats = d.orphan_stats(conn, schema, window, sample_size=ORPHAN_SAMPLE_SIZE)
+        # Before `migrate` there is no quarantine to leave out.
+        migrated = sa.inspect(conn).has_table(attempts.name)
+        stats = d.orphan_stats(
+            conn,
+            schema,
+            window,
+            sample_size=ORPHAN_SAMPLE_SIZE,
+            attempts=attempts if migrated else None,
+        )
     return dg.AssetCheckResult(
         passed=stats.count == 0,
         severity=dg.AssetCheckSeverity.WARN,
@@ -54,6 +70,9 @@ def transactions_consistent(
 ) -> dg.AssetCheckResult:
     """Every completed payment matches its order: amount, currency, one payment per order, a live order.
 
+    Also counts the orders the job holds and never fixes, by reason
+    (`held_orders_<reason>`: each kind below, and `quarantined`).
+
     Fails with severity ERROR and a count per kind of inconsistency. The
     pipeline reports these orders and never fixes them: they need a human.
     Each evaluation re-examines the orders paid since the last one and the
@@ -63,12 +82,15 @@ def transactions_consistent(
         schema = app_db.bind()
     try:
         report = InconsistencyTracker(app_db.get_engine(), schema).refresh()
+        with app_db.get_engine().connect() as conn:
+            held = held_orders(conn, schema, report)
     except MigrationsMissingError as exc:
         # Before `migrate` the check still answers, from a full scan that stores nothing.
         context.log.warning(f"{exc}; scanning the whole payment history instead")
         with app_db.get_engine().connect() as conn:
             report = inconsistency_report(conn, schema, sample_size=0)
-    metadata: dict[str, int] = {"inconsistencies_total": report.total}
+        held = dict(report.counts)
+    metadata: dict[str, int] = {"inconsistencies_total": report.total, **held_metadata(held)}
     metadata.update(
         {f"inconsistent_{kind}": report.counts.get(kind, 0) for kind in d.INCONSISTENCY_KINDS}
     )

@@ -38,6 +38,7 @@ from regularization_pipeline.core.schema import (
 
 # Which publishers receive OrderCompleted (comma-separated: python, webhook, outbox) and the webhook's settings.
 PUBLISHERS_ENV = "REGULARIZATION_PUBLISHERS"
+PYTHON_HANDLERS_ENV = "REGULARIZATION_PYTHON_HANDLERS"
 WEBHOOK_URL_ENV = "REGULARIZATION_WEBHOOK_URL"
 WEBHOOK_SECRET_ENV = "REGULARIZATION_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
 # Optional verification with the payment provider's API.
@@ -66,6 +67,11 @@ def secret_from_env(name: str) -> dg.EnvVar | None:
 def setting_from_env(name: str) -> str | None:
     """A plain setting (not a secret), or None while it is unset or empty."""
     return os.environ.get(name, "").strip() or None
+
+
+def list_from_env(name: str) -> list[str]:
+    """A comma-separated setting as a list, empty items left out."""
+    return [item.strip() for item in (setting_from_env(name) or "").split(",") if item.strip()]
 
 
 def number_from_env(name: str) -> float | None:
@@ -146,9 +152,10 @@ class EventPublisherResource(dg.ConfigurableResource):
     """
 
     publishers: list[str] = Field(
-        default=["python"],
-        description="Publishers by name: 'python' (handlers installed under the entry-point group), "
-        "'webhook' (signed HTTP POST to webhook_url), 'outbox' (the application reads the outbox table itself).",
+        default=["outbox"],
+        description="Publishers by name: 'outbox' (the default: the application reads the outbox "
+        "table itself), 'webhook' (signed HTTP POST to webhook_url), 'python' (handlers installed "
+        "under the entry-point group or named in python_handlers).",
     )
     webhook_url: str | None = Field(
         default=None, description="Where the webhook publisher POSTs (REGULARIZATION_WEBHOOK_URL)."
@@ -162,6 +169,10 @@ class EventPublisherResource(dg.ConfigurableResource):
     handler_entry_point_group: str = Field(
         default=HANDLER_ENTRY_POINT_GROUP,
         description="Entry-point group the python handlers are loaded from.",
+    )
+    python_handlers: list[str] = Field(
+        default=[],
+        description="More python handlers, each as module:function (REGULARIZATION_PYTHON_HANDLERS).",
     )
     max_attempts: int = Field(
         default=8, ge=1, le=100, description="Delivery attempts before an event is dead-lettered."
@@ -188,6 +199,7 @@ class EventPublisherResource(dg.ConfigurableResource):
             connect_timeout_seconds=self.connect_timeout_seconds,
             read_timeout_seconds=self.read_timeout_seconds,
             handler_entry_point_group=self.handler_entry_point_group,
+            python_handlers=self.python_handlers,
         )
 
     def build_publishers(self) -> list[Any]:
@@ -212,10 +224,11 @@ class EventPublisherResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> EventPublisherResource:
-        """REGULARIZATION_PUBLISHERS, and the webhook's URL and secret (read at run time)."""
-        names = (setting_from_env(PUBLISHERS_ENV) or "python").split(",")
+        """REGULARIZATION_PUBLISHERS (outbox when unset), REGULARIZATION_PYTHON_HANDLERS, and
+        the webhook's URL and secret (read at run time)."""
         return cls(
-            publishers=[name.strip() for name in names if name.strip()],
+            publishers=list_from_env(PUBLISHERS_ENV) or ["outbox"],
+            python_handlers=list_from_env(PYTHON_HANDLERS_ENV),
             webhook_url=secret_from_env(WEBHOOK_URL_ENV),
             webhook_secret=secret_from_env(WEBHOOK_SECRET_ENV),
         )
@@ -354,14 +367,13 @@ class AlertResource(dg.ConfigurableResource):
             "stale_orphan_minutes": number_from_env(ALERT_STALE_ORPHAN_MINUTES_ENV),
             "max_error_rate": number_from_env(ALERT_MAX_ERROR_RATE_ENV),
         }
-        recipients = (setting_from_env(ALERT_SMTP_TO_ENV) or "").split(",")
         return cls(
             **{field: value for field, value in thresholds.items() if value is not None},
             webhook_url=secret_from_env(ALERT_WEBHOOK_URL_ENV),
             smtp_host=setting_from_env(ALERT_SMTP_HOST_ENV),
             smtp_port=int(setting_from_env(ALERT_SMTP_PORT_ENV) or 25),
             smtp_from=setting_from_env(ALERT_SMTP_FROM_ENV) or "regularization@localhost",
-            smtp_to=[address.strip() for address in recipients if address.strip()],
+            smtp_to=list_from_env(ALERT_SMTP_TO_ENV),
             smtp_starttls=(setting_from_env(ALERT_SMTP_STARTTLS_ENV) or "").lower()
             in ("1", "true", "yes"),
             smtp_username=setting_from_env(ALERT_SMTP_USERNAME_ENV),

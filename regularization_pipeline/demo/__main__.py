@@ -23,7 +23,7 @@ from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import migrations
 from regularization_pipeline.core.db import DATABASE_URL_ENV, create_app_engine
 from regularization_pipeline.core.schema import SchemaMapping
-from regularization_pipeline.demo.handlers import effect_counts
+from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV, effect_counts
 from regularization_pipeline.demo.shop import ShopWriter
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {DATABASE_URL_ENV} is ignored by the demo, which only uses its own shop")
     # The job's resource and the demo handlers both find the shop through this variable.
     os.environ[DATABASE_URL_ENV] = url
+    # The demo's OrderCompleted handlers: only the demo registers them.
+    os.environ.update(DEMO_PUBLISHER_ENV)
     home = _dagster_home()
 
     engine = create_app_engine(url)
@@ -150,10 +152,11 @@ def _print_what_happened(m: dict, events: dict, engine: sa.Engine) -> None:
     print()
     print("What happened:")
     print(
-        f"  regularized: {m['regularized']} of {m['orphans_found']} pending orders with a completed payment "
-        f"(oldest paid {m['oldest_orphan_age_minutes']:.0f} min ago); {m['failed']} failed, {m['skipped']} skipped; "
-        "the rest are inconsistent"
+        f"  regularized: {m['regularized']} of {m['orphans_found']} orphans the job could fix "
+        f"(oldest paid {m['oldest_orphan_age_minutes']:.0f} min ago); {m['failed']} failed, "
+        f"{m['skipped']} skipped"
     )
+    print(f"  held for a human, never fixed: {m.get('held_orders', 0)} order(s)")
     print(
         f"  left to their webhook: {RECENT} orders paid less than {d.DEFAULT_MIN_AGE_MINUTES} min ago"
     )

@@ -1,8 +1,9 @@
 """The demo shop's OrderCompleted handlers: enrollment, notification, subscription activation.
 
-They stand in for the Laravel listeners of the original system and are
-installed under the ``regularization_pipeline.order_completed`` entry-point
-group. Each writes one row to its own demo table in the database named by
+They stand in for the Laravel listeners of the original system. The demo alone
+registers them (``DEMO_PUBLISHER_ENV``: the python publisher with these handlers
+named in REGULARIZATION_PYTHON_HANDLERS); the production package never does, so a
+real shop's events stay in the outbox unless it chooses a publisher. Each writes one row to its own demo table in the database named by
 ``REGULARIZATION_DATABASE_URL`` (the demo shop when unset), keyed by the
 event's idempotency key: delivery is at least once, so a redelivered event
 must find its row and do nothing.
@@ -21,6 +22,13 @@ from regularization_pipeline.core.events import OrderCompleted
 
 # Where `make demo` builds the embedded shop (relative to the working directory).
 DEMO_DATABASE_URL = "sqlite:///.demo/shop.db"
+# What the demo sets for its runs (`make demo`, `make dev` on the demo shop).
+DEMO_PUBLISHER_ENV = {
+    "REGULARIZATION_PUBLISHERS": "python",
+    "REGULARIZATION_PYTHON_HANDLERS": ",".join(
+        f"{__name__}:{name}" for name in ("enroll", "notify", "activate_subscription")
+    ),
+}
 
 metadata = sa.MetaData()
 

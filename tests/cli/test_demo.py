@@ -38,7 +38,8 @@ def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
         "Demo shop .demo/shop.db: 295 orders (200 healthy, 40 orphaned, 12 paid within the grace period"
         in out
     )
-    assert "regularized: 40 of 50 pending orders with a completed payment" in out
+    assert "regularized: 40 of 40 orphans the job could fix" in out
+    assert "held for a human, never fixed: 13 order(s)" in out
     assert (
         "inconsistent, reported and not fixed: amount_mismatch 4, currency_mismatch 3, double_charge 3, "
         "paid_but_cancelled 3" in out

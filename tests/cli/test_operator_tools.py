@@ -79,18 +79,29 @@ def _completed(shop):
     return order_id
 
 
+def _paid_but_cancelled(shop):
+    order_id = shop.order(status="cancelled")
+    shop.payment(order_id)
+    return order_id
+
+
 @pytest.mark.parametrize(
     ("make_order", "message"),
     [
         (lambda shop: 999_999, "order 999999 does not exist"),
-        (_completed, "is not an orphan (status completed"),
-        (lambda shop: shop.order(), "is not an orphan (status pending"),  # no payment at all
+        (_completed, "is not an orphan (order is already completed"),
+        (lambda shop: shop.order(), "is not an orphan (order has no completed transaction"),
         (
             lambda shop: shop.orphan(paid_minutes_ago=2),
-            "older than 10 minute(s)",
-        ),  # inside the grace period
+            "is not an orphan (payment is within the grace period",
+        ),
+        # Paid but cancelled: do-not-touch, said as such (not "no completed payment").
+        (
+            _paid_but_cancelled,
+            "is not an orphan (paid_but_cancelled: order is 'cancelled'",
+        ),
     ],
-    ids=["unknown", "already-completed", "unpaid", "within-grace"],
+    ids=["unknown", "already-completed", "unpaid", "within-grace", "paid-but-cancelled"],
 )
 def test_regularize_order_refuses_what_is_not_an_orphan_and_changes_nothing(
     shop, run_cli, make_order, message
@@ -195,7 +206,10 @@ def test_list_orphans_filters_by_time_and_writes_csv_without_changing_anything(s
     code, everything, _ = run_cli("list-orphans", "--format", "csv")
     assert code == 0
     lines = everything.strip().splitlines()
-    assert lines[0] == "order_id,order_status,transaction_id,completed_at,age_minutes"
+    assert (
+        lines[0]
+        == "order_id,order_status,transaction_id,payment_reference,completed_at,age_minutes"
+    )
     assert [line.split(",")[0] for line in lines[1:]] == [
         str(old),
         str(recent),
@@ -218,6 +232,7 @@ def test_list_orphans_filters_by_time_and_writes_csv_without_changing_anything(s
         "order_id",
         "order_status",
         "transaction_id",
+        "payment_reference",
         "completed_at",
         "age_minutes",
     ]
@@ -420,7 +435,7 @@ def test_prune_refuses_a_retention_under_a_day(shop, run_cli):
     before = snapshot(shop)
     code, _out, err = run_cli("prune", "--older-than-days", "0")
     assert code == 2
-    assert "--older-than-days must be >= 1" in err
+    assert "--older-than-days must be a number from 1 to 36500, got 0" in err
     assert snapshot(shop) == before
 
 

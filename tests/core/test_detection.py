@@ -31,7 +31,12 @@ def test_every_inconsistency_kind_is_reported_and_never_fixed(shop):
     summary = run(shop)
     assert summary.regularized == 1
     assert summary.inconsistent_by_kind[d.INVALID_AMOUNT] == 3
-    assert stats.count == 7  # every pending order with a completed payment, healthy or not
+    # An orphan is what the job would fix: the healthy one. The six other pending orders
+    # with a completed payment are held, each under its kind, never counted as orphans.
+    assert (stats.count, stats.sample_ids) == (1, (healthy,))
+    assert summary.found == 1
+    held = {reason: n for reason, n in summary.held.items() if n}
+    assert held == {kind: len(ids) for kind, ids in expected.items() if ids}
     assert outbox_per_order(shop) == {str(healthy): 1}
     for kind, ids in expected.items():
         for order_id in ids:

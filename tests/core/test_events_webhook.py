@@ -22,6 +22,7 @@ from regularization_pipeline.core.publishers import (
     WebhookPublisher,
     build_publishers,
     close_publishers,
+    load_entry_point_handlers,
 )
 from tests.support import ROOT
 from tests.support.http_stubs import ReceivingApp, Reply, check_signature
@@ -187,20 +188,30 @@ def test_a_receiver_that_is_down_is_retryable_and_the_url_stays_out_of_the_error
 # --- settings and the factory -----------------------------------------------------------
 
 
-def test_settings_build_webhook_and_entry_point_handlers():
+def test_settings_build_webhook_and_named_python_handlers():
     settings = PublisherSettings(
         kinds=["python", "webhook"],
         webhook_url="http://127.0.0.1:1/h",
         webhook_secret=SECRET,
         read_timeout_seconds=4,
+        python_handlers=["regularization_pipeline.demo.handlers:enroll"],
     )
     pubs = build_publishers(settings)
     assert isinstance(pubs[0], PythonHandlersPublisher) and isinstance(pubs[1], WebhookPublisher)
-    # The demo shop's handlers are installed under the entry-point group.
-    assert {"demo_enrollment", "demo_notification", "demo_subscription"} <= set(pubs[0].handlers)
+    assert set(pubs[0].handlers) == {"regularization_pipeline.demo.handlers:enroll"}
     assert pubs[1].timeout.read == 4
     close_publishers(pubs)
     assert isinstance(build_publishers(PublisherSettings(kinds=["outbox"]))[0], OutboxOnlyPublisher)
+
+
+def test_the_default_publisher_is_the_outbox_and_the_production_package_installs_no_handler():
+    # A real shop's events are never handed to the demo's handlers: none is installed.
+    assert PublisherSettings().kinds == ["outbox"]
+    assert load_entry_point_handlers() == {}
+    with pytest.raises(ConfigurationError, match="'python' is chosen but no handler is installed"):
+        build_publishers(PublisherSettings(kinds=["python"]))
+    with pytest.raises(ConfigurationError, match="'no.such.module:fn' cannot be imported"):
+        build_publishers(PublisherSettings(kinds=["python"], python_handlers=["no.such.module:fn"]))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,12 @@ from regularization_pipeline.core import tables as tb
 from regularization_pipeline.definitions import defs
 from regularization_pipeline.defs.resources import EventPublisherResource
 from regularization_pipeline.demo.handlers import effect_counts
-from tests.support.dagster import check_evaluation, materialization_metadata, materialize_all
+from tests.support.dagster import (
+    check_evaluation,
+    demo_publisher,
+    materialization_metadata,
+    materialize_all,
+)
 from tests.support.http_stubs import ReceivingApp
 from tests.support.rows import audit_actions, outbox_states
 
@@ -64,7 +69,11 @@ def test_whole_selection_regularizes_delivers_and_audits(shop, handlers_db, inst
 
     regularized = materialization_metadata(result, "regularized_orders")
     assert regularized["regularized"] == 4
-    assert regularized["orphans_found"] == 6  # the 4, plus the mismatch and the double charge
+    # Orphans are what the job fixes: the 4. The mismatch and the double charge are held.
+    assert regularized["orphans_found"] == 4
+    assert regularized["held_orders"] == 2
+    assert regularized["held_orders_amount_mismatch"] == 1
+    assert regularized["held_orders_double_charge"] == 1
     assert regularized["inconsistent_amount_mismatch"] == 1
     assert regularized["inconsistent_double_charge"] == 1
     assert regularized["failed"] == 0
@@ -86,7 +95,7 @@ def test_whole_selection_regularizes_delivers_and_audits(shop, handlers_db, inst
     assert audit["action_regularized"] == in_db[tb.REGULARIZED]
     assert audit["action_inconsistent"] == in_db[tb.INCONSISTENT]
     assert audit["action_failed"] == 0 and audit["error_rate"] == 0.0
-    assert audit["orphans_remaining"] == 2  # the inconsistent ones wait for a human
+    assert audit["orphans_remaining"] == 0  # the inconsistent ones are held, not orphans
     preview_rows = [
         line for line in audit["preview"].splitlines() if re.search(r"\|\s*regularized\s*\|", line)
     ]
@@ -120,7 +129,7 @@ def test_checks_warn_on_orphans_and_error_on_inconsistencies(shop, handlers_db, 
     orphans = check_evaluation(result, "no_orphaned_pending_orders")
     assert not orphans.passed
     assert orphans.severity == dg.AssetCheckSeverity.WARN
-    assert orphans.metadata["orphaned_orders"].value == 6
+    assert orphans.metadata["orphaned_orders"].value == 4  # held orders are counted apart
     assert orphans.metadata["oldest_orphan_age_minutes"].value >= 90
     sample = orphans.metadata["sample_order_ids"].value
     assert set(map(str, seeded["orphans"])) <= set(sample) and str(seeded["recent"]) not in sample
@@ -131,6 +140,9 @@ def test_checks_warn_on_orphans_and_error_on_inconsistencies(shop, handlers_db, 
     assert consistent.metadata["inconsistent_amount_mismatch"].value == 1
     assert consistent.metadata["inconsistent_double_charge"].value == 1
     assert consistent.metadata["inconsistencies_total"].value == 2
+    assert consistent.metadata["held_orders"].value == 2
+    assert consistent.metadata["held_orders_amount_mismatch"].value == 1
+    assert consistent.metadata["held_orders_quarantined"].value == 0
     # Neither check blocks the run: a dry run changes nothing and succeeds.
     assert result.success
     assert [shop.status_of(i) for i in seeded["orphans"]] == ["pending"] * 4
@@ -192,7 +204,7 @@ SECRET = "a-webhook-secret-for-tests-only"
 def test_webhook_publisher_receives_each_event_once_signed(shop, handlers_db, instance):
     orders = shop.orphans(3)
     with ReceivingApp(secret=SECRET) as app:
-        publisher = EventPublisherResource(
+        publisher = demo_publisher(
             publishers=["webhook", "python"],
             webhook_url=app.url + "/hooks/orders",
             webhook_secret=SECRET,

@@ -82,8 +82,10 @@ def test_bad_config_fails_once_naming_the_field_and_changes_nothing(shop, monkey
         )
 
         assert not result.success
+        # The run's first step refuses it: its first and only error, before any check.
         (failure,) = result.get_step_failure_events()
-        assert failure.step_key == "regularized_orders"
+        assert failure.step_key == "observe_app_orders"
+        assert not result.get_asset_check_evaluations()
         description = failure.step_failure_data.user_failure_data.description
         assert field in description and "invalid run options" in description
         # Permanent: the retry policy must not repeat it.

@@ -24,7 +24,7 @@ from dagster_graphql import DagsterGraphQLClient
 from regularization_pipeline.core import migrations
 from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.defs.jobs import CONCURRENCY_TAG, JOB_NAME, SCHEDULE_CRON_ENV
-from regularization_pipeline.demo.handlers import effect_counts
+from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV, effect_counts
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support import ROOT
 from tests.support.processes import BIN, free_port, wait_for_http
@@ -90,6 +90,8 @@ def services(tmp_path_factory):
         **os.environ,
         "DAGSTER_HOME": str(home),
         "REGULARIZATION_DATABASE_URL": url,
+        # The demo's handlers receive the events, as the demo registers them.
+        **DEMO_PUBLISHER_ENV,
         SCHEDULE_CRON_ENV: f"{far.minute} {far.hour} * * *",
     }
     port = free_port()

@@ -10,6 +10,7 @@ from regularization_pipeline.defs.resources import (
     EventPublisherResource,
     PaymentGatewayResource,
 )
+from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV
 
 ALL_ASSETS = [
     assets.app_orders,
@@ -20,6 +21,17 @@ ALL_ASSETS = [
 ALL_CHECKS = [checks.no_orphaned_pending_orders, checks.transactions_consistent]
 
 
+# The demo shop's handlers, as the demo itself registers them (the default publisher is
+# the outbox, which delivers nothing).
+DEMO_HANDLERS = DEMO_PUBLISHER_ENV["REGULARIZATION_PYTHON_HANDLERS"].split(",")
+
+
+def demo_publisher(**settings) -> EventPublisherResource:
+    """The python publisher with the demo's handlers (plus ``settings``)."""
+    kinds = settings.pop("publishers", ["python"])
+    return EventPublisherResource(publishers=kinds, python_handlers=DEMO_HANDLERS, **settings)
+
+
 def resources(
     db_url: str,
     publisher: EventPublisherResource | None = None,
@@ -27,7 +39,7 @@ def resources(
 ) -> dict:
     return {
         "app_db": AppDatabaseResource(url=db_url),
-        "event_publisher": publisher or EventPublisherResource(),
+        "event_publisher": publisher or demo_publisher(),
         "payment_gateway": gateway or PaymentGatewayResource(),
     }
 
