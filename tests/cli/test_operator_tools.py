@@ -125,6 +125,21 @@ def test_regularize_order_refuses_a_non_numeric_id_for_an_integer_key(shop, run_
     assert snapshot(shop) == before
 
 
+@pytest.mark.parametrize("text", ["1O", "1,2", "1 OR 1=1", " 1;", "1e0", "+1", "0x1"])
+def test_an_id_that_only_resembles_order_1_acts_on_nothing(shop, run_cli, text):
+    # MySQL-family servers compare '1O' with an integer key as the number 1: the id is
+    # parsed against the key's type before any query, on every database.
+    first = shop.orphan()
+    assert first == 1
+    _quarantine(shop, first)
+    before = snapshot(shop)
+    for command in ("regularize-order", "release"):
+        code, _out, err = run_cli(command, "--order-id", text)
+        assert code == 2, (command, err)
+        assert err.strip().splitlines() == [f"error: order {text.strip()} does not exist"]
+    assert snapshot(shop) == before
+
+
 # --- release -----------------------------------------------------------------------------
 
 
