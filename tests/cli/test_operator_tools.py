@@ -20,6 +20,7 @@ from regularization_pipeline.defs import operator_jobs
 from tests.support.dagster import resources
 from tests.support.processes import table_value
 from tests.support.rows import attempts_of, audit_of, outbox_per_order, owned
+from tests.support.rows import quarantine as _quarantine
 from tests.support.seeds import seed_events
 
 
@@ -115,22 +116,6 @@ def test_regularize_order_refuses_a_non_numeric_id_for_an_integer_key(shop, run_
 
 
 # --- release -----------------------------------------------------------------------------
-
-
-def _quarantine(shop, order_id) -> None:
-    with shop.engine.begin() as conn:
-        conn.execute(
-            owned(shop)
-            .attempts.insert()
-            .values(
-                order_id=str(order_id),
-                failures=5,
-                total_attempts=5,
-                last_outcome=tb.QUARANTINED,
-                quarantined_at=utcnow(),
-                updated_at=utcnow(),
-            )
-        )
 
 
 def test_regularize_order_refuses_a_quarantined_order_until_it_is_released(shop, run_cli):
