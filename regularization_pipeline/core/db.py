@@ -65,7 +65,7 @@ def create_app_engine(
     engine = sa.create_engine(parsed, **kwargs)
     if engine.dialect.name == "sqlite":
         _make_sqlite_transactional(engine)
-    if engine.dialect.name == "mysql":
+    if engine.dialect.name in ("mysql", "mariadb"):
         _collate_as_the_database(engine)
     return engine
 
@@ -185,7 +185,7 @@ def server_version(conn: sa.Connection) -> str:
 
 def require_capabilities(engine: sa.Engine) -> None:
     """Refuse, once at start, a server whose locking the pipeline cannot rely on."""
-    if engine.dialect.name != "mysql":
+    if engine.dialect.name not in ("mysql", "mariadb"):
         return  # every PostgreSQL we support has SKIP LOCKED; SQLite locks the database
     with engine.connect() as conn:
         refusal = skip_locked_refusal(server_version(conn))
