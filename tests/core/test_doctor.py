@@ -147,8 +147,8 @@ def test_a_zone_east_of_the_columns_is_refused_and_one_west_is_warned(engine):
     ]
     new_york = SchemaMapping(timezone="America/New_York")
     assert doctor(kolkata, new_york).refusals  # further west still: further in the future
-    utc_shop = SchemaMapping(timezone="Asia/Tokyo")
-    assert doctor(kolkata, utc_shop).warnings == [
+    tokyo = SchemaMapping(timezone="Asia/Tokyo")
+    assert doctor(kolkata, tokyo).warnings == [
         "the newest transaction is 4.0 h old under timezone Asia/Tokyo: if the shop took "
         "payments since, the columns are in a zone west of it and the grace period would be "
         "cut short"
