@@ -8,6 +8,7 @@
     regularize-completed-orders list-inconsistencies [--hours H | --since T --until T] [--format table|csv]
     regularize-completed-orders redeliver --event-id ID [ID ...] | --all-dead [--since T --until T]
     regularize-completed-orders prune --older-than-days 90 [--dry-run]
+    regularize-completed-orders doctor
 
 ``run`` (the default command) runs the Dagster job once against the instance in
 ``$DAGSTER_HOME``, so the run, its logs and its metadata show up in the UI like
@@ -528,6 +529,18 @@ def cmd_list_inconsistencies(args: argparse.Namespace, parser: argparse.Argument
     )
 
 
+def cmd_doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from regularization_pipeline.core.doctor import diagnose
+
+    report = _read_only(parser, lambda conn, schema: diagnose(conn, schema))
+    for line in report.lines():
+        print(line)
+    if report.acts_wrongly:
+        print(f"error: {report.verdict}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def _payment_verifier():
     """The provider verification the job would use, from the same variables (None when off)."""
     from regularization_pipeline.defs.resources import PaymentGatewayResource
@@ -771,6 +784,17 @@ def _register_prune(sub, commands: dict[str, tuple[argparse.ArgumentParser, Comm
     commands["prune"] = (prune, cmd_prune)
 
 
+def _register_doctor(sub, commands: dict[str, tuple[argparse.ArgumentParser, Command]]) -> None:
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the mapping against the shop before the first run (read-only)",
+        description="Every order and transaction status with how the mapping classifies it, "
+        "the mapping's dangerous combinations, the recommended indexes, the server, the time "
+        "zone, and what a run would do now. Exits 2 when the mapping would act wrongly.",
+    )
+    commands["doctor"] = (doctor, cmd_doctor)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error said in one line (the usage is in --help)."""
 
@@ -796,6 +820,7 @@ def build_parser() -> tuple[
     _register_list_inconsistencies(sub, commands)
     _register_redeliver(sub, commands)
     _register_prune(sub, commands)
+    _register_doctor(sub, commands)
     return parser, commands
 
 

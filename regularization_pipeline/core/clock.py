@@ -1,8 +1,18 @@
-"""Time as the pipeline reads and writes it: naive UTC, the convention of our own tables."""
+"""Time as the pipeline reads and writes it.
+
+Inside the pipeline every time is naive UTC, the convention of our own tables.
+The shop's tables are another matter: Laravel writes naive wall-clock times in
+the application's zone (``APP_TIMEZONE``), and a PostgreSQL ``timestamptz``
+column hands back aware times. :func:`from_shop` turns either into naive UTC
+before anything compares it, and :func:`to_shop` turns our times back into the
+shop's zone and type before they are bound into a statement on its tables.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 def utcnow() -> dt.datetime:
@@ -20,3 +30,34 @@ def to_datetime(value) -> dt.datetime | None:
     if value is None or isinstance(value, dt.datetime):
         return value
     return dt.datetime.fromisoformat(str(value))
+
+
+@lru_cache(maxsize=32)
+def shop_zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name`` (``Asia/Kolkata``), or a ValueError naming it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"{name!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)"
+        ) from exc
+
+
+def from_shop(value, zone: ZoneInfo) -> dt.datetime | None:
+    """A time read from the shop's tables, as naive UTC.
+
+    An aware value (``timestamptz``) carries its own offset. A naive one is a wall
+    clock time in ``zone``; one the clock showed twice (the autumn hour) or never
+    (the spring hour) is read as the latest instant it can mean, so a payment never
+    looks older than it is and its grace period is never cut short.
+    """
+    value = to_datetime(value)
+    if value is None or value.tzinfo is not None:
+        return None if value is None else as_naive_utc(value)
+    return max(as_naive_utc(value.replace(tzinfo=zone, fold=fold)) for fold in (0, 1))
+
+
+def to_shop(value: dt.datetime, zone: ZoneInfo, *, aware: bool) -> dt.datetime:
+    """Naive UTC ``value`` as the shop's column stores it: aware UTC, or naive wall time in ``zone``."""
+    instant = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+    return instant.astimezone(dt.UTC) if aware else instant.astimezone(zone).replace(tzinfo=None)

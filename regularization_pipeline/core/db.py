@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,7 +54,9 @@ def create_app_engine(
         parsed = parsed.set(drivername="mysql+pymysql")
     if parsed.get_backend_name() == "postgresql":
         # Short OLTP statements: PostgreSQL's JIT spent ~0.8 s compiling each batch claim.
-        kwargs["connect_args"] = {"options": "-c jit=off"}
+        # TimeZone pinned: a naive time compared with a timestamptz column is read in the
+        # session's zone, which would otherwise be whatever the server or role says.
+        kwargs["connect_args"] = {"options": "-c jit=off -c TimeZone=UTC"}
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         # PostgreSQL's default. Under InnoDB's REPEATABLE READ an UPDATE scanning an index
         # range waits on every row in it, even a row held by another session that the
@@ -64,7 +67,24 @@ def create_app_engine(
     engine = sa.create_engine(parsed, **kwargs)
     if engine.dialect.name == "sqlite":
         _make_sqlite_transactional(engine)
+    if engine.dialect.name in ("mysql", "mariadb"):
+        _collate_as_the_database(engine)
     return engine
+
+
+def _collate_as_the_database(engine: sa.Engine) -> None:
+    # An order id meets our tables as CAST(id AS CHAR), which takes the connection's
+    # collation (the driver's utf8mb4_general_ci); our tables take the database's
+    # (utf8mb4_unicode_ci where Laravel made it). Two implicit collations of one
+    # character set refuse to compare ([1267] Illegal mix of collations), so the session
+    # takes the database's. Of two character sets, Unicode wins on its own.
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(
+                "SET collation_connection = IF(@@character_set_database = "
+                "@@character_set_connection, @@collation_database, @@collation_connection)"
+            )
 
 
 def _make_sqlite_transactional(engine: sa.Engine) -> None:
@@ -129,8 +149,50 @@ def _csv_field(value: Any) -> str:
 
 
 def supports_skip_locked(engine_or_conn: sa.Engine | sa.Connection) -> bool:
-    """PostgreSQL and MySQL 8 / MariaDB 10.6 have row locks with SKIP LOCKED; SQLite has neither."""
+    """PostgreSQL and MySQL 8 / MariaDB 10.6 have row locks with SKIP LOCKED; SQLite has neither.
+
+    Older MySQL and MariaDB servers are refused at start (:func:`require_capabilities`).
+    """
     return engine_or_conn.dialect.name in ("postgresql", "mysql", "mariadb")
+
+
+# The first release of each with SELECT ... FOR UPDATE SKIP LOCKED.
+SKIP_LOCKED_SINCE = {"MariaDB": (10, 6), "MySQL": (8, 0, 1)}
+
+
+def skip_locked_refusal(version: str) -> str | None:
+    """Why a MySQL or MariaDB server reporting ``version`` (``SELECT VERSION()``) cannot run us, or None."""
+    # MariaDB may report itself to old clients as "5.5.5-10.5.23-MariaDB-log".
+    text = version.removeprefix("5.5.5-")
+    server = "MariaDB" if "mariadb" in text.lower() else "MySQL"
+    numbers = tuple(int(n) for n in re.findall(r"\d+", text.split("-")[0])[:3])
+    need = SKIP_LOCKED_SINCE[server]
+    if numbers >= need:
+        return None
+    return (
+        f"{server} {text.split('-')[0]} has no SELECT ... FOR UPDATE SKIP LOCKED, which the "
+        f"pipeline needs to lock orders without waiting on another run or the application: "
+        f"upgrade to {server} {'.'.join(map(str, need))} or later"
+    )
+
+
+def server_version(conn: sa.Connection) -> str:
+    """The server's own version string (SQLite's library version)."""
+    if conn.dialect.name == "sqlite":
+        return conn.exec_driver_sql("SELECT sqlite_version()").scalar_one()
+    if conn.dialect.name == "postgresql":
+        return conn.exec_driver_sql("SHOW server_version").scalar_one()
+    return conn.exec_driver_sql("SELECT VERSION()").scalar_one()
+
+
+def require_capabilities(engine: sa.Engine) -> None:
+    """Refuse, once at start, a server whose locking the pipeline cannot rely on."""
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return  # every PostgreSQL we support has SKIP LOCKED; SQLite locks the database
+    with engine.connect() as conn:
+        refusal = skip_locked_refusal(server_version(conn))
+    if refusal:
+        raise ConfigurationError(refusal)
 
 
 def check_reachable(engine: sa.Engine) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core.clock import as_naive_utc, to_datetime
+from regularization_pipeline.core.clock import as_naive_utc
 from regularization_pipeline.core.schema import AppSchema
 
 DEFAULT_MIN_AGE_MINUTES = 10
@@ -92,9 +92,10 @@ def payment_is_completed(
     """A completed transaction (that completed inside the window, when one is given)."""
     conds = [s.t("status").in_(s.statuses.transaction_completed)]
     if window is not None:
-        conds.append(s.tx_completed_at <= window.not_after)
+        paid_at = s.tx_completed_at
+        conds.append(paid_at <= s.shop_time(paid_at, window.not_after))
         if window.not_before is not None:
-            conds.append(s.tx_completed_at >= window.not_before)
+            conds.append(paid_at >= s.shop_time(paid_at, window.not_before))
     return conds
 
 
@@ -269,7 +270,7 @@ def orphan_stats(
         aged_out = conn.execute(sa.select(sa.func.count()).where(older_fixable)).scalar_one()
     return OrphanStats(
         count=count,
-        oldest_completed_at=to_datetime(oldest),
+        oldest_completed_at=s.read_time(oldest),
         now=window.now,
         sample_ids=sample,
         aged_out=aged_out,

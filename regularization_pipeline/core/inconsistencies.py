@@ -103,7 +103,10 @@ class InconsistencyTracker:
         since = state.scanned_at - LATE_COMMIT_MARGIN
         paid = (
             sa.select(s.t("order_id"))
-            .where(s.t("status").in_(s.statuses.transaction_completed), s.tx_completed_at >= since)
+            .where(
+                s.t("status").in_(s.statuses.transaction_completed),
+                s.tx_completed_at >= s.shop_time(s.tx_completed_at, since),
+            )
             .distinct()
             .limit(MAX_SCOPED_ORDERS + 1)
         )

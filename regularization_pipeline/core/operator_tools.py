@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.clock import as_naive_utc, to_datetime, utcnow
+from regularization_pipeline.core.clock import as_naive_utc, utcnow
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.inconsistency_scan import (
     QUARANTINED,
@@ -151,7 +151,7 @@ def orphan_rows(
         query = query.limit(limit)
     rows = []
     for order_id, status, tx_id, ref, completed_at in conn.execute(query).all():
-        when = to_datetime(completed_at)
+        when = s.read_time(completed_at)
         age = round(max((window.now - when).total_seconds(), 0.0) / 60.0, 1) if when else 0.0
         rows.append(OrphanRow(order_id, str(status), tx_id, ref, when, age))
     return rows

@@ -14,7 +14,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.clock import to_datetime
 from regularization_pipeline.core.db import supports_skip_locked
 from regularization_pipeline.core.schema import AppSchema
 from regularization_pipeline.core.verification import OrderRow, TransactionRow
@@ -112,7 +111,8 @@ class OrderStatements:
         """Every payment of the orders, by order id, in transaction id order."""
         found: dict[Any, list[TransactionRow]] = {}
         for row in conn.execute(self._payments, {"p_orders": list(order_ids)}):
-            payment = TransactionRow(row[1], row[2], row[3], row[4], to_datetime(row[5]), row[6])
+            paid_at = self.schema.read_time(row[5])
+            payment = TransactionRow(row[1], row[2], row[3], row[4], paid_at, row[6])
             found.setdefault(row[0], []).append(payment)
         return found
 

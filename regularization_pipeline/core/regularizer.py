@@ -36,6 +36,7 @@ from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.audit import Decision
 from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.db import require_capabilities
 from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
 from regularization_pipeline.core.inconsistencies import audit_new_inconsistencies, open_report
 from regularization_pipeline.core.inconsistency_scan import held_orders
@@ -143,6 +144,7 @@ class Regularizer:
     ) -> RunSummary:
         """Survey the shop, then regularize up to ``options.limit`` orders."""
         require_migrated(self.engine, self.schema.mapping.table_prefix)
+        require_capabilities(self.engine)
         started = time.monotonic()
         ctx = self.context(run_id or str(uuid.uuid4()), options, options.window(self.clock()))
         summary = self._survey(ctx, options)

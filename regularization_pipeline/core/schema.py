@@ -11,6 +11,7 @@ fails at start with the name in the message instead of half-way through a run.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import re
 import uuid
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from regularization_pipeline.core.clock import from_shop, shop_zone, to_shop
 from regularization_pipeline.core.errors import ConfigurationError, SchemaMismatchError
 
 SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
@@ -103,8 +105,11 @@ class StatusMapping(_Strict):
         "completed", min_length=1, description="The status written when an order is regularized."
     )
     order_do_not_touch: tuple[str, ...] = Field(
-        ("cancelled", "failed", "refunded"),
-        description="Order statuses that must never be flipped; a completed payment on one is reported.",
+        ("cancelled", "canceled", "failed", "refunded"),
+        description=(
+            "Order statuses that must never be flipped; a completed payment on one is reported "
+            "(both spellings of cancelled by default)."
+        ),
     )
     transaction_completed: tuple[str, ...] = Field(
         ("completed",),
@@ -145,6 +150,19 @@ class SchemaMapping(_Strict):
         pattern=r"^[a-z_][a-z0-9_]{0,30}$",
         description="Prefix of the tables this project owns, so they never collide with the application's.",
     )
+    timezone: str = Field(
+        "UTC",
+        description=(
+            "IANA zone of the shop's naive timestamp columns (Laravel's APP_TIMEZONE); "
+            "columns with a zone (PostgreSQL timestamptz) are read as they are."
+        ),
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        shop_zone(value)
+        return value
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> SchemaMapping:
@@ -205,7 +223,10 @@ class AppSchema:
     """The mapping bound to a database: SQLAlchemy columns for every mapped name.
 
     ``tx_completed_at`` is the column that dates a payment: ``completed_at``
-    when the application has one, ``updated_at`` otherwise.
+    when the application has one, ``updated_at`` otherwise. ``aware_columns``
+    holds the ``(table, column)`` pairs whose type keeps a zone (``timestamptz``):
+    they are bound as aware UTC, every other time column as wall time in the
+    mapping's ``timezone``.
     """
 
     mapping: SchemaMapping
@@ -213,6 +234,7 @@ class AppSchema:
     transactions: sa.TableClause
     # The type of the orders' key as the database declares it: "integer", "uuid" or "text".
     order_key_type: str = "text"
+    aware_columns: frozenset[tuple[str, str]] = frozenset()
 
     def parse_order_id(self, text: str):
         """An operator's order id as a value of the orders' key, or None when it cannot be one.
@@ -229,6 +251,15 @@ class AppSchema:
             except ValueError:
                 return None
         return text or None
+
+    def read_time(self, value) -> dt.datetime | None:
+        """A time read from the shop's tables, as naive UTC (see :func:`clock.from_shop`)."""
+        return from_shop(value, shop_zone(self.mapping.timezone))
+
+    def shop_time(self, column: sa.ColumnClause, value: dt.datetime) -> dt.datetime:
+        """Naive UTC ``value`` as ``column`` stores times, to bind into a statement on it."""
+        aware = (column.table.name, column.name) in self.aware_columns
+        return to_shop(value, shop_zone(self.mapping.timezone), aware=aware)
 
     @property
     def statuses(self) -> StatusMapping:
@@ -256,7 +287,9 @@ def _mapped_columns(section: BaseModel) -> list[str]:
     return [v for k, v in section.model_dump().items() if k != "table" and v is not None]
 
 
-def build_schema(mapping: SchemaMapping) -> AppSchema:
+def build_schema(
+    mapping: SchemaMapping, aware_columns: frozenset[tuple[str, str]] = frozenset()
+) -> AppSchema:
     """Table clauses for the mapped names, without touching a database."""
     orders = sa.table(
         mapping.orders.table, *(sa.column(c) for c in _mapped_columns(mapping.orders))
@@ -264,7 +297,9 @@ def build_schema(mapping: SchemaMapping) -> AppSchema:
     transactions = sa.table(
         mapping.transactions.table, *(sa.column(c) for c in _mapped_columns(mapping.transactions))
     )
-    return AppSchema(mapping=mapping, orders=orders, transactions=transactions)
+    return AppSchema(
+        mapping=mapping, orders=orders, transactions=transactions, aware_columns=aware_columns
+    )
 
 
 def _key_type(column_type: sa.types.TypeEngine) -> str:
@@ -283,6 +318,7 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
     """
     inspector = sa.inspect(engine)
     key_type = "text"
+    aware: set[tuple[str, str]] = set()
     for section in (mapping.orders, mapping.transactions):
         if not inspector.has_table(section.table):
             raise SchemaMismatchError(
@@ -293,6 +329,11 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
         if section is mapping.orders:
             key = [col for col in columns if col["name"].lower() == mapping.orders.id.lower()]
             key_type = _key_type(key[0]["type"]) if key else "text"
+        aware.update(
+            (section.table, col["name"])
+            for col in columns
+            if getattr(col["type"], "timezone", False) is True
+        )
         present_lower = {name.lower() for name in present}
         missing = [
             c
@@ -306,4 +347,4 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
                 f"table {section.table!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
                 f"named in the schema mapping"
             )
-    return dataclasses.replace(build_schema(mapping), order_key_type=key_type)
+    return dataclasses.replace(build_schema(mapping, frozenset(aware)), order_key_type=key_type)

@@ -65,8 +65,10 @@ def write_decisions(
 
 def _flip(ctx: RunContext, conn: sa.Connection, flip: list[Decision]) -> bool:
     """The compare-and-set; True when it moved every order it was given."""
-    ids = [decision.order_id for decision in flip]
-    moved = conn.execute(ctx.statements.flip, {"p_orders": ids, "p_now": ctx.clock()}).rowcount
+    ids, s = [decision.order_id for decision in flip], ctx.schema
+    # The application's own column: written in the shop's zone and type, as it writes it.
+    now = s.shop_time(s.o("updated_at"), ctx.clock()) if s.has_o("updated_at") else None
+    moved = conn.execute(ctx.statements.flip, {"p_orders": ids, "p_now": now}).rowcount
     if moved != len(ids):
         return False
     ctx.fault_each("after_flip", ids)

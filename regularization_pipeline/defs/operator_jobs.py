@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from regularization_pipeline.core import operator_tools, retention
+from regularization_pipeline.core.doctor import diagnose
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.migrations import require_migrated
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
@@ -176,9 +177,33 @@ def prune_history():
     prune_old_history()
 
 
+@dg.op(tags=OPERATOR_TAGS)
+def diagnose_shop(context: dg.OpExecutionContext, app_db: AppDatabaseResource) -> None:
+    """Check the mapping against the shop, read-only: statuses and how each is classified, dangerous
+    combinations, recommended indexes, server, time zone, and what a run would do now.
+
+    Fails with the verdict when the mapping would act wrongly.
+    """
+    with permanent_errors_fail_without_retry():
+        schema = app_db.bind()
+        with app_db.get_engine().connect() as conn:
+            report = diagnose(conn, schema)
+        context.log.info("\n".join(report.lines()))
+        context.add_output_metadata({"warnings": len(report.warnings), "verdict": report.verdict})
+        if report.acts_wrongly:
+            raise ConfigurationError(report.verdict)
+
+
+@dg.job(tags=OPERATOR_TAGS)
+def doctor():
+    """Before switching the schedule on: what the mapping makes of this shop (the CLI's `doctor`)."""
+    diagnose_shop()
+
+
 OPERATOR_JOBS = [
     regularize_one_order,
     release_quarantined_order,
     redeliver_dead_events,
     prune_history,
+    doctor,
 ]

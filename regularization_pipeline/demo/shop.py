@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.clock import shop_zone, to_shop, utcnow
 from regularization_pipeline.core.schema import SchemaMapping
 
 
@@ -29,9 +29,18 @@ class ShopTables:
     customers: sa.Table
 
 
-def shop_tables(mapping: SchemaMapping | None = None, *, with_indexes: bool = True) -> ShopTables:
-    """The application's tables, named as ``mapping`` says, with the indexes docs/schema.md recommends."""
+def shop_tables(
+    mapping: SchemaMapping | None = None,
+    *,
+    with_indexes: bool = True,
+    time_type: sa.types.TypeEngine | None = None,
+) -> ShopTables:
+    """The application's tables, named as ``mapping`` says, with the indexes docs/schema.md recommends.
+
+    ``time_type`` is the type of every timestamp column (``DateTime``, Laravel's choice, by default).
+    """
     m = mapping or SchemaMapping()
+    stamp = time_type if time_type is not None else sa.DateTime()
     o, t = m.orders, m.transactions
     md = sa.MetaData()
     customers = sa.Table(
@@ -51,14 +60,14 @@ def shop_tables(mapping: SchemaMapping | None = None, *, with_indexes: bool = Tr
         sa.Column("customer_id", sa.Integer),
         sa.Column(o.status, sa.String(32), nullable=False),
         sa.Column(o.total, sa.Numeric(12, 2)),
-        sa.Column(o.created_at, sa.DateTime, nullable=False),
+        sa.Column(o.created_at, stamp, nullable=False),
     ]
     if o.currency:
         ocols.append(sa.Column(o.currency, sa.String(3)))
     if o.updated_at:
-        ocols.append(sa.Column(o.updated_at, sa.DateTime))
+        ocols.append(sa.Column(o.updated_at, stamp))
     if o.deleted_at:
-        ocols.append(sa.Column(o.deleted_at, sa.DateTime))
+        ocols.append(sa.Column(o.deleted_at, stamp))
     orders = sa.Table(o.table, md, *ocols)
     tcols = [
         sa.Column(
@@ -70,13 +79,13 @@ def shop_tables(mapping: SchemaMapping | None = None, *, with_indexes: bool = Tr
         sa.Column(t.order_id, sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
         sa.Column(t.status, sa.String(32), nullable=False),
         sa.Column(t.amount, sa.Numeric(12, 2)),
-        sa.Column(t.updated_at, sa.DateTime, nullable=False),
+        sa.Column(t.updated_at, stamp, nullable=False),
         sa.Column("card_last4", sa.String(4)),
     ]
     if t.currency:
         tcols.append(sa.Column(t.currency, sa.String(3)))
     if t.completed_at:
-        tcols.append(sa.Column(t.completed_at, sa.DateTime))
+        tcols.append(sa.Column(t.completed_at, stamp))
     if t.reference:
         tcols.append(sa.Column(t.reference, sa.String(64)))
     transactions = sa.Table(t.table, md, *tcols)
@@ -99,9 +108,15 @@ class ShopWriter:
     mapping: SchemaMapping = field(default_factory=SchemaMapping)
     now: dt.datetime = field(default_factory=utcnow)
     rng: random.Random = field(default_factory=lambda: random.Random(7))  # noqa: S311 - demo data
+    time_type: sa.types.TypeEngine | None = None
 
     def __post_init__(self) -> None:
-        self.tables = shop_tables(self.mapping)
+        self.tables = shop_tables(self.mapping, time_type=self.time_type)
+
+    def at(self, value: dt.datetime) -> dt.datetime:
+        """Naive UTC ``value`` as the application writes it: in its zone, aware only in a timestamptz."""
+        aware = getattr(self.time_type, "timezone", False) is True
+        return to_shop(value, shop_zone(self.mapping.timezone), aware=aware)
 
     def create(self) -> ShopWriter:
         self.tables.metadata.create_all(self.engine)
@@ -118,7 +133,7 @@ class ShopWriter:
         customer_id: int | None = None,
     ) -> Any:
         m = self.mapping.orders
-        created = self.now - dt.timedelta(minutes=age_minutes + 5)
+        created = self.at(self.now - dt.timedelta(minutes=age_minutes + 5))
         values = {
             m.status: status or self.mapping.statuses.order_pending[0],
             m.total: total,
@@ -130,7 +145,7 @@ class ShopWriter:
         if m.updated_at:
             values[m.updated_at] = created
         if m.deleted_at:
-            values[m.deleted_at] = self.now if deleted else None
+            values[m.deleted_at] = self.at(self.now) if deleted else None
         with self.engine.begin() as conn:
             return conn.execute(self.tables.orders.insert().values(values)).inserted_primary_key[0]
 
@@ -144,7 +159,7 @@ class ShopWriter:
         completed_minutes_ago: float | None = 60,
     ) -> Any:
         t = self.mapping.transactions
-        when = self.now - dt.timedelta(minutes=completed_minutes_ago or 0)
+        when = self.at(self.now - dt.timedelta(minutes=completed_minutes_ago or 0))
         values = {
             t.order_id: order_id,
             t.status: status or self.mapping.statuses.transaction_completed[0],
@@ -183,7 +198,7 @@ class ShopWriter:
     def orphans(self, count: int, **kw) -> list:
         """Many orphans with one multi-row insert per table (fast enough for thousands)."""
         m, t = self.mapping.orders, self.mapping.transactions
-        paid = self.now - dt.timedelta(minutes=kw.get("paid_minutes_ago", 60))
+        paid = self.at(self.now - dt.timedelta(minutes=kw.get("paid_minutes_ago", 60)))
         amount = kw.get("amount", "49.90")
         rows = []
         for _ in range(count):

@@ -20,6 +20,7 @@ from regularization_pipeline.defs import operator_jobs
 from tests.support.dagster import resources
 from tests.support.processes import table_value
 from tests.support.rows import attempts_of, audit_of, outbox_per_order, owned
+from tests.support.rows import quarantine as _quarantine
 from tests.support.seeds import seed_events
 
 
@@ -141,22 +142,6 @@ def test_an_id_that_only_resembles_order_1_acts_on_nothing(shop, run_cli, text):
 
 
 # --- release -----------------------------------------------------------------------------
-
-
-def _quarantine(shop, order_id) -> None:
-    with shop.engine.begin() as conn:
-        conn.execute(
-            owned(shop)
-            .attempts.insert()
-            .values(
-                order_id=str(order_id),
-                failures=5,
-                total_attempts=5,
-                last_outcome=tb.QUARANTINED,
-                quarantined_at=utcnow(),
-                updated_at=utcnow(),
-            )
-        )
 
 
 def test_regularize_order_refuses_a_quarantined_order_until_it_is_released(shop, run_cli):

@@ -86,7 +86,7 @@ def test_no_completed_transaction_is_skipped():
     assert (verdict.action, verdict.reason) == (SKIPPED, "order has no completed transaction")
 
 
-@pytest.mark.parametrize("status", ["cancelled", "failed", "refunded"])
+@pytest.mark.parametrize("status", ["cancelled", "canceled", "failed", "refunded"])
 def test_paid_but_closed_order_is_inconsistent_and_unpaid_closed_order_is_skipped(status):
     verdict = check(order(status=status), [tx()])
     assert verdict.action == INCONSISTENT

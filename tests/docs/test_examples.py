@@ -53,3 +53,23 @@ def test_documented_provider_settings_load_and_read_a_real_provider_answer():
                 for i in (1, 2, 3)
             ]
     assert answers == ["completed", "refunded", "pending"]
+
+
+def test_every_mapping_key_has_a_row_in_the_schema_docs_table():
+    def keys(model, prefix=""):
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            if hasattr(type(value), "model_fields"):
+                yield from keys(value, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}", info.default
+
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in (DOCS / "schema.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `")
+    }
+    for key, default in keys(SchemaMapping()):
+        assert f"`{key}`" in rows, f"docs/schema.md has no row for {key}"
+        shown = f"[{', '.join(default)}]" if isinstance(default, tuple) else str(default)
+        assert rows[f"`{key}`"] == f"`{'null' if default is None else shown}`", key

@@ -12,6 +12,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -42,7 +43,9 @@ def session_database(admin_url: str, backend: str) -> tuple[str | None, str | No
     try:
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+            # As Laravel creates a MariaDB/MySQL database, not as the server defaults it.
+            laravel = " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci" * (backend == "MariaDB")
+            conn.execute(sa.text(f"CREATE DATABASE {name}{laravel}"))
     except sa.exc.OperationalError as exc:
         return (
             None,
@@ -117,10 +120,15 @@ def clean_url(backend: str, server_databases, tmp_path) -> str:
     return url
 
 
-def migrated_shop(engine: sa.Engine, mapping: SchemaMapping | None = None) -> ShopWriter:
-    """The application's tables plus ours, migrated, with a writer to seed them."""
+def migrated_shop(
+    engine: sa.Engine, mapping: SchemaMapping | None = None, **writer_options: Any
+) -> ShopWriter:
+    """The application's tables plus ours, migrated, with a writer to seed them.
+
+    ``writer_options`` go to :class:`ShopWriter` (``now``, ``time_type``).
+    """
     mapping = mapping or SchemaMapping()
-    writer = ShopWriter(engine, mapping).create()
+    writer = ShopWriter(engine, mapping, **writer_options).create()
     migrations.upgrade(engine, mapping.table_prefix)
     writer.schema = bind_schema(engine, mapping)
     return writer

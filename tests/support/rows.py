@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core.tables import OwnedTables, owned_tables
+from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.tables import QUARANTINED, OwnedTables, owned_tables
 
 
 def no_sleep(_seconds: float) -> None:
@@ -117,3 +118,20 @@ def assert_flip_iff_event(shop) -> None:
     done = completed_ids(shop)
     assert done - set(events) == set(), "completed without an event"
     assert set(events) - done == set(), "an event for an order that is not completed"
+
+
+def quarantine(shop, order_id) -> None:
+    """Hold an order as five failed runs would have: quarantined, so no run takes it."""
+    with shop.engine.begin() as conn:
+        conn.execute(
+            owned(shop)
+            .attempts.insert()
+            .values(
+                order_id=str(order_id),
+                failures=5,
+                total_attempts=5,
+                last_outcome=QUARANTINED,
+                quarantined_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )

@@ -1,0 +1,368 @@
+"""``doctor``: what a person needs to know before switching the schedule on. Read-only.
+
+It reads the shop through the mapping and says how the mapping classifies every
+status the tables hold, which combinations would make a run act wrongly
+(refused, with the reason), which recommended indexes are missing (with the
+statement that creates each), what the server can do, whether the configured
+time zone is plausible, and what a run would do now. The CLI prints the report;
+the UI's ``doctor`` job logs it. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.db import server_version, skip_locked_refusal
+from regularization_pipeline.core.inconsistency_scan import inconsistency_report
+from regularization_pipeline.core.schema import AppSchema
+
+# What an unclassified status may mean, by the words shops use for it.
+LOOKS_LIKE = {
+    "cancellation": re.compile(r"cancel|abort|void", re.I),
+    "refund": re.compile(r"refund|revers", re.I),
+    "fraud": re.compile(r"fraud|suspect", re.I),
+    "chargeback": re.compile(r"charge.?back|dispute", re.I),
+    "paid": re.compile(r"(?<!un)paid|captured|settled|(?<!in)complet", re.I),
+    "success": re.compile(r"succe|approv|authori[sz]ed", re.I),
+}
+CLOSING = ("cancellation", "refund", "fraud", "chargeback")
+PAYING = ("paid", "success")
+FAILING = re.compile(r"fail|declin|expir|error", re.I)
+
+PENDING, REPAIRED, DO_NOT_TOUCH, COMPLETED, IGNORED = (
+    "pending",
+    "repaired-to",
+    "do-not-touch",
+    "completed",
+    "ignored",
+)
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+STALE_AFTER = dt.timedelta(hours=1)
+
+
+def looks_like(value: str, meanings: tuple[str, ...] = tuple(LOOKS_LIKE)) -> str | None:
+    """The first of ``meanings`` the status word reads as, or None."""
+    return next((m for m in meanings if LOOKS_LIKE[m].search(value)), None)
+
+
+@dataclass
+class DoctorReport:
+    """Sections of lines to print; the warnings and refusals among them; the verdict."""
+
+    sections: list[tuple[str, list[str]]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+    @property
+    def acts_wrongly(self) -> bool:
+        """Whether a run with this mapping would act wrongly (the CLI exits 2)."""
+        return bool(self.refusals)
+
+    @property
+    def verdict(self) -> str:
+        if self.refusals:
+            return (
+                f"verdict: REFUSED, the mapping would act wrongly ({len(self.refusals)} "
+                f"problem(s), first: {self.refusals[0]}); do not switch the schedule on"
+            )
+        if self.warnings:
+            return f"verdict: ready, with {len(self.warnings)} warning(s) to read first"
+        return "verdict: ready, the schedule can be switched on"
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for title, lines in self.sections:
+            out.append(f"== {title}")
+            out.extend(f"  {line}" for line in lines)
+        out.append(self.verdict)
+        return out
+
+    def _section(self, title: str) -> list[str]:
+        lines: list[str] = []
+        self.sections.append((title, lines))
+        return lines
+
+    def _warn(self, lines: list[str], text: str) -> None:
+        self.warnings.append(text)
+        lines.append(f"WARNING: {text}")
+
+    def _refuse(self, lines: list[str], text: str) -> None:
+        self.refusals.append(text)
+        lines.append(f"REFUSED: {text}")
+
+
+def diagnose(
+    conn: sa.Connection, schema: AppSchema, now: dt.datetime | None = None
+) -> DoctorReport:
+    """The whole report, read in ``conn`` (one connection: SQLite's would lock each other out).
+
+    ``now`` is naive UTC, the clock by default.
+    """
+    report, now = DoctorReport(), now or utcnow()
+    _server(report, conn, schema)
+    _order_statuses(report, conn, schema)
+    _transaction_statuses(report, conn, schema)
+    _indexes(report, conn, schema)
+    _time_zone(report, conn, schema, now)
+    _what_a_run_would_do(report, conn, schema, now)
+    return report
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+def _server(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> None:
+    lines = report._section("server")
+    version = server_version(conn)
+    lines.append(f"{conn.dialect.name} {version}")
+    if conn.dialect.name in ("mysql", "mariadb"):
+        refusal = skip_locked_refusal(version)
+        if refusal:
+            report._refuse(lines, refusal)
+        else:
+            lines.append("SKIP LOCKED: yes")
+        _collations(lines, conn, s)
+    elif conn.dialect.name == "postgresql":
+        lines.append("SKIP LOCKED: yes")
+        zone = conn.exec_driver_sql("SHOW TimeZone").scalar_one()
+        lines.append(f"session TimeZone: {zone} (pinned by the pipeline)")
+    else:
+        lines.append("SKIP LOCKED: no (SQLite: a run holds the database's write lock instead)")
+
+
+def _collations(lines: list[str], conn: sa.Connection, s: AppSchema) -> None:
+    database, connection = conn.exec_driver_sql(
+        "SELECT @@collation_database, @@collation_connection"
+    ).one()
+    lines.append(f"collation: database {database}, session {connection}")
+    ours = tb.owned_tables(s.mapping.table_prefix).attempts.name
+    names = [s.mapping.orders.table, s.mapping.transactions.table, ours]
+    rows = conn.execute(
+        sa.text(
+            "SELECT table_name, table_collation FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name IN :names"
+        ).bindparams(sa.bindparam("names", expanding=True)),
+        {"names": names},
+    ).all()
+    for name, collation in sorted(rows):
+        lines.append(f"collation of {name}: {collation}")
+
+
+# --- statuses ---------------------------------------------------------------------------
+
+
+def _counts(conn: sa.Connection, column: sa.ColumnClause) -> list[tuple[str, int]]:
+    query = sa.select(column, sa.func.count()).group_by(column).order_by(column)
+    return [(str(value), count) for value, count in conn.execute(query).all()]
+
+
+def _order_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> None:
+    lines, st = report._section("order statuses"), s.statuses
+    found = _counts(conn, s.o("status"))
+    for value, count in found:
+        if value in st.order_pending:
+            kind = PENDING
+        elif value == st.order_completed:
+            kind = REPAIRED
+        elif value in st.order_do_not_touch:
+            kind = DO_NOT_TOUCH
+        else:
+            kind = IGNORED
+        lines.append(f"{value!r}: {count} order(s), {kind}")
+        meaning = looks_like(value) if kind == IGNORED else None
+        if meaning in CLOSING:
+            report._warn(
+                lines,
+                f"order status {value!r} looks like {meaning} but is not in "
+                "statuses.order_do_not_touch: a completed payment on it goes unreported",
+            )
+        elif meaning:
+            lines.append(f"  note: {value!r} looks like {meaning}; orders in it are left alone")
+    for value in st.order_pending:
+        if looks_like(value, CLOSING):
+            report._refuse(
+                lines,
+                f"pending status {value!r} reads as {looks_like(value, CLOSING)}: such orders "
+                "would be completed by the pipeline",
+            )
+    _repaired_status(report, lines, conn, s, dict(found))
+
+
+def _repaired_status(
+    report: DoctorReport,
+    lines: list[str],
+    conn: sa.Connection,
+    s: AppSchema,
+    found: dict[str, int],
+) -> None:
+    repaired = s.statuses.order_completed
+    meaning = looks_like(repaired, CLOSING)
+    if meaning:
+        report._refuse(
+            lines,
+            f"the repaired status {repaired!r} reads as {meaning}: paid orders would be "
+            "written as closed",
+        )
+        return
+    if not found.get(repaired):
+        return
+    paid = conn.execute(
+        sa.select(sa.func.count()).where(
+            s.o("status") == repaired, d.exists_payment(s, *d.completed_payment_of_order(s))
+        )
+    ).scalar_one()
+    if paid == 0:
+        report._refuse(
+            lines,
+            f"none of the {found[repaired]} order(s) in the repaired status {repaired!r} has a "
+            "completed payment: in this shop it is not what a paid order becomes",
+        )
+
+
+def _transaction_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> None:
+    lines, completed = report._section("transaction statuses"), s.statuses.transaction_completed
+    found = dict(_counts(conn, s.t("status")))
+    for value, count in found.items():
+        kind = COMPLETED if value in completed else IGNORED
+        lines.append(f"{value!r}: {count} transaction(s), {kind}")
+        meaning = looks_like(value, PAYING) if kind == IGNORED else None
+        if meaning and not FAILING.search(value):
+            report._warn(
+                lines,
+                f"transaction status {value!r} looks like {meaning} but is not in "
+                "statuses.transaction_completed: its orders are never found",
+            )
+    for value in completed:
+        closing = looks_like(value, CLOSING)
+        if closing or FAILING.search(value):
+            report._refuse(
+                lines,
+                f"completed transaction status {value!r} reads as "
+                f"{closing or 'a failure'}: unpaid orders would be completed",
+            )
+        elif found and value not in found:
+            report._refuse(
+                lines,
+                f"transaction status {value!r} is listed as completed but no transaction has "
+                "it (statuses compare exactly, case included)",
+            )
+
+
+# --- indexes ----------------------------------------------------------------------------
+
+
+def recommended_indexes(s: AppSchema) -> list[tuple[str, str, list[str]]]:
+    """(index name, table, columns) of the indexes docs/schema.md recommends."""
+    o, t = s.mapping.orders, s.mapping.transactions
+    paid_at = t.completed_at or t.updated_at
+    return [
+        (f"ix_{o.table}_status_id", o.table, [o.status, o.id]),
+        (f"ix_{t.table}_order_status", t.table, [t.order_id, t.status]),
+        (f"ix_{t.table}_status_paid_at", t.table, [t.status, paid_at]),
+    ]
+
+
+def _indexes(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> None:
+    lines, inspector = report._section("recommended indexes"), sa.inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    for name, table, columns in recommended_indexes(s):
+        existing = [
+            [c.lower() for c in index["column_names"] if c]
+            for index in inspector.get_indexes(table)
+        ]
+        wanted = [c.lower() for c in columns]
+        on = f"{table} ({', '.join(columns)})"
+        if any(index[: len(wanted)] == wanted for index in existing):
+            lines.append(f"present: {on}")
+            continue
+        statement = (
+            f"CREATE INDEX {quote(name)} ON {quote(table)} ({', '.join(map(quote, columns))});"
+        )
+        report._warn(lines, f"missing: {on}; create it with: {statement}")
+
+
+# --- time zone --------------------------------------------------------------------------
+
+
+def _time_zone(report: DoctorReport, conn: sa.Connection, s: AppSchema, now: dt.datetime) -> None:
+    lines = report._section("time zone")
+    aware = sorted(f"{table}.{column}" for table, column in s.aware_columns)
+    lines.append(
+        f"timezone: {s.mapping.timezone} (naive columns)"
+        + (f"; with a zone of their own: {', '.join(aware)}" if aware else "")
+    )
+    column = s.t("updated_at")
+    newest = s.read_time(conn.execute(sa.select(sa.func.max(column))).scalar())
+    if newest is None:
+        lines.append("no transaction yet: nothing to check the zone against")
+        return
+    ahead = newest - now
+    lines.append(f"newest transaction {column.name}: {newest:%Y-%m-%d %H:%M} UTC")
+    if ahead > FUTURE_TOLERANCE:
+        report._refuse(
+            lines,
+            f"the newest transaction is {_hours(ahead)} in the future under timezone "
+            f"{s.mapping.timezone}: the columns are in a zone east of it; payments would "
+            "look younger than they are and never be found",
+        )
+    elif -ahead > STALE_AFTER:
+        report._warn(
+            lines,
+            f"the newest transaction is {_hours(-ahead)} old under timezone "
+            f"{s.mapping.timezone}: if the shop took payments since, the columns are in a "
+            "zone west of it and the grace period would be cut short",
+        )
+
+
+def _hours(delta: dt.timedelta) -> str:
+    return f"{delta.total_seconds() / 3600:.1f} h"
+
+
+# --- what a run would do ----------------------------------------------------------------
+
+
+def _what_a_run_would_do(
+    report: DoctorReport, conn: sa.Connection, s: AppSchema, now: dt.datetime
+) -> None:
+    lines = report._section("what a run would do now (default options)")
+    window = d.ScanWindow(now=now)
+    orphans = conn.execute(
+        sa.select(sa.func.count()).where(d.orphan_condition(s, window))
+    ).scalar_one()
+    fixable = conn.execute(
+        sa.select(sa.func.count()).where(d.regularizable_condition(s, window))
+    ).scalar_one()
+    recent = d.ScanWindow(
+        now=now,
+        min_age_minutes=0,
+        since=window.not_after + dt.timedelta(microseconds=1),
+    )
+    waiting = conn.execute(
+        sa.select(sa.func.count()).where(d.orphan_condition(s, recent))
+    ).scalar_one()
+    lines.append(f"orphans: {orphans}, of which fixable: {fixable}")
+    held = inconsistency_report(conn, s, sample_size=0)
+    for kind, count in held.counts.items():
+        if count:
+            lines.append(f"held, reported and never fixed: {kind}: {count}")
+    at = tb.owned_tables(s.mapping.table_prefix).attempts
+    if not sa.inspect(conn).has_table(at.name):
+        report._warn(
+            lines,
+            "the pipeline's own tables are missing: run `regularize-completed-orders migrate`",
+        )
+    else:
+        quarantined = conn.execute(
+            sa.select(sa.func.count()).where(at.c.quarantined_at.is_not(None))
+        ).scalar_one()
+        lines.append(f"held, quarantined after failures: {quarantined}")
+    lines.append(
+        f"recent payments left to their webhook (last {d.DEFAULT_MIN_AGE_MINUTES} min): {waiting}"
+    )

@@ -1,0 +1,155 @@
+"""doctor: every status classified, dangerous mappings refused, indexes, server, zone, what a run would do."""
+
+import pytest
+
+from regularization_pipeline.core.doctor import diagnose
+from regularization_pipeline.core.schema import SchemaMapping, bind_schema
+from tests.support.databases import migrated_shop
+
+
+def doctor(shop, mapping: SchemaMapping | None = None):
+    schema = bind_schema(shop.engine, mapping) if mapping else shop.schema
+    with shop.engine.connect() as conn:
+        return diagnose(conn, schema, now=shop.now)
+
+
+def section(report, title: str) -> list[str]:
+    return dict(report.sections)[title]
+
+
+def test_a_healthy_shop_is_ready_and_says_what_a_run_would_do(shop):
+    shop.orphan()
+    shop.orphan(paid_minutes_ago=3)  # left to its webhook
+    shop.payment(shop.order(total="10.00"), amount="9.00")  # amount mismatch: held
+    shop.payment(shop.order(status="completed"))
+
+    report = doctor(shop)
+
+    assert report.warnings == [] and report.refusals == []
+    assert report.lines()[-1] == "verdict: ready, the schedule can be switched on"
+    assert section(report, "order statuses") == [
+        "'completed': 1 order(s), repaired-to",
+        "'pending': 3 order(s), pending",
+    ]
+    assert section(report, "transaction statuses") == ["'completed': 4 transaction(s), completed"]
+    assert section(report, "recommended indexes") == [
+        "present: orders (status, id)",
+        "present: transactions (order_id, status)",
+        "present: transactions (status, completed_at)",
+    ]
+    assert section(report, "what a run would do now (default options)") == [
+        "orphans: 2, of which fixable: 1",
+        "held, reported and never fixed: amount_mismatch: 1",
+        "held, quarantined after failures: 0",
+        "recent payments left to their webhook (last 10 min): 1",
+    ]
+    server = section(report, "server")
+    expected = {
+        "sqlite": "SKIP LOCKED: no (SQLite: a run holds the database's write lock instead)",
+        "postgresql": "session TimeZone: UTC (pinned by the pipeline)",
+        "mysql": "collation: database utf8mb4_unicode_ci, session utf8mb4_unicode_ci",
+    }[shop.engine.dialect.name]
+    assert expected in server
+
+
+def test_unclassified_look_alikes_and_a_missing_index_are_flagged(shop):
+    shop.payment(shop.order(status="chargeback"), completed_minutes_ago=30)
+    shop.order(status="voided")
+    shop.order(status="shipped")
+    shop.payment(shop.order(), status="paid", completed_minutes_ago=30)
+    shop.orphan(paid_minutes_ago=30)  # paid within the hour: the zone looks plausible
+    (index,) = [i for i in shop.tables.transactions.indexes if i.name.endswith("_order_status")]
+    index.drop(shop.engine)
+
+    report = doctor(shop)
+
+    quote = shop.engine.dialect.identifier_preparer.quote
+    assert quote("order_id") == "order_id"  # plain names print unquoted on every backend
+    assert report.warnings == [
+        "order status 'chargeback' looks like chargeback but is not in "
+        "statuses.order_do_not_touch: a completed payment on it goes unreported",
+        "order status 'voided' looks like cancellation but is not in "
+        "statuses.order_do_not_touch: a completed payment on it goes unreported",
+        "transaction status 'paid' looks like paid but is not in "
+        "statuses.transaction_completed: its orders are never found",
+        "missing: transactions (order_id, status); create it with: CREATE INDEX "
+        "ix_transactions_order_status ON transactions (order_id, status);",
+    ]
+    assert "'shipped': 1 order(s), ignored" in section(report, "order statuses")
+    assert not report.acts_wrongly
+    assert report.verdict == "verdict: ready, with 4 warning(s) to read first"
+
+
+def test_a_mapping_that_would_act_wrongly_is_refused_with_the_reasons(engine):
+    mapping = SchemaMapping.parse(
+        {
+            "statuses": {
+                "transaction_completed": ["COMPLETED"],  # the shop writes 'completed'
+                "order_completed": "failed",  # what unpaid orders become in this shop
+                "order_do_not_touch": ["cancelled"],
+            }
+        }
+    )
+    shop = migrated_shop(engine, mapping)
+    shop.order(status="failed")
+    shop.payment(shop.order(), status="completed")
+
+    report = doctor(shop)
+
+    assert report.refusals == [
+        "none of the 1 order(s) in the repaired status 'failed' has a completed payment: "
+        "in this shop it is not what a paid order becomes",
+        "transaction status 'COMPLETED' is listed as completed but no transaction has it "
+        "(statuses compare exactly, case included)",
+    ]
+    assert report.acts_wrongly
+    assert report.verdict.startswith(
+        "verdict: REFUSED, the mapping would act wrongly (2 problem(s), first: none of the 1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mapping", "refusal"),
+    [
+        (
+            {"statuses": {"order_completed": "canceled", "order_do_not_touch": ["failed"]}},
+            "the repaired status 'canceled' reads as cancellation: paid orders would be "
+            "written as closed",
+        ),
+        (
+            {"statuses": {"transaction_completed": ["completed", "refunded"]}},
+            "completed transaction status 'refunded' reads as refund: unpaid orders would be "
+            "completed",
+        ),
+        (
+            {"statuses": {"order_pending": ["pending", "fraud_review"]}},
+            "pending status 'fraud_review' reads as fraud: such orders would be completed by "
+            "the pipeline",
+        ),
+    ],
+)
+def test_status_words_that_mean_the_opposite_are_refused(shop, mapping, refusal):
+    shop.payment(shop.order(status="refunded"), status="refunded")
+    shop.orphan()
+    assert refusal in doctor(shop, SchemaMapping.parse(mapping)).refusals
+
+
+def test_a_zone_east_of_the_columns_is_refused_and_one_west_is_warned(engine):
+    kolkata = migrated_shop(engine, SchemaMapping(timezone="Asia/Kolkata"))
+    kolkata.orphan(paid_minutes_ago=30)
+    assert doctor(kolkata).refusals == []
+
+    report = doctor(kolkata, SchemaMapping())  # the same shop read as UTC
+
+    assert report.refusals == [
+        "the newest transaction is 5.0 h in the future under timezone UTC: the columns are in "
+        "a zone east of it; payments would look younger than they are and never be found"
+    ]
+    new_york = SchemaMapping(timezone="America/New_York")
+    assert doctor(kolkata, new_york).refusals  # further west still: further in the future
+    tokyo = SchemaMapping(timezone="Asia/Tokyo")
+    assert doctor(kolkata, tokyo).warnings == [
+        "the newest transaction is 4.0 h old under timezone Asia/Tokyo: if the shop took "
+        "payments since, the columns are in a zone west of it and the grace period would be "
+        "cut short"
+    ]
