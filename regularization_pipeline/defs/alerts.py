@@ -396,9 +396,7 @@ def alert_sensor(
                 + ("" if channels else " (logged only: no channel configured)")
                 + settings
             )
-        state = (
-            "open" if observation is not None and observation.incident in book.open else "none open"
-        )
+        state = "open" if book.open else "none open"  # one incident per sensor
         return dg.SkipReason(f"no change ({state}){settings}")
 
     return _sensor

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import dagster as dg
 import pytest
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import operator_tools
 from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.regularizer import Regularizer
 from regularization_pipeline.core.tables import owned_tables
 from regularization_pipeline.defs import alerts, jobs
 from regularization_pipeline.defs.resources import (
@@ -42,11 +44,16 @@ class Harness:
         self.shop = migrated_shop(self.engine)
         self.instance, self.app, self.smtp, self.sensor = instance, app, smtp, sensor
         self.cursors: dict[str, str | None] = {}
+        self.configure()
+
+    def configure(self, **settings) -> None:
+        """Both channels, and ``settings`` of AlertResource (thresholds...)."""
         self.alerts = AlertResource(
-            webhook_url=app.url + "/services/T/B/secret",
+            webhook_url=self.app.url + "/services/T/B/secret",
             smtp_host="127.0.0.1",
-            smtp_port=smtp.port,
+            smtp_port=self.smtp.port,
             smtp_to=["oncall@example.org"],
+            **settings,
         )
 
     def run(
@@ -338,3 +345,133 @@ def test_delivery_retries_come_from_the_environment_and_a_bad_one_fails_the_run_
         match=r"^REGULARIZATION_DELIVERY_MAX_ATTEMPTS must be a whole number, got 'three'$",
     ):
         publisher.settings()
+
+
+@pytest.mark.parametrize("harness", ["alert_on_error_rate"], indirect=True)
+def test_quarantining_failing_orders_keeps_them_alerted_until_released(harness):
+    held = {s.name: s for s in alerts.ALERT_SENSORS}["alert_on_held_orders"]
+    blocked = harness.shop.orphans(3)
+    with harness.engine.begin() as conn:  # the application refuses to update these orders
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON orders BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    harness.run(max_attempts=2)
+    assert harness.tick() == "alert firing: error_rate"
+    assert harness.tick(held) == "no change (none open)"
+    harness.run(max_attempts=2)  # the second failure quarantines all three
+    assert harness.tick(held) == "alert firing: orders_held"
+    harness.run(max_attempts=2)  # processes nothing: that proves nothing
+    assert harness.tick() == "no change (open)"
+    assert harness.tick(held) == "no change (open)"
+
+    with harness.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER refuse")
+    regularizer = Regularizer(harness.engine, AppDatabaseResource(url=harness.url).bind())
+    for order_id in blocked:  # what `regularize-completed-orders release` does
+        regularizer.release(order_id)
+    assert harness.tick(held) == "alert resolved: orders_held"
+    harness.run(max_attempts=2)
+    assert harness.tick() == "alert resolved: error_rate"
+    assert [harness.shop.status_of(o) for o in blocked] == ["completed"] * 3
+
+    texts = harness.texts()
+    assert [t.split(": ")[0:2] for t in texts] == [
+        ["[regularization_pipeline] FIRING", "error_rate"],
+        ["[regularization_pipeline] FIRING", "orders_held"],
+        ["[regularization_pipeline] RESOLVED", "orders_held"],
+        ["[regularization_pipeline] RESOLVED", "error_rate"],
+    ]
+    ids = ", ".join(str(o) for o in sorted(blocked))
+    assert f"3 paid order(s) held back from regularization: 3 quarantined (order {ids})" in texts[1]
+
+
+@pytest.mark.parametrize("harness", ["alert_on_inconsistent_transactions"], indirect=True)
+def test_a_planned_check_never_hides_an_incident_and_growth_notifies_again(harness, tmp_path):
+    broken = AppDatabaseResource(url=harness.url, schema_file=str(tmp_path / "missing.yaml"))
+    # Paid 15 minutes ago: the consistency check re-examines recent payments at each evaluation.
+    first = harness.shop.orphan(paid_minutes_ago=15)
+    harness.shop.payment(first, completed_minutes_ago=15)
+    harness.run()
+    assert harness.tick() == "alert firing: transactions_inconsistent"
+    assert not harness.run(app_db=broken).success  # leaves its check evaluation PLANNED
+    assert harness.tick() == "no change (open)"
+    second = harness.shop.orphan(paid_minutes_ago=15)
+    harness.shop.payment(second, completed_minutes_ago=15)
+    harness.run()
+    assert harness.tick() == "alert firing: transactions_inconsistent"  # 1 -> 2: grew x2
+    with harness.engine.begin() as conn:  # a human refunds both second charges
+        conn.execute(
+            sa.text(
+                "UPDATE transactions SET status = 'refunded' WHERE id IN "
+                "(SELECT MAX(id) FROM transactions GROUP BY order_id HAVING COUNT(*) > 1)"
+            )
+        )
+    harness.run()
+    assert not harness.run(app_db=broken).success  # the newest record is PLANNED again
+    assert harness.tick() == "alert resolved: transactions_inconsistent"
+
+    opened, grew, resolved = harness.texts()
+    assert "1 inconsistent payment(s) need a human: 1 double_charge" in opened
+    assert "grew from 1 to 2: 2 inconsistent payment(s) need a human: 2 double_charge" in grew
+    assert "no inconsistent payment left" in resolved
+
+
+@pytest.mark.parametrize("harness", ["alert_on_outbox_backlog"], indirect=True)
+def test_an_outbox_backlog_alerts_while_the_receiver_refuses_and_resolves_when_it_takes_them(
+    harness,
+):
+    harness.configure(max_outbox_pending=1)
+    harness.shop.orphans(2)
+    with ReceivingApp(default=Reply(503)) as receiver:
+        publisher = EventPublisherResource(
+            publishers=["webhook"],
+            webhook_url=receiver.url,
+            webhook_secret="s" * 24,
+            base_delay_seconds=0,
+        )
+        harness.run(publisher=publisher)
+        assert harness.tick() == "alert firing: outbox_backlog"
+        receiver.default = Reply(200)
+        harness.run(publisher=publisher)
+        assert len(receiver.accepted()) == 2
+    assert harness.tick() == "alert resolved: outbox_backlog"
+    firing, _ = harness.assert_each_channel_got(
+        "FIRING: outbox_backlog", "RESOLVED: outbox_backlog"
+    )
+    assert "2 OrderCompleted event(s) wait in the outbox (limit 1," in firing
+
+
+@pytest.mark.parametrize("harness", ["alert_on_webhook_path"], indirect=True)
+def test_many_fresh_orphans_fixed_within_the_hour_mean_the_webhook_path_is_broken(harness):
+    harness.configure(max_regularized_per_hour=2)
+    harness.shop.orphans(
+        2, paid_minutes_ago=12
+    )  # fixed young: the stale-orphan alert never sees them
+    harness.run()
+    assert harness.tick() == "no change (none open)"
+    harness.shop.orphans(1, paid_minutes_ago=12)
+    harness.run()
+    assert harness.tick() == "alert firing: webhook_path"
+    (firing,) = harness.texts()
+    assert "3 orphaned order(s) regularized in the last hour (limit 2)" in firing
+
+
+@pytest.mark.parametrize("harness", ["alert_on_no_successful_run"], indirect=True)
+def test_the_watchdog_fires_when_no_run_succeeds_in_time_and_pings_the_heartbeat_per_success(
+    harness,
+):
+    with ReceivingApp() as heartbeat:
+        harness.configure(no_success_minutes=0.05, heartbeat_url=heartbeat.url + "/ping/abc")
+        assert harness.tick() == "no change (none open)"  # the watchdog starts its clock
+        time.sleep(3.5)  # the schedule is stopped: nothing runs
+        assert harness.tick() == "alert firing: no_successful_run"
+        succeeded = harness.run()
+        assert harness.tick() == "alert resolved: no_successful_run"
+        assert harness.tick() == "no change (none open)"
+        assert [r.path for r in heartbeat.snapshot()] == ["/ping/abc"]  # once per successful run
+    firing, resolved = harness.assert_each_channel_got(
+        "FIRING: no_successful_run", "RESOLVED: no_successful_run"
+    )
+    assert "no run of regularize_completed_orders has succeeded for over 0.05 min" in firing
+    assert "0 queued" in firing
+    assert succeeded.success and "succeeded 0 min ago" in resolved
