@@ -3,10 +3,15 @@
 A sensor observes one condition per tick (the latest run, check evaluation or
 materialization) and hands it to an :class:`IncidentBook`, which lives in the
 sensor's cursor. The book opens an incident the first time the condition
-fires and says nothing more while it lasts; the first observation that it has
-cleared closes it with a "resolved" message. A message a channel could not
-take stays in the book for that channel and is retried on the next tick, so a
-receiver that was down still gets it, once.
+fires; while it lasts it speaks again only when the incident has grown past a
+factor or a step since its last message, or on the reminder interval; the
+first observation that it has cleared closes it with a "resolved" message. A
+message a channel could not take stays in the book for that channel and is
+retried on the next tick, so a receiver that was down still gets it, once.
+
+A webhook renders each message in the operator's format (Slack text, a
+generic JSON event, PagerDuty Events API v2, Alertmanager) and signs the body
+like OrderCompleted's webhook when a secret is set.
 
 Alert texts carry ids, counts and durations only: never e-mails, names,
 amounts, tokens or URLs. Plain Python: no Dagster here.
@@ -14,16 +19,22 @@ amounts, tokens or URLs. Plain Python: no Dagster here.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import re
 import smtplib
 import ssl
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
-from typing import Protocol
+from email.utils import formatdate, make_msgid
+from typing import Any, Protocol
 
 import httpx
+
+from regularization_pipeline.core.events import SIGNATURE_HEADER, sign
 
 log = logging.getLogger("regularization_pipeline.alerting")
 
@@ -32,15 +43,31 @@ RESOLVED = "resolved"
 SOURCE = "regularization_pipeline"
 # A receiver down for days must not grow the cursor without bound: the oldest undelivered messages go first.
 MAX_UNDELIVERED = 100
+# PagerDuty's severities; the generic JSON event and Alertmanager's label use the same words.
+SEVERITIES = ("critical", "error", "warning", "info")
+FORMATS = ("slack", "json", "pagerduty", "alertmanager")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+
+
+def redact(text: str) -> str:
+    """Alert texts go to chat rooms and pagers: an error message quoting a customer's e-mail loses it here."""
+    return _EMAIL.sub("<e-mail>", text)
 
 
 @dataclass(frozen=True)
 class Observation:
-    """What a sensor saw on this tick: whether the incident's condition holds, and why (ids and counts)."""
+    """What a sensor saw on this tick: whether the incident's condition holds, and why (ids and counts).
+
+    ``size`` is how big the incident is (dead events, held orders): its growth
+    re-notifies an open incident. ``run_id`` links the message to the run.
+    """
 
     incident: str
     firing: bool
     detail: str
+    size: float | None = None
+    severity: str = "error"
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +75,9 @@ class Alert:
     incident: str
     state: str  # FIRING or RESOLVED
     detail: str
+    severity: str = "error"
+    run_id: str | None = None
+    at: float = 0.0  # when it was raised (epoch seconds); 0 in messages stored by older versions
 
     @property
     def subject(self) -> str:
@@ -57,39 +87,111 @@ class Alert:
     def text(self) -> str:
         return f"{self.subject}: {self.detail}"
 
-    def to_json(self) -> dict[str, str]:
-        return {"incident": self.incident, "state": self.state, "detail": self.detail}
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Renotify:
+    """When an open incident speaks again: grown by ``factor`` or by ``step`` since its last
+    message (either; 0 switches one off), or ``remind_seconds`` after it (0: never)."""
+
+    factor: float = 2.0
+    step: float = 10.0
+    remind_seconds: float = 4 * 3600.0
+
+    def grew(self, last: float | None, size: float | None) -> bool:
+        if size is None or last is None or size <= last:
+            return False
+        return bool(
+            (self.factor > 1 and size >= last * self.factor)
+            or (self.step > 0 and size - last >= self.step)
+        )
+
+    def due(self, notified_at: float, now: float) -> bool:
+        return self.remind_seconds > 0 and now - notified_at >= self.remind_seconds
+
+
+def _fmt(size: float) -> str:
+    return f"{size:g}"
 
 
 @dataclass
 class IncidentBook:
-    """The state kept in a sensor's cursor: open incidents, and messages a channel has yet to take."""
+    """The state kept in a sensor's cursor: open incidents, messages a channel has yet to take,
+    and when the sensor first looked (the watchdog's clock before any run)."""
 
-    open: dict[str, str] = field(default_factory=dict)  # incident -> detail when it opened
+    # incident -> {"detail", "size", "opened_at", "notified_at"}
+    open: dict[str, dict[str, Any]] = field(default_factory=dict)
     undelivered: list[dict[str, object]] = field(
         default_factory=list
     )  # {"channel": name, "alert": {...}}
+    since: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # a sensor's own small memory
 
     @classmethod
-    def from_cursor(cls, cursor: str | None) -> IncidentBook:
+    def from_cursor(cls, cursor: str | None, now: float | None = None) -> IncidentBook:
+        now = time.time() if now is None else now
         if not cursor:
-            return cls()
+            return cls(since=now)
         data = json.loads(cursor)
-        return cls(open=dict(data.get("open", {})), undelivered=list(data.get("undelivered", [])))
+        opened = {}
+        for incident, state in dict(data.get("open", {})).items():
+            if isinstance(state, str):  # a cursor written before sizes and reminders
+                state = {"detail": state, "size": None, "opened_at": now, "notified_at": now}
+            opened[incident] = state
+        return cls(
+            open=opened,
+            undelivered=list(data.get("undelivered", [])),
+            since=data.get("since", now),
+            notes=dict(data.get("notes", {})),
+        )
 
     def to_cursor(self) -> str:
-        return json.dumps({"open": self.open, "undelivered": self.undelivered}, sort_keys=True)
+        return json.dumps(
+            {
+                "open": self.open,
+                "undelivered": self.undelivered,
+                "since": self.since,
+                "notes": self.notes,
+            },
+            sort_keys=True,
+        )
 
-    def observe(self, observation: Observation) -> Alert | None:
-        """The alert this observation raises: on opening and on clearing, never while it lasts."""
-        is_open = observation.incident in self.open
-        if observation.firing and not is_open:
-            self.open[observation.incident] = observation.detail
-            return Alert(observation.incident, FIRING, observation.detail)
-        if not observation.firing and is_open:
-            del self.open[observation.incident]
-            return Alert(observation.incident, RESOLVED, observation.detail)
-        return None
+    def observe(
+        self, observation: Observation, now: float | None = None, renotify: Renotify | None = None
+    ) -> Alert | None:
+        """The alert this observation raises: on opening, on growth or reminder, and on clearing."""
+        now = time.time() if now is None else now
+        renotify = renotify or Renotify()
+        o = observation
+        state = self.open.get(o.incident)
+
+        def alert(status: str, detail: str) -> Alert:
+            return Alert(o.incident, status, detail, o.severity, o.run_id, now)
+
+        if o.firing and state is None:
+            self.open[o.incident] = {
+                "detail": o.detail,
+                "size": o.size,
+                "opened_at": now,
+                "notified_at": now,
+            }
+            return alert(FIRING, o.detail)
+        if not o.firing and state is not None:
+            del self.open[o.incident]
+            return alert(RESOLVED, o.detail)
+        if state is None:
+            return None
+        minutes = round((now - float(state["opened_at"])) / 60)
+        if renotify.grew(state.get("size"), o.size):
+            note = f"grew from {_fmt(state['size'])} to {_fmt(o.size)}"  # type: ignore[arg-type]
+        elif renotify.due(float(state["notified_at"]), now):
+            note = f"still open after {minutes} min"
+        else:
+            return None
+        state.update(size=o.size, notified_at=now, detail=o.detail)
+        return alert(FIRING, f"{note}: {o.detail}")
 
 
 class Channel(Protocol):
@@ -102,17 +204,136 @@ class AlertDeliveryError(Exception):
     """A channel did not take a message; the text names the channel, never its address."""
 
 
+@dataclass(frozen=True)
+class AlertLinks:
+    """What every rendered message carries besides the alert: where it comes from and where to look."""
+
+    environment: str = "production"
+    ui_url: str | None = None  # the Dagster UI's base URL: links to the run
+    runbook_url: str | None = (
+        None  # docs/monitoring.md as the operators read it: links to a section
+    )
+    routing_key: str | None = None  # PagerDuty's integration key
+
+    def run_url(self, alert: Alert) -> str | None:
+        if not (self.ui_url and alert.run_id):
+            return None
+        return f"{self.ui_url.rstrip('/')}/runs/{alert.run_id}"
+
+    def runbook(self, alert: Alert) -> str | None:
+        return (
+            f"{self.runbook_url}#{alert.incident.replace('_', '-')}" if self.runbook_url else None
+        )
+
+
+def dedup_key(alert: Alert, links: AlertLinks) -> str:
+    """One key per incident and environment: a re-notification updates it, RESOLVED closes it."""
+    return f"{SOURCE}/{links.environment}/{alert.incident}"
+
+
+def _iso(epoch: float) -> str:
+    return (
+        dt.datetime.fromtimestamp(epoch or time.time(), dt.UTC).isoformat().replace("+00:00", "Z")
+    )
+
+
+def render(alert: Alert, fmt: str, links: AlertLinks) -> Any:
+    """The JSON body of ``alert`` in one of FORMATS."""
+    resolved = alert.state == RESOLVED
+    run_url, runbook = links.run_url(alert), links.runbook(alert)
+    details = {
+        "incident": alert.incident,
+        "state": alert.state,
+        "detail": alert.detail,
+        "run_id": alert.run_id,
+    }
+    if fmt == "slack":
+        return {"text": alert.text}
+    if fmt == "json":
+        return {
+            "dedup_key": dedup_key(alert, links),
+            "action": "resolve" if resolved else "trigger",
+            "severity": alert.severity,
+            "environment": links.environment,
+            "source": SOURCE,
+            "summary": alert.text,
+            "details": details,
+            "links": {"run": run_url, "runbook": runbook},
+            "timestamp": _iso(alert.at),
+        }
+    if (
+        fmt == "pagerduty"
+    ):  # Events API v2: https://developer.pagerduty.com/api-reference/368ae3d938c9e-send-an-event-to-pager-duty
+        body: dict[str, Any] = {
+            "routing_key": links.routing_key or "",
+            "event_action": "resolve" if resolved else "trigger",
+            "dedup_key": dedup_key(alert, links),
+        }
+        if not resolved:
+            body["payload"] = {
+                "summary": alert.text[:1024],
+                "source": f"{SOURCE}/{links.environment}",
+                "severity": alert.severity,
+                "timestamp": _iso(alert.at),
+                "component": SOURCE,
+                "group": links.environment,
+                "custom_details": details,
+            }
+            body["links"] = [
+                {"href": href, "text": text}
+                for href, text in ((run_url, "Dagster run"), (runbook, "Runbook"))
+                if href
+            ]
+        return body
+    if fmt == "alertmanager":  # POST /api/v2/alerts: a list of postable alerts
+        item: dict[str, Any] = {
+            "labels": {
+                "alertname": alert.incident,
+                "severity": alert.severity,
+                "environment": links.environment,
+                "service": SOURCE,
+            },
+            "annotations": {
+                "summary": alert.text,
+                "description": alert.detail,
+                **({"runbook_url": runbook} if runbook else {}),
+            },
+            "startsAt": _iso(alert.at),
+        }
+        if resolved:
+            item["endsAt"] = _iso(alert.at)
+        if run_url:
+            item["generatorURL"] = run_url
+        return [item]
+    raise ValueError(f"unknown alert format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
 @dataclass
 class WebhookChannel:
-    """A Slack-compatible incoming webhook: POST ``{"text": ...}`` as JSON."""
+    """An HTTP webhook: POST the alert as JSON in ``fmt`` (FORMATS), signed when ``secret`` is set.
+
+    The signature header is OrderCompleted's (``X-Regularization-Signature:
+    t=<ts>,v1=<hex>``, HMAC-SHA256 over ``<ts>.<body>``), so a receiver
+    verifies both with the same code.
+    """
 
     url: str
     timeout_seconds: float = 10.0
     name: str = "webhook"
+    fmt: str = "slack"
+    links: AlertLinks = field(default_factory=AlertLinks)
+    secret: str | None = None
 
     def send(self, alert: Alert) -> None:
+        body = json.dumps(render(alert, self.fmt, self.links), sort_keys=True).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self.secret:
+            ts = int(time.time())
+            headers[SIGNATURE_HEADER] = f"t={ts},v1={sign(self.secret, ts, body)}"
         try:
-            response = httpx.post(self.url, json={"text": alert.text}, timeout=self.timeout_seconds)
+            response = httpx.post(
+                self.url, content=body, headers=headers, timeout=self.timeout_seconds
+            )
         except httpx.HTTPError as exc:
             raise AlertDeliveryError(f"{self.name}: {type(exc).__name__}") from None
         if not 200 <= response.status_code < 300:
@@ -121,31 +342,49 @@ class WebhookChannel:
 
 @dataclass
 class EmailChannel:
-    """Plain-text e-mail through an SMTP server, with optional STARTTLS and login."""
+    """Plain-text e-mail through an SMTP server; STARTTLS (verified) whenever it logs in.
+
+    A login over a connection that was not upgraded is refused: the password
+    never crosses the network in clear. ``ca_file`` trusts a private CA.
+    """
 
     host: str
     port: int
     sender: str
     recipients: Sequence[str]
-    starttls: bool = False
+    starttls: bool | None = None  # None: on exactly when a login is set
     username: str | None = None
     password: str | None = None
     timeout_seconds: float = 10.0
     name: str = "email"
+    ca_file: str | None = None
 
-    def send(self, alert: Alert) -> None:
+    @property
+    def uses_starttls(self) -> bool:
+        return bool(self.username) if self.starttls is None else self.starttls
+
+    def message(self, alert: Alert) -> EmailMessage:
         message = EmailMessage()
         message["Subject"] = alert.subject
         message["From"] = self.sender
         message["To"] = ", ".join(self.recipients)
+        message["Date"] = formatdate(alert.at or None, usegmt=True)
+        message["Message-ID"] = make_msgid(domain=self.sender.rpartition("@")[2] or None)
         message.set_content(alert.text + "\n")
+        return message
+
+    def send(self, alert: Alert) -> None:
+        if self.username and not self.uses_starttls:
+            raise AlertDeliveryError(
+                f"{self.name}: refusing to send the SMTP login without STARTTLS"
+            )
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds) as smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                if self.uses_starttls:
+                    smtp.starttls(context=ssl.create_default_context(cafile=self.ca_file))
                 if self.username:
                     smtp.login(self.username, self.password or "")
-                smtp.send_message(message)
+                smtp.send_message(self.message(alert))
         except (OSError, smtplib.SMTPException) as exc:
             # The exception text can quote the server's greeting or our address: the class is enough.
             raise AlertDeliveryError(f"{self.name}: {type(exc).__name__}") from None

@@ -15,10 +15,17 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationError
 
 from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.alerting import Channel, EmailChannel, WebhookChannel
+from regularization_pipeline.core.alerting import (
+    FORMATS,
+    AlertLinks,
+    Channel,
+    EmailChannel,
+    Renotify,
+    WebhookChannel,
+)
 from regularization_pipeline.core.db import DATABASE_URL_ENV, check_reachable, create_app_engine
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
@@ -54,9 +61,37 @@ ALERT_SMTP_TO_ENV = "REGULARIZATION_ALERT_SMTP_TO"
 ALERT_SMTP_STARTTLS_ENV = "REGULARIZATION_ALERT_SMTP_STARTTLS"
 ALERT_SMTP_USERNAME_ENV = "REGULARIZATION_ALERT_SMTP_USERNAME"
 ALERT_SMTP_PASSWORD_ENV = "REGULARIZATION_ALERT_SMTP_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+ALERT_SMTP_CA_FILE_ENV = "REGULARIZATION_ALERT_SMTP_CA_FILE"
+# The webhook's body format, signature, and what every message links to.
+ALERT_WEBHOOK_FORMAT_ENV = "REGULARIZATION_ALERT_WEBHOOK_FORMAT"
+ALERT_WEBHOOK_SECRET_ENV = "REGULARIZATION_ALERT_WEBHOOK_SECRET"  # noqa: S105 - the variable's name
+ALERT_PAGERDUTY_ROUTING_KEY_ENV = "REGULARIZATION_ALERT_PAGERDUTY_ROUTING_KEY"
+ALERT_ENVIRONMENT_ENV = "REGULARIZATION_ALERT_ENVIRONMENT"
+ALERT_UI_URL_ENV = "REGULARIZATION_ALERT_UI_URL"
+ALERT_RUNBOOK_URL_ENV = "REGULARIZATION_ALERT_RUNBOOK_URL"
+# Pinged (GET) after each successful run seen by the watchdog: a dead-man's switch outside Dagster.
+ALERT_HEARTBEAT_URL_ENV = "REGULARIZATION_ALERT_HEARTBEAT_URL"
 # The alert thresholds; the resource's defaults while unset.
 ALERT_STALE_ORPHAN_MINUTES_ENV = "REGULARIZATION_ALERT_STALE_ORPHAN_MINUTES"
 ALERT_MAX_ERROR_RATE_ENV = "REGULARIZATION_ALERT_MAX_ERROR_RATE"
+# Each numeric setting of AlertResource: field -> variable.
+ALERT_NUMBER_ENVS = {
+    "stale_orphan_minutes": ALERT_STALE_ORPHAN_MINUTES_ENV,
+    "max_error_rate": ALERT_MAX_ERROR_RATE_ENV,
+    "max_regularized_per_hour": "REGULARIZATION_ALERT_MAX_REGULARIZED_PER_HOUR",
+    "max_outbox_pending": "REGULARIZATION_ALERT_MAX_OUTBOX_PENDING",
+    "no_success_minutes": "REGULARIZATION_ALERT_NO_SUCCESS_MINUTES",
+    "renotify_factor": "REGULARIZATION_ALERT_RENOTIFY_FACTOR",
+    "renotify_step": "REGULARIZATION_ALERT_RENOTIFY_STEP",
+    "remind_minutes": "REGULARIZATION_ALERT_REMIND_MINUTES",
+    "timeout_seconds": "REGULARIZATION_ALERT_TIMEOUT_SECONDS",
+}
+# The delivery retry settings of EventPublisherResource: field -> variable.
+DELIVERY_ENVS = {
+    "max_attempts": "REGULARIZATION_DELIVERY_MAX_ATTEMPTS",
+    "base_delay_seconds": "REGULARIZATION_DELIVERY_BASE_DELAY_SECONDS",
+    "max_delay_seconds": "REGULARIZATION_DELIVERY_MAX_DELAY_SECONDS",
+}
 
 
 def secret_from_env(name: str) -> dg.EnvVar | None:
@@ -74,15 +109,66 @@ def list_from_env(name: str) -> list[str]:
     return [item.strip() for item in (setting_from_env(name) or "").split(",") if item.strip()]
 
 
-def number_from_env(name: str) -> float | None:
-    """A number set in the environment; None while it is empty (the resource's default then)."""
+def number_from_env(name: str, kind: type = float) -> Any:
+    """A number (``kind`` float or int) set in the environment; None while it is empty (the
+    resource's default then)."""
     text = setting_from_env(name)
     if text is None:
         return None
     try:
-        return float(text)
+        return kind(text)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {text!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {text!r}") from None
+
+
+def integer_from_env(name: str) -> int | None:
+    return number_from_env(name, int)
+
+
+def boolean_from_env(name: str) -> bool | None:
+    """true/false (also 1/0, yes/no, on/off); None while it is empty. A typo is an error, never "off"."""
+    text = setting_from_env(name)
+    if text is None:
+        return None
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {text!r}")
+
+
+def build_leniently(
+    cls: type[dg.ConfigurableResource],
+    values: dict[str, Any],
+    env_of: dict[str, str],
+    problems: list[str],
+) -> Any:
+    """``cls(**values, problems=...)``, leaving out (with a problem naming its variable) each value
+    the resource refuses: a bad setting must never stop the code location from loading."""
+    values = {k: v for k, v in values.items() if v is not None}
+    while True:
+        try:
+            return cls(**values, problems=problems)
+        except ValidationError as exc:
+            refused = [e for e in exc.errors() if e["loc"] and e["loc"][0] in values]
+            if not refused:
+                raise
+            for error in refused:
+                field = str(error["loc"][0])
+                problems.append(
+                    f"{env_of.get(field, field)}={values.pop(field, None)!r} refused "
+                    f"({error['msg']})"
+                )
+
+
+def _read(parse, name: str, problems: list[str]) -> Any:
+    """``parse(name)``; a value it refuses becomes a problem (and the default), never a crash."""
+    try:
+        return parse(name)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
 
 
 class AppDatabaseResource(dg.ConfigurableResource):
@@ -189,9 +275,15 @@ class EventPublisherResource(dg.ConfigurableResource):
         le=86_400,
         description="How long a claimed event is reserved for this run.",
     )
+    problems: list[str] = Field(
+        default=[],
+        description="Delivery variables (REGULARIZATION_DELIVERY_*) that could not be read: a run refuses to start.",
+    )
 
     def settings(self) -> PublisherSettings:
         """Raises ConfigurationError naming the offending fields (never the secret's value)."""
+        if self.problems:
+            raise ConfigurationError("; ".join(self.problems))
         return PublisherSettings.parse(
             kinds=self.publishers,
             webhook_url=self.webhook_url,
@@ -224,14 +316,32 @@ class EventPublisherResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> EventPublisherResource:
-        """REGULARIZATION_PUBLISHERS (outbox when unset), REGULARIZATION_PYTHON_HANDLERS, and
-        the webhook's URL and secret (read at run time)."""
-        return cls(
-            publishers=list_from_env(PUBLISHERS_ENV) or ["outbox"],
-            python_handlers=list_from_env(PYTHON_HANDLERS_ENV),
-            webhook_url=secret_from_env(WEBHOOK_URL_ENV),
-            webhook_secret=secret_from_env(WEBHOOK_SECRET_ENV),
+        """REGULARIZATION_PUBLISHERS (outbox when unset), REGULARIZATION_PYTHON_HANDLERS, the
+        webhook's URL and secret (read at run time), and the retry settings
+        REGULARIZATION_DELIVERY_*: a bad one fails the runs, naming it."""
+        problems: list[str] = []
+        retry = {
+            "max_attempts": _read(integer_from_env, DELIVERY_ENVS["max_attempts"], problems),
+            "base_delay_seconds": _read(
+                number_from_env, DELIVERY_ENVS["base_delay_seconds"], problems
+            ),
+            "max_delay_seconds": _read(
+                number_from_env, DELIVERY_ENVS["max_delay_seconds"], problems
+            ),
+        }
+        resource = build_leniently(
+            cls,
+            {
+                **retry,
+                "publishers": list_from_env(PUBLISHERS_ENV) or ["outbox"],
+                "python_handlers": list_from_env(PYTHON_HANDLERS_ENV),
+                "webhook_url": secret_from_env(WEBHOOK_URL_ENV),
+                "webhook_secret": secret_from_env(WEBHOOK_SECRET_ENV),
+            },
+            DELIVERY_ENVS,
+            problems,
         )
+        return resource
 
 
 class PaymentGatewayResource(dg.ConfigurableResource):
@@ -286,17 +396,52 @@ class PaymentGatewayResource(dg.ConfigurableResource):
 
 
 class AlertResource(dg.ConfigurableResource):
-    """Where the alert sensors send their messages, and the thresholds they alert on.
+    """Where the alert sensors send their messages, in which format, and the thresholds they alert on.
 
-    Channels: a Slack-compatible webhook (REGULARIZATION_ALERT_WEBHOOK_URL, via
-    dg.EnvVar) and e-mail over SMTP (REGULARIZATION_ALERT_SMTP_*; the password
-    via dg.EnvVar). A channel without its address is off; with both off, alerts
-    are only written to the sensor's log.
+    Channels: a webhook (REGULARIZATION_ALERT_WEBHOOK_URL, via dg.EnvVar) in
+    the format of REGULARIZATION_ALERT_WEBHOOK_FORMAT, signed with
+    REGULARIZATION_ALERT_WEBHOOK_SECRET, and e-mail over SMTP
+    (REGULARIZATION_ALERT_SMTP_*; the password via dg.EnvVar). A channel without
+    its address is off; with both off, alerts are only written to the sensor's
+    log. A variable that cannot be read is listed in ``problems`` and its
+    default used: every alert sensor reports it on each tick.
     """
 
     webhook_url: str | None = Field(
         default=None,
-        description="Slack-compatible incoming webhook URL (REGULARIZATION_ALERT_WEBHOOK_URL); off when unset.",
+        description="Alert webhook URL (REGULARIZATION_ALERT_WEBHOOK_URL); off when unset.",
+    )
+    webhook_format: str = Field(
+        default="slack",
+        pattern="^(" + "|".join(FORMATS) + ")$",
+        description='Body of each webhook message (REGULARIZATION_ALERT_WEBHOOK_FORMAT): slack ({"text"}), '
+        "json (a generic event), pagerduty (Events API v2) or alertmanager (POST /api/v2/alerts).",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="HMAC secret signing each webhook body like OrderCompleted's (REGULARIZATION_ALERT_WEBHOOK_SECRET).",
+    )
+    pagerduty_routing_key: str | None = Field(
+        default=None,
+        description="PagerDuty integration key (REGULARIZATION_ALERT_PAGERDUTY_ROUTING_KEY, via dg.EnvVar).",
+    )
+    environment: str = Field(
+        default="production",
+        description="Environment name in every message and dedup key (REGULARIZATION_ALERT_ENVIRONMENT).",
+    )
+    ui_url: str | None = Field(
+        default=None,
+        description="Base URL of the Dagster UI, for the run link (REGULARIZATION_ALERT_UI_URL).",
+    )
+    runbook_url: str | None = Field(
+        default=None,
+        description="URL of docs/monitoring.md as operators read it; each alert links its section "
+        "(REGULARIZATION_ALERT_RUNBOOK_URL).",
+    )
+    heartbeat_url: str | None = Field(
+        default=None,
+        description="Pinged after each successful run the watchdog sees, for an external dead-man's switch "
+        "(REGULARIZATION_ALERT_HEARTBEAT_URL, via dg.EnvVar).",
     )
     smtp_host: str | None = Field(
         default=None,
@@ -312,9 +457,14 @@ class AlertResource(dg.ConfigurableResource):
     smtp_to: list[str] = Field(
         default=[], description="Recipients (REGULARIZATION_ALERT_SMTP_TO, comma-separated)."
     )
-    smtp_starttls: bool = Field(
-        default=False,
-        description="Upgrade the connection with STARTTLS (REGULARIZATION_ALERT_SMTP_STARTTLS).",
+    smtp_starttls: bool | None = Field(
+        default=None,
+        description="Upgrade the connection with STARTTLS (REGULARIZATION_ALERT_SMTP_STARTTLS); when unset, "
+        "on exactly when a login is set. A login is never sent without it.",
+    )
+    smtp_ca_file: str | None = Field(
+        default=None,
+        description="CA bundle trusted for STARTTLS (REGULARIZATION_ALERT_SMTP_CA_FILE); the system's when unset.",
     )
     smtp_username: str | None = Field(
         default=None,
@@ -330,7 +480,7 @@ class AlertResource(dg.ConfigurableResource):
     stale_orphan_minutes: float = Field(
         default=60.0,
         gt=0,
-        description="Alert when the oldest orphan's payment is older than this: the webhook path is likely broken.",
+        description="Alert when a fixable orphan left after a run was paid longer ago than this.",
     )
     max_error_rate: float = Field(
         default=0.2,
@@ -338,12 +488,84 @@ class AlertResource(dg.ConfigurableResource):
         le=1,
         description="Alert when a run's error_rate (failed + quarantined over processed) exceeds this.",
     )
+    max_regularized_per_hour: float = Field(
+        default=5,
+        ge=0,
+        description="Alert (webhook_path) when the job regularizes more orphans than this in the last hour: "
+        "payment webhooks are being lost.",
+    )
+    max_outbox_pending: float = Field(
+        default=50,
+        ge=0,
+        description="Alert when more OrderCompleted events than this wait in the outbox.",
+    )
+    no_success_minutes: float = Field(
+        default=30,
+        gt=0,
+        description="Watchdog: alert when no run of the job has succeeded for this long.",
+    )
+    renotify_factor: float = Field(
+        default=2.0,
+        ge=0,
+        description="Re-notify an open incident that grew by this factor since its last message (0: off).",
+    )
+    renotify_step: float = Field(
+        default=10,
+        ge=0,
+        description="Re-notify an open incident that grew by this many since its last message (0: off).",
+    )
+    remind_minutes: float = Field(
+        default=240,
+        ge=0,
+        description="Remind of an open incident this long after its last message (0: never).",
+    )
+    problems: list[str] = Field(
+        default=[],
+        description="Alert variables that could not be read (their defaults are used); every sensor reports them.",
+    )
+
+    def renotify(self) -> Renotify:
+        return Renotify(self.renotify_factor, self.renotify_step, self.remind_minutes * 60)
+
+    def links(self) -> AlertLinks:
+        return AlertLinks(
+            environment=self.environment,
+            ui_url=self.ui_url,
+            runbook_url=self.runbook_url,
+            routing_key=self.pagerduty_routing_key,
+        )
+
+    def warnings(self) -> list[str]:
+        """What is wrong with the settings: unreadable variables, and channels left off by a gap."""
+        found = list(self.problems)
+        if self.smtp_host and not self.smtp_to:
+            found.append(
+                f"{ALERT_SMTP_HOST_ENV} is set but {ALERT_SMTP_TO_ENV} is empty: e-mail alerts are off"
+            )
+        if (
+            self.webhook_url
+            and self.webhook_format == "pagerduty"
+            and not self.pagerduty_routing_key
+        ):
+            found.append(
+                f"{ALERT_WEBHOOK_FORMAT_ENV}=pagerduty needs {ALERT_PAGERDUTY_ROUTING_KEY_ENV}: "
+                "PagerDuty will refuse every event"
+            )
+        return found
 
     def channels(self) -> list[Channel]:
         """The channels that are on."""
         found: list[Channel] = []
         if self.webhook_url:
-            found.append(WebhookChannel(self.webhook_url, timeout_seconds=self.timeout_seconds))
+            found.append(
+                WebhookChannel(
+                    self.webhook_url,
+                    timeout_seconds=self.timeout_seconds,
+                    fmt=self.webhook_format,
+                    links=self.links(),
+                    secret=self.webhook_secret,
+                )
+            )
         if self.smtp_host and self.smtp_to:
             found.append(
                 EmailChannel(
@@ -355,27 +577,43 @@ class AlertResource(dg.ConfigurableResource):
                     username=self.smtp_username,
                     password=self.smtp_password,
                     timeout_seconds=self.timeout_seconds,
+                    ca_file=self.smtp_ca_file,
                 )
             )
         return found
 
     @classmethod
     def from_env(cls) -> AlertResource:
-        """REGULARIZATION_ALERT_*: the webhook URL (it embeds its token) and the SMTP password
-        are read at run time through EnvVar; the rest is plain settings, read here."""
-        thresholds = {
-            "stale_orphan_minutes": number_from_env(ALERT_STALE_ORPHAN_MINUTES_ENV),
-            "max_error_rate": number_from_env(ALERT_MAX_ERROR_RATE_ENV),
+        """REGULARIZATION_ALERT_*: the URLs (they embed tokens), secrets and the SMTP password are
+        read at run time through EnvVar; the rest is plain settings, read here, leniently."""
+        problems: list[str] = []
+        env_of = {
+            **ALERT_NUMBER_ENVS,
+            "smtp_port": ALERT_SMTP_PORT_ENV,
+            "smtp_starttls": ALERT_SMTP_STARTTLS_ENV,
+            "webhook_format": ALERT_WEBHOOK_FORMAT_ENV,
         }
-        return cls(
-            **{field: value for field, value in thresholds.items() if value is not None},
+        fmt = setting_from_env(ALERT_WEBHOOK_FORMAT_ENV)
+        values: dict[str, Any] = {
+            field: _read(number_from_env, name, problems)
+            for field, name in ALERT_NUMBER_ENVS.items()
+        }
+        values.update(
             webhook_url=secret_from_env(ALERT_WEBHOOK_URL_ENV),
+            webhook_format=fmt.lower() if fmt else None,
+            webhook_secret=secret_from_env(ALERT_WEBHOOK_SECRET_ENV),
+            pagerduty_routing_key=secret_from_env(ALERT_PAGERDUTY_ROUTING_KEY_ENV),
+            environment=setting_from_env(ALERT_ENVIRONMENT_ENV),
+            ui_url=setting_from_env(ALERT_UI_URL_ENV),
+            runbook_url=setting_from_env(ALERT_RUNBOOK_URL_ENV),
+            heartbeat_url=secret_from_env(ALERT_HEARTBEAT_URL_ENV),
             smtp_host=setting_from_env(ALERT_SMTP_HOST_ENV),
-            smtp_port=int(setting_from_env(ALERT_SMTP_PORT_ENV) or 25),
-            smtp_from=setting_from_env(ALERT_SMTP_FROM_ENV) or "regularization@localhost",
+            smtp_port=_read(integer_from_env, ALERT_SMTP_PORT_ENV, problems),
+            smtp_from=setting_from_env(ALERT_SMTP_FROM_ENV),
             smtp_to=list_from_env(ALERT_SMTP_TO_ENV),
-            smtp_starttls=(setting_from_env(ALERT_SMTP_STARTTLS_ENV) or "").lower()
-            in ("1", "true", "yes"),
+            smtp_starttls=_read(boolean_from_env, ALERT_SMTP_STARTTLS_ENV, problems),
+            smtp_ca_file=setting_from_env(ALERT_SMTP_CA_FILE_ENV),
             smtp_username=setting_from_env(ALERT_SMTP_USERNAME_ENV),
             smtp_password=secret_from_env(ALERT_SMTP_PASSWORD_ENV),
         )
+        return build_leniently(cls, values, env_of, problems)

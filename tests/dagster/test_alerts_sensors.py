@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import dagster as dg
 import pytest
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import operator_tools
 from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.regularizer import Regularizer
 from regularization_pipeline.core.tables import owned_tables
 from regularization_pipeline.defs import alerts, jobs
 from regularization_pipeline.defs.resources import (
@@ -41,12 +43,17 @@ class Harness:
         self.engine = create_app_engine(self.url)
         self.shop = migrated_shop(self.engine)
         self.instance, self.app, self.smtp, self.sensor = instance, app, smtp, sensor
-        self.cursor: str | None = None
+        self.cursors: dict[str, str | None] = {}
+        self.configure()
+
+    def configure(self, **settings) -> None:
+        """Both channels, and ``settings`` of AlertResource (thresholds...)."""
         self.alerts = AlertResource(
-            webhook_url=app.url + "/services/T/B/secret",
+            webhook_url=self.app.url + "/services/T/B/secret",
             smtp_host="127.0.0.1",
-            smtp_port=smtp.port,
+            smtp_port=self.smtp.port,
             smtp_to=["oncall@example.org"],
+            **settings,
         )
 
     def run(
@@ -71,12 +78,15 @@ class Harness:
             run_config={"ops": {"regularized_orders": {"config": {"sleep": 0, **config}}}},
         )
 
-    def tick(self) -> str:
-        context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources={"alerts": self.alerts}
-        )
-        data = self.sensor.evaluate_tick(context)
-        self.cursor = data.cursor
+    def tick(self, sensor: dg.SensorDefinition | None = None) -> str:
+        """One tick of the harness's sensor, or of ``sensor`` with its own cursor."""
+        sensor = sensor or self.sensor
+        resources = {"alerts": self.alerts, "app_db": AppDatabaseResource(url=self.url)}
+        with dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursors.get(sensor.name), resources=resources
+        ) as context:
+            data = sensor.evaluate_tick(context)
+        self.cursors[sensor.name] = data.cursor
         return data.skip_message or ""
 
     def texts(self) -> list[str]:
@@ -121,7 +131,8 @@ def test_a_failed_run_alerts_once_and_resolves_once_when_a_run_succeeds(harness,
     assert harness.tick() == "no change (none open)"
 
     firing, resolved = harness.assert_each_channel_got("FIRING: run_failed", "RESOLVED: run_failed")
-    assert firing.endswith(f"run {failed.run_id} of regularize_completed_orders failed")
+    assert f"run {failed.run_id} of regularize_completed_orders failed: " in firing
+    assert firing.endswith("missing.yaml': No such file or directory"), firing  # the reason
     assert resolved.endswith(f"run {succeeded.run_id} of regularize_completed_orders succeeded")
 
 
@@ -200,22 +211,20 @@ def test_dead_lettered_events_alert_once_and_resolve_once_after_redelivery(harne
 
 
 @pytest.mark.parametrize("harness", ["alert_on_stale_orphan"], indirect=True)
-def test_an_orphan_older_than_the_threshold_alerts_once_and_resolves_once(harness):
+def test_a_stale_orphan_alerts_while_runs_leave_it_and_resolves_with_the_run_that_fixes_it(harness):
     order_id = harness.shop.orphan(paid_minutes_ago=180)
 
     harness.run(dry_run=True)
     assert harness.tick() == "alert firing: stale_orphan"
     harness.run(dry_run=True)
     assert harness.tick() == "no change (open)"
-    harness.run()  # regularizes it (its check may have looked before the flip)
-    harness.run(dry_run=True)
+    harness.run()  # fixes it: its audit, written after the fix, is newer than its check
     assert harness.shop.status_of(order_id) == "completed"
     assert harness.tick() == "alert resolved: stale_orphan"
     assert harness.tick() == "no change (none open)"
 
     firing, _ = harness.assert_each_channel_got("FIRING: stale_orphan", "RESOLVED: stale_orphan")
-    assert "the oldest of 1 orphaned order(s) was paid 180" in firing
-    assert "the payment webhook path is likely broken" in firing
+    assert "the oldest of 1 fixable orphaned order(s) was paid 180 min ago (limit 60)" in firing
 
 
 @pytest.mark.parametrize("harness", ["alert_on_failed_run"], indirect=True)
@@ -253,22 +262,216 @@ def test_the_audit_counts_remaining_orphans_with_the_runs_own_grace_period_and_t
     assert 0 < audit(patient)["run_duration_seconds"] < 120
 
 
-def test_alert_thresholds_come_from_the_environment_and_a_bad_one_is_named(monkeypatch):
+def test_alert_settings_come_from_the_environment_and_a_bad_one_is_reported_never_fatal(
+    monkeypatch,
+):
     from regularization_pipeline.defs import resources as definitions
 
-    assert (
-        definitions.AlertResource.from_env().stale_orphan_minutes,
-        definitions.AlertResource.from_env().max_error_rate,
-    ) == (60.0, 0.2)
+    defaults = definitions.AlertResource.from_env()
+    assert (defaults.stale_orphan_minutes, defaults.max_error_rate, defaults.warnings()) == (
+        60.0,
+        0.2,
+        [],
+    )
     monkeypatch.setenv(definitions.ALERT_STALE_ORPHAN_MINUTES_ENV, "15")
     monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "0.05")
+    monkeypatch.setenv("REGULARIZATION_ALERT_SMTP_STARTTLS", "off")
     resource = definitions.AlertResource.from_env()
     assert (resource.stale_orphan_minutes, resource.max_error_rate) == (15.0, 0.05)
-    monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "five percent")
+    assert resource.smtp_starttls is False
+
+    for name, value in {
+        definitions.ALERT_MAX_ERROR_RATE_ENV: "five percent",
+        definitions.ALERT_STALE_ORPHAN_MINUTES_ENV: "-1",
+        "REGULARIZATION_ALERT_SMTP_PORT": "abc",
+        "REGULARIZATION_ALERT_SMTP_STARTTLS": "ture",
+        "REGULARIZATION_ALERT_WEBHOOK_FORMAT": "teams",
+        "REGULARIZATION_ALERT_SMTP_HOST": "smtp.example.org",
+    }.items():
+        monkeypatch.setenv(name, value)
+    resource = definitions.AlertResource.from_env()  # loads: the code location stays up
+    assert resource.warnings() == [
+        "REGULARIZATION_ALERT_MAX_ERROR_RATE must be a number, got 'five percent'",
+        "REGULARIZATION_ALERT_SMTP_PORT must be a whole number, got 'abc'",
+        "REGULARIZATION_ALERT_SMTP_STARTTLS must be true or false, got 'ture'",
+        "REGULARIZATION_ALERT_WEBHOOK_FORMAT='teams' refused (String should match pattern "
+        "'^(slack|json|pagerduty|alertmanager)$')",
+        "REGULARIZATION_ALERT_STALE_ORPHAN_MINUTES=-1.0 refused (Input should be greater than 0)",
+        "REGULARIZATION_ALERT_SMTP_HOST is set but REGULARIZATION_ALERT_SMTP_TO is empty: "
+        "e-mail alerts are off",
+    ]
+    assert (resource.max_error_rate, resource.stale_orphan_minutes, resource.smtp_port) == (
+        0.2,
+        60.0,
+        25,
+    )
+    assert resource.smtp_starttls is None and resource.webhook_format == "slack"
+    assert resource.channels() == []
+
+
+@pytest.mark.parametrize("harness", ["alert_on_failed_run"], indirect=True)
+def test_every_sensor_tick_reports_a_bad_alert_setting_and_still_alerts(harness, monkeypatch):
+    monkeypatch.setenv("REGULARIZATION_ALERT_SMTP_PORT", "abc")
+    harness.alerts = AlertResource.from_env()
+    assert harness.tick() == (
+        "no change (none open) [alert settings: "
+        "REGULARIZATION_ALERT_SMTP_PORT must be a whole number, got 'abc']"
+    )
+    monkeypatch.setenv("REGULARIZATION_ALERT_WEBHOOK_URL", harness.app.url)
+    harness.alerts = AlertResource.from_env()
+    harness.run(app_db=AppDatabaseResource(url=harness.url, schema_file="/nonexistent.yaml"))
+    assert harness.tick().startswith("alert firing: run_failed [alert settings: ")
+    assert len(harness.app.wait_for(1)) == 1
+
+
+def test_delivery_retries_come_from_the_environment_and_a_bad_one_fails_the_run_naming_it(
+    monkeypatch,
+):
+    from regularization_pipeline.core.errors import ConfigurationError
+
+    monkeypatch.setenv("REGULARIZATION_DELIVERY_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("REGULARIZATION_DELIVERY_BASE_DELAY_SECONDS", "5")
+    monkeypatch.setenv("REGULARIZATION_DELIVERY_MAX_DELAY_SECONDS", "60")
+    publisher = EventPublisherResource.from_env()
+    assert (publisher.max_attempts, publisher.base_delay_seconds, publisher.max_delay_seconds) == (
+        3,
+        5.0,
+        60.0,
+    )
+    monkeypatch.setenv("REGULARIZATION_DELIVERY_MAX_ATTEMPTS", "three")
+    publisher = EventPublisherResource.from_env()  # the code location still loads
     with pytest.raises(
-        ValueError, match="REGULARIZATION_ALERT_MAX_ERROR_RATE must be a number, got 'five percent'"
+        ConfigurationError,
+        match=r"^REGULARIZATION_DELIVERY_MAX_ATTEMPTS must be a whole number, got 'three'$",
     ):
-        definitions.AlertResource.from_env()
-    monkeypatch.setenv(definitions.ALERT_MAX_ERROR_RATE_ENV, "5")  # a share, at most 1
-    with pytest.raises(Exception, match="max_error_rate"):
-        definitions.AlertResource.from_env()
+        publisher.settings()
+
+
+@pytest.mark.parametrize("harness", ["alert_on_error_rate"], indirect=True)
+def test_quarantining_failing_orders_keeps_them_alerted_until_released(harness):
+    held = {s.name: s for s in alerts.ALERT_SENSORS}["alert_on_held_orders"]
+    blocked = harness.shop.orphans(3)
+    with harness.engine.begin() as conn:  # the application refuses to update these orders
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON orders BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    harness.run(max_attempts=2)
+    assert harness.tick() == "alert firing: error_rate"
+    assert harness.tick(held) == "no change (none open)"
+    harness.run(max_attempts=2)  # the second failure quarantines all three
+    assert harness.tick(held) == "alert firing: orders_held"
+    harness.run(max_attempts=2)  # processes nothing: that proves nothing
+    assert harness.tick() == "no change (open)"
+    assert harness.tick(held) == "no change (open)"
+
+    with harness.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER refuse")
+    regularizer = Regularizer(harness.engine, AppDatabaseResource(url=harness.url).bind())
+    for order_id in blocked:  # what `regularize-completed-orders release` does
+        regularizer.release(order_id)
+    assert harness.tick(held) == "alert resolved: orders_held"
+    harness.run(max_attempts=2)
+    assert harness.tick() == "alert resolved: error_rate"
+    assert [harness.shop.status_of(o) for o in blocked] == ["completed"] * 3
+
+    texts = harness.texts()
+    assert [t.split(": ")[0:2] for t in texts] == [
+        ["[regularization_pipeline] FIRING", "error_rate"],
+        ["[regularization_pipeline] FIRING", "orders_held"],
+        ["[regularization_pipeline] RESOLVED", "orders_held"],
+        ["[regularization_pipeline] RESOLVED", "error_rate"],
+    ]
+    ids = ", ".join(str(o) for o in sorted(blocked))
+    assert f"3 paid order(s) held back from regularization: 3 quarantined (order {ids})" in texts[1]
+
+
+@pytest.mark.parametrize("harness", ["alert_on_inconsistent_transactions"], indirect=True)
+def test_a_planned_check_never_hides_an_incident_and_growth_notifies_again(harness, tmp_path):
+    broken = AppDatabaseResource(url=harness.url, schema_file=str(tmp_path / "missing.yaml"))
+    # Paid 15 minutes ago: the consistency check re-examines recent payments at each evaluation.
+    first = harness.shop.orphan(paid_minutes_ago=15)
+    harness.shop.payment(first, completed_minutes_ago=15)
+    harness.run()
+    assert harness.tick() == "alert firing: transactions_inconsistent"
+    assert not harness.run(app_db=broken).success  # leaves its check evaluation PLANNED
+    assert harness.tick() == "no change (open)"
+    second = harness.shop.orphan(paid_minutes_ago=15)
+    harness.shop.payment(second, completed_minutes_ago=15)
+    harness.run()
+    assert harness.tick() == "alert firing: transactions_inconsistent"  # 1 -> 2: grew x2
+    with harness.engine.begin() as conn:  # a human refunds both second charges
+        conn.execute(
+            sa.text(
+                "UPDATE transactions SET status = 'refunded' WHERE id IN "
+                "(SELECT MAX(id) FROM transactions GROUP BY order_id HAVING COUNT(*) > 1)"
+            )
+        )
+    harness.run()
+    assert not harness.run(app_db=broken).success  # the newest record is PLANNED again
+    assert harness.tick() == "alert resolved: transactions_inconsistent"
+
+    opened, grew, resolved = harness.texts()
+    assert "1 inconsistent payment(s) need a human: 1 double_charge" in opened
+    assert "grew from 1 to 2: 2 inconsistent payment(s) need a human: 2 double_charge" in grew
+    assert "no inconsistent payment left" in resolved
+
+
+@pytest.mark.parametrize("harness", ["alert_on_outbox_backlog"], indirect=True)
+def test_an_outbox_backlog_alerts_while_the_receiver_refuses_and_resolves_when_it_takes_them(
+    harness,
+):
+    harness.configure(max_outbox_pending=1)
+    harness.shop.orphans(2)
+    with ReceivingApp(default=Reply(503)) as receiver:
+        publisher = EventPublisherResource(
+            publishers=["webhook"],
+            webhook_url=receiver.url,
+            webhook_secret="s" * 24,
+            base_delay_seconds=0,
+        )
+        harness.run(publisher=publisher)
+        assert harness.tick() == "alert firing: outbox_backlog"
+        receiver.default = Reply(200)
+        harness.run(publisher=publisher)
+        assert len(receiver.accepted()) == 2
+    assert harness.tick() == "alert resolved: outbox_backlog"
+    firing, _ = harness.assert_each_channel_got(
+        "FIRING: outbox_backlog", "RESOLVED: outbox_backlog"
+    )
+    assert "2 OrderCompleted event(s) wait in the outbox (limit 1," in firing
+
+
+@pytest.mark.parametrize("harness", ["alert_on_webhook_path"], indirect=True)
+def test_many_fresh_orphans_fixed_within_the_hour_mean_the_webhook_path_is_broken(harness):
+    harness.configure(max_regularized_per_hour=2)
+    harness.shop.orphans(
+        2, paid_minutes_ago=12
+    )  # fixed young: the stale-orphan alert never sees them
+    harness.run()
+    assert harness.tick() == "no change (none open)"
+    harness.shop.orphans(1, paid_minutes_ago=12)
+    harness.run()
+    assert harness.tick() == "alert firing: webhook_path"
+    (firing,) = harness.texts()
+    assert "3 orphaned order(s) regularized in the last hour (limit 2)" in firing
+
+
+@pytest.mark.parametrize("harness", ["alert_on_no_successful_run"], indirect=True)
+def test_the_watchdog_fires_when_no_run_succeeds_in_time_and_pings_the_heartbeat_per_success(
+    harness,
+):
+    with ReceivingApp() as heartbeat:
+        harness.configure(no_success_minutes=0.05, heartbeat_url=heartbeat.url + "/ping/abc")
+        assert harness.tick() == "no change (none open)"  # the watchdog starts its clock
+        time.sleep(3.5)  # the schedule is stopped: nothing runs
+        assert harness.tick() == "alert firing: no_successful_run"
+        succeeded = harness.run()
+        assert harness.tick() == "alert resolved: no_successful_run"
+        assert harness.tick() == "no change (none open)"
+        assert [r.path for r in heartbeat.snapshot()] == ["/ping/abc"]  # once per successful run
+    firing, resolved = harness.assert_each_channel_got(
+        "FIRING: no_successful_run", "RESOLVED: no_successful_run"
+    )
+    assert "no run of regularize_completed_orders has succeeded for over 0.05 min" in firing
+    assert "0 queued" in firing
+    assert succeeded.success and "succeeded 0 min ago" in resolved

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+import tempfile
 import threading
 from email import message_from_bytes
+from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
@@ -24,21 +28,45 @@ class _Inbox:
         return "250 OK"
 
 
-class SmtpServer:
-    """``with SmtpServer() as smtp:`` -> ``smtp.port``, ``smtp.subjects()``; with ``login`` it requires AUTH."""
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1, made by the openssl CLI; the certificate is its own CA."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
-    def __init__(self, login: tuple[str, str] | None = None):
+
+class SmtpServer:
+    """``with SmtpServer() as smtp:`` -> ``smtp.port``, ``smtp.subjects()``; with ``login`` it requires AUTH.
+
+    With ``tls=True`` it offers STARTTLS with a self-signed certificate (trust
+    ``smtp.ca_file``) and accepts AUTH only after it.
+    """
+
+    def __init__(self, login: tuple[str, str] | None = None, tls: bool = False):
         self.inbox = _Inbox()
         self.port = free_port()
-        kwargs = {}
+        self.ca_file: str | None = None
+        self._dir = tempfile.TemporaryDirectory() if tls else None
+        kwargs: dict = {}
         if login:
 
             def authenticate(server, session, envelope, mechanism, auth_data):
                 ok = (auth_data.login.decode(), auth_data.password.decode()) == login
                 return AuthResult(success=ok)
 
-            # Plain-text AUTH on loopback only: the test server has no certificate.
-            kwargs = {"authenticator": authenticate, "auth_require_tls": False}
+            kwargs = {"authenticator": authenticate, "auth_require_tls": tls}
+        if self._dir is not None:
+            cert, key = self_signed_certificate(Path(self._dir.name))
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            kwargs["tls_context"] = context
+            self.ca_file = str(cert)
         self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **kwargs)
 
     def __enter__(self) -> SmtpServer:
@@ -47,6 +75,8 @@ class SmtpServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.controller.stop()
+        if self._dir is not None:
+            self._dir.cleanup()
 
     def messages(self) -> list:
         with self.inbox.lock:
