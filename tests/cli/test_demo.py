@@ -83,3 +83,39 @@ def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
             dg.AssetKey("regularization_audit"), limit=1
         ).records
         assert materialized[0].run_id == run.run_id
+
+
+def test_demo_reset_puts_the_seeded_orphans_back_without_running_the_job(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME",)}
+    env["DAGSTER_HOME"] = str(tmp_path / "home")
+    shop = tmp_path / ".demo" / "shop.db"
+    shop.parent.mkdir()
+    shop.write_text("a shop a user has played with")  # replaced, whatever it holds
+
+    done = subprocess.run(
+        [sys.executable, "-m", "regularization_pipeline.demo", "--reset"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "The job was not run: 40 orphans wait" in done.stdout
+    assert "docs/launching.md" in done.stdout
+    engine = create_app_engine(f"sqlite:///{shop}")
+    try:
+        with engine.connect() as conn:
+            pending = conn.execute(
+                sa.text("SELECT count(*) FROM orders WHERE status = 'pending'")
+            ).scalar_one()
+            audited = conn.execute(
+                sa.text("SELECT count(*) FROM regularization_audit")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    # 40 orphans, 12 within the grace period, 10 inconsistent, 5 soft-deleted, 15 unpaid.
+    assert (pending, audited) == (82, 0)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert instance.get_runs(dg.RunsFilter(job_name=JOB_NAME)) == []
