@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import dagster as dg
 import sqlalchemy as sa
@@ -13,6 +11,7 @@ from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME
 from regularization_pipeline.demo.handlers import effect_counts
+from tests.support.processes import run_demo
 
 
 def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
@@ -23,16 +22,8 @@ def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
     }
     env["REGULARIZATION_DATABASE_URL"] = f"sqlite:///{tmp_path / 'must_not_be_touched.db'}"
 
-    done = subprocess.run(
-        [sys.executable, "-m", "regularization_pipeline.demo"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_demo(tmp_path, env)
 
-    assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert (
         "Demo shop .demo/shop.db: 295 orders (200 healthy, 40 orphaned, 12 paid within the grace period"
@@ -92,16 +83,8 @@ def test_demo_reset_puts_the_seeded_orphans_back_without_running_the_job(tmp_pat
     shop.parent.mkdir()
     shop.write_text("a shop a user has played with")  # replaced, whatever it holds
 
-    done = subprocess.run(
-        [sys.executable, "-m", "regularization_pipeline.demo", "--reset"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_demo(tmp_path, env, "--reset")
 
-    assert done.returncode == 0, done.stdout + done.stderr
     assert "The job was not run: 40 orphans wait" in done.stdout
     assert "docs/launching.md" in done.stdout
     engine = create_app_engine(f"sqlite:///{shop}")

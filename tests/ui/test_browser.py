@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from regularization_pipeline.defs import jobs
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support import ROOT
 from tests.support.databases import unavailable
-from tests.support.processes import free_port, wait_for_http
+from tests.support.processes import free_port, run_demo, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -64,15 +63,7 @@ def webserver(tmp_path_factory):
         "DAGSTER_HOME": str(tmp / "dagster_home"),
         "REGULARIZATION_DATABASE_URL": f"sqlite:///{tmp / '.demo' / 'shop.db'}",
     }
-    demo = subprocess.run(
-        [sys.executable, "-m", "regularization_pipeline.demo"],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert demo.returncode == 0, demo.stdout + demo.stderr
+    run_demo(tmp, env)
 
     port = free_port()
     log_path = tmp / "dev.log"
