@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv demo test test-fast lint format dev migrate bench clean
+.PHONY: venv demo demo-reset test test-fast lint format dev migrate bench clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: venv $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m regularization_pipeline.demo
 
+# Puts .demo/shop.db back in its seeded state without running the job: orphans to launch on.
+demo-reset: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m regularization_pipeline.demo --reset
+
 # Style is enforced, not suggested: `ruff format` (line length 100) and the lint rules.
 lint: venv
 	$(BIN)/ruff format --check regularization_pipeline tests bench
@@ -46,14 +50,18 @@ test-fast: venv
 	$(BIN)/pytest -m "not slow" --ignore=tests/ui --ignore=tests/deploy -n 4 -q $(PYTEST_ARGS)
 
 # The UI on http://127.0.0.1:3000 with the scheduler and sensors; the demo shop unless
-# REGULARIZATION_DATABASE_URL names another database.
-# Without REGULARIZATION_DATABASE_URL: the demo shop, with the demo's OrderCompleted handlers.
+# REGULARIZATION_DATABASE_URL names another database (then with the demo's handlers too).
+# Started from $(DAGSTER_HOME), where the instance's dagster.yaml is, so `dagster dev` finds
+# no stray one in the current folder. Its "superseded by dg dev" warning is silenced:
+# `dg dev` needs dagster-dg-cli and a dg project layout (neither is in requirements.lock);
+# `dagster dev` still does the same.
 DEMO_ENV := REGULARIZATION_DATABASE_URL=sqlite:///$(CURDIR)/.demo/shop.db REGULARIZATION_PUBLISHERS=python \
 	REGULARIZATION_PYTHON_HANDLERS=regularization_pipeline.demo.handlers:enroll,regularization_pipeline.demo.handlers:notify,regularization_pipeline.demo.handlers:activate_subscription
 
 dev: venv $(DAGSTER_HOME)/dagster.yaml
-	$(if $(REGULARIZATION_DATABASE_URL),,$(DEMO_ENV)) \
-		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	cd $(DAGSTER_HOME) && $(if $(REGULARIZATION_DATABASE_URL),,$(DEMO_ENV)) \
+	PYTHONWARNINGS='ignore:Function `dev_command` is superseded:FutureWarning' \
+		$(CURDIR)/$(BIN)/dagster dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p $${DEV_PORT:-3000}
 
 # The benchmark suite on a million-order PostgreSQL shop (BENCH_DATABASE_URL, default a
 # `regbench` database on 127.0.0.1, created if missing). Not part of `make test`, which

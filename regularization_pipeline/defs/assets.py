@@ -91,6 +91,12 @@ def app_orders(
         # The run's first step: out-of-range options (limit 0, sleep -1...) end the run
         # here, as its first and only error, before any check or order is touched.
         RegularizeConfig(**_regularize_config(context)).to_run_options()
+    yield dg.ObserveResult(asset_key="app_orders", metadata=orders_by_status(app_db))
+
+
+def orders_by_status(app_db: AppDatabaseResource) -> dict[str, int]:
+    """``orders_total`` and ``orders_<status>``: the metadata of an observation of ``app_orders``."""
+    with permanent_errors_fail_without_retry():
         schema = app_db.bind()
     status = schema.o("status")
     with app_db.get_engine().connect() as conn:
@@ -100,7 +106,7 @@ def app_orders(
     counts = {str(value): int(n) for value, n in rows}
     metadata: dict[str, int] = {"orders_total": sum(counts.values())}
     metadata.update({f"orders_{value}": n for value, n in counts.items()})
-    yield dg.ObserveResult(asset_key="app_orders", metadata=metadata)
+    return metadata
 
 
 # Every order is logged while a run is this small (the default limit is 50); past it, one
@@ -285,6 +291,7 @@ def audit_preview(engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: 
     """The first ``rows`` audit rows of this run, in the order they were written, as a DataFrame.
 
     Only the preview is loaded: a run over a large backlog writes one row per order.
+    A value the row does not have (no payment, no amount) is blank, not ``nan`` or ``NaT``.
     """
     import pandas as pd  # only this step needs it: kept off the code location's import time
 
@@ -296,21 +303,44 @@ def audit_preview(engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: 
         .limit(rows)
     )
     with engine.connect() as conn:
-        return pd.DataFrame(conn.execute(query).all(), columns=list(AUDIT_COLUMNS))
+        frame = pd.DataFrame(conn.execute(query).all(), columns=list(AUDIT_COLUMNS))
+    return frame.astype(object).where(frame.notna(), "")
+
+
+def held_orphan_count(conn: sa.Connection, schema, window: d.ScanWindow, attempts) -> int:
+    """Orphans the run leaves pending on purpose: an inconsistent payment, or a quarantine."""
+    held = sa.and_(
+        d.orphan_condition(schema, window), ~d.fixable_condition(schema, window, attempts)
+    )
+    return int(conn.execute(sa.select(sa.func.count()).where(held)).scalar_one())
 
 
 def audit_metrics(
-    counts: dict[str, int], oldest_orphan_age_minutes: float, orphans_remaining: int
-) -> dict[str, float | int]:
+    counts: dict[str, int],
+    oldest_orphan_age_minutes: float,
+    orphans_remaining: int,
+    held: int,
+    run_duration_seconds: float,
+) -> dict[str, object]:
+    """The operator's figures first, each a number plotted over runs; the per-action counts as one table.
+
+    The UI plots every number, in alphabetical order: a per-action count that is
+    zero in nearly every run (``dry-run``, ``released``...) would bury the figures
+    that matter, so the counts are one JSON entry instead.
+    """
     total = sum(counts.values())
-    metrics: dict[str, float | int] = {"audit_rows": total}
-    for action in tb.AUDIT_ACTIONS:
-        metrics[f"action_{action.replace('-', '_')}"] = int(counts.get(action, 0))
     errors = int(counts.get(tb.FAILED, 0)) + int(counts.get(tb.QUARANTINED, 0))
-    metrics["error_rate"] = round(errors / total, 4) if total else 0.0
-    metrics["oldest_orphan_age_minutes"] = oldest_orphan_age_minutes
-    metrics["orphans_remaining"] = orphans_remaining
-    return metrics
+    return {
+        "orphans_remaining": orphans_remaining,
+        "regularized": int(counts.get(tb.REGULARIZED, 0)),
+        "error_rate": round(errors / total, 4) if total else 0.0,
+        "held": held,
+        "run_duration_seconds": run_duration_seconds,
+        "oldest_orphan_age_minutes": oldest_orphan_age_minutes,
+        "audit_rows_by_action": dg.MetadataValue.json(
+            {"total": total, **{action: int(counts.get(action, 0)) for action in tb.AUDIT_ACTIONS}}
+        ),
+    }
 
 
 def _regularize_config(context: dg.AssetExecutionContext) -> dict:
@@ -335,13 +365,16 @@ def _run_grace_minutes(context: dg.AssetExecutionContext) -> float:
 def regularization_audit(
     context: dg.AssetExecutionContext, app_db: AppDatabaseResource
 ) -> dg.MaterializeResult:
-    """The audit trail written by this run: one row per decision on an order, with totals per action.
+    """The audit trail written by this run: one row per decision on an order, and what the run left.
 
-    `error_rate` is failed plus quarantined over all of this run's audit rows;
-    `oldest_orphan_age_minutes` and `orphans_remaining` describe the orphans the job
-    would still fix after the run (held orders apart), outside the run's own grace
-    period (`grace_minutes`);
-    `run_duration_seconds` is the time from the run's start to this step.
+    `orphans_remaining` and `oldest_orphan_age_minutes` describe the orphans the job
+    would still fix after the run (held orders apart), outside the run's own grace period (`grace_minutes`);
+    `regularized` counts this run's completed orders; `error_rate` is failed plus
+    quarantined over all of this run's audit rows; `held` counts the orphans left
+    pending on purpose (inconsistent payments, quarantines: for a human); `run_duration_seconds`
+    is the time from the run's start to this step. `audit_rows_by_action` has the
+    count of every action. The app's orders are observed again here, so `app_orders`
+    shows the counts the run left.
     """
     engine, tables = app_db.get_engine(), app_db.owned_tables()
     with permanent_errors_fail_without_retry():
@@ -349,21 +382,24 @@ def regularization_audit(
         require_migrated(engine, app_db.mapping().table_prefix)
     counts = audit_action_counts(engine, tables, context.run_id)
     grace = _run_grace_minutes(context)
+    window = RunOptions(min_age_minutes=grace).window(utcnow())
     with engine.connect() as conn:
-        window = RunOptions(min_age_minutes=grace).window(utcnow())
         remaining = d.orphan_stats(conn, schema, window, sample_size=0, attempts=tables.attempts)
-    metadata: dict[str, object] = dict(
-        audit_metrics(counts, remaining.oldest_age_minutes, remaining.count)
-    )
-    metadata["grace_minutes"] = grace
+        held = held_orphan_count(conn, schema, window, tables.attempts)
     record = context.instance.get_run_record_by_id(context.run_id)
     started = record.start_time if record is not None else None
     # Up to this last step: the run's duration as far as the run itself can know it.
-    metadata["run_duration_seconds"] = round(max(time.time() - started, 0.0), 3) if started else 0.0
+    duration = round(max(time.time() - started, 0.0), 3) if started else 0.0
+    metadata = audit_metrics(counts, remaining.oldest_age_minutes, remaining.count, held, duration)
+    # Configuration, not a figure that moves: text, so it is not plotted.
+    metadata["grace_minutes"] = dg.MetadataValue.text(f"{grace:g}")
     shown = audit_preview(engine, tables, context.run_id, AUDIT_PREVIEW_ROWS)
     hidden = sum(counts.values()) - len(shown)
     note = f"\n\n{hidden} more row(s) not shown." if hidden > 0 else ""
     metadata["preview"] = dg.MetadataValue.md(
         (shown.to_markdown(index=False) if len(shown) else "No audit rows in this run.") + note
+    )
+    context.log_event(
+        dg.AssetObservation(asset_key="app_orders", metadata=orders_by_status(app_db))
     )
     return dg.MaterializeResult(metadata=metadata)

@@ -3,6 +3,8 @@
 Both are non-blocking: a check that *detects* orphans must never stop the asset
 that *fixes* them. They run inside the job and on their own; a failure of
 ``no_orphaned_pending_orders`` outside the job launches the job (see sensors).
+Inside the job they run last (``additional_deps`` on ``regularization_audit``),
+so the result the UI shows after a run is the state the run left, not the one it fixed.
 """
 
 import dagster as dg
@@ -18,13 +20,18 @@ from regularization_pipeline.core.inconsistency_scan import (
     inconsistency_report,
 )
 from regularization_pipeline.core.regularizer import RunOptions
-from regularization_pipeline.defs.assets import permanent_errors_fail_without_retry
+from regularization_pipeline.defs.assets import (
+    permanent_errors_fail_without_retry,
+    regularization_audit,
+)
 from regularization_pipeline.defs.resources import AppDatabaseResource
 
 ORPHAN_SAMPLE_SIZE = 20
+# Evaluated after the run's last asset when both are in the run; alone, the check still runs.
+AFTER_THE_RUN = [regularization_audit]
 
 
-@dg.asset_check(asset="app_orders", blocking=False)
+@dg.asset_check(asset="app_orders", blocking=False, additional_deps=AFTER_THE_RUN)
 def no_orphaned_pending_orders(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
 ) -> dg.AssetCheckResult:
@@ -64,7 +71,7 @@ def no_orphaned_pending_orders(
     )
 
 
-@dg.asset_check(asset="app_orders", blocking=False)
+@dg.asset_check(asset="app_orders", blocking=False, additional_deps=AFTER_THE_RUN)
 def transactions_consistent(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
 ) -> dg.AssetCheckResult:

@@ -24,8 +24,19 @@ from regularization_pipeline.core.regularizer import RunOptions
 
 _BOUND_SYMBOLS = {at.Ge: (">=", "ge"), at.Gt: (">", "gt"), at.Le: ("<=", "le"), at.Lt: ("<", "lt")}
 
-# A run stops taking new orders after this long so the next 5-minute tick finds the slot free.
+# The two run-time limits, one story. Soft: a run stops taking new orders after this long,
+# finishes the order in hand and ends normally, so the next 5-minute tick finds the slot free.
 DEFAULT_MAX_RUNTIME_SECONDS = 240.0
+# Hard: the job's `dagster/max_runtime` tag (defs/jobs.py); run monitoring fails a run still
+# going after it (hung, not slow) and frees its slot.
+HARD_MAX_RUNTIME_SECONDS = 900
+# Said in the Launchpad field itself: the tag is shown beside it, not explained.
+MAX_RUNTIME_NOTE = (
+    f" In the job: {DEFAULT_MAX_RUNTIME_SECONDS:g} s by default, the soft limit (the run finishes "
+    f"the order in hand and ends normally). The job's dagster/max_runtime tag "
+    f"({HARD_MAX_RUNTIME_SECONDS} s) is the hard limit: run monitoring fails a run still going "
+    "then (hung, not slow)."
+)
 # Where the job's defaults differ from RunOptions' (core's API keeps its own).
 DEFAULT_OVERRIDES: dict[str, Any] = {"max_runtime_seconds": DEFAULT_MAX_RUNTIME_SECONDS}
 
@@ -54,6 +65,8 @@ def _field_like_run_options(name: str) -> Any:
     info = RunOptions.model_fields[name]
     bounds = bounds_of(name)
     description = (info.description or name) + (f" Must be {bounds}." if bounds else "")
+    if name == "max_runtime_seconds":
+        description += MAX_RUNTIME_NOTE
     return Field(default=DEFAULT_OVERRIDES.get(name, info.default), description=description)
 
 

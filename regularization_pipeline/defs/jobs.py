@@ -5,6 +5,10 @@ import os
 import dagster as dg
 
 from regularization_pipeline.defs import assets, checks
+from regularization_pipeline.defs.config import (
+    DEFAULT_MAX_RUNTIME_SECONDS,
+    HARD_MAX_RUNTIME_SECONDS,
+)
 
 JOB_NAME = "regularize_completed_orders"
 # The schedule's cron, read when the code location loads (a test fires it every minute).
@@ -13,8 +17,9 @@ DEFAULT_SCHEDULE_CRON = "*/5 * * * *"
 # dagster.yaml limits runs carrying this tag to one at a time: it is what stops
 # manual launches (UI, CLI, GraphQL) overlapping, which the schedule cannot see.
 CONCURRENCY_TAG = "regularization/concurrency"
-# Run monitoring fails a run that has not finished after this long, freeing the slot.
-MAX_RUNTIME_SECONDS = 900
+# Run monitoring fails a run that has not finished after this long, freeing the slot; the
+# run's own soft limit (max_runtime_seconds, 240 s) ends a slow run well before it.
+MAX_RUNTIME_SECONDS = HARD_MAX_RUNTIME_SECONDS
 
 # Dagster's IN_PROGRESS_RUN_STATUSES leave out QUEUED and NOT_STARTED, which
 # would let the schedule queue a second run behind a stuck one.
@@ -35,7 +40,10 @@ regularize_completed_orders = dg.define_asset_job(
         assets.regularization_audit,
     ),
     description="Find orders left pending after a lost payment webhook, verify and complete them, deliver their "
-    "OrderCompleted events and record the audit trail. Never runs twice at once.",
+    "OrderCompleted events and record the audit trail; the checks on app_orders run last, on the "
+    "state the run left. Never runs twice at once. Takes new orders for max_runtime_seconds "
+    f"({DEFAULT_MAX_RUNTIME_SECONDS:g} s by default); run monitoring fails a run still going "
+    f"after {MAX_RUNTIME_SECONDS} s (the dagster/max_runtime tag).",
     executor_def=dg.in_process_executor,
     tags={CONCURRENCY_TAG: JOB_NAME, "dagster/max_runtime": str(MAX_RUNTIME_SECONDS)},
 )
@@ -55,9 +63,11 @@ def in_flight_run(instance: dg.DagsterInstance) -> dg.RunRecord | None:
     cron_schedule=os.environ.get(SCHEDULE_CRON_ENV) or DEFAULT_SCHEDULE_CRON,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Runs regularize_completed_orders every five minutes (REGULARIZATION_SCHEDULE_CRON), "
+    "and skips the tick while a run of the job is still queued or in progress.",
 )
 def regularize_completed_orders_every_5_minutes(context: dg.ScheduleEvaluationContext):
-    """Every five minutes (REGULARIZATION_SCHEDULE_CRON), unless a run of the job is still queued or in progress."""
+    """A run request, or a skip naming the run still in flight."""
     running = in_flight_run(context.instance)
     if running is not None:
         return dg.SkipReason(
@@ -78,9 +88,11 @@ ORPHAN_CHECK_KEY = dg.AssetCheckKey(
     job=regularize_completed_orders,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches regularize_completed_orders when the check no_orphaned_pending_orders "
+    "fails outside the job (e.g. the check run on its own from the UI): once per failure.",
 )
 def regularize_on_orphan_alert(context: dg.SensorEvaluationContext):
-    """Launches the job when `no_orphaned_pending_orders` fails outside it (e.g. the check run on its own).
+    """A run request per new failure of the orphan check outside the job.
 
     A non-blocking failed check never fails its run, so run-failure sensors miss
     it. The cursor is the storage id of the last check evaluation settled: each

@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sleep", type=float, default=0.01, help="seconds between orders (default 0.01)"
     )
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="rebuild the shop in its seeded state and stop there, without running the job "
+        "(`make demo-reset`): its orphans wait for a launch from the Launchpad, the CLI or Python",
+    )
     args = parser.parse_args(argv)
 
     shop_path = SHOP_PATH.resolve()
@@ -120,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
         + f"); migrated to revision {revision}"
     )
+    if args.reset:
+        engine.dispose()
+        print(
+            f"The job was not run: {ORPHANED} orphans wait. Launch it from the Launchpad "
+            "(`make dev`), the CLI or Python: docs/launching.md. The running schedule fixes them "
+            "within five minutes unless you stop it in the UI."
+        )
+        return 0
 
     from regularization_pipeline.cli import BusyError, launch_job, print_report
 
@@ -142,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         "Open the UI with `make dev`, then http://127.0.0.1:3000: the run above, the assets' metadata,"
     )
     print(
-        "the checks on app_orders and the schedule. `make demo` again rebuilds the shop from scratch."
+        "the checks on app_orders and the schedule. `make demo-reset` puts the orphans back without"
     )
+    print("running the job (then launch it yourself: docs/launching.md).")
     return 0
 
 

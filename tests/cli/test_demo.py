@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import dagster as dg
 import sqlalchemy as sa
@@ -13,6 +11,7 @@ from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME
 from regularization_pipeline.demo.handlers import effect_counts
+from tests.support.processes import run_demo
 
 
 def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
@@ -23,16 +22,8 @@ def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
     }
     env["REGULARIZATION_DATABASE_URL"] = f"sqlite:///{tmp_path / 'must_not_be_touched.db'}"
 
-    done = subprocess.run(
-        [sys.executable, "-m", "regularization_pipeline.demo"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_demo(tmp_path, env)
 
-    assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert (
         "Demo shop .demo/shop.db: 295 orders (200 healthy, 40 orphaned, 12 paid within the grace period"
@@ -84,3 +75,31 @@ def test_demo_builds_the_shop_runs_the_job_and_reports(tmp_path):
             dg.AssetKey("regularization_audit"), limit=1
         ).records
         assert materialized[0].run_id == run.run_id
+
+
+def test_demo_reset_puts_the_seeded_orphans_back_without_running_the_job(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME",)}
+    env["DAGSTER_HOME"] = str(tmp_path / "home")
+    shop = tmp_path / ".demo" / "shop.db"
+    shop.parent.mkdir()
+    shop.write_text("a shop a user has played with")  # replaced, whatever it holds
+
+    done = run_demo(tmp_path, env, "--reset")
+
+    assert "The job was not run: 40 orphans wait" in done.stdout
+    assert "docs/launching.md" in done.stdout
+    engine = create_app_engine(f"sqlite:///{shop}")
+    try:
+        with engine.connect() as conn:
+            pending = conn.execute(
+                sa.text("SELECT count(*) FROM orders WHERE status = 'pending'")
+            ).scalar_one()
+            audited = conn.execute(
+                sa.text("SELECT count(*) FROM regularization_audit")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    # 40 orphans, 12 within the grace period, 10 inconsistent, 5 soft-deleted, 15 unpaid.
+    assert (pending, audited) == (82, 0)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert instance.get_runs(dg.RunsFilter(job_name=JOB_NAME)) == []

@@ -257,8 +257,14 @@ def test_the_audit_counts_remaining_orphans_with_the_runs_own_grace_period_and_t
         ]
         return {k: v.value for k, v in event.materialization.metadata.items()}
 
-    assert (audit(patient)["orphans_remaining"], audit(patient)["grace_minutes"]) == (0, 120.0)
-    assert (audit(default)["orphans_remaining"], audit(default)["grace_minutes"]) == (1, 10.0)
+    assert (audit(patient)["orphans_remaining"], float(audit(patient)["grace_minutes"])) == (
+        0,
+        120.0,
+    )
+    assert (audit(default)["orphans_remaining"], float(audit(default)["grace_minutes"])) == (
+        1,
+        10.0,
+    )
     assert 0 < audit(patient)["run_duration_seconds"] < 120
 
 

@@ -91,15 +91,68 @@ def test_whole_selection_regularizes_delivers_and_audits(shop, handlers_db, inst
     audit = materialization_metadata(result, "regularization_audit")
     in_db = audit_actions(shop.engine, result.run_id)
     assert in_db == {tb.REGULARIZED: 4, tb.INCONSISTENT: 2}
-    assert audit["audit_rows"] == sum(in_db.values())
-    assert audit["action_regularized"] == in_db[tb.REGULARIZED]
-    assert audit["action_inconsistent"] == in_db[tb.INCONSISTENT]
-    assert audit["action_failed"] == 0 and audit["error_rate"] == 0.0
+    by_action = audit["audit_rows_by_action"]
+    assert by_action["total"] == sum(in_db.values())
+    assert by_action[tb.REGULARIZED] == audit["regularized"] == in_db[tb.REGULARIZED]
+    assert by_action[tb.INCONSISTENT] == in_db[tb.INCONSISTENT]
+    assert by_action[tb.FAILED] == 0 and audit["error_rate"] == 0.0
     assert audit["orphans_remaining"] == 0  # the inconsistent ones are held, not orphans
+    assert audit["held"] == 2  # ... counted apart
+    # The operator's figures lead; the UI plots only numbers, so only they are numbers.
+    assert list(audit)[:5] == [
+        "orphans_remaining",
+        "regularized",
+        "error_rate",
+        "held",
+        "run_duration_seconds",
+    ]
+    numeric = {k for k, v in audit.items() if isinstance(v, int | float)}
+    assert numeric == {*list(audit)[:5], "oldest_orphan_age_minutes"}
     preview_rows = [
         line for line in audit["preview"].splitlines() if re.search(r"\|\s*regularized\s*\|", line)
     ]
     assert sorted(int(line.split("|")[1]) for line in preview_rows) == sorted(seeded["orphans"])
+
+
+def test_the_checks_and_the_orders_counts_tell_the_state_after_the_run(shop, handlers_db, instance):
+    orphans = shop.orphans(3)
+    shop.payment(shop.order(status="completed"))
+
+    result = materialize_all(handlers_db, instance, limit=50)
+
+    assert [shop.status_of(i) for i in orphans] == ["completed"] * 3
+    steps = [e.step_key for e in result.all_events if e.is_step_success]
+    for check in ("no_orphaned_pending_orders", "transactions_consistent"):
+        # Run after the last asset: the result is the state the run left.
+        assert steps.index(next(s for s in steps if check in s)) > steps.index(
+            "regularization_audit"
+        ), steps
+    orphan_check = check_evaluation(result, "no_orphaned_pending_orders")
+    assert orphan_check.passed and orphan_check.metadata["orphaned_orders"].value == 0
+    observations = [
+        e.event_specific_data.asset_observation
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    # Observed when the run starts and again at its end: the last observation is the truth.
+    assert [o.metadata["orders_completed"].value for o in observations] == [1, 4]
+    assert "orders_pending" not in observations[-1].metadata
+    (latest,) = instance.fetch_observations(dg.AssetKey("app_orders"), limit=1).records
+    assert latest.asset_observation.metadata["orders_completed"].value == 4
+
+
+def test_the_audit_preview_shows_blanks_for_values_a_row_does_not_have(shop, handlers_db, instance):
+    shop.orphan()
+    double = shop.order()  # a double charge: its audit row names no single payment
+    shop.payment(double)
+    shop.payment(double)
+
+    result = materialize_all(handlers_db, instance, limit=50)
+
+    preview = materialization_metadata(result, "regularization_audit")["preview"]
+    assert re.search(r"\|\s*regularized\s*\|", preview)
+    assert re.search(rf"\|\s*{double}\s*\|\s*inconsistent\s*\|", preview), preview
+    assert not re.search(r"\b(nan|NaT|None)\b", preview), preview
 
 
 def test_lineage_runs_from_the_observed_table_to_the_audit():
@@ -167,14 +220,17 @@ def test_app_orders_observation_counts_orders_by_status(shop, handlers_db, insta
 
     result = materialize_all(handlers_db, instance, dry_run=True)
 
-    (observation,) = [
+    observations = [
         e.event_specific_data.asset_observation
         for e in result.all_events
         if e.event_type_value == "ASSET_OBSERVATION"
     ]
-    assert observation.asset_key == dg.AssetKey("app_orders")
-    meta = {k: v.value for k, v in observation.metadata.items()}
-    assert meta == {"orders_total": 4, "orders_pending": 3, "orders_completed": 1}
+    # At the run's start and at its end; a dry run changes nothing in between.
+    assert len(observations) == 2
+    for observation in observations:
+        assert observation.asset_key == dg.AssetKey("app_orders")
+        meta = {k: v.value for k, v in observation.metadata.items()}
+        assert meta == {"orders_total": 4, "orders_pending": 3, "orders_completed": 1}
 
 
 def test_run_refuses_while_migrations_are_missing(engine, handlers_db, instance):

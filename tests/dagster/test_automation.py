@@ -17,6 +17,7 @@ from dagster._core.test_utils import (
 
 from regularization_pipeline.core import detection
 from regularization_pipeline.definitions import defs
+from regularization_pipeline.defs.config import RegularizeConfig
 from regularization_pipeline.defs.jobs import (
     CONCURRENCY_TAG,
     IN_FLIGHT_STATUSES,
@@ -94,6 +95,27 @@ def test_job_runs_carry_the_concurrency_tag_and_a_max_runtime():
     job = defs.resolve_job_def(JOB_NAME)
     assert job.tags[CONCURRENCY_TAG] == JOB_NAME
     assert int(job.tags["dagster/max_runtime"]) > 0
+
+
+def test_the_two_run_time_limits_are_one_story_in_the_launchpad_field():
+    hard = int(defs.resolve_job_def(JOB_NAME).tags["dagster/max_runtime"])
+    field = RegularizeConfig.model_fields["max_runtime_seconds"]
+    assert field.default < hard
+    assert f"{field.default:g} s" in field.description
+    assert f"dagster/max_runtime tag ({hard} s) is the hard limit" in field.description
+
+
+def test_every_job_schedule_and_sensor_has_a_description_for_the_ui():
+    repo = defs.get_repository_def()
+    described = [*repo.get_all_jobs(), *repo.schedule_defs, *repo.sensor_defs]
+    assert {regularize_completed_orders_every_5_minutes.name, regularize_on_orphan_alert.name} <= {
+        d.name for d in described
+    }
+    # __ASSET_JOB is Dagster's own hidden job, never shown in the UI.
+    missing = [
+        d.name for d in described if not (d.description or "").strip() and d.name != "__ASSET_JOB"
+    ]
+    assert missing == []
 
 
 # --- the sensor --------------------------------------------------------------------

@@ -14,6 +14,20 @@ import sqlalchemy as sa
 BIN = Path(sys.executable).parent
 
 
+def run_demo(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`make demo`'s command (``python -m regularization_pipeline.demo``) in ``cwd``; fails if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "regularization_pipeline.demo", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
