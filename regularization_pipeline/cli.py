@@ -27,9 +27,12 @@ so a usage error answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
+import fcntl
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -39,14 +42,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import migrations, operator_tools, retention
+from regularization_pipeline.core import migrations, operator_tools, retention, run_lock
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.db import (
     check_reachable,
     create_app_engine,
     database_url_from_env,
 )
-from regularization_pipeline.core.errors import ConfigurationError, RegularizationError
+from regularization_pipeline.core.errors import (
+    BusyError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    RegularizationError,
+)
 from regularization_pipeline.core.run import RunOptions
 from regularization_pipeline.core.schema import AppSchema, bind_schema, load_mapping
 
@@ -68,10 +76,6 @@ RUN_FLAGS = {
 }
 
 
-class BusyError(RegularizationError):
-    """Another run of the job is queued or in progress."""
-
-
 # --- running the job ------------------------------------------------------------------
 
 
@@ -91,17 +95,35 @@ class JobReport:
         return int(self.metrics.get("failed", 0)) + int(self.metrics.get("quarantined", 0))
 
 
+# A CLI run's process, so the next one can tell a run record its dead process left behind.
+LAUNCHED_BY, HOST_TAG, PID_TAG = (
+    "regularization/launched_by",
+    "regularization/host",
+    "regularization/pid",
+)
+INSTANCE_LOCK_FILE = ".regularization-instance.lock"
+
+
 def launch_job(
-    instance, config: Mapping[str, Any], tags: Mapping[str, str] | None = None
+    instance,
+    config: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> JobReport:
-    """Run the job once in this process against ``instance``, after making sure none is in flight."""
+    """Run the job once in this process against ``instance``, after making sure none is in flight.
+
+    Called holding the shop's run lock, which the run's own ``Regularizer.run`` takes again.
+    """
     from regularization_pipeline.definitions import defs
     from regularization_pipeline.defs.jobs import JOB_NAME, in_flight_run
 
+    fail_abandoned_cli_runs(instance)
     running = in_flight_run(instance)
     if running is not None:
+        run = running.dagster_run
         raise BusyError(
-            f"run {running.dagster_run.run_id} of {JOB_NAME} is {running.dagster_run.status.value}: not starting another"
+            f"busy: run {run.run_id} of {JOB_NAME} is {run.status.value} since "
+            f"{_utc_text(running.start_time or running.create_timestamp)}: not starting another"
         )
     job = defs.resolve_job_def(JOB_NAME)
     result = job.execute_in_process(
@@ -110,10 +132,90 @@ def launch_job(
             "ops": {"regularized_orders": {"config": dict(config)}},
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
         },
-        tags={"regularization/launched_by": "cli", **(tags or {})},
+        tags={
+            LAUNCHED_BY: "cli",
+            HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid()),
+            **(tags or {}),
+        },
+        run_id=run_id,
         raise_on_error=False,
     )
     return _report(result)
+
+
+def _utc_text(moment: float | dt.datetime | None) -> str:
+    if moment is None:
+        return "an unknown time"
+    if isinstance(moment, float | int):
+        moment = dt.datetime.fromtimestamp(moment, dt.UTC)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def fail_abandoned_cli_runs(instance) -> list[str]:
+    """Mark failed the CLI runs of the job this host's instance shows in flight, whose process is gone.
+
+    Nothing monitors a CLI run: killed (SIGKILL, an OOM kill, a deploy), it stays STARTED in
+    the instance for good and would block every later run. Its shop lock died with it; the
+    record is what is left, and it is failed here, with the reason, by the next start.
+    """
+    import dagster as dg
+
+    from regularization_pipeline.defs.jobs import IN_FLIGHT_STATUSES, JOB_NAME
+
+    host, failed = socket.gethostname(), []
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=JOB_NAME, statuses=IN_FLIGHT_STATUSES, tags={LAUNCHED_BY: "cli"}
+        )
+    )
+    for record in records:
+        run = record.dagster_run
+        pid = run.tags.get(PID_TAG, "")
+        if run.tags.get(HOST_TAG) != host or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        instance.report_run_failed(
+            run,
+            message=f"abandoned: its CLI process {pid} on {host} ended without finishing "
+            "(killed?); marked failed by the next CLI run",
+        )
+        failed.append(run.run_id)
+    return failed
+
+
+@contextlib.contextmanager
+def dagster_instance(home: str):
+    """The instance in ``home``, its storage created or migrated by one process at a time.
+
+    Two first starts at once on a fresh DAGSTER_HOME both created its SQLite storage and
+    left two Alembic heads behind; an OS lock in the directory serializes start-up.
+    """
+    import dagster as dg
+
+    with open(os.path.join(home, INSTANCE_LOCK_FILE), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            instance = dg.DagsterInstance.get()
+            # Touch every storage while serialized: each creates or migrates its tables on first use.
+            instance.get_run_records(limit=1)
+            instance.event_log_storage.get_maximum_record_id()
+            instance.schedule_storage  # noqa: B018 - created on first access
+        except BaseException:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            raise
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    with instance:
+        yield instance
 
 
 def _metadata_of(result, asset: str) -> dict[str, float | int]:
@@ -268,7 +370,6 @@ def _name_flags(exc: ConfigurationError) -> str:
 
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import dagster as dg
 
     config = run_config_from_args(args, parser)
     try:
@@ -282,11 +383,27 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "DAGSTER_HOME is not set: point it at the Dagster instance directory (`make dev` uses .dagster_home)"
         )
     try:
-        with dg.DagsterInstance.get() as instance:
-            report = launch_job(instance, config)
+        engine = create_app_engine(database_url_from_env())
+        prefix = load_mapping().table_prefix
+    except ConfigurationError as exc:
+        parser.error(str(exc))
+    run_id = str(uuid.uuid4())
+    try:
+        check_reachable(engine)
+        # The shop's lock first: a second run answers busy without touching anything.
+        with (
+            run_lock.hold(engine, prefix, run_id),
+            dagster_instance(os.environ["DAGSTER_HOME"]) as instance,
+        ):
+            report = launch_job(instance, config, run_id=run_id)
     except BusyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(str(exc), file=sys.stderr)
         return EXIT_BUSY
+    except DatabaseUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        engine.dispose()
     print_report(report)
     if not report.success:
         return EXIT_FAILED

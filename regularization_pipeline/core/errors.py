@@ -29,6 +29,10 @@ class DatabaseUnavailableError(RegularizationError):
     """The application database cannot be reached."""
 
 
+class BusyError(RegularizationError):
+    """Another run holds this shop's run lock, or is queued or in progress: nothing was changed."""
+
+
 # --- describing and classifying errors ---------------------------------------------------
 
 # What a database's own message can quote of the application's data: a duplicate key
