@@ -245,6 +245,8 @@ def order_completed_events(
         "delivered": summary.delivered,
         "retried": summary.retried,
         "dead": summary.dead,
+        "stopped_by_budget": int(summary.stopped_by_budget),
+        "left_for_next_run": summary.left_for_next_run,
         "delivery_lag_p50_seconds": round(statistics.median(lags), 3) if lags else 0.0,
         "delivery_lag_max_seconds": round(max(lags), 3) if lags else 0.0,
         **outbox_backlog(engine, tables),

@@ -22,7 +22,11 @@ from regularization_pipeline.core.alerting import Channel, EmailChannel, Webhook
 from regularization_pipeline.core.db import DATABASE_URL_ENV, check_reachable, create_app_engine
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
-from regularization_pipeline.core.outbox import OutboxDispatcher, RetryPolicy
+from regularization_pipeline.core.outbox import (
+    DEFAULT_BUDGET_SECONDS,
+    OutboxDispatcher,
+    RetryPolicy,
+)
 from regularization_pipeline.core.publishers import (
     HANDLER_ENTRY_POINT_GROUP,
     PublisherSettings,
@@ -40,6 +44,7 @@ from regularization_pipeline.core.schema import (
 PUBLISHERS_ENV = "REGULARIZATION_PUBLISHERS"
 WEBHOOK_URL_ENV = "REGULARIZATION_WEBHOOK_URL"
 WEBHOOK_SECRET_ENV = "REGULARIZATION_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
+DELIVERY_BUDGET_ENV = "REGULARIZATION_DELIVERY_BUDGET_SECONDS"
 # Optional verification with the payment provider's API.
 PROVIDER_URL_ENV = "REGULARIZATION_PROVIDER_URL"
 PROVIDER_TOKEN_ENV = "REGULARIZATION_PROVIDER_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -159,6 +164,19 @@ class EventPublisherResource(dg.ConfigurableResource):
     )
     connect_timeout_seconds: float = Field(default=3.0, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(default=10.0, description="Webhook read timeout.")
+    total_timeout_seconds: float | None = Field(
+        default=None,
+        description="Webhook total deadline per request (connect, send, receive), which a receiver "
+        "trickling its answer cannot stretch; by default the connect and read timeouts, twice each. "
+        "The lease must exceed it.",
+    )
+    delivery_budget_seconds: float = Field(
+        default=DEFAULT_BUDGET_SECONDS,
+        gt=0,
+        le=86_400,
+        description="A run's delivery step stops after this long, well inside the job's 900 s limit; "
+        "what is left waits for the next run (REGULARIZATION_DELIVERY_BUDGET_SECONDS).",
+    )
     handler_entry_point_group: str = Field(
         default=HANDLER_ENTRY_POINT_GROUP,
         description="Entry-point group the python handlers are loaded from.",
@@ -187,6 +205,7 @@ class EventPublisherResource(dg.ConfigurableResource):
             webhook_secret=self.webhook_secret,
             connect_timeout_seconds=self.connect_timeout_seconds,
             read_timeout_seconds=self.read_timeout_seconds,
+            total_timeout_seconds=self.total_timeout_seconds,
             handler_entry_point_group=self.handler_entry_point_group,
         )
 
@@ -207,17 +226,26 @@ class EventPublisherResource(dg.ConfigurableResource):
             max_delay_seconds=self.max_delay_seconds,
         )
         return OutboxDispatcher(
-            engine, tables, publishers, retry=retry, lease_seconds=self.lease_seconds, owner=owner
+            engine,
+            tables,
+            publishers,
+            retry=retry,
+            lease_seconds=self.lease_seconds,
+            budget_seconds=self.delivery_budget_seconds,
+            owner=owner,
         )
 
     @classmethod
     def from_env(cls) -> EventPublisherResource:
-        """REGULARIZATION_PUBLISHERS, and the webhook's URL and secret (read at run time)."""
+        """REGULARIZATION_PUBLISHERS, the webhook's URL and secret (read at run time), and
+        REGULARIZATION_DELIVERY_BUDGET_SECONDS."""
         names = (setting_from_env(PUBLISHERS_ENV) or "python").split(",")
+        budget = number_from_env(DELIVERY_BUDGET_ENV)
         return cls(
             publishers=[name.strip() for name in names if name.strip()],
             webhook_url=secret_from_env(WEBHOOK_URL_ENV),
             webhook_secret=secret_from_env(WEBHOOK_SECRET_ENV),
+            **({"delivery_budget_seconds": budget} if budget is not None else {}),
         )
 
 
