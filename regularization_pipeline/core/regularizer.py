@@ -95,7 +95,7 @@ class _Pace:
 
     def record(self, outcome: OrderOutcome) -> None:
         self.summary.record(outcome)
-        if self.progress:
+        if self.progress is not None:
             self.progress(outcome, self.summary, self.options.limit)
 
 
