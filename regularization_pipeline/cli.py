@@ -28,12 +28,15 @@ so a usage error answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
+import fcntl
 import io
 import math
 import os
 import re
+import socket
 import sys
 import uuid
 import warnings
@@ -44,7 +47,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import migrations, operator_tools, retention
+from regularization_pipeline.core import migrations, operator_tools, retention, run_lock
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.db import (
     check_reachable,
@@ -52,6 +55,7 @@ from regularization_pipeline.core.db import (
     database_url_from_env,
 )
 from regularization_pipeline.core.errors import (
+    BusyError,
     ConfigurationError,
     RegularizationError,
     describe_error,
@@ -77,10 +81,6 @@ RUN_FLAGS = {
 }
 
 
-class BusyError(RegularizationError):
-    """Another run of the job is queued or in progress."""
-
-
 # --- running the job ------------------------------------------------------------------
 
 
@@ -101,31 +101,45 @@ class JobReport:
         return int(self.metrics.get("failed", 0)) + int(self.metrics.get("quarantined", 0))
 
 
+# A CLI run's process, so the next one can tell a run record its dead process left behind.
+LAUNCHED_BY, HOST_TAG, PID_TAG = (
+    "regularization/launched_by",
+    "regularization/host",
+    "regularization/pid",
+)
+INSTANCE_LOCK_FILE = ".regularization-instance.lock"
+
+
 def launch_job(
     instance,
     config: Mapping[str, Any],
     tags: Mapping[str, str] | None = None,
     log_level: str = "INFO",
+    run_id: str | None = None,
 ) -> JobReport:
     """Run the job once in this process against ``instance``, after making sure none is in flight.
 
+    Called holding the shop's run lock, which the run's own ``Regularizer.run`` takes again.
     ``log_level`` is the console's. Without --debug, an error line keeps its first line
     only: the operator reads what failed, and the report below says the rest.
     """
     from regularization_pipeline.definitions import defs
     from regularization_pipeline.defs.jobs import JOB_NAME, in_flight_run
 
+    fail_abandoned_cli_runs(instance)
     running = in_flight_run(instance)
     if running is not None:
+        run = running.dagster_run
         raise BusyError(
-            f"run {running.dagster_run.run_id} of {JOB_NAME} is {running.dagster_run.status.value}: not starting another"
+            f"busy: run {run.run_id} of {JOB_NAME} is {run.status.value} since "
+            f"{_utc_text(running.start_time or running.create_timestamp)}: not starting another"
         )
     job = defs.resolve_job_def(JOB_NAME)
     if DEBUG.on:
-        return _report(_execute(job, instance, config, tags, log_level))
+        return _report(_execute(job, instance, config, tags, log_level, run_id))
     stderr, sys.stderr = sys.stderr, _ErrorsInOneLine(sys.stderr)
     try:
-        return _report(_execute(job, instance, config, tags, log_level))
+        return _report(_execute(job, instance, config, tags, log_level, run_id))
     finally:
         sys.stderr = stderr
 
@@ -160,16 +174,96 @@ class _ErrorsInOneLine(io.TextIOBase):
         self.target.flush()
 
 
-def _execute(job, instance, config: Mapping[str, Any], tags, log_level: str):
+def _execute(job, instance, config: Mapping[str, Any], tags, log_level: str, run_id=None):
     return job.execute_in_process(
         instance=instance,
         run_config={
             "ops": {"regularized_orders": {"config": dict(config)}},
             "loggers": {"console": {"config": {"log_level": log_level}}},
         },
-        tags={"regularization/launched_by": "cli", **(tags or {})},
+        tags={
+            LAUNCHED_BY: "cli",
+            HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid()),
+            **(tags or {}),
+        },
+        run_id=run_id,
         raise_on_error=False,
     )
+
+
+def _utc_text(moment: float | dt.datetime | None) -> str:
+    if moment is None:
+        return "an unknown time"
+    if isinstance(moment, float | int):
+        moment = dt.datetime.fromtimestamp(moment, dt.UTC)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def fail_abandoned_cli_runs(instance) -> list[str]:
+    """Mark failed the CLI runs of the job this host's instance shows in flight, whose process is gone.
+
+    Nothing monitors a CLI run: killed (SIGKILL, an OOM kill, a deploy), it stays STARTED in
+    the instance for good and would block every later run. Its shop lock died with it; the
+    record is what is left, and it is failed here, with the reason, by the next start.
+    """
+    import dagster as dg
+
+    from regularization_pipeline.defs.jobs import IN_FLIGHT_STATUSES, JOB_NAME
+
+    host, failed = socket.gethostname(), []
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=JOB_NAME, statuses=IN_FLIGHT_STATUSES, tags={LAUNCHED_BY: "cli"}
+        )
+    )
+    for record in records:
+        run = record.dagster_run
+        pid = run.tags.get(PID_TAG, "")
+        if run.tags.get(HOST_TAG) != host or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        instance.report_run_failed(
+            run,
+            message=f"abandoned: its CLI process {pid} on {host} ended without finishing "
+            "(killed?); marked failed by the next CLI run",
+        )
+        failed.append(run.run_id)
+    return failed
+
+
+@contextlib.contextmanager
+def dagster_instance(home: str):
+    """The instance in ``home``, its storage created or migrated by one process at a time.
+
+    Two first starts at once on a fresh DAGSTER_HOME both created its SQLite storage and
+    left two Alembic heads behind; an OS lock in the directory serializes start-up.
+    """
+    import dagster as dg
+
+    with open(os.path.join(home, INSTANCE_LOCK_FILE), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            instance = dg.DagsterInstance.get()
+            # Touch every storage while serialized: each creates or migrates its tables on first use.
+            instance.get_run_records(limit=1)
+            instance.event_log_storage.get_maximum_record_id()
+            instance.schedule_storage  # noqa: B018 - created on first access
+        except BaseException:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            raise
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    with instance:
+        yield instance
 
 
 def _metadata_of(result, asset: str) -> dict[str, float | int]:
@@ -337,7 +431,6 @@ def _name_flags(exc: ConfigurationError) -> str:
 
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import dagster as dg
 
     config = run_config_from_args(args, parser)
     if not os.environ.get("DAGSTER_HOME"):
@@ -349,11 +442,20 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # anything runs: the URL (the code location's own default is the demo shop, so a run
     # from the command line must name it), the mapping, the server, our tables, the
     # publishers and the provider settings.
-    _open_database(parser, migrated=True).engine.dispose()
-    _check_delivery_settings()
-    _payment_verifier_or_none()
-    with dg.DagsterInstance.get() as instance:
-        report = launch_job(instance, config, log_level="DEBUG" if DEBUG.on else "INFO")
+    db = _open_database(parser, migrated=True)
+    run_id = str(uuid.uuid4())
+    try:
+        _check_delivery_settings()
+        _payment_verifier_or_none()
+        # The shop's lock first: a second run answers busy without touching anything.
+        with (
+            run_lock.hold(db.engine, db.prefix, run_id),
+            dagster_instance(os.environ["DAGSTER_HOME"]) as instance,
+        ):
+            log_level = "DEBUG" if DEBUG.on else "INFO"
+            report = launch_job(instance, config, log_level=log_level, run_id=run_id)
+    finally:
+        db.engine.dispose()
     print_report(report)
     if not report.success:
         return EXIT_FAILED
@@ -854,8 +956,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`| head`): nothing more to say, and nothing to say it to.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except BusyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BusyError as exc:  # "busy: run R since T"
+        print(str(exc), file=sys.stderr)
         return EXIT_BUSY
     except RegularizationError as exc:
         if DEBUG.on:

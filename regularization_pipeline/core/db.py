@@ -2,8 +2,12 @@
 
 SQLite's Python driver does not begin a transaction until the first write, so
 a read-verify-write sequence could interleave with another writer. The engine
-below makes every transaction ``BEGIN IMMEDIATE``: the whole order decision
-holds SQLite's write lock, which is the closest SQLite has to a row lock.
+below makes every ``engine.begin()`` transaction ``BEGIN IMMEDIATE``: the whole
+order decision holds SQLite's write lock, which is the closest SQLite has to a
+row lock. A read (``engine.connect()``, whose transaction begins by itself on
+the first statement) begins deferred and never takes the write lock: the checks
+reading a large shop would otherwise hold off the application's own INSERTs. The
+database is put in WAL mode, where a reader never blocks the writer's commit.
 """
 
 from __future__ import annotations
@@ -93,10 +97,28 @@ def _make_sqlite_transactional(engine: sa.Engine) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
         dbapi_connection.execute("PRAGMA busy_timeout=30000")
+        # In the default rollback journal a reader still holds off every writer's commit; with
+        # a write-ahead log readers and the one writer go on side by side. It stays with the file.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+    engine._connection_cls = _SqliteConnection  # noqa: SLF001 - tells reads from writes below
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.autobegun else "BEGIN IMMEDIATE")
+
+
+class _SqliteConnection(sa.Connection):
+    """A connection that knows whether its transaction began by itself (a read) or was begun."""
+
+    autobegun = False
+
+    def _autobegin(self) -> None:
+        self.autobegun = True
+        try:
+            super()._autobegin()
+        finally:
+            self.autobegun = False
 
 
 def insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:

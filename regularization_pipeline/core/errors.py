@@ -29,6 +29,10 @@ class DatabaseUnavailableError(RegularizationError):
     """The application database cannot be reached."""
 
 
+class BusyError(RegularizationError):
+    """Another run holds this shop's run lock, or is queued or in progress: nothing was changed."""
+
+
 # --- describing and classifying errors ---------------------------------------------------
 
 # What a database's own message can quote of the application's data: a duplicate key
@@ -41,6 +45,9 @@ _DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){8,}")  # card and account numbers, phone
 
 _DEADLOCK_SQLSTATES = {"40P01", "40001"}  # PostgreSQL: deadlock_detected, serialization_failure
 _DEADLOCK_MYSQL_ERRORS = {1213}  # ER_LOCK_DEADLOCK
+_LOCK_UNAVAILABLE_SQLSTATES = {"55P03"}  # PostgreSQL: lock_not_available (NOWAIT, lock_timeout)
+# ER_LOCK_WAIT_TIMEOUT (MariaDB's answer to NOWAIT too), ER_LOCK_NOWAIT (MySQL 8)
+_LOCK_UNAVAILABLE_MYSQL_ERRORS = {1205, 3572}
 
 
 def redact(text: str) -> str:
@@ -79,3 +86,14 @@ def is_deadlock(exc: BaseException) -> bool:
         return True
     args = getattr(orig, "args", ())
     return bool(args) and args[0] in _DEADLOCK_MYSQL_ERRORS
+
+
+def is_lock_unavailable(exc: BaseException) -> bool:
+    """Whether a lock was refused (NOWAIT) or waited out: someone else holds it, nothing was done."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "pgcode", None) in _LOCK_UNAVAILABLE_SQLSTATES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in _LOCK_UNAVAILABLE_MYSQL_ERRORS:
+        return True
+    return type(orig).__module__ == "sqlite3" and "database is locked" in str(orig)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.attempts import note_attempt
 from regularization_pipeline.core.audit import Decision, write_audit
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.errors import describe_error
+from regularization_pipeline.core.errors import describe_error, is_lock_unavailable
 from regularization_pipeline.core.inconsistency_scan import (
     InconsistencyReport,
     inconsistency_report,
@@ -46,6 +47,9 @@ from regularization_pipeline.core.schema import AppSchema
 from regularization_pipeline.core.verification import Verdict
 
 log = logging.getLogger("regularization_pipeline.regularizer")
+
+# How long a scan waits for another one to finish before reporting the stored results instead.
+SCAN_LOCK_WAIT_SECONDS = 20.0
 
 SCAN_NAME = "inconsistencies"  # the scan_state row, created by migration 0003
 FULL_SCAN_EVERY = dt.timedelta(hours=24)
@@ -72,12 +76,40 @@ class InconsistencyTracker:
         self.full_scan_every = full_scan_every
 
     def refresh(self, *, full: bool = False) -> InconsistencyReport:
-        """Re-examine what may have changed (everything when ``full`` or due), store it, return every open one."""
+        """Re-examine what may have changed (everything when ``full`` or due), store it, return every open one.
+
+        One scan at a time holds the scan state. Another one under way (a full scan of a
+        large shop takes a while) is waited on for ``SCAN_LOCK_WAIT_SECONDS`` at most, in
+        short tries that never hit the database's lock timeout; then this one reports the
+        last stored results, marked ``scan_skipped``, instead of failing its step.
+        """
         require_migrated(self.engine, self.schema.mapping.table_prefix)
+        give_up = time.monotonic() + SCAN_LOCK_WAIT_SECONDS
+        while True:
+            try:
+                return self._scan(full)
+            except sa.exc.DBAPIError as exc:
+                if not is_lock_unavailable(exc):
+                    raise
+                if time.monotonic() >= give_up:
+                    log.warning(
+                        "inconsistency scan skipped: another one held the scan state for %gs (%s); "
+                        "reporting the last stored results",
+                        SCAN_LOCK_WAIT_SECONDS,
+                        describe_error(exc),
+                    )
+                    break
+                time.sleep(0.2)
+        with self.engine.connect() as conn:
+            report = with_provider_failures(conn, self.schema, self._open(conn))
+        report.scan_skipped = True
+        return report
+
+    def _scan(self, full: bool) -> InconsistencyReport:
         st = self.tables.scan_state
         with self.engine.begin() as conn:
             state = conn.execute(
-                sa.select(st).where(st.c.name == SCAN_NAME).with_for_update()
+                sa.select(st).where(st.c.name == SCAN_NAME).with_for_update(nowait=True)
             ).one()
             now = self.clock()
             scope = None if full else self._incremental_scope(conn, state, now)

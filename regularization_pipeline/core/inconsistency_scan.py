@@ -39,6 +39,8 @@ class InconsistencyReport:
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INCONSISTENCY_KINDS, 0))
     order_ids: dict[str, list] = field(default_factory=lambda: {k: [] for k in INCONSISTENCY_KINDS})
+    # True when another scan held the scan state: these are the last stored results, not re-examined.
+    scan_skipped: bool = False
 
     @property
     def total(self) -> int:

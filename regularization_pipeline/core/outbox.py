@@ -6,6 +6,10 @@ them to every publisher, then records the outcome with a compare-and-set on its
 own lease. A crashed dispatcher's claim expires and another one takes the rows
 over. Delivery is at least once; each publisher's success is recorded in
 ``event_deliveries`` so a retry never re-runs a publisher that already succeeded.
+
+A call has a time budget: it starts no delivery that could end past it, hands the
+leases of the rows it has not reached back at once, and leaves them to the next run.
+A slow or silent receiver thus never makes a run outlive its own limit.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ log = logging.getLogger("regularization_pipeline.events")
 # A Retry-After longer than this is treated as this: a misconfigured receiver
 # must not park an event for months.
 MAX_RETRY_AFTER_SECONDS = 86_400.0
+# A run's delivery step stops after this long by default, well inside the job's 900 s limit.
+DEFAULT_BUDGET_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class DispatchSummary:
     retried: int = 0
     dead: int = 0
     lag_seconds: list[float] = field(default_factory=list)
+    stopped_by_budget: bool = False
+    left_for_next_run: int = 0  # claimed, then handed back unattempted when the budget ran out
 
 
 class OutboxDispatcher:
@@ -67,6 +75,7 @@ class OutboxDispatcher:
         *,
         retry: RetryPolicy | None = None,
         lease_seconds: float = 120.0,
+        budget_seconds: float | None = DEFAULT_BUDGET_SECONDS,
         owner: str | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         rng: random.Random | None = None,
@@ -79,12 +88,18 @@ class OutboxDispatcher:
             getattr(p, "consumes_outbox", False) for p in self.publishers
         )
         self.retry = retry or RetryPolicy()
-        budget = sum(float(getattr(p, "max_seconds", 0.0)) for p in self.publishers)
-        if lease_seconds <= budget:
+        worst = sum(float(getattr(p, "max_seconds", 0.0)) for p in self.publishers)
+        if lease_seconds <= worst:
             # A lease that can expire mid-delivery lets a second dispatcher deliver the same attempt.
             raise ConfigurationError(
-                f"lease_seconds ({lease_seconds:g}) must exceed the publishers' worst-case delivery time ({budget:g}s)"
+                f"lease_seconds ({lease_seconds:g}) must exceed the publishers' worst-case delivery time ({worst:g}s)"
             )
+        if budget_seconds is not None and budget_seconds <= worst:
+            raise ConfigurationError(
+                f"delivery budget ({budget_seconds:g}s) must exceed the publishers' worst-case delivery time ({worst:g}s)"
+            )
+        self.worst_case_seconds = worst
+        self.budget_seconds = budget_seconds
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.owner = owner or f"dispatcher-{uuid.uuid4()}"
         self.clock = clock
@@ -140,17 +155,53 @@ class OutboxDispatcher:
         summary = DispatchSummary()
         if self.consumes_outbox:
             return summary
+        began = time.monotonic()
         batches, after_id = 0, 0
         while max_batches is None or batches < max_batches:
+            if self._out_of_budget(began):
+                summary.stopped_by_budget = True
+                break
             rows = self.claim(batch_size, event_ids, after_id=after_id)
             if not rows:
                 break
             batches += 1
             after_id = max(row.id for row in rows)
-            for row in rows:
+            for i, row in enumerate(rows):
+                if self._out_of_budget(began):
+                    summary.stopped_by_budget = True
+                    summary.left_for_next_run = self._hand_back(rows[i:])
+                    break
                 if self._renew_lease(row):
                     self._deliver(row, summary)
+            if summary.stopped_by_budget:
+                break
+        if summary.stopped_by_budget:
+            log.info(
+                "delivery stopped after its %gs budget: %d delivered, the rest left for the next run",
+                self.budget_seconds,
+                summary.delivered,
+            )
         return summary
+
+    def _out_of_budget(self, began: float) -> bool:
+        """Whether one more delivery, at its worst, could end past the budget."""
+        if self.budget_seconds is None:
+            return False
+        return time.monotonic() - began + self.worst_case_seconds >= self.budget_seconds
+
+    def _hand_back(self, rows: Sequence[sa.Row]) -> int:
+        """Release the leases of rows not attempted, so the next run takes them at once."""
+        ob = self.tables.outbox
+        with self.engine.begin() as conn:
+            return conn.execute(
+                ob.update()
+                .where(
+                    ob.c.id.in_([row.id for row in rows]),
+                    ob.c.lease_owner == self.owner,
+                    ob.c.state == PENDING,
+                )
+                .values(lease_owner=None, lease_expires_at=None, updated_at=self.clock())
+            ).rowcount
 
     def _renew_lease(self, row: sa.Row) -> bool:
         """Extend the lease before going on the network; False when another dispatcher took the row over.

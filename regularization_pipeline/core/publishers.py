@@ -9,12 +9,14 @@ publisher's success separately, so a retry never re-runs one that succeeded.
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -139,6 +141,74 @@ def _snippet(text: str, limit: int = 200) -> str:
     return flat[:limit] + ("..." if len(flat) > limit else "")
 
 
+# --- a total deadline per request ----------------------------------------------------------
+# httpx's timeouts are per phase and per read: a receiver that trickles a byte a second keeps
+# every read short and the request alive for ever. Every socket operation below is given
+# what is left of the request's deadline instead, so no receiver can stretch a request past it.
+
+
+class _Deadline(threading.local):
+    at: float | None = None
+
+    def remaining(self, timeout: float | None) -> float | None:
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise httpcore.ReadTimeout("the request's total deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline):
+        self._inner, self._deadline = inner, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadline.remaining(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._deadline.remaining(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> _DeadlineStream:
+        inner = self._inner.start_tls(
+            ssl_context, server_hostname, self._deadline.remaining(timeout)
+        )
+        return _DeadlineStream(inner, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, deadline: _Deadline):
+        self._inner, self._deadline = httpcore.SyncBackend(), deadline
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        stream = self._inner.connect_tcp(
+            host, port, self._deadline.remaining(timeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover
+        stream = self._inner.connect_unix_socket(
+            path, self._deadline.remaining(timeout), socket_options
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:  # pragma: no cover
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport(deadline: _Deadline) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport()
+    # httpx takes no network backend; its pool does, and every connection is opened through it.
+    transport._pool._network_backend = _DeadlineBackend(deadline)  # noqa: SLF001
+    return transport
+
+
 class WebhookPublisher:
     """POSTs the signed OrderCompleted payload to the application's webhook URL.
 
@@ -148,6 +218,10 @@ class WebhookPublisher:
     retried, honouring ``Retry-After``; any other status (3xx included:
     a signed body is never sent on to a redirect target) is permanent and
     dead-letters the event with the status and the start of the response.
+
+    Each request has a total deadline, ``total_timeout_seconds`` (connect, send and receive),
+    which a receiver trickling its answer cannot stretch: it is ``max_seconds``, which the
+    dispatcher's lease must outlive.
     """
 
     def __init__(
@@ -157,6 +231,7 @@ class WebhookPublisher:
         *,
         connect_timeout_seconds: float = 3.0,
         read_timeout_seconds: float = 10.0,
+        total_timeout_seconds: float | None = None,
         name: str = "webhook",
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
@@ -175,18 +250,22 @@ class WebhookPublisher:
             write=read_timeout_seconds,
             pool=connect_timeout_seconds,
         )
+        # By default the sum of the phases: what a well-behaved receiver could take, made a hard limit.
+        phases = connect_timeout_seconds * 2 + read_timeout_seconds * 2
+        self.total_timeout_seconds = float(total_timeout_seconds or phases)
+        self._deadline = _Deadline()
         self._owns_client = client is None
         self.client = client or httpx.Client(
             timeout=self.timeout,
+            transport=_deadline_transport(self._deadline),
             follow_redirects=False,
             headers={"User-Agent": f"{SOURCE}/webhook"},
         )
 
     @property
     def max_seconds(self) -> float:
-        """An upper bound of one delivery on a well-behaved socket: the dispatcher's lease must outlast it."""
-        t = self.timeout
-        return float((t.connect or 0) + (t.pool or 0) + (t.write or 0) + (t.read or 0))
+        """The longest one delivery can take, whatever the receiver does: the lease must outlast it."""
+        return self.total_timeout_seconds
 
     def headers(self, event: OrderCompleted, body: bytes) -> dict[str, str]:
         timestamp = int(self.clock())
@@ -200,15 +279,23 @@ class WebhookPublisher:
 
     def publish(self, event: OrderCompleted) -> None:
         body = webhook_body(event)
+        self._deadline.at = time.monotonic() + self.total_timeout_seconds
         try:
             response = self.client.post(
                 self.url, content=body, headers=self.headers(event, body), timeout=self.timeout
             )
         except httpx.TimeoutException as exc:
+            # The last read was given what was left of the deadline: ending near it is the deadline.
+            if time.monotonic() >= self._deadline.at - 0.05:
+                raise RetryableDeliveryError(
+                    f"webhook exceeded its {self.total_timeout_seconds:g}s total deadline"
+                ) from exc
             raise RetryableDeliveryError(f"webhook timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             # The exception text is the socket error; the URL stays out of last_error and logs.
             raise RetryableDeliveryError(f"webhook unreachable ({type(exc).__name__})") from exc
+        finally:
+            self._deadline.at = None
         status = response.status_code
         if 200 <= status < 300 or status == 409:
             return
@@ -250,6 +337,13 @@ class PublisherSettings(BaseModel):
     connect_timeout_seconds: float = Field(3.0, gt=0, le=60, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Webhook read timeout (per read)."
+    )
+    total_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=600,
+        description="Webhook total deadline per request (connect, send, receive), which a trickling "
+        "receiver cannot stretch; by default the sum of the connect and read timeouts, twice each.",
     )
     handler_entry_point_group: str = Field(
         HANDLER_ENTRY_POINT_GROUP, description="Entry-point group of the python handlers."
@@ -298,6 +392,7 @@ def build_publishers(
                     settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
                     connect_timeout_seconds=settings.connect_timeout_seconds,
                     read_timeout_seconds=settings.read_timeout_seconds,
+                    total_timeout_seconds=settings.total_timeout_seconds,
                 )
             )
         elif kind == "python":

@@ -26,12 +26,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import attempts, batching
+from regularization_pipeline.core import attempts, batching, run_lock
 from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.audit import Decision
@@ -96,7 +97,7 @@ class _Pace:
 
     def record(self, outcome: OrderOutcome) -> None:
         self.summary.record(outcome)
-        if self.progress:
+        if self.progress is not None:
             self.progress(outcome, self.summary, self.options.limit)
 
 
@@ -112,8 +113,11 @@ class Regularizer:
         sleeper: Callable[[float], None] = time.sleep,
         fault: FaultHook = no_fault,
         verifier: PaymentVerifier | None = None,
+        exclusive: bool = True,
     ):
+        """``exclusive=False`` skips the shop's run lock: only tests that force runs to overlap."""
         self.engine = engine
+        self.exclusive = exclusive
         self.verifier = verifier
         self.schema = schema
         self.tables = tb.owned_tables(schema.mapping.table_prefix)
@@ -142,11 +146,23 @@ class Regularizer:
     def run(
         self, options: RunOptions, run_id: str | None = None, progress: ProgressHook | None = None
     ) -> RunSummary:
-        """Survey the shop, then regularize up to ``options.limit`` orders."""
-        require_migrated(self.engine, self.schema.mapping.table_prefix)
+        """Survey the shop, then regularize up to ``options.limit`` orders.
+
+        Holds the shop's run lock (:mod:`~regularization_pipeline.core.run_lock`) throughout;
+        raises :class:`~regularization_pipeline.core.errors.BusyError`, having changed nothing,
+        when another run holds it.
+        """
+        prefix = self.schema.mapping.table_prefix
+        require_migrated(self.engine, prefix)
         require_capabilities(self.engine)
+        run_id = run_id or str(uuid.uuid4())
+        exclusive = run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext()
+        with exclusive:
+            return self._run(run_id, options, progress)
+
+    def _run(self, run_id: str, options: RunOptions, progress: ProgressHook | None) -> RunSummary:
         started = time.monotonic()
-        ctx = self.context(run_id or str(uuid.uuid4()), options, options.window(self.clock()))
+        ctx = self.context(run_id, options, options.window(self.clock()))
         summary = self._survey(ctx, options)
         deadline = started + options.max_runtime_seconds if options.max_runtime_seconds else None
         pace = _Pace(options, summary, progress, deadline)

@@ -26,6 +26,9 @@ from regularization_pipeline.core.schema import AppSchema, validate_or_explain
 
 LOCKED_ELSEWHERE = "order is locked by another worker"
 PROVIDER_UNAVAILABLE = "provider unavailable: left for the next run"
+# A run keeps counts and the first outcomes only, never a record per order (``limit`` allows
+# 10,000,000); every decision is in the audit trail, and a progress hook sees each outcome.
+OUTCOME_SAMPLE_SIZE = 100
 
 
 class RunOptions(BaseModel):
@@ -158,10 +161,11 @@ class RunSummary:
     stopped_by_deadline: bool = False
     stopped_by_provider: bool = False
     elapsed_seconds: float = 0.0
-    outcomes: list[OrderOutcome] = field(default_factory=list)
+    outcomes: list[OrderOutcome] = field(default_factory=list)  # the first OUTCOME_SAMPLE_SIZE
 
     def record(self, outcome: OrderOutcome) -> None:
-        self.outcomes.append(outcome)
+        if len(self.outcomes) < OUTCOME_SAMPLE_SIZE:
+            self.outcomes.append(outcome)
         if outcome.acted:
             self.processed += 1
         counter = {

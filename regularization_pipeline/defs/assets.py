@@ -18,6 +18,7 @@ from regularization_pipeline.core import detection as d
 from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import (
+    BusyError,
     ConfigurationError,
     MigrationsMissingError,
     SchemaMismatchError,
@@ -51,10 +52,12 @@ TRANSIENT_DB_RETRY = dg.RetryPolicy(
 
 @contextmanager
 def permanent_errors_fail_without_retry() -> Iterator[None]:
-    """Bad config, a wrong mapping, missing migrations or a provider refusing our token: fail at once."""
+    """Bad config, a wrong mapping, missing migrations, a provider refusing our token, or another
+    run holding the shop's run lock ("busy: run R since T"): fail at once, having changed nothing."""
     try:
         yield
     except (
+        BusyError,
         ConfigurationError,
         SchemaMismatchError,
         MigrationsMissingError,
@@ -138,9 +141,16 @@ def _progress_logger(context: dg.AssetExecutionContext, clock=time.monotonic):
     return log_progress
 
 
+# The assets that change the shop's data share this pool; both dagster.yaml files limit every
+# pool to one run at a time (granularity run), so a Materialize of either asset, which carries
+# no run tag, waits in the queue behind a run of the job like any other launch.
+POOL = "regularization"
+
+
 @dg.asset(
     deps=["app_orders"],
     group_name=GROUP,
+    pool=POOL,
     owners=OWNERS,
     kinds={"python", "sql"},
     retry_policy=TRANSIENT_DB_RETRY,
@@ -213,6 +223,7 @@ def outbox_backlog(engine: sa.Engine, tables: tb.OwnedTables) -> dict[str, int]:
 @dg.asset(
     deps=[regularized_orders],
     group_name=GROUP,
+    pool=POOL,
     owners=OWNERS,
     kinds={"python"},
     retry_policy=TRANSIENT_DB_RETRY,
@@ -251,6 +262,8 @@ def order_completed_events(
         "dead": summary.dead,
         # Every delivery this run attempted failed: a receiver down or refusing us.
         "all_deliveries_failed": int(attempted > 0 and summary.delivered == 0),
+        "stopped_by_budget": int(summary.stopped_by_budget),
+        "left_for_next_run": summary.left_for_next_run,
         "delivery_lag_p50_seconds": round(statistics.median(lags), 3) if lags else 0.0,
         "delivery_lag_max_seconds": round(max(lags), 3) if lags else 0.0,
         **outbox_backlog(engine, tables),

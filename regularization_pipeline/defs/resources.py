@@ -29,7 +29,11 @@ from regularization_pipeline.core.alerting import (
 from regularization_pipeline.core.db import DATABASE_URL_ENV, check_reachable, create_app_engine
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
-from regularization_pipeline.core.outbox import OutboxDispatcher, RetryPolicy
+from regularization_pipeline.core.outbox import (
+    DEFAULT_BUDGET_SECONDS,
+    OutboxDispatcher,
+    RetryPolicy,
+)
 from regularization_pipeline.core.publishers import (
     HANDLER_ENTRY_POINT_GROUP,
     PublisherSettings,
@@ -48,6 +52,7 @@ PUBLISHERS_ENV = "REGULARIZATION_PUBLISHERS"
 PYTHON_HANDLERS_ENV = "REGULARIZATION_PYTHON_HANDLERS"
 WEBHOOK_URL_ENV = "REGULARIZATION_WEBHOOK_URL"
 WEBHOOK_SECRET_ENV = "REGULARIZATION_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
+DELIVERY_BUDGET_ENV = "REGULARIZATION_DELIVERY_BUDGET_SECONDS"
 # Optional verification with the payment provider's API.
 PROVIDER_URL_ENV = "REGULARIZATION_PROVIDER_URL"
 PROVIDER_TOKEN_ENV = "REGULARIZATION_PROVIDER_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -91,6 +96,7 @@ DELIVERY_ENVS = {
     "max_attempts": "REGULARIZATION_DELIVERY_MAX_ATTEMPTS",
     "base_delay_seconds": "REGULARIZATION_DELIVERY_BASE_DELAY_SECONDS",
     "max_delay_seconds": "REGULARIZATION_DELIVERY_MAX_DELAY_SECONDS",
+    "delivery_budget_seconds": DELIVERY_BUDGET_ENV,
 }
 
 
@@ -252,6 +258,19 @@ class EventPublisherResource(dg.ConfigurableResource):
     )
     connect_timeout_seconds: float = Field(default=3.0, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(default=10.0, description="Webhook read timeout.")
+    total_timeout_seconds: float | None = Field(
+        default=None,
+        description="Webhook total deadline per request (connect, send, receive), which a receiver "
+        "trickling its answer cannot stretch; by default the connect and read timeouts, twice each. "
+        "The lease must exceed it.",
+    )
+    delivery_budget_seconds: float = Field(
+        default=DEFAULT_BUDGET_SECONDS,
+        gt=0,
+        le=86_400,
+        description="A run's delivery step stops after this long, well inside the job's 900 s limit; "
+        "what is left waits for the next run (REGULARIZATION_DELIVERY_BUDGET_SECONDS).",
+    )
     handler_entry_point_group: str = Field(
         default=HANDLER_ENTRY_POINT_GROUP,
         description="Entry-point group the python handlers are loaded from.",
@@ -290,6 +309,7 @@ class EventPublisherResource(dg.ConfigurableResource):
             webhook_secret=self.webhook_secret,
             connect_timeout_seconds=self.connect_timeout_seconds,
             read_timeout_seconds=self.read_timeout_seconds,
+            total_timeout_seconds=self.total_timeout_seconds,
             handler_entry_point_group=self.handler_entry_point_group,
             python_handlers=self.python_handlers,
         )
@@ -311,14 +331,20 @@ class EventPublisherResource(dg.ConfigurableResource):
             max_delay_seconds=self.max_delay_seconds,
         )
         return OutboxDispatcher(
-            engine, tables, publishers, retry=retry, lease_seconds=self.lease_seconds, owner=owner
+            engine,
+            tables,
+            publishers,
+            retry=retry,
+            lease_seconds=self.lease_seconds,
+            budget_seconds=self.delivery_budget_seconds,
+            owner=owner,
         )
 
     @classmethod
     def from_env(cls) -> EventPublisherResource:
         """REGULARIZATION_PUBLISHERS (outbox when unset), REGULARIZATION_PYTHON_HANDLERS, the
-        webhook's URL and secret (read at run time), and the retry settings
-        REGULARIZATION_DELIVERY_*: a bad one fails the runs, naming it."""
+        webhook's URL and secret (read at run time), the retry settings and the
+        budget, REGULARIZATION_DELIVERY_*: a bad one fails the runs, naming it."""
         problems: list[str] = []
         retry = {
             "max_attempts": _read(integer_from_env, DELIVERY_ENVS["max_attempts"], problems),
@@ -327,6 +353,9 @@ class EventPublisherResource(dg.ConfigurableResource):
             ),
             "max_delay_seconds": _read(
                 number_from_env, DELIVERY_ENVS["max_delay_seconds"], problems
+            ),
+            "delivery_budget_seconds": _read(
+                number_from_env, DELIVERY_ENVS["delivery_budget_seconds"], problems
             ),
         }
         resource = build_leniently(

@@ -1,5 +1,8 @@
 """Exactly one flip and exactly one OrderCompleted outbox row per order, whatever runs at once:
-many threads, several processes with their own engines, and the application's own webhook."""
+many threads, several processes with their own engines, and the application's own webhook.
+
+The runs here skip the shop's run lock (``exclusive=False``), as a run launched around it would:
+the row locks and the compare-and-set beneath it hold on their own."""
 
 import multiprocessing
 import random
@@ -62,7 +65,10 @@ def test_twenty_overlapping_runs_flip_each_order_once(shop, options):
     mismatch = shop.order(total="1.00")  # overlapping runs also meet a new inconsistency together
     shop.payment(mismatch, amount="2.00")
     summaries = run_in_threads(
-        THREADS, lambda _i: Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(options)
+        THREADS,
+        lambda _i: Regularizer(shop.engine, shop.schema, sleeper=no_sleep, exclusive=False).run(
+            options
+        ),
     )
     assert_exactly_once(shop, ids, sum(s.regularized for s in summaries))
     assert sum(s.failed for s in summaries) == 0
@@ -72,7 +78,9 @@ def test_twenty_overlapping_runs_flip_each_order_once(shop, options):
 def _process_run(url: str, options: RunOptions, start, results) -> None:
     engine = create_app_engine(url)
     try:
-        regularizer = Regularizer(engine, bind_schema(engine, SchemaMapping()), sleeper=no_sleep)
+        regularizer = Regularizer(
+            engine, bind_schema(engine, SchemaMapping()), sleeper=no_sleep, exclusive=False
+        )
         start.wait(timeout=60)
         summary = regularizer.run(options)
         results.put((summary.regularized, summary.failed))
@@ -134,7 +142,7 @@ def test_late_webhooks_racing_the_runs_never_get_a_second_event(server_shop, opt
     def work(i):
         if i == 0:
             return webhook(i)
-        return Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(options)
+        return Regularizer(shop.engine, shop.schema, sleeper=no_sleep, exclusive=False).run(options)
 
     summaries = [s for s in run_in_threads(5, work) if s is not None]
     ours = {int(k) for k in outbox_per_order(shop)}
@@ -160,7 +168,9 @@ def test_a_run_crashing_while_others_run_loses_no_event(server_shop, point, opti
 
     def work(i):
         fault = crash if i == 0 else (lambda _at, _oid: None)
-        return Regularizer(shop.engine, shop.schema, sleeper=no_sleep, fault=fault).run(options)
+        return Regularizer(
+            shop.engine, shop.schema, sleeper=no_sleep, fault=fault, exclusive=False
+        ).run(options)
 
     summaries = run_in_threads(6, work)
     # Failures only ever come from the crashing run; whatever it failed, a later run picks up.

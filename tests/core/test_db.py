@@ -1,11 +1,17 @@
-"""insert_many: what a batch writes comes back exactly, on every backend (COPY on PostgreSQL)."""
+"""insert_many: what a batch writes comes back exactly, on every backend (COPY on PostgreSQL).
+SQLite: reads never take the write lock, writes do."""
 
 import datetime as dt
+import sqlite3
 from decimal import Decimal
 
+import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.db import insert_many
+from regularization_pipeline.core import detection as d
+from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.db import create_app_engine, insert_many
+from tests.support.databases import migrated_shop
 from tests.support.rows import owned
 
 AWKWARD_REASONS = [
@@ -75,3 +81,28 @@ def test_insert_many_is_part_of_the_callers_transaction(shop):
         pass
     with shop.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one() == 0
+
+
+def test_the_application_inserts_into_a_sqlite_shop_while_the_checks_read(tmp_path):
+    engine = create_app_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop = migrated_shop(engine)
+    shop.orphans(3)
+    # The application's own connection, with a short busy timeout: a held write lock fails it.
+    app = sqlite3.connect(tmp_path / "shop.db", timeout=0.5, isolation_level=None)
+    try:
+        with engine.connect() as checks:  # a check's read transaction, still open
+            stats = d.orphan_stats(checks, shop.schema, d.ScanWindow(now=utcnow()), sample_size=0)
+            app.execute(
+                "INSERT INTO orders (status, total, created_at) VALUES ('pending', 1, '2026-01-01')"
+            )
+        assert stats.count == 3
+        with engine.begin() as write, pytest.raises(sqlite3.OperationalError, match="locked"):
+            write.execute(sa.text("SELECT 1"))  # a write transaction holds the lock from BEGIN
+            app.execute(
+                "INSERT INTO orders (status, total, created_at) VALUES ('pending', 2, '2026-01-01')"
+            )
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar() == 4
+    finally:
+        app.close()
+        engine.dispose()

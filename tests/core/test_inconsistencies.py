@@ -2,6 +2,7 @@
 
 import datetime as dt
 import threading
+import time
 
 import sqlalchemy as sa
 
@@ -153,3 +154,23 @@ def test_concurrent_refreshes_serialize_and_agree(server_shop):
         {kind: sorted(ids) for kind, ids in expected.items()}
     ] * 4
     assert len(stored(server_shop)) == sum(len(ids) for ids in expected.values())
+
+
+def test_a_scan_never_fails_on_another_holding_the_scan_state(server_shop, monkeypatch):
+    """A concurrent check or run meets a long full scan: it waits a bounded time, then reports
+    the last stored results and says so, instead of failing on a lock-wait timeout."""
+    import regularization_pipeline.core.inconsistencies as inconsistencies
+
+    expected = seed_inconsistencies(server_shop)
+    first = tracker(server_shop).refresh()  # stored
+    monkeypatch.setattr(inconsistencies, "SCAN_LOCK_WAIT_SECONDS", 1.0)
+    st = owned(server_shop).scan_state
+    with server_shop.engine.connect() as long_scan:
+        long_scan.execute(sa.select(st).where(st.c.name == SCAN_NAME).with_for_update()).one()
+        began = time.monotonic()
+        report = tracker(server_shop).refresh()
+        waited = time.monotonic() - began
+        long_scan.rollback()
+    assert report.scan_skipped and not first.scan_skipped
+    assert 1.0 <= waited < 5  # bounded, far inside MariaDB's 50 s lock-wait timeout
+    assert report.order_ids == {kind: sorted(ids) for kind, ids in expected.items()}

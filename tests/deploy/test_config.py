@@ -319,6 +319,19 @@ def test_tag_concurrency_limit_is_the_jobs_and_the_local_instances():
     assert jobs.regularize_completed_orders.tags[jobs.CONCURRENCY_TAG] == jobs.JOB_NAME
 
 
+def test_the_assets_that_change_data_are_in_one_pool_of_one_run_in_both_instances():
+    from regularization_pipeline.defs import assets
+
+    for config in (instance_yaml(), yaml.safe_load((REPO / "dagster.yaml").read_text())):
+        assert config["concurrency"]["pools"] == {"default_limit": 1, "granularity": "run"}
+    assert (
+        assets.regularized_orders.op.pool
+        == assets.order_completed_events.op.pool
+        == "regularization"
+    )
+    assert assets.regularization_audit.op.pool is None  # reads only
+
+
 # --- docker/dagster.yaml loaded for real ----------------------------------------------------
 
 

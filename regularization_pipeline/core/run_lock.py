@@ -1,0 +1,215 @@
+"""One run at a time per shop, however it was launched: a lock held where the shop's data lives.
+
+Dagster's pools and run tags only see the runs of one Dagster instance; a CLI run, a second code
+location or a run launched around the queue reaches the same shop. The lock below is taken by
+:meth:`Regularizer.run <regularization_pipeline.core.regularizer.Regularizer.run>` before it
+writes anything, and is released by the database or the operating system when its holder dies
+(a SIGKILL, an OOM kill, a lost host), so a crash never blocks the next run:
+
+- PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of its own,
+  held for the run; its ``application_name`` says which run holds it;
+- MariaDB/MySQL: ``GET_LOCK(name, 0)`` on a connection of its own, held for the run;
+- SQLite: an OS file lock (``flock``) on a file beside the database file. Never SQLite's own write
+  lock: held for a run, it would block the application's writes for as long;
+- an in-memory SQLite database is seen by one process only: a lock in the process suffices.
+
+A second holder never waits: it gets :class:`BusyError` ("busy: run R since T") and changes
+nothing. The lock is re-entrant within one thread, so the CLI can hold it around the Dagster run
+it launches and the run's own ``Regularizer.run`` goes through. Operator one-order actions do not
+take it: the order's row lock and the compare-and-set protect them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+
+from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.errors import BusyError
+
+# The first key of PostgreSQL's two-key advisory lock: ours, whatever the second is.
+_PG_LOCK_CLASS = 0x52504C4B  # "RPLK"
+_UNKNOWN_HOLDER = "busy: another run holds this shop's run lock (it is starting or finishing)"
+
+_guard = threading.Lock()
+# lock identity -> (thread holding it, depth); the re-entrant part, and in-memory SQLite's lock.
+_held: dict[str, tuple[int, int]] = {}
+
+
+def lock_name(engine: sa.Engine, prefix: str) -> str:
+    """What identifies this shop's lock: the database (without credentials) and our table prefix."""
+    return f"{engine.url.render_as_string(hide_password=True)}#{prefix}"
+
+
+@contextlib.contextmanager
+def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
+    """Hold the shop's run lock for the block, or raise :class:`BusyError` at once."""
+    name = lock_name(engine, prefix)
+    me = threading.get_ident()
+    with _guard:
+        holder = _held.get(name)
+        if holder is not None and holder[0] == me:
+            _held[name] = (me, holder[1] + 1)
+            nested = True
+        elif holder is not None:
+            raise BusyError(_UNKNOWN_HOLDER if _in_memory(engine) else _busy_in_process())
+        else:
+            _held[name] = (me, 1)
+            nested = False
+    try:
+        if nested or _in_memory(engine):
+            yield
+        else:
+            with _backend_lock(engine, prefix, run_id):
+                yield
+    finally:
+        with _guard:
+            depth = _held[name][1]
+            if depth > 1:
+                _held[name] = (me, depth - 1)
+            else:
+                del _held[name]
+
+
+def _busy_in_process() -> str:
+    return "busy: another run in this process holds this shop's run lock"
+
+
+def _in_memory(engine: sa.Engine) -> bool:
+    return engine.dialect.name == "sqlite" and _sqlite_path(engine) is None
+
+
+def _backend_lock(engine: sa.Engine, prefix: str, run_id: str):
+    if engine.dialect.name == "postgresql":
+        return _postgres_lock(engine, prefix, run_id)
+    if engine.dialect.name in ("mysql", "mariadb"):
+        return _mysql_lock(engine, prefix)
+    if engine.dialect.name == "sqlite":
+        return _file_lock(lock_file_of(engine, prefix), run_id)
+    raise BusyError(f"no run lock for the {engine.dialect.name} backend")  # pragma: no cover
+
+
+def _since(moment: dt.datetime | None) -> str:
+    if moment is None:
+        return "an unknown time"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=0).isoformat() + "Z"
+
+
+@contextlib.contextmanager
+def _dedicated(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection of the lock's own, outside any transaction, closed (never pooled) afterwards.
+
+    Autocommit: an idle-in-transaction session would hold a snapshot for the whole run. Closed,
+    not returned to the pool: the session lock (and its name) go with the connection.
+    """
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield conn
+    finally:
+        conn.invalidate()
+        conn.close()
+
+
+def _key(prefix: str) -> int:
+    # A stable signed 32-bit key per table prefix: advisory locks are per database already.
+    return int.from_bytes(hashlib.sha256(prefix.encode()).digest()[:4], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _postgres_lock(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
+    with _dedicated(engine) as conn:
+        key = {"c": _PG_LOCK_CLASS, "k": _key(prefix)}
+        # Named before locking, so a contender that sees the lock also sees whose it is.
+        conn.execute(
+            sa.text("SELECT set_config('application_name', :n, false)"),
+            {"n": f"regularization run {run_id}"[:63]},
+        )
+        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :k)"), key).scalar():
+            holder = conn.execute(
+                sa.text(
+                    "SELECT a.application_name, a.backend_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                    "AND l.granted AND l.classid = CAST(:c AS oid) "
+                    "AND l.objid = CAST(CAST(:k AS bigint) & 4294967295 AS oid) "
+                    "AND l.objsubid = 2"
+                ),
+                key,
+            ).first()
+            if holder is None:
+                raise BusyError(_UNKNOWN_HOLDER)
+            name = (holder[0] or "").removeprefix("regularization run ") or "unknown"
+            raise BusyError(f"busy: run {name} since {_since(holder[1])}")
+        yield  # released when the connection closes, whatever happens to the run
+
+
+def _mysql_name(engine: sa.Engine, prefix: str) -> str:
+    # GET_LOCK names are server-wide (every database) and at most 64 characters.
+    name = f"{prefix}run:{engine.url.database}"
+    return (
+        name
+        if len(name) <= 64
+        else f"{prefix[:20]}run:{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+    )
+
+
+@contextlib.contextmanager
+def _mysql_lock(engine: sa.Engine, prefix: str) -> Iterator[None]:
+    name = _mysql_name(engine, prefix)
+    with _dedicated(engine) as conn:
+        if conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() != 1:
+            # MariaDB keeps no note beside a named lock: the holder's connection and how long it
+            # has been idle (it sends nothing after GET_LOCK) are what can be told.
+            row = conn.execute(
+                sa.text(
+                    "SELECT p.ID, p.TIME FROM information_schema.PROCESSLIST p "
+                    "WHERE p.ID = IS_USED_LOCK(:n)"
+                ),
+                {"n": name},
+            ).first()
+            if row is None:
+                raise BusyError(_UNKNOWN_HOLDER)
+            since = utcnow() - dt.timedelta(seconds=int(row[1] or 0))
+            raise BusyError(f"busy: run on database connection {row[0]} since {_since(since)}")
+        yield  # released when the connection closes, whatever happens to the run
+
+
+def _sqlite_path(engine: sa.Engine) -> str | None:
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    return os.path.abspath(database.removeprefix("file:").split("?")[0])
+
+
+def lock_file_of(engine: sa.Engine, prefix: str) -> str:
+    """The file beside a SQLite database whose OS lock is the run lock."""
+    return f"{_sqlite_path(engine)}.{prefix}run.lock"
+
+
+@contextlib.contextmanager
+def _file_lock(path: str, run_id: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            note = os.pread(fd, 200, 0).decode(errors="replace").split()
+            raise BusyError(
+                f"busy: run {note[0]} since {note[1]}" if len(note) == 2 else _UNKNOWN_HOLDER
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{run_id} {_since(utcnow())}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # the file stays: removing it would race a contender's open
+    finally:
+        os.close(fd)  # releases the flock; the OS does the same when the process dies
