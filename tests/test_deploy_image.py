@@ -73,7 +73,9 @@ from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.defs import jobs
 from regularization_pipeline.demo.shop import ShopWriter
 
-pytestmark = pytest.mark.slow
+# The cold path (stand-in base, then the image from PyPI) takes about two minutes here; the
+# timeout leaves room for a slower machine beyond pyproject's 600 s per test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_BASE = REPO / "docker" / "test-base"
@@ -83,8 +85,8 @@ LOG_DIR = "/var/log/regularization"
 HOME_CONFIG = "/opt/dagster/home/dagster.yaml"
 WORKSPACE = "/opt/dagster/app/docker/workspace.yaml"
 ROLES = ("user-code", "webserver", "daemon")
-BASE_WITHIN_SECONDS = 900      # cold: debootstrap and import, about 70 s here
-BUILD_WITHIN_SECONDS = 900     # cold: the runtime lock from PyPI, about 65 s here
+BASE_WITHIN_SECONDS = 600      # cold: debootstrap, import and the certificates layer, 65-70 s here
+BUILD_WITHIN_SECONDS = 600     # cold: the runtime lock from PyPI, 55-65 s here
 HEALTHY_WITHIN_SECONDS = 240
 FIRST_RUN_WITHIN_SECONDS = 240  # up to 60 s to the next minute, then queue, a run container and the run
 
@@ -123,6 +125,7 @@ def podman_env():
 class Image:
     tag: str
     size_bytes: int
+    base_size_bytes: int  # the stand-in's share of size_bytes
     build_log: str
 
 
@@ -143,11 +146,14 @@ def image(podman_env, tmp_path_factory, capsys_module):
     PHASES["build"] = time.monotonic() - started
     text = log.read_text(errors="replace")
     assert build.returncode == 0, f"podman build failed after {PHASES['build']:.0f} s:\n{text[-5000:]}"
-    size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE, env=podman_env).stdout.strip())
+    size, base_size = (int(podman("image", "inspect", "--format", "{{.Size}}", tag, env=podman_env).stdout.strip())
+                       for tag in (IMAGE, "python:3.11-slim"))
+    cached = base.stdout.count("is cached") == 2
     with capsys_module.disabled():
-        print(f"\n[image] stand-in base {PHASES['base']:.1f} s ({base.stdout.strip().splitlines()[-1]}); "
-              f"build {PHASES['build']:.1f} s; {IMAGE} is {size / 1e6:.0f} MB")
-    return Image(tag=IMAGE, size_bytes=size, build_log=text)
+        print(f"\n[image] stand-in base {PHASES['base']:.1f} s ({'cached' if cached else 'built'}); "
+              f"build {PHASES['build']:.1f} s; {IMAGE} is {size / 1e6:.0f} MB, "
+              f"{(size - base_size) / 1e6:.0f} MB of it above the base")
+    return Image(tag=IMAGE, size_bytes=size, base_size_bytes=base_size, build_log=text)
 
 
 @pytest.fixture(scope="module")
@@ -455,9 +461,10 @@ def test_nothing_in_the_image_runs_as_root(deployment, first_scheduled_run):
 
 
 def test_phase_times_fit_the_ci_budget(image, deployment, first_scheduled_run, capsys_module):
-    size_mb = image.size_bytes / 1e6
+    size_mb, own_mb = image.size_bytes / 1e6, (image.size_bytes - image.base_size_bytes) / 1e6
     with capsys_module.disabled():
-        print(f"\n{phase_summary()}; image {size_mb:.0f} MB")
-    # A warm cache (stand-in base and layers present) must keep this module within minutes.
-    assert sum(PHASES.values()) < 20 * 60, phase_summary()
-    assert size_mb < 1000, f"the image grew to {size_mb:.0f} MB"
+        print(f"\n{phase_summary()}; image {size_mb:.0f} MB ({own_mb:.0f} MB above the stand-in base)")
+    # CI's budget: about 10 minutes warm, 15 cold, for this module (measured: 1.5 and 3).
+    assert sum(PHASES.values()) < 15 * 60, phase_summary()
+    # What docker/Dockerfile adds to its base (the runtime lock and the code): 374 MB at 1.13.27.
+    assert own_mb < 500, f"the layers above the base grew to {own_mb:.0f} MB"
