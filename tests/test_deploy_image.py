@@ -246,6 +246,15 @@ def _instance_config(volume: str) -> dict:
     return config
 
 
+def test_instance_config_differs_from_docker_dagster_yaml_only_in_the_volume_name():
+    production = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
+    adapted = _instance_config("regularization_logs_ci_x")
+    kwargs = adapted["run_launcher"]["config"]["container_kwargs"]
+    assert kwargs["volumes"] == [f"regularization_logs_ci_x:{LOG_DIR}"]
+    kwargs["volumes"] = production["run_launcher"]["config"]["container_kwargs"]["volumes"]
+    assert adapted == production
+
+
 def _podman_service(env: dict[str, str], socket_path: Path, gid: int) -> subprocess.Popen:
     """podman's Docker-compatible API on a unix socket, group-owned like a Docker socket."""
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket_path}"], env=env,
