@@ -39,6 +39,13 @@ label_of() {  # image, label -> value or nothing
   podman image inspect --format "{{ index .Labels \"$2\" }}" "$1" 2>/dev/null || true
 }
 
+# A real base image (pulled where a registry is reachable, so without our label) is
+# better than any stand-in: never overwrite it.
+if podman image exists "$base_tag" && [ -z "$(label_of "$base_tag" regularization.test-base)" ]; then
+  echo "test-base: $base_tag is present and is not a stand-in: using it"
+  exit 0
+fi
+
 rootfs_key=$(printf '%s\n' "$SUITE" "$PACKAGES" "$mirror" | sha256sum | cut -c1-16)
 if [ "${FORCE:-0}" != 1 ] && [ "$(label_of "$ROOTFS_TAG" regularization.test-base.key)" = "$rootfs_key" ]; then
   echo "test-base: $ROOTFS_TAG is cached"
