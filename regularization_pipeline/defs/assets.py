@@ -320,12 +320,11 @@ def audit_preview(engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: 
     return frame.astype(object).where(frame.notna(), "")
 
 
-def held_orphan_count(conn: sa.Connection, schema, window: d.ScanWindow, attempts) -> int:
-    """Orphans the run leaves pending on purpose: an inconsistent payment, or a quarantine."""
-    held = sa.and_(
-        d.orphan_condition(schema, window), ~d.fixable_condition(schema, window, attempts)
-    )
-    return int(conn.execute(sa.select(sa.func.count()).where(held)).scalar_one())
+def held_orphan_count(conn: sa.Connection, schema, window: d.ScanWindow, fixable: int) -> int:
+    """Orphans the run leaves pending on purpose (an inconsistent payment, a quarantine): every
+    pending order with a completed payment in the window, less the ``fixable`` ones."""
+    orphans = d.select_orphan_payments(schema, window, sa.func.count(sa.distinct(schema.o("id"))))
+    return int(conn.execute(orphans).scalar_one()) - fixable
 
 
 def audit_metrics(
@@ -398,7 +397,7 @@ def regularization_audit(
     window = RunOptions(min_age_minutes=grace).window(utcnow())
     with engine.connect() as conn:
         remaining = d.orphan_stats(conn, schema, window, sample_size=0, attempts=tables.attempts)
-        held = held_orphan_count(conn, schema, window, tables.attempts)
+        held = held_orphan_count(conn, schema, window, remaining.count)
     record = context.instance.get_run_record_by_id(context.run_id)
     started = record.start_time if record is not None else None
     # Up to this last step: the run's duration as far as the run itself can know it.

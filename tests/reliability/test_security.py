@@ -180,10 +180,12 @@ def test_the_whole_job_runs_with_only_the_documented_grants_and_shows_no_secret(
         shop.engine.dispose()
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    # Both ran as the restricted role, at the end of the run (#15): the orphans were fixed,
+    # the inconsistency is still there for a human.
     assert checks == {
-        "no_orphaned_pending_orders": False,
+        "no_orphaned_pending_orders": True,
         "transactions_consistent": False,
-    }  # both ran and found
+    }
     assert (
         all(shop.status_of(i) == "completed" for i in orphans)
         and shop.status_of(twice) == "pending"
