@@ -1,0 +1,38 @@
+"""docs/reference.md is generated from the code and must be what the generator writes now."""
+
+import re
+
+import pytest
+
+from regularization_pipeline import cli, reference
+from tests.support import ROOT
+
+REFERENCE = ROOT / "docs" / "reference.md"
+# A whole name: `REGULARIZATION_DELIVERY_*`, a family, is not one.
+VARIABLE = re.compile(r"REGULARIZATION_[A-Z_]*[A-Z](?![A-Z_])")
+# Read by docker-compose.yml only (the image tag), never by the code.
+DEPLOYMENT_ONLY = {"REGULARIZATION_IMAGE"}
+
+
+def test_the_reference_in_docs_is_what_the_code_generates():
+    assert REFERENCE.read_text(encoding="utf-8") == reference.render(), (
+        "docs/reference.md is stale: run `make reference` and commit it"
+    )
+
+
+def test_every_variable_the_docs_and_the_deployment_name_is_one_the_code_reads():
+    documented = set(VARIABLE.findall(REFERENCE.read_text(encoding="utf-8")))
+    assert documented == set(reference.environment_variables())
+    sources = [ROOT / "README.md", ROOT / ".env.example", ROOT / "docker-compose.yml"]
+    sources += sorted((ROOT / "docs").glob("*.md"))
+    for source in sources:
+        named = set(VARIABLE.findall(source.read_text(encoding="utf-8"))) - DEPLOYMENT_ONLY
+        assert named <= documented, f"{source.name} names {sorted(named - documented)}: not read"
+    # The deployer's one list: every variable has its line in .env.example.
+    assert documented <= set(VARIABLE.findall((ROOT / ".env.example").read_text()))
+
+
+def test_an_exit_code_without_a_meaning_stops_the_generator(monkeypatch):
+    monkeypatch.setattr(cli, "EXIT_SOMETHING_NEW", 9, raising=False)
+    with pytest.raises(SystemExit, match="exit codes without a meaning.*EXIT_SOMETHING_NEW"):
+        reference.exit_codes_section()
