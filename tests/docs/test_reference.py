@@ -10,8 +10,8 @@ from tests.support import ROOT
 REFERENCE = ROOT / "docs" / "reference.md"
 # A whole name: `REGULARIZATION_DELIVERY_*`, a family, is not one.
 VARIABLE = re.compile(r"REGULARIZATION_[A-Z_]*[A-Z](?![A-Z_])")
-# Read by docker-compose.yml only (the image tag), never by the code.
-DEPLOYMENT_ONLY = {"REGULARIZATION_IMAGE"}
+# Read by docker-compose.yml only (the image tag, the host's config folder), never by the code.
+DEPLOYMENT_ONLY = {"REGULARIZATION_IMAGE", "REGULARIZATION_CONFIG_DIR"}
 
 
 def test_the_reference_in_docs_is_what_the_code_generates():
