@@ -29,7 +29,7 @@ from regularization_pipeline.core.events import (
     SIGNATURE_HEADER,
     SOURCE,
     OrderCompleted,
-    sign,
+    signature_header,
     webhook_body,
 )
 from regularization_pipeline.core.ratelimit import parse_retry_after
@@ -222,6 +222,9 @@ class WebhookPublisher:
     Each request has a total deadline, ``total_timeout_seconds`` (connect, send and receive),
     which a receiver trickling its answer cannot stretch: it is ``max_seconds``, which the
     dispatcher's lease must outlive.
+
+    ``previous_secret``, while a secret rotates: every request then carries a second ``v1``
+    signature made with it, so a receiver still holding the old secret accepts it too.
     """
 
     def __init__(
@@ -229,6 +232,7 @@ class WebhookPublisher:
         url: str,
         secret: str,
         *,
+        previous_secret: str | None = None,
         connect_timeout_seconds: float = 3.0,
         read_timeout_seconds: float = 10.0,
         total_timeout_seconds: float | None = None,
@@ -242,7 +246,7 @@ class WebhookPublisher:
             raise ConfigurationError("webhook_secret is empty: deliveries must be signed")
         self.url = url
         self.name = name
-        self._secret = secret.encode("utf-8")
+        self._secrets = [s.encode("utf-8") for s in (secret, previous_secret) if s]
         self.clock = clock
         self.timeout = httpx.Timeout(
             connect=connect_timeout_seconds,
@@ -274,7 +278,7 @@ class WebhookPublisher:
             IDEMPOTENCY_HEADER: event.idempotency_key,
             EVENT_ID_HEADER: event.event_id,
             EVENT_TYPE_HEADER: EVENT_TYPE,
-            SIGNATURE_HEADER: f"t={timestamp},v1={sign(self._secret, timestamp, body)}",
+            SIGNATURE_HEADER: signature_header(self._secrets, timestamp, body),
         }
 
     def publish(self, event: OrderCompleted) -> None:
@@ -334,6 +338,11 @@ class PublisherSettings(BaseModel):
     webhook_secret: SecretStr | None = Field(
         None, description="HMAC-SHA256 signing secret shared with the receiver."
     )
+    webhook_secret_previous: SecretStr | None = Field(
+        None,
+        description="The secret being replaced, while a rotation lasts: each request is signed "
+        "with both (two v1= signatures).",
+    )
     connect_timeout_seconds: float = Field(3.0, gt=0, le=60, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Webhook read timeout (per read)."
@@ -370,6 +379,9 @@ class PublisherSettings(BaseModel):
                 raise ValueError(
                     "webhook_secret: required for the webhook publisher, at least 16 characters"
                 )
+        previous = self.webhook_secret_previous
+        if previous is not None and len(previous.get_secret_value()) < 16:
+            raise ValueError("webhook_secret_previous: at least 16 characters, like webhook_secret")
         return self
 
     @classmethod
@@ -390,6 +402,9 @@ def build_publishers(
                 WebhookPublisher(
                     settings.webhook_url or "",
                     settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
+                    previous_secret=settings.webhook_secret_previous.get_secret_value()
+                    if settings.webhook_secret_previous
+                    else None,
                     connect_timeout_seconds=settings.connect_timeout_seconds,
                     read_timeout_seconds=settings.read_timeout_seconds,
                     total_timeout_seconds=settings.total_timeout_seconds,
