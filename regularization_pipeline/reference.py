@@ -439,6 +439,10 @@ def render() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     target = Path(args[0]) if args else OUTPUT
+    # The reference gives the defaults, never this machine's settings: the schedule's cron and
+    # the resources are read from the environment when the definitions load.
+    for name in [name for name in os.environ if name.startswith(PREFIX)]:
+        del os.environ[name]
     target.write_text(render(), encoding="utf-8")
     print(f"wrote {target}")
     return 0
