@@ -62,8 +62,12 @@ def _first_line(text: str | None) -> str:
 
 def cli_section() -> list[str]:
     from regularization_pipeline import cli
+    from regularization_pipeline.core.run import RunOptions
+    from regularization_pipeline.defs.config import DEFAULT_OVERRIDES
 
     parser, commands = cli.build_parser()
+    # A run option's default is its run config field's: argparse leaves it unset.
+    field_of = {flag: field for field, flag in cli.RUN_FLAGS.items()}
     lines = [
         "## CLI: `regularize-completed-orders`",
         "",
@@ -86,6 +90,9 @@ def cli_section() -> list[str]:
             if isinstance(action, argparse._HelpAction):
                 continue
             default = action.default
+            field = field_of.get(action.option_strings[0]) if action.option_strings else None
+            if default is None and name == cli.DEFAULT_COMMAND and field:
+                default = DEFAULT_OVERRIDES.get(field, RunOptions.model_fields[field].default)
             if isinstance(action, argparse._StoreTrueAction) or default in (None, False):
                 default = ""
             choices = ", ".join(map(str, action.choices)) if action.choices else ""
@@ -117,16 +124,6 @@ def exit_codes_section() -> list[str]:
 # --- run config ----------------------------------------------------------------------------
 
 
-def _bounds(field) -> str:
-    words = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
-    found = []
-    for item in field.metadata:
-        for attr, word in words.items():
-            if getattr(item, attr, None) is not None:
-                found.append(f"{word} {getattr(item, attr):,}")
-    return ", ".join(found)
-
-
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("typing.", "").replace("datetime.datetime", "datetime")
@@ -135,14 +132,15 @@ def _type_name(annotation: Any) -> str:
 def run_config_section() -> list[str]:
     from regularization_pipeline.cli import RUN_FLAGS
     from regularization_pipeline.core.run import RunOptions
+    from regularization_pipeline.defs.config import DEFAULT_OVERRIDES, bounds_of
 
     rows = [
         [
             f"`{name}`",
             _code(RUN_FLAGS.get(name)),
             _code(_type_name(field.annotation)),
-            _code(field.default),
-            _bounds(field),
+            _code(DEFAULT_OVERRIDES.get(name, field.default)),
+            bounds_of(name),
             field.description,
         ]
         for name, field in RunOptions.model_fields.items()
@@ -150,7 +148,8 @@ def run_config_section() -> list[str]:
     return [
         "## Run config of `regularized_orders` (the Launchpad form) and the `run` options",
         "",
-        "`ops: regularized_orders: config:` in the Launchpad; unknown fields are refused.",
+        "`ops: regularized_orders: config:` in the Launchpad; unknown fields are refused. The",
+        "defaults are the job's (and the CLI's `run`).",
         "",
         *_table(["field", "CLI option", "type", "default", "bounds", "meaning"], rows),
     ]
