@@ -19,7 +19,6 @@ amounts, tokens or URLs. Plain Python: no Dagster here.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import re
@@ -34,18 +33,21 @@ from typing import Any, Protocol
 
 import httpx
 
+from regularization_pipeline.core.alert_formats import (
+    RESOLVED,
+    SOURCE,
+    AlertLinks,
+    render,
+)
 from regularization_pipeline.core.events import SIGNATURE_HEADER, signature_header
 
 log = logging.getLogger("regularization_pipeline.alerting")
 
 FIRING = "firing"
-RESOLVED = "resolved"
-SOURCE = "regularization_pipeline"
 # A receiver down for days must not grow the cursor without bound: the oldest undelivered messages go first.
 MAX_UNDELIVERED = 100
 # PagerDuty's severities; the generic JSON event and Alertmanager's label use the same words.
 SEVERITIES = ("critical", "error", "warning", "info")
-FORMATS = ("slack", "json", "pagerduty", "alertmanager")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 
 
@@ -202,110 +204,6 @@ class Channel(Protocol):
 
 class AlertDeliveryError(Exception):
     """A channel did not take a message; the text names the channel, never its address."""
-
-
-@dataclass(frozen=True)
-class AlertLinks:
-    """What every rendered message carries besides the alert: where it comes from and where to look."""
-
-    environment: str = "production"
-    ui_url: str | None = None  # the Dagster UI's base URL: links to the run
-    runbook_url: str | None = (
-        None  # docs/monitoring.md as the operators read it: links to a section
-    )
-    routing_key: str | None = None  # PagerDuty's integration key
-
-    def run_url(self, alert: Alert) -> str | None:
-        if not (self.ui_url and alert.run_id):
-            return None
-        return f"{self.ui_url.rstrip('/')}/runs/{alert.run_id}"
-
-    def runbook(self, alert: Alert) -> str | None:
-        return (
-            f"{self.runbook_url}#{alert.incident.replace('_', '-')}" if self.runbook_url else None
-        )
-
-
-def dedup_key(alert: Alert, links: AlertLinks) -> str:
-    """One key per incident and environment: a re-notification updates it, RESOLVED closes it."""
-    return f"{SOURCE}/{links.environment}/{alert.incident}"
-
-
-def _iso(epoch: float) -> str:
-    return (
-        dt.datetime.fromtimestamp(epoch or time.time(), dt.UTC).isoformat().replace("+00:00", "Z")
-    )
-
-
-def render(alert: Alert, fmt: str, links: AlertLinks) -> Any:
-    """The JSON body of ``alert`` in one of FORMATS."""
-    resolved = alert.state == RESOLVED
-    run_url, runbook = links.run_url(alert), links.runbook(alert)
-    details = {
-        "incident": alert.incident,
-        "state": alert.state,
-        "detail": alert.detail,
-        "run_id": alert.run_id,
-    }
-    if fmt == "slack":
-        return {"text": alert.text}
-    if fmt == "json":
-        return {
-            "dedup_key": dedup_key(alert, links),
-            "action": "resolve" if resolved else "trigger",
-            "severity": alert.severity,
-            "environment": links.environment,
-            "source": SOURCE,
-            "summary": alert.text,
-            "details": details,
-            "links": {"run": run_url, "runbook": runbook},
-            "timestamp": _iso(alert.at),
-        }
-    if (
-        fmt == "pagerduty"
-    ):  # Events API v2: https://developer.pagerduty.com/api-reference/368ae3d938c9e-send-an-event-to-pager-duty
-        body: dict[str, Any] = {
-            "routing_key": links.routing_key or "",
-            "event_action": "resolve" if resolved else "trigger",
-            "dedup_key": dedup_key(alert, links),
-        }
-        if not resolved:
-            body["payload"] = {
-                "summary": alert.text[:1024],
-                "source": f"{SOURCE}/{links.environment}",
-                "severity": alert.severity,
-                "timestamp": _iso(alert.at),
-                "component": SOURCE,
-                "group": links.environment,
-                "custom_details": details,
-            }
-            body["links"] = [
-                {"href": href, "text": text}
-                for href, text in ((run_url, "Dagster run"), (runbook, "Runbook"))
-                if href
-            ]
-        return body
-    if fmt == "alertmanager":  # POST /api/v2/alerts: a list of postable alerts
-        item: dict[str, Any] = {
-            "labels": {
-                "alertname": alert.incident,
-                "severity": alert.severity,
-                "environment": links.environment,
-                "service": SOURCE,
-            },
-            "annotations": {
-                "summary": alert.text,
-                "description": alert.detail,
-                **({"runbook_url": runbook} if runbook else {}),
-            },
-            "startsAt": _iso(alert.at),
-        }
-        if resolved:
-            item["endsAt"] = _iso(alert.at)
-        if run_url:
-            item["generatorURL"] = run_url
-        return [item]
-    raise ValueError(f"unknown alert format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
 @dataclass

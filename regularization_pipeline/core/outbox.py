@@ -30,8 +30,9 @@ from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.db import supports_skip_locked
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.events import OrderCompleted
-from regularization_pipeline.core.publishers import PermanentDeliveryError, expand_publishers
+from regularization_pipeline.core.publishers import expand_publishers
 from regularization_pipeline.core.tables import DEAD, DELIVERED, PENDING, OwnedTables
+from regularization_pipeline.core.webhook import PermanentDeliveryError
 
 log = logging.getLogger("regularization_pipeline.events")
 

@@ -18,14 +18,8 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr, ValidationError
 
 from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.alerting import (
-    FORMATS,
-    AlertLinks,
-    Channel,
-    EmailChannel,
-    Renotify,
-    WebhookChannel,
-)
+from regularization_pipeline.core.alert_formats import FORMATS, AlertLinks
+from regularization_pipeline.core.alerting import Channel, EmailChannel, Renotify, WebhookChannel
 from regularization_pipeline.core.db import DATABASE_URL_ENV, check_reachable, create_app_engine
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier

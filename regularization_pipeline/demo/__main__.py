@@ -91,7 +91,7 @@ def _orders_by_status(engine: sa.Engine) -> dict[str, int]:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m regularization_pipeline.demo", description=__doc__.splitlines()[0]
     )
@@ -104,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         help="rebuild the shop in its seeded state and stop there, without running the job "
         "(`make demo-reset`): its orphans wait for a launch from the Launchpad, the CLI or Python",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     shop_path = SHOP_PATH.resolve()
     shop_path.parent.mkdir(parents=True, exist_ok=True)
     shop_path.unlink(missing_ok=True)

@@ -69,6 +69,14 @@ def shop_tables(
     if o.deleted_at:
         ocols.append(sa.Column(o.deleted_at, stamp))
     orders = sa.Table(o.table, md, *ocols)
+    transactions = sa.Table(t.table, md, *_transaction_columns(m, stamp))
+    if with_indexes:
+        _recommended_indexes(m, orders, transactions)
+    return ShopTables(md, orders, transactions, customers)
+
+
+def _transaction_columns(m: SchemaMapping, stamp: sa.types.TypeEngine) -> list[sa.Column]:
+    t = m.transactions
     tcols = [
         sa.Column(
             t.id,
@@ -88,16 +96,18 @@ def shop_tables(
         tcols.append(sa.Column(t.completed_at, stamp))
     if t.reference:
         tcols.append(sa.Column(t.reference, sa.String(64)))
-    transactions = sa.Table(t.table, md, *tcols)
-    if with_indexes:
-        # What docs/schema.md recommends: pending orders by status then id (the
-        # candidate scan), transactions by order then status (every EXISTS), and
-        # completed payments by time (a lookback or since/until window).
-        sa.Index(f"ix_{o.table}_status_id", orders.c[o.status], orders.c[o.id])
-        sa.Index(f"ix_{t.table}_order_status", transactions.c[t.order_id], transactions.c[t.status])
-        paid_at = transactions.c[t.completed_at or t.updated_at]
-        sa.Index(f"ix_{t.table}_status_paid_at", transactions.c[t.status], paid_at)
-    return ShopTables(md, orders, transactions, customers)
+    return tcols
+
+
+def _recommended_indexes(m: SchemaMapping, orders: sa.Table, transactions: sa.Table) -> None:
+    """What docs/schema.md recommends: pending orders by status then id (the candidate
+    scan), transactions by order then status (every EXISTS), and completed payments by
+    time (a lookback or since/until window)."""
+    o, t = m.orders, m.transactions
+    sa.Index(f"ix_{o.table}_status_id", orders.c[o.status], orders.c[o.id])
+    sa.Index(f"ix_{t.table}_order_status", transactions.c[t.order_id], transactions.c[t.status])
+    paid_at = transactions.c[t.completed_at or t.updated_at]
+    sa.Index(f"ix_{t.table}_status_paid_at", transactions.c[t.status], paid_at)
 
 
 @dataclass

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
+from regularization_pipeline.core.alert_formats import AlertLinks
 from regularization_pipeline.core.alerting import (
     FIRING,
     RESOLVED,
     SEVERITIES,
     Alert,
     AlertDeliveryError,
-    AlertLinks,
     EmailChannel,
     IncidentBook,
     Observation,

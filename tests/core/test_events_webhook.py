@@ -15,14 +15,16 @@ from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.events import OrderCompleted, verify_signature
 from regularization_pipeline.core.publishers import (
     OutboxOnlyPublisher,
-    PermanentDeliveryError,
     PublisherSettings,
     PythonHandlersPublisher,
-    RetryableDeliveryError,
-    WebhookPublisher,
     build_publishers,
     close_publishers,
     load_entry_point_handlers,
+)
+from regularization_pipeline.core.webhook import (
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    WebhookPublisher,
 )
 from regularization_pipeline.defs.resources import EventPublisherResource
 from tests.support import ROOT

@@ -9,11 +9,13 @@ the daemon in their own processes against a real SQLite shop.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -28,13 +30,24 @@ from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV, effect_cou
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support import ROOT
 from tests.support.processes import BIN, free_port, wait_for_http
-from tests.support.rows import audit_actions, outbox_states
+from tests.support.rows import assert_flip_iff_event, audit_actions, outbox_states
 
 # A real webserver and daemon: make test runs them, test-fast does not.
 pytestmark = pytest.mark.slow
 
 LOCATION = "regularization_pipeline"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+# The mutation the UI's Materialize button sends: the implicit asset job, subset to one asset.
+LAUNCH_MUTATION = """
+mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PipelineConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}
+"""
 
 
 class Services:
@@ -57,6 +70,42 @@ class Services:
             },
             tags={"test/marker": marker},
         )
+
+    def materialize(self, asset: str, run_config: dict | None = None) -> str:
+        """Launch a Materialize of one asset as the UI does (no job, so no job tag)."""
+        params = {
+            "selector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": "__repository__",
+                "jobName": "__ASSET_JOB",
+                "assetSelection": [{"path": [asset]}],
+            },
+            "runConfigData": run_config or {},
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/graphql",
+            data=json.dumps(
+                {"query": LAUNCH_MUTATION, "variables": {"executionParams": params}}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.load(response)
+        result = body["data"]["launchPipelineExecution"]
+        assert result["__typename"] == "LaunchRunSuccess", body
+        return result["run"]["runId"]
+
+    def statuses(self, run_ids: list[str]) -> dict[str, dg.DagsterRunStatus]:
+        with self.instance() as instance:
+            records = instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))
+        return {r.dagster_run.run_id: r.dagster_run.status for r in records}
+
+    def wait_status(self, run_id: str, status: dg.DagsterRunStatus, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.statuses([run_id]).get(run_id) != status:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} not {status.value} in {timeout} s")
+            time.sleep(0.2)
 
     def wait_finished(self, run_ids: list[str], timeout: float = 120) -> list[dg.RunRecord]:
         deadline = time.monotonic() + timeout
@@ -211,3 +260,50 @@ def test_two_runs_submitted_at_once_never_overlap(services):
         ).scalar_one()
     assert outbox_states(services.shop.engine) == {"delivered": completed}
     assert set(effect_counts(services.shop.engine).values()) == {completed}
+
+
+def test_a_materialize_click_waits_in_the_queue_while_the_job_runs(services):
+    services.shop.orphans(20)
+    job_run = services.submit(limit=20, sleep=0.5, marker="pool-job")  # ~10 s
+    services.wait_status(job_run, dg.DagsterRunStatus.STARTED)
+
+    clicks = [
+        services.materialize(
+            "regularized_orders",
+            {"ops": {"regularized_orders": {"config": {"sleep": 0}}}},
+        ),
+        services.materialize("order_completed_events"),
+    ]
+    # Watch the clicks for as long as the job runs: never started beside it.
+    seen: set[dg.DagsterRunStatus] = set()
+    deadline = time.monotonic() + 60
+    while (now := services.statuses([job_run, *clicks]))[job_run] == dg.DagsterRunStatus.STARTED:
+        assert time.monotonic() < deadline, "the job run did not end in 60 s"
+        seen |= {now[r] for r in clicks}
+        time.sleep(0.2)
+    assert seen == {dg.DagsterRunStatus.QUEUED}, seen
+
+    job, *materialized_runs = services.wait_finished([job_run, *clicks])
+    assert job.dagster_run.run_id == job_run
+    every = [job, *materialized_runs]
+    assert {r.dagster_run.status for r in every} == {dg.DagsterRunStatus.SUCCESS}
+    # One at a time: each click started after the run before it ended (the pool's one slot).
+    for before, after in zip(every, every[1:], strict=False):
+        assert before.end_time <= after.start_time, (
+            before.dagster_run.run_id,
+            after.dagster_run.run_id,
+        )
+    with services.instance() as instance:
+        for record in materialized_runs:
+            run_id = record.dagster_run.run_id
+            (enqueued,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
+            (launched,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_STARTING)
+            assert enqueued.timestamp < job.end_time <= launched.timestamp
+            (asset,) = record.dagster_run.asset_selection
+            print(
+                f"[reliability] Materialize {asset.to_user_string()} queued "
+                f"{launched.timestamp - enqueued.timestamp:.1f} s, launched "
+                f"{launched.timestamp - job.end_time:.1f} s after the job run ended"
+            )
+    # No order flipped twice: one outbox row per completed order, none completed without one.
+    assert_flip_iff_event(services.shop)
