@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv demo demo-reset test test-fast lint format dev migrate bench clean
+.PHONY: venv demo demo-reset test test-fast lint format dev migrate bench reference clean
 
 venv: $(STAMP)
 
@@ -68,6 +68,11 @@ dev: venv $(DAGSTER_HOME)/dagster.yaml
 # runs it at --quick size so it cannot rot.
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# docs/reference.md from the code (CLI, run config, variables, definitions, metadata keys);
+# tests/docs/test_reference.py fails until it is regenerated after a change.
+reference: venv
+	$(BIN)/python -m regularization_pipeline.reference
 
 migrate: venv
 	$(BIN)/regularize-completed-orders migrate

@@ -1,4 +1,4 @@
-"""Render a figures file (JSON lines from bench.run) as the markdown table in docs/performance.md.
+"""Render a figures file (JSON lines from bench.run) as the markdown table in docs/dev/performance.md.
 
 python -m bench.report bench/results/<commit>-1000000_orders.jsonl
 """

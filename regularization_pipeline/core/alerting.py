@@ -39,7 +39,7 @@ from regularization_pipeline.core.alert_formats import (
     AlertLinks,
     render,
 )
-from regularization_pipeline.core.events import SIGNATURE_HEADER, sign
+from regularization_pipeline.core.events import SIGNATURE_HEADER, signature_header
 
 log = logging.getLogger("regularization_pipeline.alerting")
 
@@ -227,7 +227,7 @@ class WebhookChannel:
         headers = {"Content-Type": "application/json"}
         if self.secret:
             ts = int(time.time())
-            headers[SIGNATURE_HEADER] = f"t={ts},v1={sign(self.secret, ts, body)}"
+            headers[SIGNATURE_HEADER] = signature_header([self.secret], ts, body)
         try:
             response = httpx.post(
                 self.url, content=body, headers=headers, timeout=self.timeout_seconds

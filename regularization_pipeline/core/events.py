@@ -16,7 +16,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,12 @@ def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
     """HMAC-SHA256 hex over ``f"{timestamp}.{body}"``; the header is ``t=<timestamp>,v1=<hex>``."""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     return hmac.new(key, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+
+
+def signature_header(secrets: Sequence[str | bytes], timestamp: int, body: bytes) -> str:
+    """``t=<timestamp>,v1=<hex>``, one ``v1`` per secret: while a secret rotates the receiver
+    accepts the request with whichever of the two it holds."""
+    return ",".join([f"t={timestamp}", *(f"v1={sign(s, timestamp, body)}" for s in secrets)])
 
 
 def verify_signature(

@@ -134,6 +134,11 @@ class PublisherSettings(BaseModel):
     webhook_secret: SecretStr | None = Field(
         None, description="HMAC-SHA256 signing secret shared with the receiver."
     )
+    webhook_secret_previous: SecretStr | None = Field(
+        None,
+        description="The secret being replaced, while a rotation lasts: each request is signed "
+        "with both (two v1= signatures).",
+    )
     connect_timeout_seconds: float = Field(3.0, gt=0, le=60, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Webhook read timeout (per read)."
@@ -170,6 +175,9 @@ class PublisherSettings(BaseModel):
                 raise ValueError(
                     "webhook_secret: required for the webhook publisher, at least 16 characters"
                 )
+        previous = self.webhook_secret_previous
+        if previous is not None and len(previous.get_secret_value()) < 16:
+            raise ValueError("webhook_secret_previous: at least 16 characters, like webhook_secret")
         return self
 
     @classmethod
@@ -190,6 +198,9 @@ def build_publishers(
                 WebhookPublisher(
                     settings.webhook_url or "",
                     settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
+                    previous_secret=settings.webhook_secret_previous.get_secret_value()
+                    if settings.webhook_secret_previous
+                    else None,
                     connect_timeout_seconds=settings.connect_timeout_seconds,
                     read_timeout_seconds=settings.read_timeout_seconds,
                     total_timeout_seconds=settings.total_timeout_seconds,

@@ -24,7 +24,7 @@ from regularization_pipeline.core.events import (
     SIGNATURE_HEADER,
     SOURCE,
     OrderCompleted,
-    sign,
+    signature_header,
     webhook_body,
 )
 from regularization_pipeline.core.ratelimit import parse_retry_after
@@ -129,6 +129,9 @@ class WebhookPublisher:
     Each request has a total deadline, ``total_timeout_seconds`` (connect, send and receive),
     which a receiver trickling its answer cannot stretch: it is ``max_seconds``, which the
     dispatcher's lease must outlive.
+
+    ``previous_secret``, while a secret rotates: every request then carries a second ``v1``
+    signature made with it, so a receiver still holding the old secret accepts it too.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class WebhookPublisher:
         url: str,
         secret: str,
         *,
+        previous_secret: str | None = None,
         connect_timeout_seconds: float = 3.0,
         read_timeout_seconds: float = 10.0,
         total_timeout_seconds: float | None = None,
@@ -149,7 +153,7 @@ class WebhookPublisher:
             raise ConfigurationError("webhook_secret is empty: deliveries must be signed")
         self.url = url
         self.name = name
-        self._secret = secret.encode("utf-8")
+        self._secrets = [s.encode("utf-8") for s in (secret, previous_secret) if s]
         self.clock = clock
         self.timeout = httpx.Timeout(
             connect=connect_timeout_seconds,
@@ -181,7 +185,7 @@ class WebhookPublisher:
             IDEMPOTENCY_HEADER: event.idempotency_key,
             EVENT_ID_HEADER: event.event_id,
             EVENT_TYPE_HEADER: EVENT_TYPE,
-            SIGNATURE_HEADER: f"t={timestamp},v1={sign(self._secret, timestamp, body)}",
+            SIGNATURE_HEADER: signature_header(self._secrets, timestamp, body),
         }
 
     def publish(self, event: OrderCompleted) -> None:

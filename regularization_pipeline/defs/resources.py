@@ -46,6 +46,8 @@ PUBLISHERS_ENV = "REGULARIZATION_PUBLISHERS"
 PYTHON_HANDLERS_ENV = "REGULARIZATION_PYTHON_HANDLERS"
 WEBHOOK_URL_ENV = "REGULARIZATION_WEBHOOK_URL"
 WEBHOOK_SECRET_ENV = "REGULARIZATION_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
+# The secret being replaced, set only while a rotation lasts (docs/events.md, "Rotating the secret").
+WEBHOOK_SECRET_PREVIOUS_ENV = "REGULARIZATION_WEBHOOK_SECRET_PREVIOUS"  # noqa: S105 - a name
 DELIVERY_BUDGET_ENV = "REGULARIZATION_DELIVERY_BUDGET_SECONDS"
 # Optional verification with the payment provider's API.
 PROVIDER_URL_ENV = "REGULARIZATION_PROVIDER_URL"
@@ -250,6 +252,11 @@ class EventPublisherResource(dg.ConfigurableResource):
         default=None,
         description="HMAC signing secret of the webhook publisher (REGULARIZATION_WEBHOOK_SECRET).",
     )
+    webhook_secret_previous: str | None = Field(
+        default=None,
+        description="The secret being replaced, while a rotation lasts: each request then carries "
+        "a second v1= signature (REGULARIZATION_WEBHOOK_SECRET_PREVIOUS).",
+    )
     connect_timeout_seconds: float = Field(default=3.0, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(default=10.0, description="Webhook read timeout.")
     total_timeout_seconds: float | None = Field(
@@ -301,6 +308,7 @@ class EventPublisherResource(dg.ConfigurableResource):
             kinds=self.publishers,
             webhook_url=self.webhook_url,
             webhook_secret=self.webhook_secret,
+            webhook_secret_previous=self.webhook_secret_previous,
             connect_timeout_seconds=self.connect_timeout_seconds,
             read_timeout_seconds=self.read_timeout_seconds,
             total_timeout_seconds=self.total_timeout_seconds,
@@ -360,6 +368,7 @@ class EventPublisherResource(dg.ConfigurableResource):
                 "python_handlers": list_from_env(PYTHON_HANDLERS_ENV),
                 "webhook_url": secret_from_env(WEBHOOK_URL_ENV),
                 "webhook_secret": secret_from_env(WEBHOOK_SECRET_ENV),
+                "webhook_secret_previous": secret_from_env(WEBHOOK_SECRET_PREVIOUS_ENV),
             },
             DELIVERY_ENVS,
             problems,

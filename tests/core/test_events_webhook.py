@@ -26,6 +26,7 @@ from regularization_pipeline.core.webhook import (
     RetryableDeliveryError,
     WebhookPublisher,
 )
+from regularization_pipeline.defs.resources import EventPublisherResource
 from tests.support import ROOT
 from tests.support.http_stubs import ReceivingApp, Reply, check_signature
 
@@ -225,6 +226,15 @@ def test_the_default_publisher_is_the_outbox_and_the_production_package_installs
             {"kinds": ["webhook"], "webhook_url": "http://x", "webhook_secret": "short"},
             "webhook_secret",
         ),
+        (
+            {
+                "kinds": ["webhook"],
+                "webhook_url": "http://x",
+                "webhook_secret": SECRET,
+                "webhook_secret_previous": "short",
+            },
+            "webhook_secret_previous",
+        ),
         ({"kinds": ["outbox", "python"]}, "cannot be combined"),
         ({"kinds": ["python", "python"]}, "once"),
         ({"kinds": ["kafka"]}, "kinds"),
@@ -249,3 +259,42 @@ def test_the_python_receiver_in_docs_events_md_checks_real_deliveries(app):
     assert namespace["verify"](SECRET, header, rec.body) is True
     assert namespace["verify"](SECRET, header, rec.body.replace(b"49.90", b"0.01")) is False
     assert namespace["verify"](SECRET, "", rec.body) is False
+
+
+OLD_SECRET = "whsec_old_fedcba9876543210"
+
+
+def test_during_a_rotation_receivers_holding_either_secret_accept_and_one_with_neither_refuses():
+    settings = EventPublisherResource(
+        publishers=["webhook"],
+        webhook_url="http://127.0.0.1:1/unused",
+        webhook_secret=SECRET,
+        webhook_secret_previous=OLD_SECRET,
+    )
+    (rotating,) = settings.build_publishers()
+    with (
+        ReceivingApp(secret=OLD_SECRET) as not_yet_switched,
+        ReceivingApp(secret=SECRET) as switched,
+        ReceivingApp(secret="whsec_someone_elses_secret") as stranger,
+    ):
+        for app in (not_yet_switched, switched, stranger):
+            rotating.url = app.url + "/hooks/order-completed"
+            try:
+                rotating.publish(event())
+            except PermanentDeliveryError:
+                assert app is stranger
+        header = not_yet_switched.snapshot()[0].headers["x-regularization-signature"]
+        assert [part.split("=")[0] for part in header.split(",")] == ["t", "v1", "v1"]
+        assert [r.status for r in not_yet_switched.snapshot()] == [200]
+        assert [r.status for r in switched.snapshot()] == [200]
+        assert [r.status for r in stranger.snapshot()] == [401]
+        body = switched.snapshot()[0].body
+        assert verify_signature(SECRET, header, body) and verify_signature(OLD_SECRET, header, body)
+    rotating.close()
+
+
+def test_once_the_rotation_ends_a_request_carries_one_signature(app):
+    publisher(app.url, previous_secret=None).publish(event())
+    (rec,) = app.snapshot()
+    assert rec.headers["x-regularization-signature"].count("v1=") == 1
+    assert rec.status == 200

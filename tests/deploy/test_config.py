@@ -273,7 +273,7 @@ def test_launcher_network_and_logs_volume_are_the_real_compose_names():
     )
     daemon_env = spec["services"]["daemon"]["environment"]
     assert daemon_env["DAGSTER_DOCKER_NETWORK"] == spec["networks"]["regularization"]["name"]
-    (volume,) = launcher["config"]["container_kwargs"]["volumes"]
+    (volume,) = [v for v in launcher["config"]["container_kwargs"]["volumes"] if "/var/log/" in v]
     volume_name, mount = volume.split(":")[:2]
     assert spec["volumes"]["regularization_logs"]["name"] == volume_name
     assert f"regularization_logs:{mount}" in spec["services"]["daemon"]["volumes"]
@@ -282,6 +282,26 @@ def test_launcher_network_and_logs_volume_are_the_real_compose_names():
     ]
     assert Path(handler["filename"]).parent == Path(mount)
     assert "/var/log/regularization/daemon.log" in " ".join(spec["services"]["daemon"]["command"])
+
+
+def test_the_config_folder_is_mounted_read_only_where_every_run_and_the_code_server_read_it():
+    spec = compose()
+    mount = "regularization_config:/opt/dagster/config:ro"
+    assert mount in instance_yaml()["run_launcher"]["config"]["container_kwargs"]["volumes"]
+    assert mount in spec["services"]["user-code"]["volumes"]
+    # A named volume of a fixed name over the host folder: the daemon names it for each run
+    # container, so it must be the same folder the user-code server loaded the mapping from.
+    volume = spec["volumes"]["regularization_config"]
+    assert volume["name"] == "regularization_config"
+    assert volume["driver_opts"] == {
+        "type": "none",
+        "o": "bind",
+        "device": "${REGULARIZATION_CONFIG_DIR:-/etc/regularization}",
+    }
+    assert env_example()["REGULARIZATION_CONFIG_DIR"] == compose_default(
+        "REGULARIZATION_CONFIG_DIR"
+    )
+    assert Path(compose_default("REGULARIZATION_CONFIG_DIR")).is_absolute()
 
 
 def _variables_the_package_reads() -> set[str]:

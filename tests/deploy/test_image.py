@@ -31,9 +31,10 @@ What differs from `docker compose up` (docs/operations.md, "The image in CI", sa
   - the gRPC server and the webserver listen on 127.0.0.1 on free ports instead of
     0.0.0.0:4000/3000 (the host's ports are shared), and docker/workspace.yaml is
     mounted with that host and port instead of `user-code:4000`;
-  - the logs volume has a unique name instead of the fixed `regularization_logs`, so
-    the instance config (docker/dagster.yaml, mounted over the image's copy in each
-    role) differs only in run_launcher.config.container_kwargs.volumes;
+  - the logs volume has a unique name instead of the fixed `regularization_logs`, and the
+    config folder is an empty folder of the test's instead of the `regularization_config`
+    volume over the host's folder, so the instance config (docker/dagster.yaml, mounted
+    over the image's copy in each role) differs only in run_launcher.config.container_kwargs.volumes;
   - the Docker socket mounted into daemon and webserver is a `podman system service`
     socket, group-owned by DOCKER_SOCKET_GID as compose's group_add expects;
   - no `restart: unless-stopped` (a crash must fail the test) and podman's own log
@@ -325,19 +326,28 @@ class Deployment:
         return state.stdout.strip() == "true"
 
 
-def _instance_config(volume: str) -> dict:
-    """docker/dagster.yaml with one change: the run containers mount this test's logs volume."""
+def _instance_config(volume: str, config_dir: Path) -> dict:
+    """docker/dagster.yaml with one change: the run containers mount this test's logs volume
+    and config folder."""
     config = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
     kwargs = config["run_launcher"]["config"]["container_kwargs"]
-    kwargs["volumes"] = [v.replace("regularization_logs:", f"{volume}:") for v in kwargs["volumes"]]
+    kwargs["volumes"] = [
+        v.replace("regularization_logs:", f"{volume}:").replace(
+            "regularization_config:", f"{config_dir}:"
+        )
+        for v in kwargs["volumes"]
+    ]
     return config
 
 
 def test_instance_config_differs_from_docker_dagster_yaml_only_in_the_volume_name():
     production = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
-    adapted = _instance_config("regularization_logs_ci_x")
+    adapted = _instance_config("regularization_logs_ci_x", Path("/tmp/config_x"))
     kwargs = adapted["run_launcher"]["config"]["container_kwargs"]
-    assert kwargs["volumes"] == [f"regularization_logs_ci_x:{LOG_DIR}"]
+    assert kwargs["volumes"] == [
+        f"regularization_logs_ci_x:{LOG_DIR}",
+        "/tmp/config_x:/opt/dagster/config:ro",
+    ]
     kwargs["volumes"] = production["run_launcher"]["config"]["container_kwargs"]["volumes"]
     assert adapted == production
 
@@ -387,6 +397,8 @@ def _run_args(
         source, target = volume.split(":", 1)
         if source == "regularization_logs":
             source = dep.volume
+        elif source == "regularization_config":
+            source = str(config_file.parent / "config")
         elif source == "/var/run/docker.sock":
             source = str(socket_path)
         else:
@@ -439,7 +451,8 @@ def deployment(image, podman_env, tmp_path_factory, capsys_module):
             containers={role: f"regimage-{role}-{suffix}" for role in ROLES},
         )
         config_file, workspace = tmp / "dagster.yaml", tmp / "workspace.yaml"
-        config_file.write_text(yaml.safe_dump(_instance_config(dep.volume)))
+        (tmp / "config").mkdir()
+        config_file.write_text(yaml.safe_dump(_instance_config(dep.volume, tmp / "config")))
         location = yaml.safe_load((REPO / "docker" / "workspace.yaml").read_text())
         location["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=ports["grpc"])
         workspace.write_text(yaml.safe_dump(location))

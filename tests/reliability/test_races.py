@@ -245,7 +245,7 @@ def test_four_overlapping_runs_flip_each_order_once_and_finish_sooner(server_sho
         duplicates=0,
         lost=0,
     )
-    # The speed-up is a figure, printed above and kept in docs/reliability.md, not an
+    # The speed-up is a figure, printed above and kept in docs/dev/reliability.md, not an
     # assertion: on two shared cores it moved with whatever else ran (speed targets
     # belong to bench/, never to a timed test).
 

@@ -77,23 +77,30 @@ def drop_database(admin_url: str, name: str) -> None:
 
 
 @contextmanager
-def throwaway_postgres_database(prefix: str) -> Iterator[sa.URL]:
-    """A fresh PostgreSQL database of its own (e.g. for Dagster's storage), dropped afterwards."""
+def throwaway_database(prefix: str, admin_url: str = PG_ADMIN_URL) -> Iterator[sa.URL]:
+    """A fresh database of its own on ``admin_url``'s server (a MariaDB one as Laravel creates
+    it), dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    laravel = " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci" * (admin.dialect.name == "mysql")
     try:
         with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+            conn.execute(sa.text(f"CREATE DATABASE {name}{laravel}"))
     except sa.exc.OperationalError as exc:
         unavailable(
-            f"PostgreSQL is not reachable at {admin.url.render_as_string(hide_password=True)} ({type(exc.orig).__name__})"
+            f"{admin.dialect.name} is not reachable at {admin.url.render_as_string(hide_password=True)} ({type(exc.orig).__name__})"
         )
     finally:
         admin.dispose()
     try:
-        yield sa.engine.make_url(PG_ADMIN_URL).set(database=name)
+        yield sa.engine.make_url(admin_url).set(database=name)
     finally:
-        drop_database(PG_ADMIN_URL, name)
+        drop_database(admin_url, name)
+
+
+def throwaway_postgres_database(prefix: str):
+    """A fresh PostgreSQL database of its own (e.g. for Dagster's storage), dropped afterwards."""
+    return throwaway_database(prefix, PG_ADMIN_URL)
 
 
 def wipe(engine: sa.Engine) -> None:

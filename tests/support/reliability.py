@@ -1,7 +1,7 @@
 """Helpers of the reliability scenarios (tests/reliability/): figures, a second engine, killed sessions.
 
 Every scenario prints its figures as one ``[reliability]`` line (``pytest -s``), and appends
-them as JSON to ``$RELIABILITY_FIGURES`` when set, which is how docs/reliability.md is filled.
+them as JSON to ``$RELIABILITY_FIGURES`` when set, which is how docs/dev/reliability.md is filled.
 """
 
 from __future__ import annotations
