@@ -134,7 +134,6 @@ def test_alerts_fire_once_and_resolve_through_the_daemon(daemon):
     _update(shop, transactions, transactions.c[t.order_id], order, **{t.status: "refunded"})
     alerts.wait("transactions_inconsistent", "resolve", settled_at)
     alerts.wait("orders_held", "resolve", settled_at)
-    assert shop.status_of(order) == "cancelled"  # reported, never fixed by the pipeline
 
     # (2) The payments table disappears: every run fails until it is back.
     broken_at = time.monotonic()
