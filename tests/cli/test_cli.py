@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ from regularization_pipeline.core import migrations
 from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME
 from regularization_pipeline.demo.shop import ShopWriter
-from tests.support import ROOT
+from tests.support.dagster import instance_env
 from tests.support.processes import table_value
 
 CLI = str(Path(sys.executable).parent / "regularize-completed-orders")
@@ -25,11 +23,7 @@ CLI = str(Path(sys.executable).parent / "regularize-completed-orders")
 
 @pytest.fixture
 def env(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    url = f"sqlite:///{tmp_path / 'shop.db'}"
-    return {**os.environ, "DAGSTER_HOME": str(home), "REGULARIZATION_DATABASE_URL": url}
+    return instance_env(tmp_path)
 
 
 @pytest.fixture

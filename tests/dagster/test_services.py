@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 import subprocess
 import threading
 import time
@@ -29,6 +27,7 @@ from regularization_pipeline.defs.jobs import CONCURRENCY_TAG, JOB_NAME, SCHEDUL
 from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV, effect_counts
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support import ROOT
+from tests.support.dagster import instance_env
 from tests.support.processes import BIN, free_port, wait_for_http
 from tests.support.rows import assert_flip_iff_event, audit_actions, outbox_states
 
@@ -125,10 +124,8 @@ class Services:
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("services")
-    home = tmp / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    url = f"sqlite:///{tmp / 'shop.db'}"
+    base = instance_env(tmp)
+    home, url = Path(base["DAGSTER_HOME"]), base["REGULARIZATION_DATABASE_URL"]
     engine = create_app_engine(url)
     shop = ShopWriter(engine).create()
     migrations.upgrade(engine, "regularization_")
@@ -136,9 +133,7 @@ def services(tmp_path_factory):
     # landing mid-test would complete the orphans before the run under test gets them.
     far = dt.datetime.now(dt.UTC) + dt.timedelta(hours=12)
     env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "REGULARIZATION_DATABASE_URL": url,
+        **base,
         # The demo's handlers receive the events, as the demo registers them.
         **DEMO_PUBLISHER_ENV,
         SCHEDULE_CRON_ENV: f"{far.minute} {far.hour} * * *",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import dagster as dg
 
 from regularization_pipeline.defs import assets, checks, jobs
@@ -11,6 +15,7 @@ from regularization_pipeline.defs.resources import (
     PaymentGatewayResource,
 )
 from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV
+from tests.support import ROOT
 
 ALL_ASSETS = [
     assets.app_orders,
@@ -24,6 +29,16 @@ ALL_CHECKS = [checks.no_orphaned_pending_orders, checks.transactions_consistent]
 # The demo shop's handlers, as the demo itself registers them (the default publisher is
 # the outbox, which delivers nothing).
 DEMO_HANDLERS = DEMO_PUBLISHER_ENV["REGULARIZATION_PYTHON_HANDLERS"].split(",")
+
+
+def instance_env(directory: Path) -> dict[str, str]:
+    """The environment of Dagster's commands on a fresh instance in ``directory``: a DAGSTER_HOME
+    with the repository's dagster.yaml, and the shop in ``directory``/shop.db (SQLite)."""
+    home = directory / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    url = f"sqlite:///{directory / 'shop.db'}"
+    return {**os.environ, "DAGSTER_HOME": str(home), "REGULARIZATION_DATABASE_URL": url}
 
 
 def demo_publisher(**settings) -> EventPublisherResource:
