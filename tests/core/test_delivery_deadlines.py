@@ -116,12 +116,18 @@ def test_a_dispatch_stops_at_its_budget_and_leaves_the_rest_for_the_next_run(sho
         posted = Counter(receiver.keys)
     assert took < 2.5  # no delivery started that could end past the budget
     assert summary.stopped_by_budget and summary.delivered == 0
-    assert summary.retried == len(posted) == 2  # two 1 s requests fit in 2.5 s, the third would not
-    assert summary.left_for_next_run == len(rows) - 2
+    # Two 1 s requests fit in 2.5 s on a quiet machine, the third would not; on a loaded
+    # one the second may not start either. Either way no request ran past the budget.
+    tried = summary.retried
+    assert tried == len(posted) and 1 <= tried <= 2
+    assert summary.left_for_next_run == len(rows) - tried
     assert set(posted.values()) == {1}  # nothing POSTed twice
     ob = owned(shop).outbox
     with shop.engine.connect() as conn:
         states = conn.execute(sa.select(ob.c.state, ob.c.lease_owner, ob.c.attempts)).all()
     # Nothing lost: every event still pending; those not tried are free for the next run at once.
     assert {s.state for s in states} == {PENDING} and len(states) == len(rows)
-    assert sorted((s.attempts, s.lease_owner) for s in states) == [(0, None)] * 6 + [(1, None)] * 2
+    assert (
+        sorted((s.attempts, s.lease_owner) for s in states)
+        == [(0, None)] * (len(rows) - tried) + [(1, None)] * tried
+    )
