@@ -64,6 +64,29 @@ class _CopyStream(io.RawIOBase):
         return n
 
 
+# The columns every COPY writes, in the order its tab-separated rows give them.
+ORDER_COLUMNS = [
+    "id",
+    "customer_id",
+    "status",
+    "total",
+    "created_at",
+    "currency",
+    "updated_at",
+    "deleted_at",
+]
+TRANSACTION_COLUMNS = [
+    "id",
+    "order_id",
+    "status",
+    "amount",
+    "updated_at",
+    "card_last4",
+    "currency",
+    "completed_at",
+]
+
+
 def _copy(engine: sa.Engine, table: str, columns: list[str], lines: Iterator[str]) -> None:
     raw = engine.raw_connection()
     try:
@@ -146,16 +169,7 @@ def build_shop(
     _copy(
         engine,
         "orders",
-        [
-            "id",
-            "customer_id",
-            "status",
-            "total",
-            "created_at",
-            "currency",
-            "updated_at",
-            "deleted_at",
-        ],
+        ORDER_COLUMNS,
         orders(),
     )
 
@@ -199,16 +213,7 @@ def build_shop(
     _copy(
         engine,
         "transactions",
-        [
-            "id",
-            "order_id",
-            "status",
-            "amount",
-            "updated_at",
-            "card_last4",
-            "currency",
-            "completed_at",
-        ],
+        TRANSACTION_COLUMNS,
         transactions(),
     )
     with engine.begin() as conn:
@@ -282,31 +287,13 @@ def add_orphans(engine: sa.Engine, count: int, *, seed: int = 1) -> list[int]:
     _copy(
         engine,
         "orders",
-        [
-            "id",
-            "customer_id",
-            "status",
-            "total",
-            "created_at",
-            "currency",
-            "updated_at",
-            "deleted_at",
-        ],
+        ORDER_COLUMNS,
         (f"{i}\t1\tpending\t19.90\t{_ts(paid[i])}\tEUR\t{_ts(paid[i])}\t\\N\n" for i in ids),
     )
     _copy(
         engine,
         "transactions",
-        [
-            "id",
-            "order_id",
-            "status",
-            "amount",
-            "updated_at",
-            "card_last4",
-            "currency",
-            "completed_at",
-        ],
+        TRANSACTION_COLUMNS,
         (
             f"{first_tx + k}\t{i}\tcompleted\t19.90\t{_ts(paid[i])}\t4242\tEUR\t{_ts(paid[i])}\n"
             for k, i in enumerate(ids)
