@@ -22,8 +22,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench import shopgen
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.demo.shop import ShopWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +31,9 @@ ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 RUN = textwrap.dedent("""
     import json, sys
-    from regularization_pipeline.core.db import create_app_engine
+    from regularization_pipeline.core.shop.engine import create_app_engine
     from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-    from regularization_pipeline.core.schema import SchemaMapping, bind_schema
+    from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
 
     engine = create_app_engine(sys.argv[1])
     summary = Regularizer(engine, bind_schema(engine, SchemaMapping())).run(

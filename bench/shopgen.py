@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import migrations
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.schema import SchemaMapping
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.demo.shop import shop_tables
 
 

@@ -46,22 +46,23 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import migrations, operator_tools, retention, run_lock
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.db import (
-    check_reachable,
-    create_app_engine,
-    database_url_from_env,
-)
+from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.errors import (
     BusyError,
     ConfigurationError,
     RegularizationError,
     describe_error,
 )
+from regularization_pipeline.core.operations import operator_tools, retention
 from regularization_pipeline.core.run import RunOptions
-from regularization_pipeline.core.schema import AppSchema, bind_schema, load_mapping
+from regularization_pipeline.core.shop import migrations, run_lock
+from regularization_pipeline.core.shop.engine import (
+    check_reachable,
+    create_app_engine,
+    database_url_from_env,
+)
+from regularization_pipeline.core.shop.mapping import AppSchema, bind_schema, load_mapping
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
@@ -467,7 +468,7 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _check_delivery_settings() -> None:
     """The publishers the job would build, built and closed: a bad choice is refused now."""
-    from regularization_pipeline.core.publishers import close_publishers
+    from regularization_pipeline.core.delivery.publishers import close_publishers
     from regularization_pipeline.defs.resources import EventPublisherResource
 
     resource = EventPublisherResource.from_env().process_config_and_initialize()
@@ -535,7 +536,7 @@ class OpenDatabase:
     prefix: str
 
     def tables(self):
-        from regularization_pipeline.core.tables import owned_tables
+        from regularization_pipeline.core.shop.tables import owned_tables
 
         return owned_tables(self.prefix)
 
@@ -632,7 +633,7 @@ def cmd_list_inconsistencies(args: argparse.Namespace, parser: argparse.Argument
 
 
 def cmd_doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from regularization_pipeline.core.doctor import diagnose
+    from regularization_pipeline.core.operations.doctor import diagnose
 
     report = _read_only(parser, lambda conn, schema: diagnose(conn, schema))
     for line in report.lines():

@@ -346,9 +346,9 @@ def metadata_keys() -> dict[str, list[str]]:
     (observation, both checks, the three assets) on a throwaway SQLite demo shop."""
     import dagster as dg
 
-    from regularization_pipeline.core import migrations
-    from regularization_pipeline.core.db import create_app_engine
-    from regularization_pipeline.core.schema import SchemaMapping
+    from regularization_pipeline.core.shop import migrations
+    from regularization_pipeline.core.shop.engine import create_app_engine
+    from regularization_pipeline.core.shop.mapping import SchemaMapping
     from regularization_pipeline.definitions import defs
     from regularization_pipeline.defs import jobs
     from regularization_pipeline.defs.resources import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support.databases import (
     ALL_BACKENDS,

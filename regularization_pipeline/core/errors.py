@@ -6,7 +6,7 @@ text of an unexpected error that reaches logs, the audit trail and the UI.
 
 from __future__ import annotations
 
-import re
+from regularization_pipeline.core.redaction import redact
 
 
 class RegularizationError(Exception):
@@ -35,24 +35,12 @@ class BusyError(RegularizationError):
 
 # --- describing and classifying errors ---------------------------------------------------
 
-# What a database's own message can quote of the application's data: a duplicate key
-# ("Duplicate entry 'jane@example.com'"), a value that did not parse, a trigger's text.
-# PostgreSQL quotes a value after a colon (`invalid input syntax for type integer: "x"`) and
-# names (`database "shop"`) without one: the names stay, they are what an operator needs.
-_QUOTED = re.compile(r"'[^']*'|(?<=: )\"[^\"]*\"")
-_EMAIL = re.compile(r"[^\s@,;:()]+@[^\s@,;:()]+")
-_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){8,}")  # card and account numbers, phone numbers
 
 _DEADLOCK_SQLSTATES = {"40P01", "40001"}  # PostgreSQL: deadlock_detected, serialization_failure
 _DEADLOCK_MYSQL_ERRORS = {1213}  # ER_LOCK_DEADLOCK
 _LOCK_UNAVAILABLE_SQLSTATES = {"55P03"}  # PostgreSQL: lock_not_available (NOWAIT, lock_timeout)
 # ER_LOCK_WAIT_TIMEOUT (MariaDB's answer to NOWAIT too), ER_LOCK_NOWAIT (MySQL 8)
 _LOCK_UNAVAILABLE_MYSQL_ERRORS = {1205, 3572}
-
-
-def redact(text: str) -> str:
-    """``text`` without quoted values, e-mail addresses or long digit runs."""
-    return _DIGIT_RUN.sub("#", _EMAIL.sub("<e-mail>", _QUOTED.sub("'…'", text)))
 
 
 def describe_error(exc: BaseException) -> str:

@@ -3,19 +3,19 @@
 A run surveys the shop (orphans, inconsistencies), then decides up to ``limit``
 orders, either one transaction per order (the original's pace, ``sleep``
 seconds apart) or ``batch_size`` orders per transaction
-(:mod:`~regularization_pipeline.core.batching`). Each order's decision:
+(:mod:`~regularization_pipeline.core.decisions.batching`). Each order's decision:
 
 1. lock the order row (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL and
    MariaDB/MySQL; on SQLite the transaction began ``IMMEDIATE`` and holds the
    database's write lock), and re-read it and its payments under the lock;
-2. verify (:func:`regularization_pipeline.core.verification.verify`, pure);
-3. write it (:func:`regularization_pipeline.core.writes.write_decisions`): the
+2. verify (:func:`regularization_pipeline.core.decisions.verification.verify`, pure);
+3. write it (:func:`regularization_pipeline.core.decisions.writes.write_decisions`): the
    compare-and-set flip, the outbox row, the attempts and audit rows; commit.
 
 A late webhook that completed the order first makes step 2 or 3 find it
 completed: the order is skipped and no event is written. Any exception rolls
 the whole order back; the failure is then counted
-(:mod:`~regularization_pipeline.core.attempts`) and, after ``max_attempts``,
+(:mod:`~regularization_pipeline.core.decisions.attempts`) and, after ``max_attempts``,
 the order is quarantined.
 """
 
@@ -32,39 +32,41 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import attempts, batching, run_lock
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.audit import Decision
+from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.db import require_capabilities
-from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
-from regularization_pipeline.core.inconsistencies import audit_new_inconsistencies, open_report
-from regularization_pipeline.core.inconsistency_scan import held_orders
-from regularization_pipeline.core.migrations import require_migrated
-from regularization_pipeline.core.orders import OrderStatements, same_order_id
-from regularization_pipeline.core.run import (
+from regularization_pipeline.core.decisions import attempts, batching
+from regularization_pipeline.core.decisions.audit import Decision
+from regularization_pipeline.core.decisions.context import (
     LOCKED_ELSEWHERE,
     PROVIDER_UNAVAILABLE,
     FaultHook,
     OrderOutcome,
-    ProgressHook,
     RunContext,
-    RunOptions,
-    RunSummary,
     no_fault,
 )
-from regularization_pipeline.core.schema import AppSchema
-from regularization_pipeline.core.verification import (
-    PaymentVerifier,
-    ProviderAnswer,
-    ProviderRejectedError,
-    ProviderUnavailableError,
+from regularization_pipeline.core.decisions.orders import OrderStatements, same_order_id
+from regularization_pipeline.core.decisions.tracker import audit_new_inconsistencies, open_report
+from regularization_pipeline.core.decisions.verification import (
     Verdict,
     apply_provider_answer,
     verify,
 )
-from regularization_pipeline.core.writes import write_decisions
+from regularization_pipeline.core.decisions.writes import write_decisions
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import held_orders
+from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
+from regularization_pipeline.core.provider.answers import (
+    PaymentVerifier,
+    ProviderAnswer,
+    ProviderRejectedError,
+    ProviderUnavailableError,
+)
+from regularization_pipeline.core.run import ProgressHook, RunOptions, RunSummary
+from regularization_pipeline.core.shop import run_lock
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.engine import require_capabilities
+from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.migrations import require_migrated
 
 __all__ = ["OrderOutcome", "Regularizer", "RunOptions", "RunSummary"]
 
@@ -148,7 +150,7 @@ class Regularizer:
     ) -> RunSummary:
         """Survey the shop, then regularize up to ``options.limit`` orders.
 
-        Holds the shop's run lock (:mod:`~regularization_pipeline.core.run_lock`) throughout;
+        Holds the shop's run lock (:mod:`~regularization_pipeline.core.shop.run_lock`) throughout;
         raises :class:`~regularization_pipeline.core.errors.BusyError`, having changed nothing,
         when another run holds it.
         """
@@ -287,7 +289,7 @@ class Regularizer:
             # Not even a value of the orders' key ("abc" for an integer id, PostgreSQL): no such
             # order, as SQLite and MariaDB answer; not a failure to count, nor to quarantine.
             with self.engine.begin() as conn:
-                not_found = Decision(order_id, Verdict(tb.SKIPPED, "order not found"))
+                not_found = Decision(order_id, Verdict(verdicts.SKIPPED, "order not found"))
                 return write_decisions(ctx, conn, [not_found])[0]
         except Exception as exc:  # one bad order never stops the run
             return attempts.record_failure(ctx, order_id, exc)
@@ -338,15 +340,15 @@ class Regularizer:
         if order is None:
             found = conn.execute(self.statements.exists, {"p_order": order_id}).first()
             if found is not None and same_order_id(found[0], order_id):
-                return OrderOutcome(order_id, tb.SKIPPED, LOCKED_ELSEWHERE)
-            not_found = Decision(order_id, Verdict(tb.SKIPPED, "order not found"))
+                return OrderOutcome(order_id, verdicts.SKIPPED, LOCKED_ELSEWHERE)
+            not_found = Decision(order_id, Verdict(verdicts.SKIPPED, "order not found"))
             return write_decisions(ctx, conn, [not_found])[0]
         self.fault("after_lock", order_id)
         payments = self.statements.payments(conn, order_id)
         verdict = verify(order, payments, self.schema.statuses, ctx.window)
-        if verdict.action == tb.REGULARIZED and self.verifier is not None:
+        if verdict.action == verdicts.REGULARIZED and self.verifier is not None:
             if answer is None or answer[0] != verdict.transaction.id:
-                verdict = Verdict(tb.SKIPPED, ASKED_ABOUT_ANOTHER)
+                verdict = Verdict(verdicts.SKIPPED, ASKED_ABOUT_ANOTHER)
             else:
                 verdict = apply_provider_answer(verdict, answer[1])
         return write_decisions(ctx, conn, [Decision(order_id, verdict, order)])[0]
@@ -364,7 +366,7 @@ class Regularizer:
                 return None
             payments = self.statements.payments(conn, order_id)
         verdict = verify(order, payments, self.schema.statuses, ctx.window)
-        if verdict.action != tb.REGULARIZED:
+        if verdict.action != verdicts.REGULARIZED:
             return None
         return verdict.transaction.id, self.verifier.check(order, verdict.transaction)
 

@@ -14,18 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import as_naive_utc
-from regularization_pipeline.core.inconsistency_scan import held_metadata
-from regularization_pipeline.core.orders import OrderStatements
-from regularization_pipeline.core.schema import AppSchema, validate_or_explain
+from regularization_pipeline.core.config_files import validate_or_explain
+from regularization_pipeline.core.decisions.context import OrderOutcome
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import held_metadata
 
-LOCKED_ELSEWHERE = "order is locked by another worker"
-PROVIDER_UNAVAILABLE = "provider unavailable: left for the next run"
 # A run keeps counts and the first outcomes only, never a record per order (``limit`` allows
 # 10,000,000); every decision is in the audit trail, and a progress hook sees each outcome.
 OUTCOME_SAMPLE_SIZE = 100
@@ -127,20 +124,6 @@ class RunOptions(BaseModel):
         )
 
 
-@dataclass(frozen=True)
-class OrderOutcome:
-    order_id: Any
-    action: str
-    reason: str
-    transaction_id: Any = None
-    attempt: int = 0
-
-    @property
-    def acted(self) -> bool:
-        """Whether this outcome counts against the run's limit (a lock held elsewhere does not)."""
-        return not (self.action == tb.SKIPPED and self.reason == LOCKED_ELSEWHERE)
-
-
 @dataclass
 class RunSummary:
     run_id: str
@@ -169,15 +152,15 @@ class RunSummary:
         if outcome.acted:
             self.processed += 1
         counter = {
-            tb.REGULARIZED: "regularized",
-            tb.DRY_RUN: "would_regularize",
-            tb.SKIPPED: "skipped",
-            tb.FAILED: "failed",
-            tb.QUARANTINED: "quarantined",
-            tb.INCONSISTENT: "inconsistent",
+            verdicts.REGULARIZED: "regularized",
+            verdicts.DRY_RUN: "would_regularize",
+            verdicts.SKIPPED: "skipped",
+            verdicts.FAILED: "failed",
+            verdicts.QUARANTINED: "quarantined",
+            verdicts.INCONSISTENT: "inconsistent",
         }[outcome.action]
         setattr(self, counter, getattr(self, counter) + 1)
-        if outcome.action == tb.INCONSISTENT and outcome.reason.startswith(d.PROVIDER_FAILED):
+        if outcome.action == verdicts.INCONSISTENT and outcome.reason.startswith(d.PROVIDER_FAILED):
             self.inconsistent_by_kind[d.PROVIDER_FAILED] = (
                 self.inconsistent_by_kind.get(d.PROVIDER_FAILED, 0) + 1
             )
@@ -216,36 +199,4 @@ class RunSummary:
         return max(self.found - self.processed, 0) if self.processed >= self.limit else 0
 
 
-class Fault(Exception):
-    """Raised by test fault hooks; never by production code."""
-
-
-# Called with (point, order id) at the points a crash would hurt most; tests raise from
-# it to prove a crash anywhere leaves nothing behind, and pick one order by its id.
-FaultHook = Callable[[str, Any], None]
 ProgressHook = Callable[[OrderOutcome, RunSummary, int], None]
-
-
-def no_fault(_point: str, _order_id: Any) -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What every step of a run needs, passed as one: where it writes, when, and on what terms."""
-
-    engine: sa.Engine
-    schema: AppSchema
-    tables: tb.OwnedTables
-    statements: OrderStatements
-    clock: Callable[[], dt.datetime]
-    fault: FaultHook
-    run_id: str
-    window: d.ScanWindow
-    dry_run: bool = False
-    max_attempts: int = 5
-
-    def fault_each(self, point: str, order_ids: list) -> None:
-        """The fault point, once per order: every crash test holds for batches too."""
-        for order_id in order_ids:
-            self.fault(point, order_id)

@@ -24,8 +24,10 @@ import httpx
 import sqlalchemy as sa
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from regularization_pipeline.core.alerting import IncidentBook, Observation, deliver, redact
-from regularization_pipeline.core.detection import INCONSISTENCY_KINDS
+from regularization_pipeline.core.alerting.alert import Observation
+from regularization_pipeline.core.alerting.incidents import IncidentBook, deliver
+from regularization_pipeline.core.detection.orphans import INCONSISTENCY_KINDS
+from regularization_pipeline.core.redaction import redact
 from regularization_pipeline.defs.jobs import IN_FLIGHT_STATUSES, JOB_NAME
 from regularization_pipeline.defs.resources import AlertResource, AppDatabaseResource
 

@@ -14,24 +14,25 @@ from contextlib import contextmanager
 import dagster as dg
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.delivery.publishers import close_publishers, describe_destination
+from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.errors import (
     BusyError,
     ConfigurationError,
     MigrationsMissingError,
     SchemaMismatchError,
 )
-from regularization_pipeline.core.migrations import require_migrated
-from regularization_pipeline.core.publishers import close_publishers, describe_destination
+from regularization_pipeline.core.provider.answers import ProviderRejectedError
 from regularization_pipeline.core.regularizer import (
     OrderOutcome,
     Regularizer,
     RunOptions,
     RunSummary,
 )
-from regularization_pipeline.core.verification import ProviderRejectedError
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.migrations import require_migrated
 from regularization_pipeline.defs.config import RegularizeConfig
 from regularization_pipeline.defs.resources import (
     AppDatabaseResource,
@@ -341,16 +342,19 @@ def audit_metrics(
     that matter, so the counts are one JSON entry instead.
     """
     total = sum(counts.values())
-    errors = int(counts.get(tb.FAILED, 0)) + int(counts.get(tb.QUARANTINED, 0))
+    errors = int(counts.get(verdicts.FAILED, 0)) + int(counts.get(verdicts.QUARANTINED, 0))
     return {
         "orphans_remaining": orphans_remaining,
-        "regularized": int(counts.get(tb.REGULARIZED, 0)),
+        "regularized": int(counts.get(verdicts.REGULARIZED, 0)),
         "error_rate": round(errors / total, 4) if total else 0.0,
         "held": held,
         "run_duration_seconds": run_duration_seconds,
         "oldest_orphan_age_minutes": oldest_orphan_age_minutes,
         "audit_rows_by_action": dg.MetadataValue.json(
-            {"total": total, **{action: int(counts.get(action, 0)) for action in tb.AUDIT_ACTIONS}}
+            {
+                "total": total,
+                **{action: int(counts.get(action, 0)) for action in verdicts.AUDIT_ACTIONS},
+            }
         ),
     }
 

@@ -10,15 +10,15 @@ so the result the UI shows after a run is the state the run left, not the one it
 import dagster as dg
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.errors import MigrationsMissingError
-from regularization_pipeline.core.inconsistencies import InconsistencyTracker
-from regularization_pipeline.core.inconsistency_scan import (
+from regularization_pipeline.core.decisions.tracker import InconsistencyTracker
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import (
     held_metadata,
     held_orders,
     inconsistency_report,
 )
+from regularization_pipeline.core.errors import MigrationsMissingError
 from regularization_pipeline.core.regularizer import RunOptions
 from regularization_pipeline.defs.assets import (
     permanent_errors_fail_without_retry,

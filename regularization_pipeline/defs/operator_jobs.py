@@ -9,11 +9,11 @@ nothing. Outcomes are logged with ids and counts only.
 import dagster as dg
 from pydantic import Field
 
-from regularization_pipeline.core import operator_tools, retention
-from regularization_pipeline.core.doctor import diagnose
 from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.migrations import require_migrated
+from regularization_pipeline.core.operations import operator_tools, retention
+from regularization_pipeline.core.operations.doctor import diagnose
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.migrations import require_migrated
 from regularization_pipeline.defs.assets import permanent_errors_fail_without_retry
 from regularization_pipeline.defs.resources import AppDatabaseResource, PaymentGatewayResource
 

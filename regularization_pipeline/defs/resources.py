@@ -17,23 +17,32 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr, ValidationError
 
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.alert_formats import FORMATS, AlertLinks
-from regularization_pipeline.core.alerting import Channel, EmailChannel, Renotify, WebhookChannel
-from regularization_pipeline.core.db import DATABASE_URL_ENV, check_reachable, create_app_engine
-from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
-from regularization_pipeline.core.outbox import (
+from regularization_pipeline.core.alerting.formats import FORMATS, AlertLinks
+from regularization_pipeline.core.alerting.incidents import (
+    Channel,
+    EmailChannel,
+    Renotify,
+    WebhookChannel,
+)
+from regularization_pipeline.core.delivery.outbox import (
     DEFAULT_BUDGET_SECONDS,
     OutboxDispatcher,
     RetryPolicy,
 )
-from regularization_pipeline.core.publishers import (
+from regularization_pipeline.core.delivery.publishers import (
     HANDLER_ENTRY_POINT_GROUP,
     PublisherSettings,
     build_publishers,
 )
-from regularization_pipeline.core.schema import (
+from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.engine import (
+    DATABASE_URL_ENV,
+    check_reachable,
+    create_app_engine,
+)
+from regularization_pipeline.core.shop.mapping import (
     SCHEMA_FILE_ENV,
     AppSchema,
     SchemaMapping,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import DATABASE_URL_ENV, create_app_engine
-from regularization_pipeline.core.schema import SchemaMapping
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import DATABASE_URL_ENV, create_app_engine
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV, effect_counts
 from regularization_pipeline.demo.shop import ShopWriter
 

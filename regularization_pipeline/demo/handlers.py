@@ -17,8 +17,8 @@ import threading
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.db import DATABASE_URL_ENV, create_app_engine
-from regularization_pipeline.core.events import OrderCompleted
+from regularization_pipeline.core.delivery.events import OrderCompleted
+from regularization_pipeline.core.shop.engine import DATABASE_URL_ENV, create_app_engine
 
 # Where `make demo` builds the embedded shop (relative to the working directory).
 DEMO_DATABASE_URL = "sqlite:///.demo/shop.db"

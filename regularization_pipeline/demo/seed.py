@@ -20,14 +20,14 @@ from collections import Counter
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import (
+from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import (
     DATABASE_URL_ENV,
     create_app_engine,
     database_url_from_env,
 )
-from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.schema import SchemaMapping
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.demo.__main__ import build_shop
 from regularization_pipeline.demo.shop import ShopWriter
 

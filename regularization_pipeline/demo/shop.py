@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import shop_zone, to_shop, utcnow
-from regularization_pipeline.core.schema import SchemaMapping
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ in the repository root, which reads the same environment variables as a run.
 
 from alembic import context
 
-from regularization_pipeline.core.db import create_app_engine, database_url_from_env
-from regularization_pipeline.core.schema import load_mapping
+from regularization_pipeline.core.shop.engine import create_app_engine, database_url_from_env
+from regularization_pipeline.core.shop.mapping import load_mapping
 
 config = context.config
 prefix = config.attributes.get("table_prefix") or load_mapping().table_prefix

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from dagster._core.test_utils import create_run_for_test
 
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support.dagster import instance_env

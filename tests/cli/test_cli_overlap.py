@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME
 from tests.cli.test_cli import CLI
 from tests.support import ROOT

@@ -7,8 +7,8 @@ import os
 import dagster as dg
 import sqlalchemy as sa
 
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME
 from regularization_pipeline.demo.handlers import effect_counts
 from tests.support.processes import run_demo

@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from regularization_pipeline import cli
-from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.defs import operator_jobs
 from tests.support.dagster import resources
 from tests.support.processes import table_value
@@ -64,7 +65,7 @@ def test_regularize_order_completes_one_orphan_with_one_event_and_one_audit_row(
     assert f"order {target}: regularized" in out
     assert (shop.status_of(target), shop.status_of(other)) == ("completed", "pending")
     assert outbox_per_order(shop) == {str(target): 1}
-    assert [row.action for row in audit_of(shop, target)] == [tb.REGULARIZED]
+    assert [row.action for row in audit_of(shop, target)] == [verdicts.REGULARIZED]
     assert audit_of(shop, target)[0].run_id.startswith("operator-")
 
 
@@ -171,8 +172,8 @@ def test_release_lifts_the_quarantine_and_audits_it(shop, run_cli):
     assert code == 0
     assert f"order {order_id}: released" in out
     row = attempts_of(shop, order_id)
-    assert (row.quarantined_at, row.failures, row.last_outcome) == (None, 0, tb.RELEASED)
-    assert [a.action for a in audit_of(shop, order_id)] == [tb.RELEASED]
+    assert (row.quarantined_at, row.failures, row.last_outcome) == (None, 0, verdicts.RELEASED)
+    assert [a.action for a in audit_of(shop, order_id)] == [verdicts.RELEASED]
 
 
 @pytest.mark.parametrize(
@@ -401,7 +402,7 @@ def test_prune_deletes_old_settled_history_and_keeps_pending_events_recent_rows_
             t.audit.insert().values(
                 run_id="r",
                 order_id=str(double),
-                action=tb.INCONSISTENT,
+                action=verdicts.INCONSISTENT,
                 reason="double_charge: reported, not fixed",
                 attempt=0,
                 created_at=utcnow() - dt.timedelta(days=200),
@@ -507,7 +508,7 @@ def test_release_job_lifts_a_quarantine_and_refuses_a_free_order_changing_nothin
         )
     assert good.success
     assert attempts_of(shop, held).quarantined_at is None
-    assert [a.action for a in audit_of(shop, held)] == [tb.RELEASED]
+    assert [a.action for a in audit_of(shop, held)] == [verdicts.RELEASED]
 
 
 def test_redeliver_job_requeues_dead_events_and_refuses_a_malformed_time_changing_nothing(

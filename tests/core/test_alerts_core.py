@@ -6,21 +6,18 @@ import json
 
 import pytest
 
-from regularization_pipeline.core.alert_formats import AlertLinks
-from regularization_pipeline.core.alerting import (
-    FIRING,
+from regularization_pipeline.core.alerting.alert import FIRING, SEVERITIES, Alert, Observation
+from regularization_pipeline.core.alerting.formats import AlertLinks
+from regularization_pipeline.core.alerting.incidents import (
     RESOLVED,
-    SEVERITIES,
-    Alert,
     AlertDeliveryError,
     EmailChannel,
     IncidentBook,
-    Observation,
     Renotify,
     WebhookChannel,
     deliver,
 )
-from regularization_pipeline.core.events import SIGNATURE_HEADER, verify_signature
+from regularization_pipeline.core.delivery.signing import SIGNATURE_HEADER, verify_signature
 from tests.support.http_stubs import ReceivingApp, Reply
 from tests.support.smtp import SmtpServer
 

@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.db import create_app_engine, insert_many
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.shop.engine import create_app_engine, insert_many
 from tests.support.databases import migrated_shop
 from tests.support.rows import owned
 

@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.outbox import OutboxDispatcher, RetryPolicy
-from regularization_pipeline.core.tables import PENDING
-from regularization_pipeline.core.webhook import RetryableDeliveryError, WebhookPublisher
+from regularization_pipeline.core.delivery.outbox import OutboxDispatcher, RetryPolicy
+from regularization_pipeline.core.delivery.webhook import RetryableDeliveryError, WebhookPublisher
+from regularization_pipeline.core.shop.tables import PENDING
 from tests.core.test_events_webhook import event as webhook_event
 from tests.support.rows import owned
 from tests.support.seeds import seed_events

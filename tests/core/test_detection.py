@@ -2,11 +2,11 @@
 
 import datetime as dt
 
-from regularization_pipeline.core import detection as d
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.inconsistency_scan import inconsistency_report
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.tables import INCONSISTENT, REGULARIZED
+from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED
 from tests.support.rows import attempts_of, audit_of, audit_per_order, no_sleep, outbox_per_order
 from tests.support.seeds import seed_inconsistencies
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from regularization_pipeline.core.doctor import diagnose
-from regularization_pipeline.core.schema import SchemaMapping, bind_schema
+from regularization_pipeline.core.operations.doctor import diagnose
+from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
 from tests.support.databases import migrated_shop
 
 

@@ -13,10 +13,13 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.outbox import OutboxDispatcher, RetryPolicy
-from regularization_pipeline.core.publishers import OutboxOnlyPublisher, PythonHandlersPublisher
-from regularization_pipeline.core.tables import DEAD, DELIVERED, PENDING, owned_tables
-from regularization_pipeline.core.webhook import WebhookPublisher
+from regularization_pipeline.core.delivery.outbox import OutboxDispatcher, RetryPolicy
+from regularization_pipeline.core.delivery.publishers import (
+    OutboxOnlyPublisher,
+    PythonHandlersPublisher,
+)
+from regularization_pipeline.core.delivery.webhook import WebhookPublisher
+from regularization_pipeline.core.shop.tables import DEAD, DELIVERED, PENDING, owned_tables
 from tests.support.http_stubs import ReceivingApp, Reply
 from tests.support.rows import deliveries, outbox_rows
 from tests.support.seeds import seed_events
@@ -240,10 +243,10 @@ def test_a_batch_outlasting_its_lease_never_delivers_a_row_taken_over(server_sho
 
 CRASHING_DISPATCHER = textwrap.dedent("""
     import sys
-    from regularization_pipeline.core.db import create_app_engine
-    from regularization_pipeline.core.webhook import WebhookPublisher
-    from regularization_pipeline.core.outbox import OutboxDispatcher
-    from regularization_pipeline.core.tables import owned_tables
+    from regularization_pipeline.core.shop.engine import create_app_engine
+    from regularization_pipeline.core.delivery.webhook import WebhookPublisher
+    from regularization_pipeline.core.delivery.outbox import OutboxDispatcher
+    from regularization_pipeline.core.shop.tables import owned_tables
     url, hook, secret = sys.argv[1:4]
     pub = WebhookPublisher(hook, secret, connect_timeout_seconds=0.2, read_timeout_seconds=1.0)
     OutboxDispatcher(create_app_engine(url), owned_tables(), [pub], lease_seconds=3.0, owner="doomed").dispatch()

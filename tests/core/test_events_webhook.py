@@ -11,9 +11,8 @@ import socket
 import httpx
 import pytest
 
-from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.events import OrderCompleted, verify_signature
-from regularization_pipeline.core.publishers import (
+from regularization_pipeline.core.delivery.events import OrderCompleted
+from regularization_pipeline.core.delivery.publishers import (
     OutboxOnlyPublisher,
     PublisherSettings,
     PythonHandlersPublisher,
@@ -21,11 +20,13 @@ from regularization_pipeline.core.publishers import (
     close_publishers,
     load_entry_point_handlers,
 )
-from regularization_pipeline.core.webhook import (
+from regularization_pipeline.core.delivery.signing import verify_signature
+from regularization_pipeline.core.delivery.webhook import (
     PermanentDeliveryError,
     RetryableDeliveryError,
     WebhookPublisher,
 )
+from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.defs.resources import EventPublisherResource
 from tests.support import ROOT
 from tests.support.http_stubs import ReceivingApp, Reply, check_signature

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from regularization_pipeline.core.ratelimit import (
+from regularization_pipeline.core.provider.ratelimit import (
     RateLimiter,
     RateLimitWaitTooLong,
     parse_retry_after,

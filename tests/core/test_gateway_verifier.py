@@ -9,17 +9,17 @@ import time
 import pytest
 
 from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.gateway import (
+from regularization_pipeline.core.provider.gateway import (
     GatewaySettings,
     GatewayVerifier,
     ProviderRejectedError,
     ProviderUnavailableError,
 )
-from regularization_pipeline.core.ratelimit import RateLimiter
+from regularization_pipeline.core.provider.ratelimit import RateLimiter
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.schema import SchemaMapping
-from regularization_pipeline.core.tables import INCONSISTENT, REGULARIZED, SKIPPED
-from regularization_pipeline.core.verification import OrderRow, TransactionRow
+from regularization_pipeline.core.shop.mapping import SchemaMapping
+from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
+from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
 from tests.support.databases import migrated_shop
 from tests.support.http_stubs import ProviderStub, Reply
 from tests.support.rows import audit_of, no_sleep, outbox_per_order

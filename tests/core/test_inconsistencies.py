@@ -6,14 +6,14 @@ import time
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.inconsistencies import (
+from regularization_pipeline.core.decisions.tracker import (
     FULL_SCAN_EVERY,
     SCAN_NAME,
     InconsistencyTracker,
 )
-from regularization_pipeline.core.inconsistency_scan import (
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import (
     InconsistencyReport,
     inconsistency_report,
 )
@@ -159,7 +159,7 @@ def test_concurrent_refreshes_serialize_and_agree(server_shop):
 def test_a_scan_never_fails_on_another_holding_the_scan_state(server_shop, monkeypatch):
     """A concurrent check or run meets a long full scan: it waits a bounded time, then reports
     the last stored results and says so, instead of failing on a lock-wait timeout."""
-    import regularization_pipeline.core.inconsistencies as inconsistencies
+    import regularization_pipeline.core.decisions.tracker as inconsistencies
 
     expected = seed_inconsistencies(server_shop)
     first = tracker(server_shop).refresh()  # stored

@@ -6,17 +6,17 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import check_reachable, create_app_engine
+from regularization_pipeline.core.delivery.events import new_event, outbox_row
 from regularization_pipeline.core.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     MigrationsMissingError,
 )
-from regularization_pipeline.core.events import new_event, outbox_row
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.schema import SchemaMapping, bind_schema
-from regularization_pipeline.core.tables import owned_tables
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import check_reachable, create_app_engine
+from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.tables import owned_tables
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support.rows import no_sleep
 

@@ -10,12 +10,12 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
 from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.decisions.context import Fault
+from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.run import Fault
-from regularization_pipeline.core.tables import (
+from regularization_pipeline.core.verdicts import (
     DRY_RUN,
     FAILED,
     QUARANTINED,
@@ -351,7 +351,7 @@ def test_batches_log_one_info_line_per_batch_and_orders_at_debug(shop, caplog):
 
 def test_audit_values_longer_than_their_columns_are_cut_not_fatal(shop):
     """A status or currency is the application's to choose: PostgreSQL would refuse the audit row."""
-    from regularization_pipeline.core.audit import fit_to_columns
+    from regularization_pipeline.core.decisions.audit import fit_to_columns
 
     audit = owned_tables_of(shop).audit
     fitted = fit_to_columns(

@@ -12,18 +12,18 @@ import time
 
 import pytest
 
-from regularization_pipeline.core import run_lock
 from regularization_pipeline.core.errors import BusyError
 from regularization_pipeline.core.regularizer import Regularizer
 from regularization_pipeline.core.run import RunOptions
+from regularization_pipeline.core.shop import run_lock
 from tests.support import ROOT
 from tests.support.reliability import url_of
 from tests.support.rows import audit_rows, no_sleep, outbox_per_order
 
 HOLD = """
 import sys, time
-from regularization_pipeline.core import run_lock
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop import run_lock
+from regularization_pipeline.core.shop.engine import create_app_engine
 engine = create_app_engine(sys.argv[1])
 with run_lock.hold(engine, "regularization_", "holder-run"):
     print("held", flush=True)

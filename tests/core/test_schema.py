@@ -4,12 +4,12 @@ and honoured end to end under names that are not Laravel's."""
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.errors import ConfigurationError, SchemaMismatchError
-from regularization_pipeline.core.inconsistency_scan import inconsistency_report
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.schema import SchemaMapping, bind_schema, load_mapping
-from regularization_pipeline.core.tables import INCONSISTENT, REGULARIZED
+from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema, load_mapping
+from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support.databases import migrated_shop
 from tests.support.rows import audit_per_order, no_sleep, outbox_per_order

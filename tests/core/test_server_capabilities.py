@@ -5,11 +5,11 @@ import logging
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.db import (
+from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.engine import (
     require_capabilities,
     skip_locked_refusal,
 )
-from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from tests.support.rows import no_sleep, outbox_per_order, quarantine
 
 

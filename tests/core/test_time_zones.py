@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from regularization_pipeline.core.clock import from_shop, shop_zone
-from regularization_pipeline.core.db import create_app_engine
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.schema import SchemaMapping
+from regularization_pipeline.core.shop.engine import create_app_engine
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from tests.support.databases import migrated_shop
 from tests.support.rows import no_sleep, outbox_per_order
 

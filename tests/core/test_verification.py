@@ -5,22 +5,16 @@ from decimal import Decimal
 
 import pytest
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core.schema import StatusMapping
-from regularization_pipeline.core.tables import INCONSISTENT, REGULARIZED, SKIPPED
-from regularization_pipeline.core.verification import (
-    PROVIDER_COMPLETED,
-    PROVIDER_FAILED,
-    PROVIDER_PENDING,
-    PROVIDER_REFUNDED,
-    OrderRow,
-    ProviderAnswer,
-    TransactionRow,
+from regularization_pipeline.core.decisions.verification import (
     Verdict,
     apply_provider_answer,
-    to_decimal,
     verify,
 )
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.provider.answers import ProviderAnswer, ProviderStatus
+from regularization_pipeline.core.shop.mapping import StatusMapping
+from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow, to_decimal
+from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
 
 NOW = dt.datetime(2026, 1, 10, 12, 0, 0)
 STATUSES = StatusMapping()
@@ -176,13 +170,13 @@ def test_status_values_are_compared_exactly_under_a_custom_mapping():
 
 def test_provider_answer_never_overrides_into_a_flip():
     ok = Verdict(REGULARIZED, "completed transaction verified", tx())
-    assert apply_provider_answer(ok, ProviderAnswer(PROVIDER_COMPLETED)) is ok
-    for status in (PROVIDER_FAILED, PROVIDER_REFUNDED):
+    assert apply_provider_answer(ok, ProviderAnswer(ProviderStatus.COMPLETED)) is ok
+    for status in (ProviderStatus.FAILED, ProviderStatus.REFUNDED):
         verdict = apply_provider_answer(ok, ProviderAnswer(status))
         assert verdict.action == INCONSISTENT
         assert verdict.reason.startswith(d.PROVIDER_FAILED)
     assert (
-        apply_provider_answer(ok, ProviderAnswer(PROVIDER_PENDING, "still settling")).action
+        apply_provider_answer(ok, ProviderAnswer(ProviderStatus.PENDING, "still settling")).action
         == SKIPPED
     )
 

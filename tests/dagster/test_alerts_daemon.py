@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import SCHEDULE_CRON_ENV
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support import ROOT

@@ -15,10 +15,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import operator_tools
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.operations import operator_tools
 from regularization_pipeline.core.regularizer import Regularizer
-from regularization_pipeline.core.tables import owned_tables
+from regularization_pipeline.core.shop.engine import create_app_engine
+from regularization_pipeline.core.shop.tables import owned_tables
 from regularization_pipeline.defs import alerts, jobs
 from regularization_pipeline.defs.resources import (
     AlertResource,

@@ -8,7 +8,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core import verdicts
+from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.definitions import defs
 from regularization_pipeline.defs.resources import EventPublisherResource
 from regularization_pipeline.demo.handlers import effect_counts
@@ -90,12 +91,12 @@ def test_whole_selection_regularizes_delivers_and_audits(shop, handlers_db, inst
 
     audit = materialization_metadata(result, "regularization_audit")
     in_db = audit_actions(shop.engine, result.run_id)
-    assert in_db == {tb.REGULARIZED: 4, tb.INCONSISTENT: 2}
+    assert in_db == {verdicts.REGULARIZED: 4, verdicts.INCONSISTENT: 2}
     by_action = audit["audit_rows_by_action"]
     assert by_action["total"] == sum(in_db.values())
-    assert by_action[tb.REGULARIZED] == audit["regularized"] == in_db[tb.REGULARIZED]
-    assert by_action[tb.INCONSISTENT] == in_db[tb.INCONSISTENT]
-    assert by_action[tb.FAILED] == 0 and audit["error_rate"] == 0.0
+    assert by_action[verdicts.REGULARIZED] == audit["regularized"] == in_db[verdicts.REGULARIZED]
+    assert by_action[verdicts.INCONSISTENT] == in_db[verdicts.INCONSISTENT]
+    assert by_action[verdicts.FAILED] == 0 and audit["error_rate"] == 0.0
     assert audit["orphans_remaining"] == 0  # the inconsistent ones are held, not orphans
     assert audit["held"] == 2  # ... counted apart
     # The operator's figures lead; the UI plots only numbers, so only they are numbers.
@@ -199,7 +200,7 @@ def test_checks_warn_on_orphans_and_error_on_inconsistencies(shop, handlers_db, 
     # Neither check blocks the run: a dry run changes nothing and succeeds.
     assert result.success
     assert [shop.status_of(i) for i in seeded["orphans"]] == ["pending"] * 4
-    assert audit_actions(shop.engine, result.run_id) == {tb.DRY_RUN: 4}
+    assert audit_actions(shop.engine, result.run_id) == {verdicts.DRY_RUN: 4}
 
 
 def test_checks_pass_on_a_healthy_shop(shop, handlers_db, instance):

@@ -15,7 +15,7 @@ from dagster._core.test_utils import (
     create_run_for_test,  # Dagster's own helper to put a run in a given state
 )
 
-from regularization_pipeline.core import detection
+from regularization_pipeline.core.detection import orphans as detection
 from regularization_pipeline.definitions import defs
 from regularization_pipeline.defs.config import RegularizeConfig
 from regularization_pipeline.defs.jobs import (

@@ -6,8 +6,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.regularizer import RunOptions
+from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.definitions import defs
 from regularization_pipeline.defs.config import (
     DEFAULT_MAX_RUNTIME_SECONDS,

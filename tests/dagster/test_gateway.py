@@ -76,7 +76,7 @@ def test_verification_on_without_a_token_fails_the_run_before_any_change(
 def test_a_payment_the_provider_calls_refunded_is_held_reported_and_asked_again_only_after_release(
     engine, db_url, settings_file
 ):
-    from regularization_pipeline.core.operator_tools import inconsistency_rows
+    from regularization_pipeline.core.operations.operator_tools import inconsistency_rows
     from regularization_pipeline.core.regularizer import Regularizer
     from tests.support.dagster import check_evaluation
 

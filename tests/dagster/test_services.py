@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
 
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import CONCURRENCY_TAG, JOB_NAME, SCHEDULE_CRON_ENV
 from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV, effect_counts
 from regularization_pipeline.demo.shop import ShopWriter

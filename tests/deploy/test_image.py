@@ -58,7 +58,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs import jobs
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.deploy.test_topology import (

@@ -38,9 +38,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import create_app_engine
-from regularization_pipeline.core.schema import SchemaMapping
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import create_app_engine
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.defs import jobs
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support import ROOT as REPO

@@ -3,8 +3,8 @@
 import sqlalchemy as sa
 
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.schema import SchemaMapping
-from regularization_pipeline.core.tables import owned_tables
+from regularization_pipeline.core.shop.mapping import SchemaMapping
+from regularization_pipeline.core.shop.tables import owned_tables
 from tests.support import ROOT
 from tests.support.databases import migrated_shop
 
@@ -32,8 +32,8 @@ def test_documented_custom_mapping_regularizes_an_orphan_end_to_end(engine):
 
 
 def test_documented_provider_settings_load_and_read_a_real_provider_answer():
-    from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
-    from regularization_pipeline.core.verification import OrderRow, TransactionRow
+    from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
+    from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
     from tests.support.http_stubs import ProviderStub
 
     with ProviderStub(

@@ -2,7 +2,7 @@
 
 import re
 
-from regularization_pipeline.core.outbox import RetryPolicy
+from regularization_pipeline.core.delivery.outbox import RetryPolicy
 from regularization_pipeline.defs.resources import EventPublisherResource
 from tests.support import ROOT
 

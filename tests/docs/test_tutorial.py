@@ -16,7 +16,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.demo.shop import ShopWriter, shop_tables
 from tests.support import ROOT
 from tests.support.databases import (

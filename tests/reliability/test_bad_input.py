@@ -12,12 +12,13 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from regularization_pipeline.core import detection as d
 from regularization_pipeline.core.clock import as_naive_utc
+from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.schema import SchemaMapping
-from regularization_pipeline.core.tables import INCONSISTENT, REGULARIZED, SKIPPED, owned_tables
+from regularization_pipeline.core.shop.mapping import SchemaMapping
+from regularization_pipeline.core.shop.tables import owned_tables
+from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
 from tests.support.databases import migrated_shop
 from tests.support.reliability import figures
 from tests.support.rows import assert_flip_iff_event, audit_of, no_sleep

@@ -20,10 +20,10 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.outbox import OutboxDispatcher, RetryPolicy
-from regularization_pipeline.core.publishers import PythonHandlersPublisher
+from regularization_pipeline.core.delivery.outbox import OutboxDispatcher, RetryPolicy
+from regularization_pipeline.core.delivery.publishers import PythonHandlersPublisher
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.tables import DELIVERED, owned_tables
+from regularization_pipeline.core.shop.tables import DELIVERED, owned_tables
 from tests.support.reliability import figures, url_of
 from tests.support.rows import assert_flip_iff_event, completed_ids, no_sleep
 
@@ -37,12 +37,12 @@ FAILING_EVERY = 37  # orders whose id is a multiple of this fail inside the kill
 CHILD = textwrap.dedent(f"""
     import sys
     import sqlalchemy as sa
-    from regularization_pipeline.core.db import create_app_engine
-    from regularization_pipeline.core.publishers import PythonHandlersPublisher
-    from regularization_pipeline.core.outbox import OutboxDispatcher, RetryPolicy
+    from regularization_pipeline.core.shop.engine import create_app_engine
+    from regularization_pipeline.core.delivery.publishers import PythonHandlersPublisher
+    from regularization_pipeline.core.delivery.outbox import OutboxDispatcher, RetryPolicy
     from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-    from regularization_pipeline.core.schema import SchemaMapping, bind_schema
-    from regularization_pipeline.core.tables import owned_tables
+    from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+    from regularization_pipeline.core.shop.tables import owned_tables
 
     url, mode = sys.argv[1:3]
     engine = create_app_engine(url)

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from bench.shopgen import add_orphans
-from regularization_pipeline.core.db import create_app_engine
-from regularization_pipeline.core.tables import owned_tables
+from regularization_pipeline.core.shop.engine import create_app_engine
+from regularization_pipeline.core.shop.tables import owned_tables
 from tests.support import ROOT
 from tests.support.databases import migrated_shop, throwaway_postgres_database
 from tests.support.reliability import figures
@@ -32,9 +32,9 @@ RUN_BUDGET_SECONDS = float(os.environ.get("RELIABILITY_LOAD_RUN_BUDGET", "60"))
 
 RUN = textwrap.dedent(f"""
     import json, sys, time
-    from regularization_pipeline.core.db import create_app_engine
+    from regularization_pipeline.core.shop.engine import create_app_engine
     from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-    from regularization_pipeline.core.schema import SchemaMapping, bind_schema
+    from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
 
     engine = create_app_engine(sys.argv[1])
     began = time.monotonic()

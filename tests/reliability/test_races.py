@@ -16,11 +16,11 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.decisions.context import LOCKED_ELSEWHERE
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.run import LOCKED_ELSEWHERE
-from regularization_pipeline.core.schema import SchemaMapping, bind_schema
-from regularization_pipeline.core.tables import REGULARIZED, SKIPPED
+from regularization_pipeline.core.shop.engine import create_app_engine
+from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.verdicts import REGULARIZED, SKIPPED
 from tests.support.reliability import figures, url_of
 from tests.support.rows import (
     OutcomeLog,

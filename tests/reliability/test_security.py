@@ -12,18 +12,19 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.db import create_app_engine
-from regularization_pipeline.core.errors import ConfigurationError, describe_error
-from regularization_pipeline.core.gateway import GatewaySettings, GatewayVerifier
-from regularization_pipeline.core.outbox import OutboxDispatcher
-from regularization_pipeline.core.publishers import (
+from regularization_pipeline.core.delivery.outbox import OutboxDispatcher
+from regularization_pipeline.core.delivery.publishers import (
     PublisherSettings,
     PythonHandlersPublisher,
     build_publishers,
 )
+from regularization_pipeline.core.errors import ConfigurationError, describe_error
+from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.schema import SchemaMapping, bind_schema
-from regularization_pipeline.core.tables import SKIPPED, owned_tables
+from regularization_pipeline.core.shop.engine import create_app_engine
+from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.tables import owned_tables
+from regularization_pipeline.core.verdicts import SKIPPED
 from tests.support import ROOT
 from tests.support.databases import PG_ADMIN_URL, migrated_shop, throwaway_postgres_database
 from tests.support.http_stubs import ProviderStub, ReceivingApp

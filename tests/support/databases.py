@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core import migrations
-from regularization_pipeline.core.db import create_app_engine
-from regularization_pipeline.core.schema import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.engine import create_app_engine
+from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
 from regularization_pipeline.demo.shop import ShopWriter
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

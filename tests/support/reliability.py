@@ -11,7 +11,7 @@ import os
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop.engine import create_app_engine
 
 
 def figures(scenario: str, **values) -> None:

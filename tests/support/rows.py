@@ -8,7 +8,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.tables import QUARANTINED, OwnedTables, owned_tables
+from regularization_pipeline.core.shop.tables import OwnedTables, owned_tables
+from regularization_pipeline.core.verdicts import QUARANTINED
 
 
 def no_sleep(_seconds: float) -> None:

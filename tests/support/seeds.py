@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
+from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.tables import owned_tables
+from regularization_pipeline.core.shop.tables import owned_tables
 
 
 def seed_inconsistencies(shop) -> dict[str, list]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.db import create_app_engine
+from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs import jobs
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support import ROOT

@@ -14,7 +14,7 @@ branch_labels = None
 depends_on = None
 
 # Frozen here on purpose: a migration must keep creating what it created the
-# day it was written, whatever core/tables.py says later.
+# day it was written, whatever core/shop/tables.py says later.
 _ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 _TZ = sa.DateTime()  # naive UTC: MySQL and SQLite keep no zone, Laravel writes UTC
 _MONEY = sa.Numeric(20, 6)

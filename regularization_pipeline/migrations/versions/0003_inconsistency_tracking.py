@@ -4,7 +4,7 @@ The ``transactions_consistent`` check and every run used to scan the whole
 payment history for inconsistencies (about a second per million orders, twice a
 run). These tables let them re-examine only the orders whose payments completed
 since the last scan, plus the inconsistencies still open, with a full scan once
-a day (see ``core/inconsistencies.py``).
+a day (see ``core/decisions/tracker.py``).
 
 Revision ID: 0003
 Revises: 0002

@@ -2,7 +2,7 @@
 
 One query per kind (the amount kinds share one pass), over the whole history,
 a window of payments, or a given set of orders; never a query per order. The
-kinds are named in :mod:`regularization_pipeline.core.detection`, whose
+kinds are named in :mod:`regularization_pipeline.core.detection.orphans`, whose
 predicates these queries share with the orphan scan.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.detection import (
+from regularization_pipeline.core import verdicts
+from regularization_pipeline.core.detection.orphans import (
     DOUBLE_CHARGE,
     INCONSISTENCY_KINDS,
     MISSING_ORDER,
@@ -30,7 +30,9 @@ from regularization_pipeline.core.detection import (
     payment_is_completed,
     select_orphan_payments,
 )
-from regularization_pipeline.core.schema import AppSchema
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.verdicts import QUARANTINED
 
 
 @dataclass
@@ -208,7 +210,7 @@ def with_provider_failures(
         conn.execute(
             sa.select(at.c.order_id).where(
                 at.c.quarantined_at.is_not(None),
-                at.c.last_outcome == tb.INCONSISTENT,
+                at.c.last_outcome == verdicts.INCONSISTENT,
                 at.c.last_reason.startswith(f"{PROVIDER_FAILED}:", autoescape=True),
             )
         ).scalars()
@@ -232,7 +234,6 @@ def pending_among(conn: sa.Connection, s: AppSchema, keys: list[str]) -> list:
     return sorted(found, key=order_id_sort_key)
 
 
-QUARANTINED = "quarantined"
 HELD_REASONS = (*INCONSISTENCY_KINDS, QUARANTINED)
 
 

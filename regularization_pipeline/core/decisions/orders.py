@@ -13,10 +13,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.db import supports_skip_locked
-from regularization_pipeline.core.schema import AppSchema
-from regularization_pipeline.core.verification import OrderRow, TransactionRow
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.engine import supports_skip_locked
+from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 
 
 def same_order_id(stored: Any, given: Any) -> bool:

@@ -21,76 +21,30 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import smtplib
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
 import httpx
 
-from regularization_pipeline.core.alert_formats import (
+from regularization_pipeline.core.alerting.alert import (
+    FIRING,
     RESOLVED,
-    SOURCE,
-    AlertLinks,
-    render,
+    Alert,
+    Observation,
 )
-from regularization_pipeline.core.events import SIGNATURE_HEADER, signature_header
+from regularization_pipeline.core.alerting.formats import AlertLinks, render
+from regularization_pipeline.core.delivery.signing import SIGNATURE_HEADER, signature_header
 
 log = logging.getLogger("regularization_pipeline.alerting")
 
-FIRING = "firing"
 # A receiver down for days must not grow the cursor without bound: the oldest undelivered messages go first.
 MAX_UNDELIVERED = 100
-# PagerDuty's severities; the generic JSON event and Alertmanager's label use the same words.
-SEVERITIES = ("critical", "error", "warning", "info")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-
-
-def redact(text: str) -> str:
-    """Alert texts go to chat rooms and pagers: an error message quoting a customer's e-mail loses it here."""
-    return _EMAIL.sub("<e-mail>", text)
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a sensor saw on this tick: whether the incident's condition holds, and why (ids and counts).
-
-    ``size`` is how big the incident is (dead events, held orders): its growth
-    re-notifies an open incident. ``run_id`` links the message to the run.
-    """
-
-    incident: str
-    firing: bool
-    detail: str
-    size: float | None = None
-    severity: str = "error"
-    run_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Alert:
-    incident: str
-    state: str  # FIRING or RESOLVED
-    detail: str
-    severity: str = "error"
-    run_id: str | None = None
-    at: float = 0.0  # when it was raised (epoch seconds); 0 in messages stored by older versions
-
-    @property
-    def subject(self) -> str:
-        return f"[{SOURCE}] {self.state.upper()}: {self.incident}"
-
-    @property
-    def text(self) -> str:
-        return f"{self.subject}: {self.detail}"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

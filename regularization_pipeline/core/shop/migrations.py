@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 
 from regularization_pipeline.core.errors import MigrationsMissingError
 
-_SCRIPTS = Path(__file__).resolve().parent.parent / "migrations"
+_SCRIPTS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def _config() -> Config:

@@ -2,7 +2,7 @@
 
 A publisher either returns (delivered), raises :class:`RetryableDeliveryError`
 (tried again later, honouring ``Retry-After``) or :class:`PermanentDeliveryError`
-(dead-lettered at once). The dispatcher (``core/outbox.py``) records each
+(dead-lettered at once). The dispatcher (``core/delivery/outbox.py``) records each
 publisher's success separately, so a retry never re-runs one that succeeded.
 """
 
@@ -16,12 +16,12 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.events import (
+from regularization_pipeline.core.config_files import validate_or_explain
+from regularization_pipeline.core.delivery.events import (
     OrderCompleted,
 )
-from regularization_pipeline.core.schema import validate_or_explain
-from regularization_pipeline.core.webhook import WebhookPublisher
+from regularization_pipeline.core.delivery.webhook import WebhookPublisher
+from regularization_pipeline.core.errors import ConfigurationError
 
 HANDLER_ENTRY_POINT_GROUP = "regularization_pipeline.order_completed"
 

@@ -4,7 +4,7 @@ The claim locks the next regularizable, unquarantined orders with ``FOR UPDATE
 SKIP LOCKED`` (rows another run holds are skipped, not waited for), reads their
 payments in one statement, decides each order with the same pure rule as the
 per-order path, and hands the decisions to the one write step
-(:func:`regularization_pipeline.core.writes.write_decisions`).
+(:func:`regularization_pipeline.core.decisions.writes.write_decisions`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core.audit import Decision
-from regularization_pipeline.core.run import OrderOutcome, RunContext
-from regularization_pipeline.core.verification import OrderRow, verify
-from regularization_pipeline.core.writes import write_decisions
+from regularization_pipeline.core.decisions.audit import Decision
+from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
+from regularization_pipeline.core.decisions.verification import verify
+from regularization_pipeline.core.decisions.writes import write_decisions
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.shop.rows import OrderRow
 
 # How many pending orders a batch claim looks through per order it may take: orphans are
 # a minority of pending orders (most wait for their customer), so a slice of a few times

@@ -27,12 +27,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.db import supports_skip_locked
+from regularization_pipeline.core.delivery.events import OrderCompleted
+from regularization_pipeline.core.delivery.publishers import expand_publishers
+from regularization_pipeline.core.delivery.webhook import PermanentDeliveryError
 from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.events import OrderCompleted
-from regularization_pipeline.core.publishers import expand_publishers
-from regularization_pipeline.core.tables import DEAD, DELIVERED, PENDING, OwnedTables
-from regularization_pipeline.core.webhook import PermanentDeliveryError
+from regularization_pipeline.core.shop.engine import supports_skip_locked
+from regularization_pipeline.core.shop.tables import DEAD, DELIVERED, PENDING, OwnedTables
 
 log = logging.getLogger("regularization_pipeline.events")
 

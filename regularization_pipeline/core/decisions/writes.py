@@ -1,7 +1,7 @@
 """The one write step of a decision: flip, OrderCompleted outbox row, attempts, audit.
 
 Both paths use it, a single order (:meth:`Regularizer.regularize_one`) and a
-batch (:mod:`regularization_pipeline.core.batching`), inside the transaction
+batch (:mod:`regularization_pipeline.core.decisions.batching`), inside the transaction
 that holds the orders' row locks. Writing the flip and its event in one place
 is what makes "exactly one event per flip" hold in every mode: the flip is a
 compare-and-set on the pending statuses, and the outbox rows are written only
@@ -14,14 +14,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.attempts import note_attempt, reset_after_regularization
-from regularization_pipeline.core.audit import Decision, dry_run_of, write_audit
-from regularization_pipeline.core.db import insert_many
-from regularization_pipeline.core.events import new_event, outbox_row
-from regularization_pipeline.core.run import OrderOutcome, RunContext
-from regularization_pipeline.core.verification import Verdict
+from regularization_pipeline.core import verdicts
+from regularization_pipeline.core.decisions.attempts import note_attempt, reset_after_regularization
+from regularization_pipeline.core.decisions.audit import Decision, dry_run_of, write_audit
+from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
+from regularization_pipeline.core.decisions.verification import Verdict
+from regularization_pipeline.core.delivery.events import new_event, outbox_row
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.shop.engine import insert_many
 
 LATE_WEBHOOK = "order changed before the flip (late webhook)"
 
@@ -41,17 +41,19 @@ def write_decisions(
     """
     if ctx.dry_run:
         decisions = [dry_run_of(decision) for decision in decisions]
-    flip = [x for x in decisions if x.verdict.action == tb.REGULARIZED]
+    flip = [x for x in decisions if x.verdict.action == verdicts.REGULARIZED]
     if flip and not _flip(ctx, conn, flip):
         if len(decisions) > 1:
             raise FlipRaceError(f"an order of the batch of {len(flip)} changed before the flip")
-        decisions = [Decision(flip[0].order_id, Verdict(tb.SKIPPED, LATE_WEBHOOK), flip[0].order)]
+        decisions = [
+            Decision(flip[0].order_id, Verdict(verdicts.SKIPPED, LATE_WEBHOOK), flip[0].order)
+        ]
         flip = []
     if flip:
         _write_events(ctx, conn, flip)
     if not ctx.dry_run:
         for decision in decisions:
-            if decision.verdict.action == tb.INCONSISTENT:
+            if decision.verdict.action == verdicts.INCONSISTENT:
                 # The provider says the payment failed or was refunded: a human decides, so
                 # the order is held instead of asked about (and audited) every five minutes.
                 held = decision.verdict.reason.startswith(f"{d.PROVIDER_FAILED}:")

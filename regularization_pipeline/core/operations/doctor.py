@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.db import server_version, skip_locked_refusal
-from regularization_pipeline.core.inconsistency_scan import inconsistency_report
-from regularization_pipeline.core.schema import AppSchema
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import inconsistency_report
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.engine import server_version, skip_locked_refusal
+from regularization_pipeline.core.shop.mapping import AppSchema
 
 # What an unclassified status may mean, by the words shops use for it.
 LOOKS_LIKE = {

@@ -8,33 +8,13 @@ and currency match the order's.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core.schema import StatusMapping
-from regularization_pipeline.core.tables import INCONSISTENT, REGULARIZED, SKIPPED
-
-
-@dataclass(frozen=True)
-class OrderRow:
-    id: Any
-    status: str | None
-    total: Any
-    currency: str | None = None
-    deleted_at: Any = None
-
-
-@dataclass(frozen=True)
-class TransactionRow:
-    id: Any
-    status: str | None
-    amount: Any
-    currency: str | None = None
-    completed_at: dt.datetime | None = None
-    reference: str | None = None
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.provider.answers import ProviderAnswer, ProviderStatus
+from regularization_pipeline.core.shop.mapping import StatusMapping
+from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow, to_decimal
+from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
 
 
 @dataclass(frozen=True)
@@ -44,49 +24,11 @@ class Verdict:
     transaction: TransactionRow | None = None
 
 
-# What a payment provider can say about a transaction (core/gateway.py maps its answers here).
-PROVIDER_COMPLETED = "completed"
-PROVIDER_FAILED = "failed"
-PROVIDER_REFUNDED = "refunded"
-PROVIDER_PENDING = "pending"
-PROVIDER_UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class ProviderAnswer:
-    """The provider's word on one transaction. Anything but completed/failed/refunded leaves the order alone."""
-
-    status: str
-    detail: str = ""
-
-
-class ProviderError(Exception):
-    """The provider could not give an answer about a transaction."""
-
-
-class ProviderUnavailableError(ProviderError):
-    """Transport errors, timeouts, 5xx or rate limiting that outlasted the retries.
-
-    Not the order's fault: the order is left for the next run without counting a
-    failure (an outage must not quarantine good orders), and the run stops asking.
-    """
-
-
-class ProviderRejectedError(ProviderError):
-    """The provider refused our credentials (401, 403): a configuration problem that stops the run."""
-
-
-class PaymentVerifier(Protocol):
-    """Asks the payment provider about a transaction; raises a :class:`ProviderError` when it cannot answer."""
-
-    def check(self, order: OrderRow, transaction: TransactionRow) -> ProviderAnswer: ...
-
-
 def apply_provider_answer(verdict: Verdict, answer: ProviderAnswer) -> Verdict:
     """Combine a database verdict of REGULARIZED with what the provider said: never guess."""
-    if answer.status == PROVIDER_COMPLETED:
+    if answer.status == ProviderStatus.COMPLETED:
         return verdict
-    if answer.status in (PROVIDER_FAILED, PROVIDER_REFUNDED):
+    if answer.status in (ProviderStatus.FAILED, ProviderStatus.REFUNDED):
         return Verdict(
             INCONSISTENT,
             f"{d.PROVIDER_FAILED}: provider reports the payment {answer.status}",
@@ -98,17 +40,6 @@ def apply_provider_answer(verdict: Verdict, answer: ProviderAnswer) -> Verdict:
         f"provider reports {answer.status}{detail}: left for the next run",
         verdict.transaction,
     )
-
-
-def to_decimal(value: Any) -> Decimal | None:
-    """An amount as a Decimal, or None when it is missing or not a number."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        amount = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        return None
-    return amount if amount.is_finite() else None
 
 
 def verify(

@@ -1,6 +1,6 @@
 """Asks the payment provider what it knows about a transaction, rate-limited.
 
-:class:`GatewayVerifier` is the :class:`~regularization_pipeline.core.verification.PaymentVerifier`
+:class:`GatewayVerifier` is the :class:`~regularization_pipeline.core.decisions.verification.PaymentVerifier`
 the Regularizer calls before it locks an order. It turns the provider's
 answer into a :class:`ProviderAnswer`; the rules that act on it live in
 ``verification.apply_provider_answer``:
@@ -31,25 +31,19 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from regularization_pipeline.core.ratelimit import (
+from regularization_pipeline.core.config_files import read_yaml_mapping, validate_or_explain
+from regularization_pipeline.core.provider.answers import (
+    ProviderAnswer,
+    ProviderRejectedError,
+    ProviderStatus,
+    ProviderUnavailableError,
+)
+from regularization_pipeline.core.provider.ratelimit import (
     RateLimiter,
     RateLimitWaitTooLong,
     parse_retry_after,
 )
-from regularization_pipeline.core.schema import read_yaml_mapping, validate_or_explain
-from regularization_pipeline.core.verification import (
-    PROVIDER_COMPLETED,
-    PROVIDER_FAILED,
-    PROVIDER_PENDING,
-    PROVIDER_REFUNDED,
-    PROVIDER_UNKNOWN,
-    OrderRow,
-    ProviderAnswer,
-    ProviderError,  # noqa: F401 - part of this module's API, defined with the verifier contract
-    ProviderRejectedError,
-    ProviderUnavailableError,
-    TransactionRow,
-)
+from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 
 log = logging.getLogger("regularization_pipeline.gateway")
 
@@ -149,17 +143,17 @@ class GatewaySettings(BaseModel):
     def classify(self, value: Any) -> str:
         """The provider's status value as one of completed/failed/refunded/pending/unknown."""
         if not isinstance(value, str):
-            return PROVIDER_UNKNOWN
+            return ProviderStatus.UNKNOWN
         text = value.strip().lower()
         for status, values in (
-            (PROVIDER_COMPLETED, self.completed_values),
-            (PROVIDER_FAILED, self.failed_values),
-            (PROVIDER_REFUNDED, self.refunded_values),
-            (PROVIDER_PENDING, self.pending_values),
+            (ProviderStatus.COMPLETED, self.completed_values),
+            (ProviderStatus.FAILED, self.failed_values),
+            (ProviderStatus.REFUNDED, self.refunded_values),
+            (ProviderStatus.PENDING, self.pending_values),
         ):
             if text in {v.strip().lower() for v in values}:
                 return status
-        return PROVIDER_UNKNOWN
+        return ProviderStatus.UNKNOWN
 
 
 _MISSING = object()
@@ -281,33 +275,33 @@ class GatewayVerifier:
         status = response.status_code
         if status == 404:
             return ProviderAnswer(
-                PROVIDER_UNKNOWN, "provider does not know the transaction (HTTP 404)"
+                ProviderStatus.UNKNOWN, "provider does not know the transaction (HTTP 404)"
             )
         if status in (401, 403):
             raise ProviderRejectedError(f"provider refused our credentials (HTTP {status})")
         if not 200 <= status < 300:
             # Any other refusal (400, 409, 410, 422...) is about this transaction, not our
             # credentials: the order is left alone, and the run goes on with the others.
-            return ProviderAnswer(PROVIDER_UNKNOWN, f"provider answered HTTP {status}")
+            return ProviderAnswer(ProviderStatus.UNKNOWN, f"provider answered HTTP {status}")
         try:
             document = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return ProviderAnswer(
-                PROVIDER_UNKNOWN, f"provider answered malformed JSON (HTTP {status})"
+                ProviderStatus.UNKNOWN, f"provider answered malformed JSON (HTTP {status})"
             )
         value = dig(document, self.settings.status_path)
         if value is _MISSING:
             return ProviderAnswer(
-                PROVIDER_UNKNOWN,
+                ProviderStatus.UNKNOWN,
                 f"no status at {self.settings.status_path!r} in the provider's answer",
             )
         mapped = self.settings.classify(value)
-        if mapped == PROVIDER_UNKNOWN:
+        if mapped == ProviderStatus.UNKNOWN:
             return ProviderAnswer(
-                PROVIDER_UNKNOWN, f"unrecognised provider status {_shown(value)!r}"
+                ProviderStatus.UNKNOWN, f"unrecognised provider status {_shown(value)!r}"
             )
-        if mapped == PROVIDER_PENDING:
-            return ProviderAnswer(PROVIDER_PENDING, f"provider status {_shown(value)!r}")
+        if mapped == ProviderStatus.PENDING:
+            return ProviderAnswer(ProviderStatus.PENDING, f"provider status {_shown(value)!r}")
         return ProviderAnswer(mapped, f"provider status {_shown(value)!r}")
 
     def close(self) -> None:

@@ -16,18 +16,15 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
 import sqlalchemy as sa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from regularization_pipeline.core.clock import from_shop, shop_zone, to_shop
-from regularization_pipeline.core.errors import ConfigurationError, SchemaMismatchError
+from regularization_pipeline.core.config_files import read_yaml_mapping, validate_or_explain
+from regularization_pipeline.core.errors import SchemaMismatchError
 
 SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
-M = TypeVar("M", bound=BaseModel)
 
 # Identifiers end up quoted by SQLAlchemy, but a mapping is operator input: keep
 # it to what real schemas use so a stray quote or semicolon is refused early.
@@ -173,43 +170,6 @@ class SchemaMapping(_Strict):
     def parse(cls, raw: dict, source: str = "schema mapping") -> SchemaMapping:
         """Validate a plain dict, turning pydantic's errors into one readable message."""
         return validate_or_explain(cls, raw, source)
-
-
-def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict:
-    """A YAML file's top-level mapping, or a ConfigurationError naming the file and the problem."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"{what} {str(path)!r} is not UTF-8 text") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigurationError(f"{what} {str(path)!r} must contain a mapping at the top level")
-    return raw
-
-
-def validate_or_explain(model: type[M], values: dict, what: str) -> M:
-    """``model`` from ``values``, or one ConfigurationError naming every offending field.
-
-    Messages name fields and what is wrong, never the values given: one of them may be a secret.
-    """
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        raise ConfigurationError(f"invalid {what}: {format_validation_error(exc)}") from exc
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each naming the field path, e.g. ``statuses.order_pending: ...``."""
-    parts = []
-    for err in exc.errors():
-        message = err["msg"].removeprefix("Value error, ")
-        where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
 
 
 def load_mapping(path: str | None = None) -> SchemaMapping:

@@ -15,19 +15,18 @@ from typing import Any
 import httpcore
 import httpx
 
-from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.events import (
+from regularization_pipeline.core.delivery.events import (
     EVENT_ID_HEADER,
     EVENT_TYPE,
     EVENT_TYPE_HEADER,
     IDEMPOTENCY_HEADER,
-    SIGNATURE_HEADER,
     SOURCE,
     OrderCompleted,
-    signature_header,
     webhook_body,
 )
-from regularization_pipeline.core.ratelimit import parse_retry_after
+from regularization_pipeline.core.delivery.signing import SIGNATURE_HEADER, signature_header
+from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.provider.ratelimit import parse_retry_after
 
 
 class PermanentDeliveryError(Exception):

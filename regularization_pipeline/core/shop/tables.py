@@ -14,16 +14,6 @@ from functools import lru_cache
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-# Audit actions: one row per decision the pipeline takes on an order.
-REGULARIZED = "regularized"
-SKIPPED = "skipped"
-FAILED = "failed"
-QUARANTINED = "quarantined"
-INCONSISTENT = "inconsistent"
-DRY_RUN = "dry-run"
-RELEASED = "released"
-AUDIT_ACTIONS = (REGULARIZED, SKIPPED, FAILED, QUARANTINED, INCONSISTENT, DRY_RUN, RELEASED)
-
 # Outbox states.
 PENDING = "pending"
 DELIVERED = "delivered"

@@ -6,13 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from regularization_pipeline.core.alerting import Alert
+from regularization_pipeline.core.alerting.alert import RESOLVED, SOURCE, Alert
 
-RESOLVED = "resolved"
-SOURCE = "regularization_pipeline"
 FORMATS = ("slack", "json", "pagerduty", "alertmanager")
 
 

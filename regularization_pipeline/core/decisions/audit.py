@@ -14,10 +14,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.db import insert_many
-from regularization_pipeline.core.run import OrderOutcome, RunContext
-from regularization_pipeline.core.verification import OrderRow, Verdict, to_decimal
+from regularization_pipeline.core import verdicts
+from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
+from regularization_pipeline.core.decisions.verification import Verdict
+from regularization_pipeline.core.shop.engine import insert_many
+from regularization_pipeline.core.shop.rows import OrderRow, to_decimal
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _money(value: Any):
 def dry_run_of(decision: Decision) -> Decision:
     """What a dry run records instead of a regularization: the same verdict, marked dry-run."""
     verdict = decision.verdict
-    if verdict.action != tb.REGULARIZED:
+    if verdict.action != verdicts.REGULARIZED:
         return decision
-    dry = Verdict(tb.DRY_RUN, "would regularize: " + verdict.reason, verdict.transaction)
+    dry = Verdict(verdicts.DRY_RUN, "would regularize: " + verdict.reason, verdict.transaction)
     return Decision(decision.order_id, dry, decision.order, decision.attempt)

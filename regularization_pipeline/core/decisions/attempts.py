@@ -15,12 +15,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.audit import Decision, write_audit
-from regularization_pipeline.core.db import check_reachable
+from regularization_pipeline.core import verdicts
+from regularization_pipeline.core.decisions.audit import Decision, write_audit
+from regularization_pipeline.core.decisions.context import (
+    PROVIDER_UNAVAILABLE,
+    OrderOutcome,
+    RunContext,
+)
+from regularization_pipeline.core.decisions.verification import Verdict
 from regularization_pipeline.core.errors import ConfigurationError, describe_error
-from regularization_pipeline.core.run import PROVIDER_UNAVAILABLE, OrderOutcome, RunContext
-from regularization_pipeline.core.verification import Verdict
+from regularization_pipeline.core.shop.engine import check_reachable
 
 log = logging.getLogger("regularization_pipeline.regularizer")
 
@@ -92,7 +96,7 @@ def reset_after_regularization(ctx: RunContext, conn: sa.Connection, order_ids: 
         .values(
             failures=0,
             total_attempts=at.c.total_attempts + 1,
-            last_outcome=tb.REGULARIZED,
+            last_outcome=verdicts.REGULARIZED,
             last_reason="completed transaction verified",
             last_run_id=ctx.run_id,
             updated_at=ctx.clock(),
@@ -119,14 +123,14 @@ def record_failure(ctx: RunContext, order_id: Any, exc: Exception) -> OrderOutco
     reason = describe_error(exc)
     log.warning("order %s: failed: %s", order_id, reason)
     if ctx.dry_run:
-        return OrderOutcome(order_id, tb.FAILED, reason)
+        return OrderOutcome(order_id, verdicts.FAILED, reason)
     try:
         with ctx.engine.begin() as conn:
-            verdict = Verdict(tb.FAILED, reason)
+            verdict = Verdict(verdicts.FAILED, reason)
             attempt, quarantined = note_attempt(ctx, conn, order_id, verdict, failed=True)
             if quarantined:
                 last = f"quarantined after {ctx.max_attempts} failed attempt(s); last: {reason}"
-                verdict = Verdict(tb.QUARANTINED, last)
+                verdict = Verdict(verdicts.QUARANTINED, last)
             (outcome,) = write_audit(ctx, conn, [Decision(order_id, verdict, attempt=attempt)])
             return outcome
     except Exception as second:  # the database itself is failing
@@ -134,7 +138,7 @@ def record_failure(ctx: RunContext, order_id: Any, exc: Exception) -> OrderOutco
         # Gone, not just failing: every later order would fail the same way, so the run
         # stops here with DatabaseUnavailableError and the rest waits for the next run.
         check_reachable(ctx.engine)
-        return OrderOutcome(order_id, tb.FAILED, reason)
+        return OrderOutcome(order_id, verdicts.FAILED, reason)
 
 
 def left_for_next_run(ctx: RunContext, order_id: Any, exc: Exception) -> OrderOutcome:
@@ -142,7 +146,7 @@ def left_for_next_run(ctx: RunContext, order_id: Any, exc: Exception) -> OrderOu
     reason = f"{PROVIDER_UNAVAILABLE} ({describe_error(exc)})"
     log.warning("order %s: %s", order_id, reason)
     with ctx.engine.begin() as conn:
-        (outcome,) = write_audit(ctx, conn, [Decision(order_id, Verdict(tb.SKIPPED, reason))])
+        (outcome,) = write_audit(ctx, conn, [Decision(order_id, Verdict(verdicts.SKIPPED, reason))])
         return outcome
 
 
@@ -154,10 +158,13 @@ def release(ctx: RunContext, order_id: Any) -> None:
             at.update()
             .where(at.c.order_id == str(order_id), at.c.quarantined_at.is_not(None))
             .values(
-                quarantined_at=None, failures=0, updated_at=ctx.clock(), last_outcome=tb.RELEASED
+                quarantined_at=None,
+                failures=0,
+                updated_at=ctx.clock(),
+                last_outcome=verdicts.RELEASED,
             )
         ).rowcount
         if not released:
             raise ConfigurationError(f"order {order_id} is not quarantined")
-        verdict = Verdict(tb.RELEASED, "released from quarantine by an operator")
+        verdict = Verdict(verdicts.RELEASED, "released from quarantine by an operator")
         write_audit(ctx, conn, [Decision(order_id, verdict)])

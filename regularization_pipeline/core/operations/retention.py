@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import tables as tb
+from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.shop import tables as tb
 
 DEFAULT_RETENTION_DAYS = 90
 MAX_RETENTION_DAYS = 36_500
@@ -66,7 +67,7 @@ def prune_history(
     """Delete (or, with ``dry_run``, count) the history older than ``older_than_days``."""
     cutoff = retention_cutoff(older_than_days, clock())
     au, ob = tables.audit, tables.outbox
-    old_audit = [au.c.created_at < cutoff, au.c.action != tb.INCONSISTENT]
+    old_audit = [au.c.created_at < cutoff, au.c.action != verdicts.INCONSISTENT]
     settled = [ob.c.state.in_([tb.DELIVERED, tb.DEAD]), ob.c.updated_at < cutoff]
     if dry_run:
         return _count_prunable(engine, tables, old_audit, settled, cutoff)

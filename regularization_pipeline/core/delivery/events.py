@@ -1,9 +1,9 @@
 """OrderCompleted: the event, its outbox row, and its signed wire form.
 
 The outbox row is inserted in the same database transaction as the order's
-flip (``core/writes.py``), so an event exists if and only if the flip
-committed; ``core/outbox.py`` delivers it after commit, through the publishers
-of ``core/publishers.py``. Every consumer receives the idempotency key
+flip (``core/decisions/writes.py``), so an event exists if and only if the flip
+committed; ``core/delivery/outbox.py`` delivers it after commit, through the publishers
+of ``core/delivery/publishers.py``. Every consumer receives the idempotency key
 ``order-completed:<order id>``; webhooks carry an HMAC-SHA256 signature
 (docs/events.md shows how a receiver checks it).
 """
@@ -11,23 +11,18 @@ of ``core/publishers.py``. Every consumer receives the idempotency key
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import json
-import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from regularization_pipeline.core.tables import PENDING
+from regularization_pipeline.core.shop.tables import PENDING
 
 EVENT_TYPE = "OrderCompleted"
 PAYLOAD_VERSION = 1
 SOURCE = "regularization_pipeline"
 
-# Webhook headers (docs/events.md shows how a receiver checks them).
-SIGNATURE_HEADER = "X-Regularization-Signature"
 EVENT_ID_HEADER = "X-Regularization-Event-Id"
 EVENT_TYPE_HEADER = "X-Regularization-Event-Type"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -127,41 +122,3 @@ def webhook_body(event: OrderCompleted) -> bytes:
     return json.dumps(
         event.payload(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")
-
-
-def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
-    """HMAC-SHA256 hex over ``f"{timestamp}.{body}"``; the header is ``t=<timestamp>,v1=<hex>``."""
-    key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    return hmac.new(key, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
-
-
-def signature_header(secrets: Sequence[str | bytes], timestamp: int, body: bytes) -> str:
-    """``t=<timestamp>,v1=<hex>``, one ``v1`` per secret: while a secret rotates the receiver
-    accepts the request with whichever of the two it holds."""
-    return ",".join([f"t={timestamp}", *(f"v1={sign(s, timestamp, body)}" for s in secrets)])
-
-
-def verify_signature(
-    secret: str | bytes,
-    header: str | None,
-    body: bytes,
-    *,
-    now: float | None = None,
-    tolerance_seconds: float = 300.0,
-) -> bool:
-    """What a Python receiver runs: constant-time compare, and a timestamp no older than the tolerance."""
-    if not header:
-        return False
-    parts: dict[str, list[str]] = {}
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        parts.setdefault(key, []).append(value)
-    try:
-        timestamp = int(parts.get("t", [""])[0])
-    except ValueError:
-        return False
-    now = time.time() if now is None else now
-    if abs(now - timestamp) > tolerance_seconds:
-        return False
-    expected = sign(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, candidate) for candidate in parts.get("v1", []))

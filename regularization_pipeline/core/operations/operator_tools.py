@@ -15,21 +15,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import detection as d
-from regularization_pipeline.core import tables as tb
 from regularization_pipeline.core.clock import as_naive_utc, utcnow
-from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.inconsistency_scan import (
+from regularization_pipeline.core.decisions.orders import same_order_id
+from regularization_pipeline.core.decisions.verification import verify
+from regularization_pipeline.core.delivery.outbox import OutboxDispatcher
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import (
     QUARANTINED,
     inconsistency_report,
     quarantined_order_ids,
     with_provider_failures,
 )
-from regularization_pipeline.core.orders import same_order_id
-from regularization_pipeline.core.outbox import OutboxDispatcher
+from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
-from regularization_pipeline.core.schema import AppSchema
-from regularization_pipeline.core.verification import verify
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.mapping import AppSchema
 
 
 def parse_utc_time(text: str) -> dt.datetime:

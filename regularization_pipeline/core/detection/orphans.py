@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import as_naive_utc
-from regularization_pipeline.core.schema import AppSchema
+from regularization_pipeline.core.shop.mapping import AppSchema
 
 DEFAULT_MIN_AGE_MINUTES = 10
 

@@ -30,21 +30,22 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import tables as tb
-from regularization_pipeline.core.attempts import note_attempt
-from regularization_pipeline.core.audit import Decision, write_audit
+from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.errors import describe_error, is_lock_unavailable
-from regularization_pipeline.core.inconsistency_scan import (
+from regularization_pipeline.core.decisions.attempts import note_attempt
+from regularization_pipeline.core.decisions.audit import Decision, write_audit
+from regularization_pipeline.core.decisions.context import RunContext
+from regularization_pipeline.core.decisions.verification import Verdict
+from regularization_pipeline.core.detection.scans import (
     InconsistencyReport,
     inconsistency_report,
     order_id_sort_key,
     with_provider_failures,
 )
-from regularization_pipeline.core.migrations import require_migrated
-from regularization_pipeline.core.run import RunContext
-from regularization_pipeline.core.schema import AppSchema
-from regularization_pipeline.core.verification import Verdict
+from regularization_pipeline.core.errors import describe_error, is_lock_unavailable
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.migrations import require_migrated
 
 log = logging.getLogger("regularization_pipeline.regularizer")
 
@@ -235,13 +236,13 @@ def audit_new_inconsistencies(ctx: RunContext, report: InconsistencyReport) -> N
 
 def _audit_first_seen(ctx: RunContext, kind: str, ids: list) -> None:
     au = ctx.tables.audit
-    verdict = Verdict(tb.INCONSISTENT, f"{kind}: reported, not fixed")
+    verdict = Verdict(verdicts.INCONSISTENT, f"{kind}: reported, not fixed")
     with ctx.engine.begin() as conn:
         seen = set(
             conn.execute(
                 sa.select(au.c.order_id).where(
                     au.c.order_id.in_([str(i) for i in ids]),
-                    au.c.action == tb.INCONSISTENT,
+                    au.c.action == verdicts.INCONSISTENT,
                     au.c.reason.startswith(f"{kind}:", autoescape=True),
                 )
             ).scalars()

@@ -1,0 +1,49 @@
+"""An alert and what a sensor observed: the words every channel and format shares."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+FIRING = "firing"
+RESOLVED = "resolved"
+SOURCE = "regularization_pipeline"
+# PagerDuty's severities; the generic JSON event and Alertmanager's label use the same words.
+SEVERITIES = ("critical", "error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a sensor saw on this tick: whether the incident's condition holds, and why (ids and counts).
+
+    ``size`` is how big the incident is (dead events, held orders): its growth
+    re-notifies an open incident. ``run_id`` links the message to the run.
+    """
+
+    incident: str
+    firing: bool
+    detail: str
+    size: float | None = None
+    severity: str = "error"
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    incident: str
+    state: str  # FIRING or RESOLVED
+    detail: str
+    severity: str = "error"
+    run_id: str | None = None
+    at: float = 0.0  # when it was raised (epoch seconds); 0 in messages stored by older versions
+
+    @property
+    def subject(self) -> str:
+        return f"[{SOURCE}] {self.state.upper()}: {self.incident}"
+
+    @property
+    def text(self) -> str:
+        return f"{self.subject}: {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,70 @@
+"""What every step of a decision shares: the run context, an order's outcome, and the fault
+points the crash tests use."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from regularization_pipeline.core import verdicts
+from regularization_pipeline.core.decisions.orders import OrderStatements
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.mapping import AppSchema
+
+LOCKED_ELSEWHERE = "order is locked by another worker"
+
+
+PROVIDER_UNAVAILABLE = "provider unavailable: left for the next run"
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    order_id: Any
+    action: str
+    reason: str
+    transaction_id: Any = None
+    attempt: int = 0
+
+    @property
+    def acted(self) -> bool:
+        """Whether this outcome counts against the run's limit (a lock held elsewhere does not)."""
+        return not (self.action == verdicts.SKIPPED and self.reason == LOCKED_ELSEWHERE)
+
+
+class Fault(Exception):
+    """Raised by test fault hooks; never by production code."""
+
+
+# Called with (point, order id) at the points a crash would hurt most; tests raise from
+# it to prove a crash anywhere leaves nothing behind, and pick one order by its id.
+FaultHook = Callable[[str, Any], None]
+
+
+def no_fault(_point: str, _order_id: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every step of a run needs, passed as one: where it writes, when, and on what terms."""
+
+    engine: sa.Engine
+    schema: AppSchema
+    tables: tb.OwnedTables
+    statements: OrderStatements
+    clock: Callable[[], dt.datetime]
+    fault: FaultHook
+    run_id: str
+    window: d.ScanWindow
+    dry_run: bool = False
+    max_attempts: int = 5
+
+    def fault_each(self, point: str, order_ids: list) -> None:
+        """The fault point, once per order: every crash test holds for batches too."""
+        for order_id in order_ids:
+            self.fault(point, order_id)
