@@ -47,7 +47,7 @@ test: venv lint
 # The inner loop: no browser, no deployment topology, no long scenario (marked slow), on
 # both cores. Every database still counts: SQLite, PostgreSQL and MariaDB.
 test-fast: venv
-	$(BIN)/pytest -m "not slow" --ignore=tests/ui --ignore=tests/deploy -n 4 -q $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not browser and not deployment" -n 4 -q $(PYTEST_ARGS)
 
 # The UI on http://127.0.0.1:3000 with the scheduler and sensors; the demo shop unless
 # REGULARIZATION_DATABASE_URL names another database (then with the demo's handlers too).
