@@ -84,6 +84,6 @@ def claim_batch(
     )
     if ctx.statements.skip_locked:
         query = query.with_for_update(skip_locked=True)
-    claimed = [OrderRow(*row) for row in conn.execute(query)]
+    claimed = [ctx.statements.order_row(row) for row in conn.execute(query)]
     # A full batch may have left candidates in the slice: go on from the last one taken.
     return claimed, (claimed[-1].id if len(claimed) == size else slice_end)
