@@ -70,7 +70,9 @@ def claim_batch(
     """
     s = ctx.schema
     pending = d.pending_ids_after(s, after, slice_size).subquery()
-    slice_end = conn.execute(sa.select(sa.func.max(pending.c[0]))).scalar()
+    # The last id of the slice by ORDER BY, not max(): PostgreSQL has no max() of a uuid key.
+    last = sa.select(pending.c[0]).order_by(pending.c[0].desc()).limit(1)
+    slice_end = conn.execute(last).scalar()
     if slice_end is None:
         return [], None
     in_slice = [s.o("id") <= slice_end]
@@ -84,6 +86,6 @@ def claim_batch(
     )
     if ctx.statements.skip_locked:
         query = query.with_for_update(skip_locked=True)
-    claimed = [OrderRow(*row) for row in conn.execute(query)]
+    claimed = [ctx.statements.order_row(row) for row in conn.execute(query)]
     # A full batch may have left candidates in the slice: go on from the last one taken.
     return claimed, (claimed[-1].id if len(claimed) == size else slice_end)

@@ -13,8 +13,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from regularization_pipeline.core.detection.orphans import order_is_pending
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.engine import supports_skip_locked
+from regularization_pipeline.core.shop.guards import guard_blockers, repair_times, repair_values
 from regularization_pipeline.core.shop.mapping import AppSchema
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 
@@ -39,7 +41,11 @@ class OrderStatements:
 
     @cached_property
     def order_columns(self) -> list:
-        """The columns of an :class:`OrderRow`, in its field order."""
+        """The columns of an :class:`OrderRow`, in its field order, then one 0/1 per guard.
+
+        The guards are judged by the database, with the very expressions the claim and
+        the flip use, so the decision cannot disagree with them (collations included).
+        """
         s = self.schema
         return [
             s.o("id"),
@@ -47,7 +53,17 @@ class OrderStatements:
             s.o("total"),
             s.o("currency") if s.has_o("currency") else sa.null(),
             s.o("deleted_at") if s.has_o("deleted_at") else sa.null(),
+            *(sa.case((blocks, 1), else_=0) for _, blocks in guard_blockers(s)),
         ]
+
+    @cached_property
+    def _guard_words(self) -> list[str]:
+        return [words for words, _ in guard_blockers(self.schema)]
+
+    def order_row(self, row: sa.Row) -> OrderRow:
+        """An :class:`OrderRow` from a row read with :attr:`order_columns`."""
+        failures = tuple(w for w, flag in zip(self._guard_words, row[5:], strict=True) if flag)
+        return OrderRow(*row[:5], guard_failures=failures)
 
     @cached_property
     def _one_order(self) -> sa.Select:
@@ -92,20 +108,27 @@ class OrderStatements:
         values = {s.mapping.orders.status: s.statuses.order_completed}
         if s.has_o("updated_at"):
             values[s.mapping.orders.updated_at] = sa.bindparam("p_now")
+        values.update(repair_values(s))
+        # The guards are part of the compare-and-set: a guard that changed since the
+        # re-read (an order cancelled meanwhile) leaves the row unmoved.
         return (
             s.orders.update()
-            .where(
-                s.o("id").in_(sa.bindparam("p_orders", expanding=True)),
-                s.o("status").in_(s.statuses.order_pending),
-            )
+            .where(s.o("id").in_(sa.bindparam("p_orders", expanding=True)), *order_is_pending(s))
             .values(values)
         )
+
+    def flip_params(self, order_ids: list, now) -> dict:
+        """The parameters of :attr:`flip` for ``order_ids`` at naive UTC ``now``."""
+        s = self.schema
+        # The application's own columns: written in the shop's zone and type, as it writes them.
+        when = s.shop_time(s.o("updated_at"), now) if s.has_o("updated_at") else None
+        return {"p_orders": order_ids, "p_now": when, **repair_times(s, now)}
 
     def load_order(self, conn: sa.Connection, order_id: Any, *, lock: bool) -> OrderRow | None:
         """The order as stored (under its row lock when ``lock``), or None: absent or locked elsewhere."""
         query = self._locked_order if lock else self._one_order
         row = conn.execute(query, {"p_order": order_id}).first()
-        return OrderRow(*row) if row is not None and same_order_id(row[0], order_id) else None
+        return self.order_row(row) if row is not None and same_order_id(row[0], order_id) else None
 
     def payments_of(self, conn: sa.Connection, order_ids: list) -> dict[Any, list[TransactionRow]]:
         """Every payment of the orders, by order id, in transaction id order."""

@@ -1,7 +1,8 @@
 """The decision for one order, from the rows read under its lock. Pure: no I/O.
 
 Kept apart from the SQL so every rule can be read in one place and tested
-with plain values: the order must still be pending and live, with exactly one
+with plain values: the order must still be pending, live and let through by the
+mapping's guards, with exactly one
 completed transaction that completed inside the scan window and whose amount
 and currency match the order's.
 """
@@ -79,6 +80,15 @@ def _order_refused(
         return Verdict(SKIPPED, f"order status {order.status!r} is not to be touched")
     if order.status not in statuses.order_pending:
         return Verdict(SKIPPED, f"order status {order.status!r} is not a pending status")
+    if order.guard_failures:
+        guards = "; ".join(order.guard_failures)
+        if completed:
+            reason = (
+                f"{d.PAID_BUT_CLOSED}: a guard of the mapping holds the order ({guards}) "
+                "but it has a completed transaction"
+            )
+            return Verdict(INCONSISTENT, reason, completed[0])
+        return Verdict(SKIPPED, f"a guard of the mapping holds the order ({guards})")
     return None
 
 
@@ -94,14 +104,17 @@ def _payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
     if paid != due:
         reason = f"{d.AMOUNT_MISMATCH}: transaction amount {paid} differs from order total {due}"
         return Verdict(INCONSISTENT, reason, tx)
-    if (
-        tx.currency
-        and order.currency
-        and tx.currency.strip().upper() != order.currency.strip().upper()
-    ):
+    if _currencies_differ(tx.currency, order.currency):
         reason = f"{d.CURRENCY_MISMATCH}: transaction currency differs from the order's"
         return Verdict(INCONSISTENT, reason, tx)
     return None
+
+
+def _currencies_differ(paid_in, due_in) -> bool:
+    """Both set and different: codes case-insensitively, ids (integers) as their text."""
+    if paid_in is None or due_in is None or paid_in == "" or due_in == "":
+        return False
+    return str(paid_in).strip().upper() != str(due_in).strip().upper()
 
 
 def _timing(tx: TransactionRow, window: d.ScanWindow) -> Verdict:

@@ -67,10 +67,9 @@ def write_decisions(
 
 def _flip(ctx: RunContext, conn: sa.Connection, flip: list[Decision]) -> bool:
     """The compare-and-set; True when it moved every order it was given."""
-    ids, s = [decision.order_id for decision in flip], ctx.schema
-    # The application's own column: written in the shop's zone and type, as it writes it.
-    now = s.shop_time(s.o("updated_at"), ctx.clock()) if s.has_o("updated_at") else None
-    moved = conn.execute(ctx.statements.flip, {"p_orders": ids, "p_now": now}).rowcount
+    ids = [decision.order_id for decision in flip]
+    params = ctx.statements.flip_params(ids, ctx.clock())
+    moved = conn.execute(ctx.statements.flip, params).rowcount
     if moved != len(ids):
         return False
     ctx.fault_each("after_flip", ids)
@@ -89,4 +88,6 @@ def _write_events(ctx: RunContext, conn: sa.Connection, flipped: list[Decision])
 def _event(ctx: RunContext, decision: Decision, now) -> Any:
     tx, order = decision.verdict.transaction, decision.order
     currency = tx.currency or (order.currency if order else None)
+    if currency is not None and not isinstance(currency, str):
+        currency = str(currency)  # a currency id (integer) travels as text, as codes do
     return new_event(decision.order_id, tx.id, tx.amount, currency, ctx.run_id, now)

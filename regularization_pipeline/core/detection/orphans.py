@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import as_naive_utc
+from regularization_pipeline.core.shop.guards import order_guard_conditions
 from regularization_pipeline.core.shop.mapping import AppSchema
 
 DEFAULT_MIN_AGE_MINUTES = 10
@@ -82,8 +83,27 @@ def order_is_live(s: AppSchema) -> list[sa.ColumnElement[bool]]:
     return [s.o("deleted_at").is_(None)] if s.has_o("deleted_at") else []
 
 
-def order_is_pending(s: AppSchema) -> list[sa.ColumnElement[bool]]:
+def order_in_pending_status(s: AppSchema) -> list[sa.ColumnElement[bool]]:
+    """Pending by its status column and live, whatever the guards say."""
     return [s.o("status").in_(s.statuses.order_pending), *order_is_live(s)]
+
+
+def order_is_pending(s: AppSchema) -> list[sa.ColumnElement[bool]]:
+    """An order the pipeline may flip: pending, live, and let through by every guard of the mapping.
+
+    Every orphan, fixable and regularizable condition, the batch claim and the flip's
+    compare-and-set are built on it, so a guard holds everywhere an order is chosen or moved.
+    """
+    return [*order_in_pending_status(s), *order_guard_conditions(s)]
+
+
+def currencies_differ(
+    s: AppSchema, paid_in: sa.ColumnElement, due_in: sa.ColumnElement
+) -> sa.ColumnElement[bool]:
+    """Two set currencies differ: text codes case-insensitively, ids (integers) as they are."""
+    if s.currency_is_text:
+        return sa.func.upper(paid_in) != sa.func.upper(due_in)
+    return paid_in != due_in
 
 
 def payment_is_completed(
@@ -133,7 +153,7 @@ def amount_problems(s: AppSchema) -> dict[str, sa.ColumnElement[bool]]:
         problems[CURRENCY_MISMATCH] = sa.and_(
             s.t("currency").is_not(None),
             s.o("currency").is_not(None),
-            sa.func.upper(s.t("currency")) != sa.func.upper(s.o("currency")),
+            currencies_differ(s, s.t("currency"), s.o("currency")),
         )
     return problems
 
@@ -260,7 +280,7 @@ def fixable_orders(s: AppSchema, window: ScanWindow, attempts: sa.Table | None) 
             sa.or_(
                 paid_in.is_(None),
                 currency.is_(None),
-                sa.func.upper(paid_in) == sa.func.upper(currency),
+                ~currencies_differ(s, paid_in, currency),
             )
         )
     pending = list(order_is_pending(s))

@@ -25,12 +25,14 @@ from regularization_pipeline.core.detection.orphans import (
     amount_problems,
     completed_payment_of_order,
     exists_payment,
+    order_in_pending_status,
     order_is_live,
     order_is_pending,
     payment_is_completed,
     select_orphan_payments,
 )
 from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.guards import guarded_out
 from regularization_pipeline.core.shop.mapping import AppSchema
 
 
@@ -164,10 +166,16 @@ def _kind_queries(
     queries: dict[str, sa.Select] = {
         DOUBLE_CHARGE: sa.select(charged_twice.c.order_id).where(live_order)
     }
+    # Paid, but closed: by its status, or (pending by its status) by a guard of the mapping.
+    closed = []
     if s.statuses.order_do_not_touch:
+        closed.append(sa.and_(s.o("status").in_(s.statuses.order_do_not_touch), *order_is_live(s)))
+    guarded = guarded_out(s)
+    if guarded is not None:
+        closed.append(sa.and_(*order_in_pending_status(s), guarded))
+    if closed:
         queries[PAID_BUT_CLOSED] = sa.select(s.o("id")).where(
-            s.o("status").in_(s.statuses.order_do_not_touch),
-            *order_is_live(s),
+            sa.or_(*closed),
             *of_orders,
             exists_payment(s, *completed_payment_of_order(s, window)),
         )

@@ -23,21 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from regularization_pipeline.core.clock import from_shop, shop_zone, to_shop
 from regularization_pipeline.core.config_files import read_yaml_mapping, validate_or_explain
 from regularization_pipeline.core.errors import SchemaMismatchError
+from regularization_pipeline.core.shop.guards import OrderGuards, Repair, check_repairs
+from regularization_pipeline.core.shop.identifiers import check_identifier
 
 SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
 
-# Identifiers end up quoted by SQLAlchemy, but a mapping is operator input: keep
-# it to what real schemas use so a stray quote or semicolon is refused early.
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-
-
-def _check_identifier(value: str | None) -> str | None:
-    if value is not None and not _IDENTIFIER.fullmatch(
-        value
-    ):  # match() and $ let a trailing newline by
-        raise ValueError(f"{value!r} is not a valid table or column name")
-    return value
 
 
 class _Strict(BaseModel):
@@ -50,7 +41,7 @@ class _TableSection(_Strict):
     @field_validator("*")
     @classmethod
     def _names(cls, value: str | None) -> str | None:
-        return _check_identifier(value)
+        return check_identifier(value)
 
 
 class OrdersMapping(_TableSection):
@@ -154,12 +145,34 @@ class SchemaMapping(_Strict):
             "columns with a zone (PostgreSQL timestamptz) are read as they are."
         ),
     )
+    guards: OrderGuards = Field(
+        OrderGuards(),
+        description="Conditions on other columns of the orders table (see docs/schema.md).",
+    )
+    repairs: dict[str, Repair] = Field(
+        {},
+        description="Other columns of the orders table the flip sets, by column name.",
+    )
 
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
         shop_zone(value)
         return value
+
+    @model_validator(mode="after")
+    def _repairs(self) -> SchemaMapping:
+        o = self.orders
+        check_repairs(self.repairs, o.status, o.updated_at, o.id)
+        return self
+
+    @property
+    def order_columns(self) -> list[str]:
+        """Every column of the orders table the mapping names: mapped, guarded, repaired, copied."""
+        names = _mapped_columns(self.orders) + self.guards.columns
+        for column, repair in self.repairs.items():
+            names += [column] + ([repair.copy_from] if repair.copy_from else [])
+        return list(dict.fromkeys(names))
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> SchemaMapping:
@@ -195,6 +208,9 @@ class AppSchema:
     # The type of the orders' key as the database declares it: "integer", "uuid" or "text".
     order_key_type: str = "text"
     aware_columns: frozenset[tuple[str, str]] = frozenset()
+    # False when a currency column is not text (an integer id into a currency table):
+    # currencies are then compared as they are, never through upper().
+    currency_is_text: bool = True
 
     def parse_order_id(self, text: str):
         """An operator's order id as a value of the orders' key, or None when it cannot be one.
@@ -251,9 +267,7 @@ def build_schema(
     mapping: SchemaMapping, aware_columns: frozenset[tuple[str, str]] = frozenset()
 ) -> AppSchema:
     """Table clauses for the mapped names, without touching a database."""
-    orders = sa.table(
-        mapping.orders.table, *(sa.column(c) for c in _mapped_columns(mapping.orders))
-    )
+    orders = sa.table(mapping.orders.table, *(sa.column(c) for c in mapping.order_columns))
     transactions = sa.table(
         mapping.transactions.table, *(sa.column(c) for c in _mapped_columns(mapping.transactions))
     )
@@ -278,6 +292,7 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
     """
     inspector = sa.inspect(engine)
     key_type = "text"
+    currency_is_text = True
     aware: set[tuple[str, str]] = set()
     for section in (mapping.orders, mapping.transactions):
         if not inspector.has_table(section.table):
@@ -289,15 +304,21 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
         if section is mapping.orders:
             key = [col for col in columns if col["name"].lower() == mapping.orders.id.lower()]
             key_type = _key_type(key[0]["type"]) if key else "text"
+        currency = [
+            c for c in columns if section.currency and c["name"].lower() == section.currency.lower()
+        ]
+        if currency and not isinstance(currency[0]["type"], sa.String):
+            currency_is_text = False
         aware.update(
             (section.table, col["name"])
             for col in columns
             if getattr(col["type"], "timezone", False) is True
         )
         present_lower = {name.lower() for name in present}
+        named = mapping.order_columns if section is mapping.orders else _mapped_columns(section)
         missing = [
             c
-            for c in _mapped_columns(section)
+            for c in named
             # MySQL and SQLite compare column names case-insensitively.
             if c not in present
             and (engine.dialect.name == "postgresql" or c.lower() not in present_lower)
@@ -307,4 +328,8 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
                 f"table {section.table!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
                 f"named in the schema mapping"
             )
-    return dataclasses.replace(build_schema(mapping, frozenset(aware)), order_key_type=key_type)
+    return dataclasses.replace(
+        build_schema(mapping, frozenset(aware)),
+        order_key_type=key_type,
+        currency_is_text=currency_is_text,
+    )

@@ -15,6 +15,9 @@ class OrderRow:
     total: Any
     currency: str | None = None
     deleted_at: Any = None
+    # The guards of the mapping that keep this order from being flipped, in words,
+    # as the database judged them when the row was read (see shop/guards.py).
+    guard_failures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,244 @@
+"""Guards, repairs and currencies of any type: refused when malformed, honoured by the flip's own
+compare-and-set, by the decision under the lock and by every scan; integer currencies compared
+as ids on every backend (PostgreSQL has no upper() of an integer)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from regularization_pipeline.core.decisions.orders import OrderStatements
+from regularization_pipeline.core.decisions.verification import verify
+from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.scans import inconsistency_report
+from regularization_pipeline.core.errors import ConfigurationError, SchemaMismatchError
+from regularization_pipeline.core.operations.doctor import diagnose
+from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.mapping import SchemaMapping, StatusMapping, bind_schema
+from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
+from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
+from tests.support.rows import no_sleep, outbox_per_order
+from tests.support.shop_tables import Shop
+
+# --- refused before any database work ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ({"guards": {"require": [{"column": "state"}]}}, ["guards.require.0", "exactly one"]),
+        (
+            {"guards": {"do_not_touch": [{"column": "state", "in": ["a"], "is_null": True}]}},
+            ["guards.do_not_touch.0", "exactly one"],
+        ),
+        ({"guards": {"require": [{"column": "state", "in": []}]}}, ["guards.require.0.in"]),
+        ({"guards": {"require": [{"column": "st ate", "in": ["a"]}]}}, ["guards.require.0.column"]),
+        ({"guards": {"require": [{"column": "state", "in": [""]}]}}, ["empty value"]),
+        ({"guards": {"when": []}}, ["guards.when"]),
+        ({"repairs": {"status": {"value": "paid"}}}, ["repairs.status"]),
+        ({"repairs": {"updated_at": {"now": True}}}, ["repairs.updated_at"]),
+        ({"repairs": {"paid_total": {"copy": "paid_total"}}}, ["copies itself"]),
+        ({"repairs": {"paid_at": {"now": False}}}, ["exactly one"]),
+        ({"repairs": {"paid_at": {"now": True, "value": 1}}}, ["exactly one"]),
+        ({"repairs": {"x;y": {"value": 1}}}, ["repairs", "not a valid"]),
+    ],
+)
+def test_malformed_guards_and_repairs_are_refused_naming_the_field(raw, words):
+    with pytest.raises(ConfigurationError) as err:
+        SchemaMapping.parse(raw)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_a_guard_on_a_column_the_table_lacks_is_refused_at_bind(engine):
+    md = _tables(sa.Integer)
+    md.create_all(engine)
+    mapping = SchemaMapping.parse(
+        {**MAPPING, "guards": {"do_not_touch": [{"column": "is_draft", "in": [1]}]}}
+    )
+    with pytest.raises(SchemaMismatchError, match="'shop_orders' lacks column.*'is_draft'"):
+        bind_schema(engine, mapping)
+
+
+def test_the_decision_reports_a_paid_order_a_guard_holds_and_skips_an_unpaid_one():
+    window = d.ScanWindow(now=dt.datetime(2026, 1, 1, 12))
+    paid = TransactionRow(7, "completed", "10", completed_at=dt.datetime(2026, 1, 1, 11))
+    held = OrderRow(1, "pending", "10", guard_failures=("do not touch when state in ['canceled']",))
+    verdict = verify(held, [paid], StatusMapping(), window)
+    assert verdict.action == INCONSISTENT
+    assert verdict.reason.startswith(f"{d.PAID_BUT_CLOSED}: a guard of the mapping holds")
+    assert "state in ['canceled']" in verdict.reason
+    assert verify(held, [], StatusMapping(), window).action == SKIPPED
+    assert verify(OrderRow(1, "pending", "10"), [paid], StatusMapping(), window).action == (
+        REGULARIZED
+    )
+
+
+# --- a shop with an order state beside its payment state, and an integer currency ------------
+
+MAPPING = {
+    "orders": {
+        "table": "shop_orders",
+        "status": "payment_state",
+        "currency": "currency_id",
+        "deleted_at": None,
+    },
+    "transactions": {"table": "shop_payments", "currency": "currency_id", "completed_at": None},
+    "statuses": {"order_pending": ["unpaid"], "order_completed": "paid"},
+    "guards": {
+        "require": [{"column": "checkout", "not_in": ["cart"]}],
+        "do_not_touch": [
+            {"column": "state", "in": ["canceled", "expired"]},
+            {"column": "canceled_at", "is_null": False},
+        ],
+    },
+    "repairs": {
+        "paid_amount": {"copy": "total"},
+        "paid_at": {"now": True},
+        "charge_flag": {"value": 1},
+    },
+}
+
+
+def _tables(currency: sa.types.TypeEngine) -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table(
+        "shop_orders",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("payment_state", sa.String(20), nullable=False),
+        sa.Column("state", sa.String(20)),
+        sa.Column("checkout", sa.String(20)),
+        sa.Column("canceled_at", sa.DateTime),
+        sa.Column("total", sa.Numeric(10, 2)),
+        sa.Column("currency_id", currency),
+        sa.Column("paid_amount", sa.Numeric(10, 2)),
+        sa.Column("paid_at", sa.DateTime),
+        sa.Column("charge_flag", sa.Integer, nullable=False, default=0),
+        sa.Column("created_at", sa.DateTime),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    sa.Table(
+        "shop_payments",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("order_id", sa.Integer, index=True),
+        sa.Column("status", sa.String(20)),
+        sa.Column("amount", sa.Numeric(10, 2)),
+        sa.Column("currency_id", currency),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    return md
+
+
+def _order(shop: Shop, currency=3, **values):
+    row = {
+        "payment_state": "unpaid",
+        "state": "open",
+        "checkout": "done",
+        "total": Decimal("10.00"),
+        "currency_id": currency,
+        "created_at": shop.at(90),
+        "updated_at": shop.at(90),
+        **values,
+    }
+    return shop.insert("shop_orders", **row)
+
+
+def _paid(shop: Shop, order_id, currency=3, amount="10.00"):
+    shop.insert(
+        "shop_payments",
+        order_id=order_id,
+        status="completed",
+        amount=Decimal(amount),
+        currency_id=currency,
+        updated_at=shop.at(60),
+    )
+
+
+def test_the_flip_itself_moves_no_order_a_guard_holds(engine):
+    """The compare-and-set carries the guards: an order cancelled after the decision stays put."""
+    shop = Shop(engine, _tables(sa.Integer), MAPPING)
+    open_ = _order(shop)
+    cancelled = _order(shop, state="canceled")
+    dated = _order(shop, canceled_at=shop.at(5))
+    in_cart = _order(shop, checkout="cart")
+    no_checkout = _order(shop, checkout=None)  # NULL satisfies no `not_in`: when in doubt, hold
+    no_state = _order(shop, state=None)  # NULL is in no do-not-touch list: not a closed order
+    statements = OrderStatements(engine, shop.schema, tb.owned_tables("regularization_"))
+    ids = [open_, cancelled, dated, in_cart, no_checkout, no_state]
+    with engine.begin() as conn:
+        moved = conn.execute(statements.flip, statements.flip_params(ids, shop.now)).rowcount
+    assert moved == 2
+    for key in ids:
+        row = shop.row("shop_orders", key, "payment_state", "paid_amount", "charge_flag")
+        expected = (
+            {"payment_state": "paid", "paid_amount": Decimal("10.00"), "charge_flag": 1}
+            if key in (open_, no_state)
+            else {"payment_state": "unpaid", "paid_amount": None, "charge_flag": 0}
+        )
+        assert row == expected, key
+    paid_at = shop.row("shop_orders", open_, "paid_at")["paid_at"]
+    assert abs(paid_at - shop.now) < dt.timedelta(seconds=1)
+
+
+def test_guards_and_integer_currencies_through_a_run_the_scans_and_doctor(server_engine):
+    shop = Shop(server_engine, _tables(sa.Integer), MAPPING)
+    orphan = _order(shop)
+    _paid(shop, orphan)
+    cancelled = _order(shop, state="expired")
+    _paid(shop, cancelled)
+    in_cart = _order(shop, checkout="cart")
+    _paid(shop, in_cart)
+    other_currency = _order(shop, currency=4)
+    _paid(shop, other_currency, currency=3)
+    s = shop.schema
+    assert s.currency_is_text is False
+
+    with server_engine.connect() as conn:
+        report = inconsistency_report(conn, s)
+        doctor = diagnose(conn, s, now=shop.now)
+    assert report.order_ids[d.PAID_BUT_CLOSED] == [cancelled, in_cart]
+    assert report.order_ids[d.CURRENCY_MISMATCH] == [other_currency]
+    assert doctor.refusals == [], doctor.refusals
+    columns = dict(doctor.sections)["other status-like columns of shop_orders"]
+    assert "state: guarded (state in ['canceled', 'expired'])" in columns
+    assert "canceled_at: set on 0 order(s), guarded (do not touch when set)" in columns
+
+    summary = Regularizer(server_engine, s, sleeper=no_sleep).run(RunOptions(sleep=0))
+
+    assert summary.regularized == 1
+    assert outbox_per_order(server_engine) == {str(orphan): 1}
+    for key in (cancelled, in_cart, other_currency):
+        assert shop.row("shop_orders", key, "payment_state") == {"payment_state": "unpaid"}
+    assert shop.row("shop_orders", orphan, "payment_state", "paid_amount", "charge_flag") == {
+        "payment_state": "paid",
+        "paid_amount": Decimal("10.00"),
+        "charge_flag": 1,
+    }
+
+
+def test_doctor_refuses_an_unguarded_state_column_that_says_canceled(server_engine):
+    unguarded = {k: v for k, v in MAPPING.items() if k != "guards"}
+    shop = Shop(server_engine, _tables(sa.String(3)), unguarded)
+    _paid(shop, _order(shop, currency="EUR"), currency="eur")  # case-insensitive codes
+    _paid(shop, _order(shop, currency="EUR", state="canceled"), currency="EUR")
+    _order(shop, currency="EUR", state="expired")  # pending, unpaid: a warning only
+    with server_engine.connect() as conn:
+        report = diagnose(conn, shop.schema, now=shop.now)
+        fixable = conn.execute(
+            sa.select(sa.func.count()).where(
+                d.regularizable_condition(shop.schema, d.ScanWindow(now=shop.now))
+            )
+        ).scalar_one()
+    assert fixable == 2
+    assert report.refusals == [
+        "shop_orders.state holds 'canceled', which reads as a closed order, and no guard keeps "
+        "such orders from being flipped (add guards.do_not_touch: [{column: state, in: "
+        "[canceled]}]): a run would complete 1 such order(s) now"
+    ]
+    assert any(w.startswith("shop_orders.state holds 'expired'") for w in report.warnings)
