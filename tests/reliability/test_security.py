@@ -329,7 +329,7 @@ def test_database_errors_are_described_without_the_data_they_quote(server_engine
     assert (
         "jane.doe" not in described and "example.com" not in described and "4111" not in described
     )
-    code = "22P02" if server_engine.dialect.name == "postgresql" else "1062"
+    code = "SQLSTATE 22P02" if server_engine.dialect.name == "postgresql" else "MariaDB error 1062"
     assert f"[{code}]" in described, (
         described
     )  # what an operator needs: the class and the database's code
