@@ -233,3 +233,30 @@ def test_a_trigger_refusing_with_customer_data_leaves_none_of_it_anywhere(
     held = [json.loads(p)["text"] for p in alert_payloads if "orders_held" in p]
     assert held and f"order {victim}" in held[0], held
     assert doctor in (0, 2)
+
+
+def test_a_database_error_failing_a_step_reaches_the_event_log_as_described(tmp_path):
+    """An error that escapes a step: Dagster stores its message and cause chain; ours carry neither."""
+    from regularization_pipeline.defs.assets import permanent_errors_fail_without_retry
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT)")
+        conn.exec_driver_sql("INSERT INTO orders VALUES (1, 'pending')")
+    _refuse_the_flip_of(engine, 1)
+
+    @dg.asset
+    def flips_an_order() -> None:
+        with permanent_errors_fail_without_retry(), engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE orders SET status = 'completed' WHERE id = 1")
+
+    home = tmp_path / "dagster"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        result = dg.materialize([flips_an_order], instance=instance, raise_on_error=False)
+        failures = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        event_log = "\n".join(repr(entry) for entry in instance.all_logs(result.run_id))
+    engine.dispose()
+    assert not result.success and failures
+    assert not _found(event_log) and not _found(_files_text(home)), _found(event_log)
+    assert "[SQLITE_CONSTRAINT_TRIGGER] on UPDATE orders" in event_log
