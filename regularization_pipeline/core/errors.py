@@ -112,6 +112,10 @@ _STATEMENT_KIND = re.compile(r"^\s*(\w+)")
 _IDENTIFIER = re.compile(r"[A-Za-z_][\w$]{0,63}(?:\.[A-Za-z_][\w$]{0,63})?")
 
 
+# What a database driver raises, through SQLAlchemy: for layers that do not import SQLAlchemy.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError,)
+
+
 class _Debug:
     """Where ``--debug`` sends a database's own message: the terminal, never a log or a table."""
 

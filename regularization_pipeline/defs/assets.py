@@ -19,6 +19,7 @@ from regularization_pipeline.core.delivery.publishers import close_publishers, d
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_in_window
 from regularization_pipeline.core.errors import (
+    DATABASE_ERRORS,
     BusyError,
     ConfigurationError,
     MigrationsMissingError,
@@ -70,7 +71,7 @@ def permanent_errors_fail_without_retry() -> Iterator[None]:
         ProviderRejectedError,
     ) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    except sa.exc.DBAPIError as exc:
+    except DATABASE_ERRORS as exc:
         raise dg.Failure(description=describe_error(exc)) from None
 
 
