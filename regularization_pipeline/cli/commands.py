@@ -26,8 +26,14 @@ from regularization_pipeline.cli.arguments import (
     utc_time,
     whole_number,
 )
-from regularization_pipeline.core.errors import BusyError, RegularizationError, describe_error
+from regularization_pipeline.core.errors import (
+    DEBUG_TERMINAL,
+    BusyError,
+    RegularizationError,
+    describe_error,
+)
 from regularization_pipeline.core.operations.retention import DEFAULT_RETENTION_DAYS
+from regularization_pipeline.logging_json import quiet_http_client_loggers
 
 Command = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 Options = Callable[[argparse.ArgumentParser], None]
@@ -220,6 +226,10 @@ def build_parser() -> tuple[
     return parser, commands
 
 
+def _to_terminal(text: str) -> None:
+    print(f"debug: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command under one error contract: bad input exits 2 with one line naming the
     problem, a run with failed orders exits 1, another run in flight 3; a traceback only
@@ -227,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     DEBUG.on = "--debug" in args_list
     args_list = [arg for arg in args_list if arg != "--debug"]
+    quiet_http_client_loggers()
+    # --debug shows a database's own message on this terminal, and nowhere else: not in the
+    # audit, the attempts table, the outbox, the event log or a log file (describe_error).
+    DEBUG_TERMINAL.show = _to_terminal if DEBUG.on else None
     if not DEBUG.on:
         # Dagster's beta and deprecation warnings are noise on an operator's terminal.
         warnings.filterwarnings("ignore")

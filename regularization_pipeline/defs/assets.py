@@ -19,10 +19,12 @@ from regularization_pipeline.core.delivery.publishers import close_publishers, d
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_in_window
 from regularization_pipeline.core.errors import (
+    DATABASE_ERRORS,
     BusyError,
     ConfigurationError,
     MigrationsMissingError,
     SchemaMismatchError,
+    describe_error,
 )
 from regularization_pipeline.core.operations import reports
 from regularization_pipeline.core.provider.answers import ProviderRejectedError
@@ -54,7 +56,11 @@ TRANSIENT_DB_RETRY = dg.RetryPolicy(
 @contextmanager
 def permanent_errors_fail_without_retry() -> Iterator[None]:
     """Bad config, a wrong mapping, missing migrations, a provider refusing our token, or another
-    run holding the shop's run lock ("busy: run R since T"): fail at once, having changed nothing."""
+    run holding the shop's run lock ("busy: run R since T"): fail at once, having changed nothing.
+
+    A database error that escapes the step fails it as describe_error says it (class, code,
+    statement, our words), retried as before: Dagster keeps a failed step's message and its
+    cause chain in the event log, and the server's own message can quote customer data."""
     try:
         yield
     except (
@@ -65,6 +71,8 @@ def permanent_errors_fail_without_retry() -> Iterator[None]:
         ProviderRejectedError,
     ) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    except DATABASE_ERRORS as exc:
+        raise dg.Failure(description=describe_error(exc)) from None
 
 
 # Chosen on purpose (an observable source with its own key); its beta warning was the one
