@@ -71,8 +71,9 @@ def cli_section() -> list[str]:
     lines = [
         "## CLI: `regularize-completed-orders`",
         "",
-        _first_line(parser.description) + " `--debug` (any command) shows tracebacks and "
-        "Dagster's own log lines.",
+        _first_line(parser.description) + " `--debug` (any command) shows tracebacks, "
+        "Dagster's own log lines, and a database's or a handler's own error message "
+        "(operator commands, on the terminal only: it is never stored).",
         "",
     ]
     helps = {

@@ -238,9 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     DEBUG.on = "--debug" in args_list
     args_list = [arg for arg in args_list if arg != "--debug"]
     quiet_http_client_loggers()
-    # --debug shows a database's own message on this terminal, and nowhere else: not in the
-    # audit, the attempts table, the outbox, the event log or a log file (describe_error).
-    DEBUG_TERMINAL.show = _to_terminal if DEBUG.on else None
     if not DEBUG.on:
         # Dagster's beta and deprecation warnings are noise on an operator's terminal.
         warnings.filterwarnings("ignore")
@@ -249,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, DEFAULT_COMMAND)
     args = parser.parse_args(args_list)
     command_parser, command = commands[args.command]
+    # --debug shows a database's own message on this terminal, and nowhere else: not in the
+    # audit, the attempts table, the outbox, the event log or a log file (describe_error).
+    # Not during a Dagster run (`run`): its steps' output is captured into the compute logs.
+    DEBUG_TERMINAL.show = _to_terminal if DEBUG.on and args.command != DEFAULT_COMMAND else None
     try:
         return command(args, command_parser)
     except BrokenPipeError:
