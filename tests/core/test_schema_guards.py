@@ -242,3 +242,47 @@ def test_doctor_refuses_an_unguarded_state_column_that_says_canceled(server_engi
         "[canceled]}]): a run would complete 1 such order(s) now"
     ]
     assert any(w.startswith("shop_orders.state holds 'expired'") for w in report.warnings)
+
+
+def test_a_currency_id_is_read_as_its_code_through_the_currencies_table(server_engine):
+    """The order holds an id into the shop's currencies, the payment a code (as a PSP reports it)."""
+    md = _tables(sa.Integer)
+    md.tables["shop_payments"].append_column(sa.Column("currency_code", sa.String(3)))
+    sa.Table(
+        "shop_currencies",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("iso_code", sa.String(3), nullable=False),
+    )
+    raw = {
+        **MAPPING,
+        "transactions": {**MAPPING["transactions"], "currency": "currency_code"},
+        "guards": {},
+    }
+    with pytest.raises(SchemaMismatchError, match="name the currency table under `currencies`"):
+        Shop(server_engine, md, raw)
+    raw["currencies"] = {"table": "shop_currencies", "code": "iso_code"}
+    shop = Shop(server_engine, md, raw)
+    shop.insert("shop_currencies", id=1, iso_code="EUR")
+    shop.insert("shop_currencies", id=2, iso_code="USD")
+    euros, dollars = _order(shop, currency=1), _order(shop, currency=2)
+    for key in (euros, dollars):
+        shop.insert(
+            "shop_payments",
+            order_id=key,
+            status="completed",
+            amount=Decimal("10.00"),
+            currency_code="eur",
+            updated_at=shop.at(60),
+        )
+    with server_engine.connect() as conn:
+        report = inconsistency_report(conn, shop.schema)
+        fixable = d.orphan_stats(conn, shop.schema, d.ScanWindow(now=shop.now)).count
+    assert report.order_ids[d.CURRENCY_MISMATCH] == [dollars]
+    assert fixable == 1
+
+    summary = Regularizer(server_engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+
+    assert summary.regularized == 1
+    assert outbox_per_order(server_engine) == {str(euros): 1}
+    assert shop.row("shop_orders", dollars, "payment_state") == {"payment_state": "unpaid"}

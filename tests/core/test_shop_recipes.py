@@ -438,3 +438,43 @@ def test_every_recipe_is_tested_and_shown_whole_in_the_schema_docs():
     assert files == sorted(SHOPS)
     for name in files:
         assert (RECIPES / f"{name}.yaml").read_text(encoding="utf-8") in docs, name
+
+
+def test_a_run_works_under_exactly_the_grants_doctor_prints(server_engine):
+    """Spree's recipe repairs payment_total too: the printed grants must cover it, and no more."""
+    import uuid
+
+    from regularization_pipeline.core.operations.statements import grant_statements
+    from regularization_pipeline.core.shop.engine import create_app_engine
+
+    shop = Shop(server_engine, spree_tables(), recipe("spree"))
+    seeded = seed_spree(shop)
+    role = f"regpipe_{uuid.uuid4().hex[:10]}"
+    with server_engine.connect() as conn:
+        report = diagnose(conn, shop.schema, now=shop.now)
+    printed = dict(report.sections)["statements for this mapping"]
+    grants = grant_statements(shop.schema, server_engine.dialect.name, role)
+    assert set(grant_statements(shop.schema, server_engine.dialect.name)) <= set(printed)
+    assert any("UPDATE (" in g and "payment_total" in g for g in grants), grants
+    pg = server_engine.dialect.name == "postgresql"
+    with server_engine.begin() as conn:
+        for statement in grants:
+            conn.exec_driver_sql(statement.split("  --")[0].replace("%", "%%"))
+    url = server_engine.url.set(username=role, password=None)
+    restricted = create_app_engine(url.render_as_string(hide_password=False))
+    try:
+        schema = bind_schema(restricted, shop.mapping)
+        summary = Regularizer(restricted, schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+        assert summary.regularized == len(seeded.flipped)
+        with pytest.raises(sa.exc.DBAPIError):  # a column the flip never writes stays refused
+            with restricted.begin() as conn:
+                conn.execute(sa.text("UPDATE spree_orders SET total = 0"))
+    finally:
+        restricted.dispose()
+        with server_engine.begin() as conn:
+            if pg:
+                conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+                conn.exec_driver_sql(f'DROP ROLE "{role}"')
+            else:
+                conn.exec_driver_sql(f"DROP USER '{role}'@'%%'")
+    assert outbox_per_order(server_engine) == {str(key): 1 for key in seeded.flipped}

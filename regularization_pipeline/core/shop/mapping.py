@@ -93,6 +93,14 @@ class TransactionsMapping(_TableSection):
     )
 
 
+class CurrencyTableMapping(_TableSection):
+    """The shop's table of currencies, for a currency column that holds an id into it."""
+
+    table: str = Field(description="Currencies table name.")
+    id: str = Field("id", description="Its key, the value the currency columns hold.")
+    code: str = Field("code", description="The currency's code (EUR, USD...).")
+
+
 class StatusMapping(_Strict):
     """Which status values mean what. Values are compared exactly: case matters."""
 
@@ -153,6 +161,13 @@ class SchemaMapping(_Strict):
         description=(
             "IANA zone of the shop's naive timestamp columns (Laravel's APP_TIMEZONE); "
             "columns with a zone (PostgreSQL timestamptz) are read as they are."
+        ),
+    )
+    currencies: CurrencyTableMapping | None = Field(
+        None,
+        description=(
+            "The table a currency id (an integer currency column) points into; its code is "
+            "compared with the other side's code. Null: ids are compared as they are."
         ),
     )
     guards: OrderGuards = Field(
@@ -221,6 +236,8 @@ class AppSchema:
     # False when a currency column is not text (an integer id into a currency table):
     # currencies are then compared as they are, never through upper().
     currency_is_text: bool = True
+    # The currency columns holding an id that is read as its code through ``mapping.currencies``.
+    currency_ids: frozenset[str] = frozenset()
 
     def parse_order_id(self, text: str):
         """An operator's order id as a value of the orders' key, or None when it cannot be one.
@@ -263,6 +280,20 @@ class AppSchema:
     def has_t(self, field: str) -> bool:
         return getattr(self.mapping.transactions, field) is not None
 
+    def currency(self, side: str) -> sa.ColumnElement:
+        """The currency of the order (``"o"``) or the payment (``"t"``), as a code when the
+        column holds an id into the mapping's currencies table."""
+        column = self.o("currency") if side == "o" else self.t("currency")
+        table = self.mapping.currencies
+        if table is None or side not in self.currency_ids:
+            return column
+        codes = sa.table(table.table, sa.column(table.id), sa.column(table.code)).alias(
+            f"currency_of_{side}"
+        )
+        # The order or payment comes from whichever query encloses it, however deep.
+        lookup = sa.select(codes.c[table.code]).where(codes.c[table.id] == column)
+        return lookup.correlate_except(codes).scalar_subquery()
+
     @property
     def tx_completed_at(self) -> sa.ColumnClause:
         return self.t("completed_at") if self.has_t("completed_at") else self.t("updated_at")
@@ -302,7 +333,7 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
     """
     inspector = sa.inspect(engine)
     key_type = "text"
-    currency_is_text = True
+    currency_ids: set[str] = set()
     aware: set[tuple[str, str]] = set()
     for section in (mapping.orders, mapping.transactions):
         if not inspector.has_table(section.table):
@@ -318,7 +349,7 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
             c for c in columns if section.currency and c["name"].lower() == section.currency.lower()
         ]
         if currency and not isinstance(currency[0]["type"], sa.String):
-            currency_is_text = False
+            currency_ids.add("o" if section is mapping.orders else "t")
         aware.update(
             (section.table, col["name"])
             for col in columns
@@ -338,8 +369,34 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
                 f"table {section.table!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
                 f"named in the schema mapping"
             )
+    both = mapping.orders.currency is not None and mapping.transactions.currency is not None
+    if mapping.currencies is not None:
+        _check_currency_table(inspector, mapping.currencies)
+        translated, currency_is_text = frozenset(currency_ids), True
+    else:
+        translated, currency_is_text = frozenset(), not currency_ids
+        if both and len(currency_ids) == 1:
+            raise SchemaMismatchError(
+                "one currency column holds an id and the other a code: name the currency "
+                "table under `currencies` in the schema mapping, so ids are read as codes"
+            )
     return dataclasses.replace(
         build_schema(mapping, frozenset(aware)),
         order_key_type=key_type,
         currency_is_text=currency_is_text,
+        currency_ids=translated,
     )
+
+
+def _check_currency_table(inspector, table: CurrencyTableMapping) -> None:
+    if not inspector.has_table(table.table):
+        raise SchemaMismatchError(
+            f"table {table.table!r} named in the schema mapping does not exist in the database"
+        )
+    present = {col["name"].lower() for col in inspector.get_columns(table.table)}
+    missing = [c for c in (table.id, table.code) if c.lower() not in present]
+    if missing:
+        raise SchemaMismatchError(
+            f"table {table.table!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
+            "named in the schema mapping"
+        )
