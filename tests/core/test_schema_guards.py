@@ -286,3 +286,143 @@ def test_a_currency_id_is_read_as_its_code_through_the_currencies_table(server_e
     assert summary.regularized == 1
     assert outbox_per_order(server_engine) == {str(euros): 1}
     assert shop.row("shop_orders", dollars, "payment_state") == {"payment_state": "unpaid"}
+
+
+# --- payments reached through a link table (many-to-many) -----------------------------------
+
+
+def _linked_tables() -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table(
+        "sales_orders",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("total", sa.Numeric(10, 2)),
+        sa.Column("currency", sa.String(3)),
+        sa.Column("created_at", sa.DateTime),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    sa.Table(
+        "payments",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("status", sa.String(20)),
+        sa.Column("amount", sa.Numeric(10, 2)),
+        sa.Column("currency", sa.String(3)),
+        sa.Column("completed_at", sa.DateTime(timezone=True)),
+        sa.Column("updated_at", sa.DateTime(timezone=True)),
+    )
+    sa.Table(
+        "order_payments",
+        md,
+        sa.Column("order_id", sa.Integer, primary_key=True),
+        sa.Column("payment_id", sa.Integer, primary_key=True),
+    )
+    return md
+
+
+LINKED = {
+    "orders": {"table": "sales_orders", "deleted_at": None},
+    "transactions": {"table": "payments", "order_id": "order_id"},
+    "payment_links": {"table": "order_payments"},
+}
+
+
+def test_payments_through_a_link_table_keep_double_charges_per_order_exact(server_engine):
+    shop = Shop(server_engine, _linked_tables(), LINKED)
+    aware = server_engine.dialect.name == "postgresql"
+
+    def order(total="10.00"):
+        return shop.insert(
+            "sales_orders",
+            status="pending",
+            total=Decimal(total),
+            currency="EUR",
+            created_at=shop.at(90),
+            updated_at=shop.at(90),
+        )
+
+    def payment(*orders, amount="10.00", status="completed", ago=60):
+        when = shop.at(ago).replace(tzinfo=dt.UTC) if aware else shop.at(ago)
+        key = shop.insert(
+            "payments",
+            status=status,
+            amount=Decimal(amount),
+            currency="EUR",
+            completed_at=when,
+            updated_at=when,
+        )
+        for order_id in orders:
+            shop.insert("order_payments", order_id=order_id, payment_id=key)
+        return key
+
+    single = order()
+    payment(single)
+    retried = order()
+    payment(retried, status="failed")
+    payment(retried)
+    first_half, second_half = order(), order()
+    payment(first_half, second_half, amount="20.00")  # one charge for two orders: pays neither
+    twice = order()
+    payment(twice)
+    payment(twice)
+    recent = order()
+    payment(recent, ago=2)
+    payment(9999)  # a link to an order that does not exist
+
+    with server_engine.connect() as conn:
+        report = inconsistency_report(conn, shop.schema)
+    assert report.order_ids[d.AMOUNT_MISMATCH] == [first_half, second_half]
+    assert report.order_ids[d.DOUBLE_CHARGE] == [twice]
+    assert report.order_ids[d.MISSING_ORDER] == [9999]
+    with server_engine.connect() as conn:
+        doctor = diagnose(conn, shop.schema, now=shop.now)
+    statements = dict(doctor.sections)["statements for this mapping"]
+    assert any("ix_order_payments_order_payment" in line for line in statements)
+    assert any(
+        line.startswith("GRANT SELECT ON") and "order_payments" in line for line in statements
+    )
+    assert (
+        "'completed': 8 transaction(s), completed" in dict(doctor.sections)["transaction statuses"]
+    )
+
+    first = Regularizer(server_engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+    again = Regularizer(server_engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+
+    assert (first.regularized, again.regularized) == (2, 0)
+    assert outbox_per_order(server_engine) == {str(single): 1, str(retried): 1}
+    for key in (first_half, second_half, twice, recent):
+        assert shop.row("sales_orders", key, "status") == {"status": "pending"}
+
+
+def test_payment_rows_only_keeps_the_rows_that_are_payments(server_engine):
+    """Refunds in the payments table, completed too: without the filter each order is a double charge."""
+    md = _tables(sa.String(3))
+    md.tables["shop_payments"].append_column(sa.Column("kind", sa.String(10)))
+    raw = {
+        **MAPPING,
+        "guards": {},
+        "payment_rows": {"only": [{"column": "kind", "in": ["charge"]}]},
+    }
+    shop = Shop(server_engine, md, raw)
+    key = _order(shop, currency="EUR")
+    for kind in ("charge", "refund"):
+        shop.insert(
+            "shop_payments",
+            order_id=key,
+            status="completed",
+            kind=kind,
+            amount=Decimal("10.00"),
+            currency_id="EUR",
+            updated_at=shop.at(60),
+        )
+    unfiltered = bind_schema(server_engine, SchemaMapping.parse({**raw, "payment_rows": {}}))
+    with server_engine.connect() as conn:
+        assert inconsistency_report(conn, unfiltered).order_ids[d.DOUBLE_CHARGE] == [key]
+        assert inconsistency_report(conn, shop.schema).total == 0
+
+    summary = Regularizer(server_engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+
+    assert summary.regularized == 1
+    assert outbox_per_order(server_engine) == {str(key): 1}

@@ -460,6 +460,91 @@ def seed_bagisto(shop: Shop) -> Seeded:
     return seeded
 
 
+# --- WooCommerce (HPOS) ------------------------------------------------------------------------
+# plugins/woocommerce/src/Internal/DataStores/Orders/OrdersTableDataStore.php, get_database_schema():
+# wp_wc_orders and wp_wc_order_operational_data (MySQL/MariaDB only).
+
+
+def woocommerce_tables() -> sa.MetaData:
+    md = sa.MetaData()
+    money = sa.Numeric(26, 8)
+    sa.Table(
+        "wp_wc_orders",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("status", sa.String(20)),
+        sa.Column("currency", sa.String(10)),
+        sa.Column("type", sa.String(20)),
+        sa.Column("tax_amount", money),
+        sa.Column("total_amount", money),
+        sa.Column("customer_id", sa.BigInteger),
+        sa.Column("date_created_gmt", sa.DateTime),
+        sa.Column("date_updated_gmt", sa.DateTime),
+        sa.Column("parent_order_id", sa.BigInteger),
+        sa.Column("payment_method", sa.String(100)),
+        sa.Column("transaction_id", sa.String(100)),
+    )
+    sa.Table(
+        "wp_wc_order_operational_data",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+        sa.Column("order_id", sa.BigInteger, unique=True),
+        sa.Column("created_via", sa.String(100)),
+        sa.Column("order_key", sa.String(100)),
+        sa.Column("date_paid_gmt", sa.DateTime),
+        sa.Column("date_completed_gmt", sa.DateTime),
+    )
+    return md
+
+
+def seed_woocommerce(shop: Shop) -> Seeded:
+    seeded = Seeded()
+    ids = iter(range(100, 200))
+
+    def order(status="wc-pending", paid_ago=None, kind="shop_order", parent=None):
+        key = next(ids)
+        shop.insert(
+            "wp_wc_orders",
+            id=key,
+            status=status,
+            currency="EUR",
+            type=kind,
+            tax_amount=Decimal("0"),
+            total_amount=Decimal("35.5"),
+            customer_id=1,
+            date_created_gmt=shop.at(120),
+            date_updated_gmt=shop.at(120),
+            parent_order_id=parent or 0,
+            payment_method="stripe",
+            transaction_id="pi_3" if paid_ago is not None else "",
+        )
+        shop.insert(
+            "wp_wc_order_operational_data",
+            order_id=key,
+            created_via="checkout",
+            order_key=f"wc_order_{key}",
+            date_paid_gmt=None if paid_ago is None else shop.at(paid_ago),
+        )
+        return key
+
+    for _ in range(2):
+        seeded.flipped[order(paid_ago=PAID_LONG_AGO)] = {"status": "wc-processing"}
+    seeded.held[order(status="wc-cancelled", paid_ago=PAID_LONG_AGO)] = d.PAID_BUT_CLOSED
+    refunded = order(status="wc-refunded", paid_ago=PAID_LONG_AGO)
+    seeded.held[refunded] = d.PAID_BUT_CLOSED
+    # A refund is a row of the orders table with another type (pending here): never an order.
+    seeded.held[order(paid_ago=PAID_LONG_AGO, kind="shop_order_refund", parent=refunded)] = (
+        d.PAID_BUT_CLOSED
+    )
+    seeded.held[order()] = None  # not paid yet
+    seeded.held[order(paid_ago=PAID_JUST_NOW)] = None
+    for key in seeded.held:
+        seeded.untouched[key] = {
+            "transaction_id": shop.row("wp_wc_orders", key, "transaction_id")["transaction_id"]
+        }
+    return seeded
+
+
 def without_guards(raw: dict) -> dict:
     return {k: v for k, v in raw.items() if k != "guards"}
 
@@ -478,6 +563,12 @@ SHOPS = {
     "saleor": (saleor_tables, seed_saleor, without_guards, "order_order.status holds"),
     "spree": (spree_tables, seed_spree, without_guards, "spree_orders.state holds"),
     "sylius": (sylius_tables, seed_sylius, without_guards, "sylius_order.state holds"),
+    "woocommerce": (
+        woocommerce_tables,
+        seed_woocommerce,
+        without_guards,
+        "wp_wc_orders.type holds",
+    ),
     "bagisto": (
         bagisto_tables,
         seed_bagisto,
@@ -486,7 +577,7 @@ SHOPS = {
     ),
 }
 POSTGRESQL_ONLY = {"saleor"}
-MARIADB_ONLY = {"bagisto"}
+MARIADB_ONLY = {"bagisto", "woocommerce"}
 
 
 @pytest.fixture(params=sorted(SHOPS))
@@ -519,7 +610,8 @@ def test_recipe_flips_every_orphan_once_and_reports_every_trap(recipe_shop):
         row = shop.row(m.orders.table, key, m.orders.status, *expected)
         assert row == {m.orders.status: m.statuses.order_completed, **expected}
         if m.orders.updated_at:
-            touched = s.read_time(shop.row(m.orders.table, key, m.orders.updated_at)["updated_at"])
+            stamp = shop.row(m.orders.table, key, m.orders.updated_at)[m.orders.updated_at]
+            touched = s.read_time(stamp)
             assert touched >= shop.now - dt.timedelta(seconds=1)
     for key, kept in seeded.untouched.items():
         assert shop.row(m.orders.table, key, *kept) == kept

@@ -24,12 +24,19 @@ def _family(dialect_name: str) -> str:
 
 def recommended_indexes(s: AppSchema) -> list[tuple[str, str, list[str]]]:
     """(index name, table, columns) of the indexes docs/schema.md recommends, for the mapped names."""
-    o, t = s.mapping.orders, s.mapping.transactions
+    o, t, links = s.mapping.orders, s.mapping.transactions, s.mapping.payment_links
     paid_at = t.completed_at or t.updated_at
+    # Payments completed by a column being set are found by that column.
+    status = t.status or s.mapping.payment_rows.completed_when_set
+    by_order = (
+        (f"ix_{t.table}_order_status", t.table, [t.order_id, status])
+        if links is None
+        else (f"ix_{links.table}_order_payment", links.table, [links.order_id, links.payment_id])
+    )
     return [
         (f"ix_{o.table}_status_id", o.table, [o.status, o.id]),
-        (f"ix_{t.table}_order_status", t.table, [t.order_id, t.status]),
-        (f"ix_{t.table}_status_paid_at", t.table, [t.status, paid_at]),
+        by_order,
+        (f"ix_{t.table}_status_paid_at", t.table, list(dict.fromkeys([status, paid_at]))),
     ]
 
 
@@ -59,7 +66,9 @@ def grant_statements(s: AppSchema, dialect_name: str, role: str = DEFAULT_ROLE) 
     family = _family(dialect_name)
     quote = _DIALECTS[family].identifier_preparer.quote
     m, ours = s.mapping, tb.owned_tables(s.mapping.table_prefix)
-    read = [m.transactions.table] + ([m.currencies.table] if m.currencies else [])
+    read = [m.transactions.table]
+    read += [m.payment_links.table] if m.payment_links else []
+    read += [m.currencies.table] if m.currencies else []
     owned = [
         ours.audit.name,
         ours.outbox.name,
