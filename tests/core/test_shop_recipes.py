@@ -19,11 +19,14 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.operations.doctor import diagnose
+from regularization_pipeline.core.operations.operator_tools import orphan_rows
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.verdicts import INCONSISTENT, SKIPPED
 from tests.support.rows import no_sleep, outbox_per_order
 from tests.support.shop_tables import Shop
 
@@ -600,6 +603,16 @@ def test_recipe_flips_every_orphan_once_and_reports_every_trap(recipe_shop):
     for key, kind in seeded.held.items():
         found = {k for k, ids in report.order_ids.items() if key in ids}
         assert found == ({kind} if kind else set()), (name, key)
+
+    with shop.engine.connect() as conn:
+        listed = orphan_rows(conn, s, d.ScanWindow(now=utcnow()))
+    assert {row.order_id for row in listed} == set(seeded.flipped)
+    # One order at a time (the operator's `--order`), each trap as the run would decide it.
+    regularizer = Regularizer(shop.engine, s, sleeper=no_sleep)
+    for key, kind in seeded.held.items():
+        outcome = regularizer.regularize_one(key, "operator", RunOptions(sleep=0))
+        assert outcome.action == (INCONSISTENT if kind else SKIPPED), (key, outcome)
+        assert outcome.reason.startswith(kind or ""), (key, outcome)
 
     first = Regularizer(shop.engine, s, sleeper=no_sleep).run(RunOptions(sleep=0))
     again = Regularizer(shop.engine, s, sleeper=no_sleep).run(RunOptions(sleep=0))
