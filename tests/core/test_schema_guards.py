@@ -208,6 +208,17 @@ def test_guards_and_integer_currencies_through_a_run_the_scans_and_doctor(server
     columns = dict(doctor.sections)["other status-like columns of shop_orders"]
     assert "state: guarded (state in ['canceled', 'expired'])" in columns
     assert "canceled_at: set on 0 order(s), guarded (do not touch when set)" in columns
+    assert dict(doctor.sections)["what a flip checks and writes"] == [
+        "only orders with payment_state in ['unpaid']",
+        "  and checkout not in ['cart']",
+        "  and not state in ['canceled', 'expired']",
+        "  and not canceled_at is set",
+        "sets payment_state = 'paid'",
+        "sets updated_at = the current time",
+        "sets paid_amount = the order's total",
+        "sets paid_at = the current time",
+        "sets charge_flag = 1",
+    ]
 
     summary = Regularizer(server_engine, s, sleeper=no_sleep).run(RunOptions(sleep=0))
 

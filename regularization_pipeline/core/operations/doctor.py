@@ -128,6 +128,7 @@ def diagnose(
     _indexes(report, conn, schema)
     _time_zone(report, conn, schema, now)
     _what_a_run_would_do(report, conn, schema, now)
+    report._section("what a flip checks and writes").extend(flip_in_words(schema))
     report._section("statements for this mapping").extend(statement_lines(conn, schema))
     return report
 
@@ -407,6 +408,20 @@ def _orders_column(conn: sa.Connection, s: AppSchema, name: str) -> sa.ColumnEle
         return s.orders.c[name]
     quote = conn.dialect.identifier_preparer.quote
     return sa.literal_column(f"{quote(s.mapping.orders.table)}.{quote(name)}")
+
+
+def flip_in_words(s: AppSchema) -> list[str]:
+    """The compare-and-set in words: which orders it may move, and every column it writes."""
+    m = s.mapping
+    o, guards = m.orders, m.guards
+    lines = [f"only orders with {o.status} in {list(m.statuses.order_pending)}"]
+    lines += [f"  and {c.describe()}" for c in guards.require]
+    lines += [f"  and not {c.describe()}" for c in guards.do_not_touch]
+    lines.append(f"sets {o.status} = {m.statuses.order_completed!r}")
+    if o.updated_at:
+        lines.append(f"sets {o.updated_at} = the current time")
+    lines += [f"sets {column} = {repair.describe()}" for column, repair in m.repairs.items()]
+    return lines
 
 
 # --- indexes ----------------------------------------------------------------------------
