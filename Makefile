@@ -33,13 +33,13 @@ demo-reset: venv $(DAGSTER_HOME)/dagster.yaml
 
 # Style is enforced, not suggested: `ruff format` (line length 100) and the lint rules.
 lint: venv
-	$(BIN)/ruff format --check regularization_pipeline tests bench
-	$(BIN)/ruff check regularization_pipeline tests bench
+	$(BIN)/ruff format --check regularization_pipeline tests bench tools
+	$(BIN)/ruff check regularization_pipeline tests bench tools
 
 # Rewrites the files in place: run it before committing.
 format: venv
-	$(BIN)/ruff format regularization_pipeline tests bench
-	$(BIN)/ruff check --fix regularization_pipeline tests bench
+	$(BIN)/ruff format regularization_pipeline tests bench tools
+	$(BIN)/ruff check --fix regularization_pipeline tests bench tools
 
 test: venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -47,7 +47,7 @@ test: venv lint
 # The inner loop: no browser, no deployment topology, no long scenario (marked slow), on
 # both cores. Every database still counts: SQLite, PostgreSQL and MariaDB.
 test-fast: venv
-	$(BIN)/pytest -m "not slow" --ignore=tests/ui --ignore=tests/deploy -n 4 -q $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not browser and not deployment" -n 4 -q $(PYTEST_ARGS)
 
 # The UI on http://127.0.0.1:3000 with the scheduler and sensors; the demo shop unless
 # REGULARIZATION_DATABASE_URL names another database (then with the demo's handlers too).
@@ -72,7 +72,7 @@ bench: venv
 # docs/reference.md from the code (CLI, run config, variables, definitions, metadata keys);
 # tests/docs/test_reference.py fails until it is regenerated after a change.
 reference: venv
-	$(BIN)/python -m regularization_pipeline.reference
+	$(BIN)/python -m tools.reference
 
 migrate: venv
 	$(BIN)/regularize-completed-orders migrate

@@ -13,6 +13,10 @@ from regularization_pipeline.defs.resources import (
     EventPublisherResource,
     PaymentGatewayResource,
 )
+from regularization_pipeline.logging_json import quiet_http_client_loggers
+
+# Every Dagster process loads this module: no httpx request line (a URL with its token) is logged.
+quiet_http_client_loggers()
 
 defs = dg.Definitions(
     assets=[

@@ -19,6 +19,27 @@ import json
 import logging
 from typing import Any
 
+from regularization_pipeline.core.errors import describe_error
+
+# HTTP client libraries that log every request's full URL at INFO (httpx) or DEBUG (httpcore):
+# webhook, heartbeat and alert URLs carry tokens in their path or query.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_client_loggers() -> None:
+    """Keep httpx's and httpcore's request lines (full URLs, tokens in them) out of every log.
+
+    Called wherever this package's processes configure logging: the code location
+    (definitions.py, which every Dagster process loads, the daemon's included) and the CLI.
+    Their warnings and errors still pass.
+    """
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+quiet_http_client_loggers()  # this formatter is loaded by every process that writes the log file
+
+
 # Fields of the `dagster_meta` attribute Dagster puts on the records it hands to
 # yaml-configured handlers (dagster._core.log_manager.DagsterLogRecordMetadata).
 _DAGSTER_META_FIELDS = ("run_id", "job_name", "step_key")
@@ -47,8 +68,8 @@ class JsonLinesFormatter(logging.Formatter):
         if event is not None:
             entry["event"] = getattr(event, "event_type_value", str(event))
         if record.exc_info:
-            # The exception type and message only: a full traceback can carry
-            # local values (SQL parameters) that must not reach a log file.
+            # What describe_error keeps (class, code, statement, our words): a traceback can
+            # carry local values (SQL parameters), a foreign message customer data.
             exc = record.exc_info[1]
-            entry["exception"] = f"{type(exc).__name__}: {exc}" if exc is not None else None
+            entry["exception"] = describe_error(exc) if exc is not None else None
         return json.dumps(entry, ensure_ascii=False, default=str)

@@ -9,6 +9,9 @@ in ``tests/support/``.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from regularization_pipeline.core.shop.engine import create_app_engine
@@ -75,3 +78,47 @@ def shop(engine) -> ShopWriter:
 @pytest.fixture
 def server_shop(server_engine) -> ShopWriter:
     return migrated_shop(server_engine)
+
+
+# --- markers ------------------------------------------------------------------------------
+# Folders whose tests need more than the databases: `make test-fast` leaves them out by marker.
+FOLDER_MARKERS = {
+    "tests/ui/": ("browser", "drives the Dagster UI in a real Chromium"),
+    "tests/deploy/": ("deployment", "builds or checks the container deployment"),
+}
+ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+_GUARANTEE_ROW = re.compile(
+    r"^\| (?P<what>[^|]+?) \| `(?P<marker>guarantee_[a-z_]+)` \|.*\| (?P<tests>[^|]+) \|$"
+)
+
+
+def guarantee_evidence() -> dict[str, tuple[str, list[str]]]:
+    """marker -> (the guarantee, the test files proving it), read from docs/architecture.md's
+    "Where each guarantee lives": the table is the one place that says which tests are its evidence."""
+    found = {}
+    for line in ARCHITECTURE.read_text(encoding="utf-8").splitlines():
+        row = _GUARANTEE_ROW.match(line)
+        if row:
+            paths = re.findall(r"`(tests/[^`]+\.py)`", row["tests"])
+            found[row["marker"]] = (row["what"], paths)
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, description in FOLDER_MARKERS.values():
+        config.addinivalue_line("markers", f"{marker}: {description}")
+    for marker, (what, _) in guarantee_evidence().items():
+        config.addinivalue_line("markers", f"{marker}: evidence of the guarantee '{what}'")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    evidence = guarantee_evidence()
+    for item in items:
+        path = Path(str(item.path)).relative_to(root).as_posix()
+        for folder, (marker, _) in FOLDER_MARKERS.items():
+            if path.startswith(folder):
+                item.add_marker(marker)
+        for marker, (_, paths) in evidence.items():
+            if path in paths:
+                item.add_marker(marker)

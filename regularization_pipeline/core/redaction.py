@@ -1,29 +1,65 @@
-"""The one redaction of free text: whatever foreign text is still shown (an error line, an alert)
-goes through :func:`redact` first, wherever it ends up."""
+"""The one redaction of free text: whatever foreign text is still shown (an alert, a receiver's
+refusal, an error of ours that names a value) goes through :func:`redact` first, wherever it ends up.
+
+Redaction is the second line of defence, not the first: a database's, a provider's or a
+handler's own message is never shown at all (``core.errors.describe_error`` keeps its class
+and code only). What remains is text a human needs to act on, and a deny-list of shapes can
+still miss one, which is why nothing foreign is passed here when its class and status do.
+"""
 
 from __future__ import annotations
 
 import re
 
-# What a database's own message can quote of the application's data: a duplicate key
-# ("Duplicate entry 'jane@example.com'"), a value that did not parse, a trigger's text.
-# PostgreSQL quotes a value after a colon (`invalid input syntax for type integer: "x"`) and
-# names (`database "shop"`) without one: the names stay, they are what an operator needs.
-
-
-# What a database's own message can quote of the application's data: a duplicate key
-# ("Duplicate entry 'jane@example.com'"), a value that did not parse, a trigger's text.
-# PostgreSQL quotes a value after a colon (`invalid input syntax for type integer: "x"`) and
-# names (`database "shop"`) without one: the names stay, they are what an operator needs.
+# What a message can quote of the application's data: a duplicate key ("Duplicate entry
+# 'jane@example.com'"), a value that did not parse, a trigger's text. PostgreSQL quotes a
+# value after a colon (`invalid input syntax for type integer: "x"`) and names (`database
+# "shop"`) without one: the names stay, they are what an operator needs.
 _QUOTED = re.compile(r"'[^']*'|(?<=: )\"[^\"]*\"")
 
+# Provider secrets by their documented prefixes (Stripe's secret, restricted and publishable
+# keys, webhook signing secrets; tokens of the same shape elsewhere), and bearer credentials.
+_TOKEN = re.compile(
+    r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]+|\bwhsec_[A-Za-z0-9+/=_-]+"
+    r"|\b(?:Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]+",
+    re.IGNORECASE,
+)
 
-_EMAIL = re.compile(r"[^\s@,;:()]+@[^\s@,;:()]+")
+# "Jane Doe <jane@example.com>", "Jane Doe (jane@example.com)", "Jane Doe, jane@example.com":
+# the display name next to an address is the customer's name. Up to four capitalised words.
+_NAME_BEFORE_EMAIL = re.compile(
+    r"(?:\b[A-Z][\w'’.-]*\s+){0,3}[A-Z][\w'’.-]*\s*[,:]?\s*(?=[<(\[]?\s*[^\s@<>()\[\],;:]+@)"
+)
+_EMAIL = re.compile(r"[<(\[]?[^\s@,;:()<>\[\]]+@[^\s@,;:()<>\[\]]+[>)\]]?")
+
+# IBAN: a country code, two check digits, 11 to 30 letters and digits, in groups of four or not.
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
+
+# Card, account and phone numbers: nine digits or more, in any common spelling (spaces, dots,
+# dashes, slashes, a leading +, an area code in parentheses).
+_DIGIT_RUN = re.compile(r"\+?\(?\d(?:[ .\-/()]{0,2}\d){8,}\)?")
 
 
-_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){8,}")  # card and account numbers, phone numbers
+# What stays as it is: ids and times operators look up (a run's UUID, an ISO timestamp), which
+# the digit runs below would otherwise eat.
+_KEEP = re.compile(
+    r"(\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+    r"|\b\d{4}-\d\d-\d\d(?:[ T]\d\d:\d\d(?::\d\d(?:\.\d+)?)?)?(?:Z|[+-]\d\d:?\d\d)?(?!\d))",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
-    """``text`` without quoted values, e-mail addresses or long digit runs."""
-    return _DIGIT_RUN.sub("#", _EMAIL.sub("<e-mail>", _QUOTED.sub("'…'", text)))
+    """``text`` without quoted values, tokens, names next to e-mails, e-mails, IBANs or long digit runs."""
+    parts = _KEEP.split(text)
+    # split() with one group: the odd items are the kept ids and times.
+    return "".join(part if i % 2 else _redact(part) for i, part in enumerate(parts))
+
+
+def _redact(text: str) -> str:
+    text = _QUOTED.sub("'…'", text)
+    text = _TOKEN.sub("<token>", text)
+    text = _NAME_BEFORE_EMAIL.sub("", text)
+    text = _EMAIL.sub("<e-mail>", text)
+    text = _IBAN.sub("<iban>", text)
+    return _DIGIT_RUN.sub("#", text)

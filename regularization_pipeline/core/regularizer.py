@@ -53,7 +53,7 @@ from regularization_pipeline.core.decisions.verification import (
 )
 from regularization_pipeline.core.decisions.writes import write_decisions
 from regularization_pipeline.core.detection import orphans as d
-from regularization_pipeline.core.detection.scans import held_orders
+from regularization_pipeline.core.detection.held import held_orders
 from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
 from regularization_pipeline.core.provider.answers import (
     PaymentVerifier,

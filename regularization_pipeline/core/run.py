@@ -21,7 +21,7 @@ from regularization_pipeline.core.clock import as_naive_utc
 from regularization_pipeline.core.config_files import validate_or_explain
 from regularization_pipeline.core.decisions.context import OrderOutcome
 from regularization_pipeline.core.detection import orphans as d
-from regularization_pipeline.core.detection.scans import held_metadata
+from regularization_pipeline.core.detection.held import held_metadata
 
 # A run keeps counts and the first outcomes only, never a record per order (``limit`` allows
 # 10,000,000); every decision is in the audit trail, and a progress hook sees each outcome.

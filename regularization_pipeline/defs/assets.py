@@ -12,18 +12,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.delivery.publishers import close_publishers, describe_destination
 from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.held import held_in_window
 from regularization_pipeline.core.errors import (
+    DATABASE_ERRORS,
     BusyError,
     ConfigurationError,
     MigrationsMissingError,
     SchemaMismatchError,
+    describe_error,
 )
+from regularization_pipeline.core.operations import reports
 from regularization_pipeline.core.provider.answers import ProviderRejectedError
 from regularization_pipeline.core.regularizer import (
     OrderOutcome,
@@ -31,7 +34,6 @@ from regularization_pipeline.core.regularizer import (
     RunOptions,
     RunSummary,
 )
-from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.migrations import require_migrated
 from regularization_pipeline.defs.config import RegularizeConfig
 from regularization_pipeline.defs.resources import (
@@ -54,7 +56,11 @@ TRANSIENT_DB_RETRY = dg.RetryPolicy(
 @contextmanager
 def permanent_errors_fail_without_retry() -> Iterator[None]:
     """Bad config, a wrong mapping, missing migrations, a provider refusing our token, or another
-    run holding the shop's run lock ("busy: run R since T"): fail at once, having changed nothing."""
+    run holding the shop's run lock ("busy: run R since T"): fail at once, having changed nothing.
+
+    A database error that escapes the step fails it as describe_error says it (class, code,
+    statement, our words), retried as before: Dagster keeps a failed step's message and its
+    cause chain in the event log, and the server's own message can quote customer data."""
     try:
         yield
     except (
@@ -65,6 +71,8 @@ def permanent_errors_fail_without_retry() -> Iterator[None]:
         ProviderRejectedError,
     ) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    except DATABASE_ERRORS as exc:
+        raise dg.Failure(description=describe_error(exc)) from None
 
 
 # Chosen on purpose (an observable source with its own key); its beta warning was the one
@@ -102,15 +110,7 @@ def orders_by_status(app_db: AppDatabaseResource) -> dict[str, int]:
     """``orders_total`` and ``orders_<status>``: the metadata of an observation of ``app_orders``."""
     with permanent_errors_fail_without_retry():
         schema = app_db.bind()
-    status = schema.o("status")
-    with app_db.get_engine().connect() as conn:
-        rows = conn.execute(
-            sa.select(status, sa.func.count()).group_by(status).order_by(status)
-        ).all()
-    counts = {str(value): int(n) for value, n in rows}
-    metadata: dict[str, int] = {"orders_total": sum(counts.values())}
-    metadata.update({f"orders_{value}": n for value, n in counts.items()})
-    return metadata
+    return reports.orders_by_status(app_db.get_engine(), schema)
 
 
 # Every order is logged while a run is this small (the default limit is 50); past it, one
@@ -204,23 +204,6 @@ def regularized_orders(
     return dg.MaterializeResult(metadata=metadata)
 
 
-def outbox_backlog(engine: sa.Engine, tables: tb.OwnedTables) -> dict[str, int]:
-    """Outbox rows still pending and dead-lettered, whatever run wrote them."""
-    ob = tables.outbox
-    with engine.connect() as conn:
-        counts = dict(
-            conn.execute(
-                sa.select(ob.c.state, sa.func.count())
-                .where(ob.c.state.in_([tb.PENDING, tb.DEAD]))
-                .group_by(ob.c.state)
-            ).all()
-        )
-    return {
-        "outbox_pending": int(counts.get(tb.PENDING, 0)),
-        "outbox_dead": int(counts.get(tb.DEAD, 0)),
-    }
-
-
 @dg.asset(
     deps=[regularized_orders],
     group_name=GROUP,
@@ -267,65 +250,13 @@ def order_completed_events(
         "left_for_next_run": summary.left_for_next_run,
         "delivery_lag_p50_seconds": round(statistics.median(lags), 3) if lags else 0.0,
         "delivery_lag_max_seconds": round(max(lags), 3) if lags else 0.0,
-        **outbox_backlog(engine, tables),
+        **reports.outbox_backlog(engine, tables),
     }
     context.log.info(
         f"{metadata['delivered_to']}: {summary.delivered} event(s) delivered, "
         f"{summary.retried} to retry, {summary.dead} dead"
     )
     return dg.MaterializeResult(metadata=metadata)
-
-
-AUDIT_COLUMNS = (
-    "order_id",
-    "action",
-    "reason",
-    "transaction_id",
-    "order_amount",
-    "transaction_amount",
-    "currency",
-    "transaction_completed_at",
-    "created_at",
-)
-
-
-def audit_action_counts(engine: sa.Engine, tables: tb.OwnedTables, run_id: str) -> dict[str, int]:
-    """How many audit rows of each action this run wrote, counted by the database."""
-    au = tables.audit
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(au.c.action, sa.func.count())
-            .where(au.c.run_id == run_id)
-            .group_by(au.c.action)
-        )
-        return {action: int(n) for action, n in rows}
-
-
-def audit_preview(engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: int):
-    """The first ``rows`` audit rows of this run, in the order they were written, as a DataFrame.
-
-    Only the preview is loaded: a run over a large backlog writes one row per order.
-    A value the row does not have (no payment, no amount) is blank, not ``nan`` or ``NaT``.
-    """
-    import pandas as pd  # only this step needs it: kept off the code location's import time
-
-    au = tables.audit
-    query = (
-        sa.select(*(au.c[name] for name in AUDIT_COLUMNS))
-        .where(au.c.run_id == run_id)
-        .order_by(au.c.id)
-        .limit(rows)
-    )
-    with engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).all(), columns=list(AUDIT_COLUMNS))
-    return frame.astype(object).where(frame.notna(), "")
-
-
-def held_orphan_count(conn: sa.Connection, schema, window: d.ScanWindow, fixable: int) -> int:
-    """Orphans the run leaves pending on purpose (an inconsistent payment, a quarantine): every
-    pending order with a completed payment in the window, less the ``fixable`` ones."""
-    orphans = d.select_orphan_payments(schema, window, sa.func.count(sa.distinct(schema.o("id"))))
-    return int(conn.execute(orphans).scalar_one()) - fixable
 
 
 def audit_metrics(
@@ -396,12 +327,12 @@ def regularization_audit(
     with permanent_errors_fail_without_retry():
         schema = app_db.bind()
         require_migrated(engine, app_db.mapping().table_prefix)
-    counts = audit_action_counts(engine, tables, context.run_id)
+    counts = reports.audit_action_counts(engine, tables, context.run_id)
     grace = _run_grace_minutes(context)
     window = RunOptions(min_age_minutes=grace).window(utcnow())
     with engine.connect() as conn:
         remaining = d.orphan_stats(conn, schema, window, sample_size=0, attempts=tables.attempts)
-        held = held_orphan_count(conn, schema, window, remaining.count)
+        held = held_in_window(conn, schema, window, remaining.count)
     record = context.instance.get_run_record_by_id(context.run_id)
     started = record.start_time if record is not None else None
     # Up to this last step: the run's duration as far as the run itself can know it.
@@ -409,7 +340,7 @@ def regularization_audit(
     metadata = audit_metrics(counts, remaining.oldest_age_minutes, remaining.count, held, duration)
     # Configuration, not a figure that moves: text, so it is not plotted.
     metadata["grace_minutes"] = dg.MetadataValue.text(f"{grace:g}")
-    shown = audit_preview(engine, tables, context.run_id, AUDIT_PREVIEW_ROWS)
+    shown = reports.audit_preview(engine, tables, context.run_id, AUDIT_PREVIEW_ROWS)
     hidden = sum(counts.values()) - len(shown)
     note = f"\n\n{hidden} more row(s) not shown." if hidden > 0 else ""
     metadata["preview"] = dg.MetadataValue.md(

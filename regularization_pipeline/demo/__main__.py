@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    from regularization_pipeline.cli import BusyError, launch_job, print_report
+    from regularization_pipeline.cli import launch_job, print_report
+    from regularization_pipeline.core.errors import BusyError
 
     print(
         f"Running the job regularize_completed_orders once (sleep {args.sleep} s) on the instance in {home} ..."

@@ -132,7 +132,9 @@ def test_a_failed_run_alerts_once_and_resolves_once_when_a_run_succeeds(harness,
 
     firing, resolved = harness.assert_each_channel_got("FIRING: run_failed", "RESOLVED: run_failed")
     assert f"run {failed.run_id} of regularize_completed_orders failed: " in firing
-    assert firing.endswith("missing.yaml': No such file or directory"), firing  # the reason
+    # The reason, through the one redaction: what failed stays, the quoted value (a path here,
+    # a customer's data in a database's message) does not.
+    assert firing.endswith("cannot read schema mapping file '…': No such file or directory"), firing
     assert resolved.endswith(f"run {succeeded.run_id} of regularize_completed_orders succeeded")
 
 
@@ -271,7 +273,7 @@ def test_the_audit_counts_remaining_orphans_with_the_runs_own_grace_period_and_t
 def test_alert_settings_come_from_the_environment_and_a_bad_one_is_reported_never_fatal(
     monkeypatch,
 ):
-    from regularization_pipeline.defs import resources as definitions
+    from regularization_pipeline.defs.resources import alerting as definitions
 
     defaults = definitions.AlertResource.from_env()
     assert (defaults.stale_orphan_minutes, defaults.max_error_rate, defaults.warnings()) == (

@@ -462,17 +462,33 @@ def test_json_lines_formatter_writes_one_object_per_line_and_no_extra_attributes
     assert "someone@example.com" not in line
 
 
-def test_json_lines_formatter_keeps_exception_type_and_message_not_the_traceback():
-    try:
-        raise ValueError("database unreachable")
-    except ValueError:
-        import sys
+def test_json_lines_formatter_keeps_what_describe_error_keeps_not_the_message_or_traceback():
+    import sqlite3
+    import sys
 
+    import sqlalchemy as sa
+
+    engine = sa.create_engine("sqlite://")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT)")
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON orders BEGIN "
+                "SELECT RAISE(ABORT, 'card 4111 1111 1111 1111 of Jane Doe'); END"
+            )
+            conn.exec_driver_sql("INSERT INTO orders VALUES (1, 'x')")
+            conn.exec_driver_sql("UPDATE orders SET note = 'y'")
+    except sa.exc.IntegrityError:
         record = logging.LogRecord(
             "regularization_pipeline", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
         )
+    engine.dispose()
+    assert isinstance(record.exc_info[1].orig, sqlite3.IntegrityError)
     entry = json.loads(JsonLinesFormatter().format(record))
-    assert entry["exception"] == "ValueError: database unreachable"
+    assert entry["exception"].startswith(
+        "IntegrityError (sqlite3.IntegrityError) [SQLITE_CONSTRAINT_TRIGGER] on UPDATE orders: "
+    ), entry
+    assert "4111" not in entry["exception"] and "Jane" not in entry["exception"]
     assert "Traceback" not in json.dumps(entry)
 
 

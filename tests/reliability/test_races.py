@@ -1,6 +1,6 @@
 """Production-sized races on PostgreSQL and MariaDB: late webhooks during a run, and forced overlap.
 
-tests/core/test_concurrency.py proves the same guarantees on tens of orders; these run them on
+tests/core/decisions/test_concurrency.py proves the same guarantees on tens of orders; these run them on
 thousands, with the application's webhook writing its own completion marker, and time
 the overlap against a single run.
 """

@@ -9,6 +9,7 @@ import subprocess
 import tomllib
 import uuid
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -25,6 +26,7 @@ from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
 from regularization_pipeline.core.shop.tables import owned_tables
 from regularization_pipeline.core.verdicts import SKIPPED
+from regularization_pipeline.logging_json import HTTP_CLIENT_LOGGERS, quiet_http_client_loggers
 from tests.support import ROOT
 from tests.support.databases import PG_ADMIN_URL, migrated_shop, throwaway_postgres_database
 from tests.support.http_stubs import ProviderStub, ReceivingApp
@@ -329,7 +331,7 @@ def test_database_errors_are_described_without_the_data_they_quote(server_engine
     assert (
         "jane.doe" not in described and "example.com" not in described and "4111" not in described
     )
-    code = "22P02" if server_engine.dialect.name == "postgresql" else "1062"
+    code = "SQLSTATE 22P02" if server_engine.dialect.name == "postgresql" else "MariaDB error 1062"
     assert f"[{code}]" in described, (
         described
     )  # what an operator needs: the class and the database's code
@@ -373,6 +375,29 @@ CUSTOMERS = [
 CARDS = ["4111111111111111", "5500005555555559"]
 WEBHOOK_SECRET = "whsec_Zq81LmN0pQrStUvWxYz7"
 PROVIDER_TOKEN = "sk_live_9fK2hJ4mP7qR1sT3vW5y"
+URL_TOKEN = "hook-Tk-7Qw2Er9Ty"  # receivers and heartbeats that authenticate by URL
+
+
+def test_http_client_request_lines_with_their_urls_are_silenced(caplog):
+    """httpx logs every request's full URL at INFO; quiet_http_client_loggers keeps it out."""
+    saved = {n: logging.getLogger(n).level for n in HTTP_CLIENT_LOGGERS}
+    try:
+        with ReceivingApp() as app, httpx.Client() as client:
+            for name in HTTP_CLIENT_LOGGERS:
+                logging.getLogger(name).setLevel(logging.NOTSET)
+            with caplog.at_level(logging.DEBUG):
+                client.get(f"{app.url}/ping?token={URL_TOKEN}")
+            loud = caplog.text
+            caplog.clear()
+            quiet_http_client_loggers()
+            with caplog.at_level(logging.DEBUG):
+                client.get(f"{app.url}/ping?token={URL_TOKEN}")
+            quiet = caplog.text
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+    assert URL_TOKEN in loud  # httpx does log the URL: the check below is not vacuous
+    assert URL_TOKEN not in quiet and "HTTP Request" not in quiet, quiet
 
 
 def test_a_full_run_and_dispatch_logs_no_personal_data_or_secret(engine, tmp_path):
@@ -414,8 +439,12 @@ def test_a_full_run_and_dispatch_logs_no_personal_data_or_secret(engine, tmp_pat
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-    loggers = [logging.getLogger("regularization_pipeline"), logging.getLogger("sqlalchemy.engine")]
+    # Every logger (the root's handler sees them all), at DEBUG, configured as our processes
+    # configure logging (definitions.py and the CLI call quiet_http_client_loggers).
+    loggers = [logging.getLogger(), logging.getLogger("sqlalchemy.engine")]
     saved = [(lg, lg.level) for lg in loggers]
+    saved += [(logging.getLogger(n), logging.getLogger(n).level) for n in HTTP_CLIENT_LOGGERS]
+    quiet_http_client_loggers()
     for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.DEBUG)
@@ -437,7 +466,9 @@ def test_a_full_run_and_dispatch_logs_no_personal_data_or_secret(engine, tmp_pat
             )
             verifier.close()
             settings = PublisherSettings.parse(
-                kinds=["webhook"], webhook_url=app.url + "/hooks", webhook_secret=WEBHOOK_SECRET
+                kinds=["webhook"],
+                webhook_url=f"{app.url}/hooks?token={URL_TOKEN}",
+                webhook_secret=WEBHOOK_SECRET,
             )
             publishers = build_publishers(settings)
             sent = OutboxDispatcher(engine, owned_tables(), publishers).dispatch()
@@ -462,6 +493,7 @@ def test_a_full_run_and_dispatch_logs_no_personal_data_or_secret(engine, tmp_pat
         *CARDS,
         WEBHOOK_SECRET,
         PROVIDER_TOKEN,
+        URL_TOKEN,
     ]
     found = [s for s in secrets if s in text]
     assert found == [], f"{found} in the run's log"

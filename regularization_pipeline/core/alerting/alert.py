@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from regularization_pipeline.core.redaction import redact
+
 FIRING = "firing"
 RESOLVED = "resolved"
 SOURCE = "regularization_pipeline"
@@ -27,6 +29,10 @@ class Observation:
     severity: str = "error"
     run_id: str | None = None
 
+    def __post_init__(self) -> None:
+        # The detail is kept in the sensor's cursor and sent to every channel: redacted once, here.
+        object.__setattr__(self, "detail", redact(self.detail))
+
 
 @dataclass(frozen=True)
 class Alert:
@@ -36,6 +42,10 @@ class Alert:
     severity: str = "error"
     run_id: str | None = None
     at: float = 0.0  # when it was raised (epoch seconds); 0 in messages stored by older versions
+
+    def __post_init__(self) -> None:
+        # Every payload (Slack, JSON, PagerDuty, Alertmanager, e-mail) is built from this detail.
+        object.__setattr__(self, "detail", redact(self.detail))
 
     @property
     def subject(self) -> str:

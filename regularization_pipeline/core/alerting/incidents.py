@@ -238,8 +238,11 @@ class EmailChannel:
                     smtp.login(self.username, self.password or "")
                 smtp.send_message(self.message(alert))
         except (OSError, smtplib.SMTPException) as exc:
-            # The exception text can quote the server's greeting or our address: the class is enough.
-            raise AlertDeliveryError(f"{self.name}: {type(exc).__name__}") from None
+            # The server's reply text can quote its greeting or our address: the class and the
+            # SMTP status code (535: login refused, 550: mailbox refused...) are what one acts on.
+            code = getattr(exc, "smtp_code", None)
+            status = f" (SMTP {code})" if isinstance(code, int) else ""
+            raise AlertDeliveryError(f"{self.name}: {type(exc).__name__}{status}") from None
 
 
 def deliver(book: IncidentBook, alerts: Sequence[Alert], channels: Sequence[Channel]) -> list[str]:

@@ -30,7 +30,7 @@ from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.delivery.events import OrderCompleted
 from regularization_pipeline.core.delivery.publishers import expand_publishers
 from regularization_pipeline.core.delivery.webhook import PermanentDeliveryError
-from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.errors import ConfigurationError, describe_error
 from regularization_pipeline.core.shop.engine import supports_skip_locked
 from regularization_pipeline.core.shop.tables import DEAD, DELIVERED, PENDING, OwnedTables
 
@@ -348,5 +348,6 @@ class OutboxDispatcher:
 
 
 def _describe(error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}"[:1000] if text else type(error).__name__
+    # A handler's exception message (and a database error raised inside one) is foreign text:
+    # describe_error keeps its class and code; our publishers' own errors keep their words.
+    return describe_error(error)[:1000]

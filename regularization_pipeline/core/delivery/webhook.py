@@ -27,6 +27,7 @@ from regularization_pipeline.core.delivery.events import (
 from regularization_pipeline.core.delivery.signing import SIGNATURE_HEADER, signature_header
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.provider.ratelimit import parse_retry_after
+from regularization_pipeline.core.redaction import redact
 
 
 class PermanentDeliveryError(Exception):
@@ -209,7 +210,11 @@ class WebhookPublisher:
         status = response.status_code
         if 200 <= status < 300 or status == 409:
             return
-        detail = f"webhook answered HTTP {status}: {_snippet(response.text)}"
+        detail = f"webhook answered HTTP {status}"
+        if status < 500:
+            # A refusal a human may have to act on (a 400 naming a field): a short, redacted
+            # excerpt of the body. A 5xx body is the receiver's own failure, in its own logs.
+            detail += f": {redact(_snippet(response.text))}"
         if status in (408, 429) or status >= 500:
             raise RetryableDeliveryError(
                 detail, retry_after=parse_retry_after(response.headers.get("Retry-After"))

@@ -34,7 +34,6 @@ from regularization_pipeline.core.detection.orphans import (
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.guards import guarded_out
 from regularization_pipeline.core.shop.mapping import AppSchema
-from regularization_pipeline.core.verdicts import QUARANTINED
 
 
 @dataclass
@@ -240,38 +239,3 @@ def pending_among(conn: sa.Connection, s: AppSchema, keys: list[str]) -> list:
         )
         found.extend(conn.execute(held).scalars())
     return sorted(found, key=order_id_sort_key)
-
-
-HELD_REASONS = (*INCONSISTENCY_KINDS, QUARANTINED)
-
-
-def quarantined_order_ids(conn: sa.Connection, schema: AppSchema) -> list:
-    """Pending orders quarantined after repeated failures (the provider's holds are a kind of their own)."""
-    at = tb.owned_tables(schema.mapping.table_prefix).attempts
-    keys = conn.execute(
-        sa.select(at.c.order_id).where(
-            at.c.quarantined_at.is_not(None),
-            ~at.c.last_reason.startswith(f"{PROVIDER_FAILED}:", autoescape=True),
-        )
-    ).scalars()
-    return pending_among(conn, schema, list(keys))
-
-
-def held_orders(
-    conn: sa.Connection, schema: AppSchema, report: InconsistencyReport
-) -> dict[str, int]:
-    """Orders the job leaves alone by design, by reason: each kind of inconsistency, and quarantine.
-
-    Never counted as orphans: they wait for a human (``list-inconsistencies``), and stay
-    here until the inconsistency is settled or the quarantine released.
-    """
-    held = {kind: int(report.counts.get(kind, 0)) for kind in INCONSISTENCY_KINDS}
-    held[QUARANTINED] = len(quarantined_order_ids(conn, schema))
-    return held
-
-
-def held_metadata(held: dict[str, int]) -> dict[str, int]:
-    """``held_orders`` (all reasons) and ``held_orders_<reason>``: stable keys for metadata."""
-    return {"held_orders": sum(held.values())} | {
-        f"held_orders_{reason}": held.get(reason, 0) for reason in HELD_REASONS
-    }

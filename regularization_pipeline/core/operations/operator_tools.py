@@ -20,16 +20,16 @@ from regularization_pipeline.core.decisions.orders import same_order_id
 from regularization_pipeline.core.decisions.verification import verify
 from regularization_pipeline.core.delivery.outbox import OutboxDispatcher
 from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.held import quarantined_order_ids
 from regularization_pipeline.core.detection.scans import (
-    QUARANTINED,
     inconsistency_report,
-    quarantined_order_ids,
     with_provider_failures,
 )
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.verdicts import QUARANTINED
 
 
 def parse_utc_time(text: str) -> dt.datetime:

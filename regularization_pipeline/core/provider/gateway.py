@@ -43,6 +43,7 @@ from regularization_pipeline.core.provider.ratelimit import (
     RateLimitWaitTooLong,
     parse_retry_after,
 )
+from regularization_pipeline.core.redaction import redact
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 
 log = logging.getLogger("regularization_pipeline.gateway")
@@ -175,7 +176,7 @@ def dig(document: Any, dotted: str) -> Any:
 def _shown(value: Any) -> str:
     """A provider status value short and printable enough for an audit reason."""
     text = value if isinstance(value, str) else json.dumps(value)[:40]
-    return "".join(ch for ch in text if ch.isprintable())[:40]
+    return redact("".join(ch for ch in text if ch.isprintable())[:40])  # foreign text (#26)
 
 
 class GatewayVerifier:

@@ -22,7 +22,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
-from regularization_pipeline.core.errors import ConfigurationError, DatabaseUnavailableError
+from regularization_pipeline.core.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    describe_connection_failure,
+)
 
 DATABASE_URL_ENV = "REGULARIZATION_DATABASE_URL"
 
@@ -225,5 +229,5 @@ def check_reachable(engine: sa.Engine) -> None:
     except OperationalError as exc:
         raise DatabaseUnavailableError(
             f"cannot connect to the application database ({engine.url.render_as_string(hide_password=True)}): "
-            f"{type(exc.orig).__name__}: {str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else 'no detail'}"
+            f"{describe_connection_failure(exc)}"
         ) from exc

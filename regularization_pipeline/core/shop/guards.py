@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from regularization_pipeline.core.shop.identifiers import check_identifier
+
 if TYPE_CHECKING:  # the mapping imports this module for its models
     from regularization_pipeline.core.shop.mapping import AppSchema
 
@@ -30,12 +32,6 @@ GuardValue = str | int | bool
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-def _identifier(value: str) -> str:
-    from regularization_pipeline.core.shop.mapping import _check_identifier
-
-    return _check_identifier(value)
 
 
 class ColumnCondition(_Strict):
@@ -55,7 +51,7 @@ class ColumnCondition(_Strict):
     @field_validator("column")
     @classmethod
     def _column(cls, value: str) -> str:
-        return _identifier(value)
+        return check_identifier(value)
 
     @model_validator(mode="after")
     def _one_test(self) -> ColumnCondition:
@@ -120,7 +116,7 @@ class Repair(_Strict):
     @field_validator("copy_from")
     @classmethod
     def _source(cls, value: str | None) -> str | None:
-        return value if value is None else _identifier(value)
+        return value if value is None else check_identifier(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> Repair:
@@ -141,7 +137,7 @@ def check_repairs(repairs: dict[str, Repair], status: str, updated_at: str | Non
     """Refuse repairs that would fight the flip's own writes (the mapping validator calls it)."""
     for column, repair in repairs.items():
         try:
-            _identifier(column)
+            check_identifier(column)
         except ValueError as exc:
             raise ValueError(f"repairs: {exc}") from None
         if column in (status, key):

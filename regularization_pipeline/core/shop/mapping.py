@@ -35,21 +35,11 @@ from regularization_pipeline.core.shop.guards import (
     Repair,
     check_repairs,
 )
+from regularization_pipeline.core.shop.identifiers import check_identifier
 
 SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
 
-# Identifiers end up quoted by SQLAlchemy, but a mapping is operator input: keep
-# it to what real schemas use so a stray quote or semicolon is refused early.
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-
-
-def _check_identifier(value: str | None) -> str | None:
-    if value is not None and not _IDENTIFIER.fullmatch(
-        value
-    ):  # match() and $ let a trailing newline by
-        raise ValueError(f"{value!r} is not a valid table or column name")
-    return value
 
 
 class _Strict(BaseModel):
@@ -62,7 +52,7 @@ class _TableSection(_Strict):
     @field_validator("*")
     @classmethod
     def _names(cls, value: str | None) -> str | None:
-        return _check_identifier(value)
+        return check_identifier(value)
 
 
 class OrdersMapping(_TableSection):
@@ -143,7 +133,7 @@ class PaymentRowsMapping(_Strict):
     @field_validator("completed_when_set")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        return _check_identifier(value)
+        return check_identifier(value)
 
     @property
     def columns(self) -> list[str]:

@@ -179,7 +179,13 @@ def _mysql_lock(engine: sa.Engine, prefix: str) -> Iterator[None]:
                 raise BusyError(_UNKNOWN_HOLDER)
             since = utcnow() - dt.timedelta(seconds=int(row[1] or 0))
             raise BusyError(f"busy: run on database connection {row[0]} since {_since(since)}")
-        yield  # released when the connection closes, whatever happens to the run
+        try:
+            yield  # released when the connection closes, whatever happens to the run
+        finally:
+            # Released before the close as well: a server takes its time to notice a closed
+            # connection, and the next run asking in that moment was told "busy".
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
 
 
 def _sqlite_path(engine: sa.Engine) -> str | None:

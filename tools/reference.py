@@ -1,4 +1,4 @@
-"""docs/reference.md, generated from the code: ``python -m regularization_pipeline.reference``.
+"""docs/reference.md, generated from the code: ``python -m tools.reference``.
 
 Every table is read from the object it describes (argparse, the pydantic models, the
 resources' ``from_env``, the Definitions, a real run of the job on a throwaway SQLite demo
@@ -159,13 +159,18 @@ def run_config_section() -> list[str]:
 
 
 def _modules() -> Iterator[Any]:
+    import regularization_pipeline.cli
     import regularization_pipeline.core
     import regularization_pipeline.defs
 
-    yield importlib.import_module("regularization_pipeline.cli")
-    for package in (regularization_pipeline.core, regularization_pipeline.defs):
-        for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
-            yield importlib.import_module(info.name)
+    for package in (
+        regularization_pipeline.cli,
+        regularization_pipeline.core,
+        regularization_pipeline.defs,
+    ):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not info.name.endswith(".__main__"):  # running it is not reading it
+                yield importlib.import_module(info.name)
 
 
 def environment_variables() -> dict[str, tuple[Any, str]]:
@@ -422,7 +427,7 @@ def render() -> str:
     lines = [
         "# Reference",
         "",
-        "Generated from the code by `make reference` (`python -m regularization_pipeline.reference`);",
+        "Generated from the code by `make reference` (`python -m tools.reference`);",
         "do not edit: `tests/docs/test_reference.py` fails when this file is stale.",
         "",
         *cli_section(),

@@ -30,7 +30,7 @@ from regularization_pipeline.core.verdicts import INCONSISTENT, SKIPPED
 from tests.support.rows import no_sleep, outbox_per_order
 from tests.support.shop_tables import Shop
 
-RECIPES = Path(__file__).resolve().parents[2] / "docs" / "examples" / "recipes"
+RECIPES = Path(__file__).resolve().parents[3] / "docs" / "examples" / "recipes"
 PAID_LONG_AGO, PAID_JUST_NOW = 60, 2  # minutes; the grace period is 10
 
 

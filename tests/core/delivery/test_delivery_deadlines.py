@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from regularization_pipeline.core.delivery.outbox import OutboxDispatcher, RetryPolicy
 from regularization_pipeline.core.delivery.webhook import RetryableDeliveryError, WebhookPublisher
 from regularization_pipeline.core.shop.tables import PENDING
-from tests.core.test_events_webhook import event as webhook_event
+from tests.core.delivery.test_events_webhook import event as webhook_event
 from tests.support.rows import owned
 from tests.support.seeds import seed_events
 

@@ -1,0 +1,272 @@
+"""The command table: every sub-command declared once (its name, help, options and handler),
+the parser built from it, and ``main``, which runs a command under one error contract."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from regularization_pipeline.cli import operator_commands as ops
+from regularization_pipeline.cli import run_commands
+from regularization_pipeline.cli.arguments import (
+    DEBUG,
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_format,
+    add_run_options,
+    add_time_filter,
+    number,
+    order_id,
+    utc_time,
+    whole_number,
+)
+from regularization_pipeline.core.errors import (
+    DEBUG_TERMINAL,
+    BusyError,
+    RegularizationError,
+    describe_error,
+)
+from regularization_pipeline.core.operations.retention import DEFAULT_RETENTION_DAYS
+from regularization_pipeline.logging_json import quiet_http_client_loggers
+
+Command = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+Options = Callable[[argparse.ArgumentParser], None]
+DEFAULT_COMMAND = "run"
+
+
+def flag(*names: str, **kwargs) -> Options:
+    """One option, as ``add_argument`` takes it."""
+    return lambda parser: parser.add_argument(*names, **kwargs)
+
+
+def one_of(*options: Options, required: bool = True) -> Options:
+    """Options of which exactly one is given."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        group = parser.add_mutually_exclusive_group(required=required)
+        for option in options:
+            option(group)
+
+    return add
+
+
+def time_filter(what: str) -> Options:
+    return lambda parser: add_time_filter(parser, what)
+
+
+def min_age(help_text: str) -> Options:
+    return flag("--min-age", type=number, metavar="MINUTES", help=help_text)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    description: str
+    run: Command
+    options: tuple[Options, ...] = ()
+
+
+COMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        "run",
+        "run the regularization job once (the default)",
+        "Run the Dagster job once against $DAGSTER_HOME's instance.",
+        run_commands.cmd_run,
+        (add_run_options,),
+    ),
+    Subcommand(
+        "migrate",
+        "create or upgrade this project's tables in REGULARIZATION_DATABASE_URL",
+        "Alembic `upgrade head` for the audit, outbox and attempts tables.",
+        run_commands.cmd_migrate,
+    ),
+    Subcommand(
+        "regularize-order",
+        "regularize one orphaned order now, with every guarantee of a run",
+        "Lock, re-verify and complete one order, writing its outbox and audit rows. "
+        "Refuses (exit 2, nothing changed) an unknown order or one that is not an orphan.",
+        ops.cmd_regularize_order,
+        (
+            flag(
+                "--order-id", required=True, type=order_id, help="the order's id in the application"
+            ),
+            min_age("grace period left to the webhook (default 10)"),
+            flag(
+                "--max-attempts",
+                type=whole_number,
+                help="failures before the order is quarantined (default 5)",
+            ),
+            flag(
+                "--dry-run",
+                action="store_true",
+                default=None,
+                help="decide and audit, change nothing",
+            ),
+        ),
+    ),
+    Subcommand(
+        "release",
+        "lift an order's quarantine so the next run retries it",
+        "Reset the failure count of a quarantined order and audit the release.",
+        ops.cmd_release,
+        (flag("--order-id", required=True, type=order_id, help="the quarantined order's id"),),
+    ),
+    Subcommand(
+        "list-orphans",
+        "list orphaned orders (read-only)",
+        "Pending orders with a completed payment older than the grace period, "
+        "oldest payment first. Times are UTC.",
+        ops.cmd_list_orphans,
+        (time_filter("payments completed"), min_age("grace period (default 10)"), add_format),
+    ),
+    Subcommand(
+        "list-inconsistencies",
+        "list what the pipeline reports and never fixes (read-only)",
+        "Amount or currency mismatches, double charges, payments on cancelled "
+        "or missing orders: one row per kind and order.",
+        ops.cmd_list_inconsistencies,
+        (time_filter("payments completed"), add_format),
+    ),
+    Subcommand(
+        "redeliver",
+        "put dead-lettered OrderCompleted events back in the queue",
+        "Dead events become pending with a fresh attempt count; the next run "
+        "delivers them with their idempotency key.",
+        ops.cmd_redeliver,
+        (
+            one_of(
+                flag(
+                    "--event-id",
+                    nargs="+",
+                    metavar="EVENT_ID",
+                    help="these dead events (all must be dead)",
+                ),
+                flag(
+                    "--all-dead",
+                    action="store_true",
+                    help="every dead event (narrow with --since/--until)",
+                ),
+            ),
+            flag(
+                "--since",
+                type=utc_time,
+                metavar="ISO_TIME",
+                help="events created at or after this time",
+            ),
+            flag(
+                "--until",
+                type=utc_time,
+                metavar="ISO_TIME",
+                help="events created at or before this time",
+            ),
+        ),
+    ),
+    Subcommand(
+        "prune",
+        "delete audit rows and settled outbox events older than the retention",
+        "Audit rows (inconsistency reports excepted) and delivered or dead events "
+        "with their delivery rows; pending events are never pruned.",
+        ops.cmd_prune,
+        (
+            flag(
+                "--older-than-days",
+                type=number,
+                default=DEFAULT_RETENTION_DAYS,
+                metavar="DAYS",
+                help=f"retention period (default {DEFAULT_RETENTION_DAYS})",
+            ),
+            flag(
+                "--dry-run", action="store_true", help="count what would be pruned, delete nothing"
+            ),
+        ),
+    ),
+    Subcommand(
+        "doctor",
+        "check the mapping against the shop before the first run (read-only)",
+        "Every order and transaction status with how the mapping classifies it, "
+        "the mapping's dangerous combinations, the recommended indexes, the server, the time "
+        "zone, and what a run would do now. Exits 2 when the mapping would act wrongly.",
+        ops.cmd_doctor,
+    ),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (the usage is in --help)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> tuple[
+    argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, Command]]
+]:
+    """The parser, and for each command name its own sub-parser and handler."""
+    parser = _Parser(
+        prog="regularize-completed-orders",
+        description="Complete orders left pending after a lost payment webhook. "
+        f"Without a command, runs `{DEFAULT_COMMAND}`.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands: dict[str, tuple[argparse.ArgumentParser, Command]] = {}
+    for command in COMMANDS:
+        command_parser = sub.add_parser(
+            command.name, help=command.help, description=command.description
+        )
+        for add in command.options:
+            add(command_parser)
+        commands[command.name] = (command_parser, command.run)
+    return parser, commands
+
+
+def _to_terminal(text: str) -> None:
+    print(f"debug: {text}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command under one error contract: bad input exits 2 with one line naming the
+    problem, a run with failed orders exits 1, another run in flight 3; a traceback only
+    with --debug; a closed pipe (``| head``) ends quietly."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    DEBUG.on = "--debug" in args_list
+    args_list = [arg for arg in args_list if arg != "--debug"]
+    quiet_http_client_loggers()
+    # --debug shows a database's own message on this terminal, and nowhere else: not in the
+    # audit, the attempts table, the outbox, the event log or a log file (describe_error).
+    DEBUG_TERMINAL.show = _to_terminal if DEBUG.on else None
+    if not DEBUG.on:
+        # Dagster's beta and deprecation warnings are noise on an operator's terminal.
+        warnings.filterwarnings("ignore")
+    parser, commands = build_parser()
+    if not args_list or (args_list[0] not in commands and args_list[0] not in ("-h", "--help")):
+        args_list.insert(0, DEFAULT_COMMAND)
+    args = parser.parse_args(args_list)
+    command_parser, command = commands[args.command]
+    try:
+        return command(args, command_parser)
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say, and nothing to say it to.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except BusyError as exc:  # "busy: run R since T"
+        print(str(exc), file=sys.stderr)
+        return EXIT_BUSY
+    except RegularizationError as exc:
+        if DEBUG.on:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if DEBUG.on:
+            raise
+        print(
+            f"error: {describe_error(exc)} (again with --debug for the traceback)", file=sys.stderr
+        )
+        return EXIT_FAILED

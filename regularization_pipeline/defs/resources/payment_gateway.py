@@ -1,0 +1,72 @@
+"""Optional verification with the payment provider's API."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
+from regularization_pipeline.defs.resources.environment import (
+    secret_from_env,
+)
+
+# Optional verification with the payment provider's API.
+PROVIDER_URL_ENV = "REGULARIZATION_PROVIDER_URL"
+
+
+PROVIDER_TOKEN_ENV = "REGULARIZATION_PROVIDER_TOKEN"  # noqa: S105 - the variable's name, not a secret
+
+
+PROVIDER_SETTINGS_ENV = "REGULARIZATION_PROVIDER_SETTINGS"
+
+
+class PaymentGatewayResource(dg.ConfigurableResource):
+    """Optional verification of each payment with the provider's API, rate-limited; off unless base_url is set.
+
+    The provider is asked before an order's row lock is taken. Completed lets
+    the order be regularized; failed or refunded reports it as an
+    inconsistency; pending, unknown or an outage leaves it for the next run.
+    The token comes from REGULARIZATION_PROVIDER_TOKEN through dg.EnvVar.
+    """
+
+    base_url: str | None = Field(
+        default=None,
+        description="Provider API base URL (REGULARIZATION_PROVIDER_URL); verification is off when unset.",
+    )
+    token: str | None = Field(
+        default=None, description="Bearer token (REGULARIZATION_PROVIDER_TOKEN, via dg.EnvVar)."
+    )
+    settings_file: str | None = Field(
+        default=None,
+        description="YAML file with the rest of the provider settings: path_template, status_path, the status values, "
+        "max_requests_per_second, burst, timeouts, retries (REGULARIZATION_PROVIDER_SETTINGS); see docs/events.md.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url)
+
+    def settings(self) -> GatewaySettings:
+        """Validated settings; raises ConfigurationError naming the field or file."""
+        return GatewaySettings.load(self.base_url or "", self.settings_file)
+
+    def verifier(self) -> GatewayVerifier | None:
+        """A verifier for one run (close it when done), or None when verification is off."""
+        if not self.enabled:
+            return None
+        settings = self.settings()
+        if not self.token:
+            raise ConfigurationError(
+                "provider verification is on (base_url is set) but REGULARIZATION_PROVIDER_TOKEN is not"
+            )
+        return GatewayVerifier(settings, self.token)
+
+    @classmethod
+    def from_env(cls) -> PaymentGatewayResource:
+        """REGULARIZATION_PROVIDER_URL, _TOKEN (read at run time) and _SETTINGS."""
+        return cls(
+            base_url=secret_from_env(PROVIDER_URL_ENV),
+            token=secret_from_env(PROVIDER_TOKEN_ENV),
+            settings_file=secret_from_env(PROVIDER_SETTINGS_ENV),
+        )
