@@ -51,7 +51,7 @@ class OrderStatements:
             s.o("id"),
             s.o("status"),
             s.o("total"),
-            s.o("currency") if s.has_o("currency") else sa.null(),
+            s.currency("o") if s.has_o("currency") else sa.null(),
             s.o("deleted_at") if s.has_o("deleted_at") else sa.null(),
             *(sa.case((blocks, 1), else_=0) for _, blocks in guard_blockers(s)),
         ]
@@ -91,7 +91,7 @@ class OrderStatements:
             s.t("id"),
             s.t("status"),
             s.t("amount"),
-            s.t("currency") if s.has_t("currency") else sa.null(),
+            s.currency("t") if s.has_t("currency") else sa.null(),
             s.tx_completed_at,
             s.t("reference") if s.has_t("reference") else sa.null(),
         ]

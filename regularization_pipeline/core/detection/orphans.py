@@ -150,10 +150,9 @@ def amount_problems(s: AppSchema) -> dict[str, sa.ColumnElement[bool]]:
         AMOUNT_MISMATCH: sa.and_(amount >= 0, total >= 0, amount != total),
     }
     if s.has_o("currency") and s.has_t("currency"):
+        paid_in, due_in = s.currency("t"), s.currency("o")
         problems[CURRENCY_MISMATCH] = sa.and_(
-            s.t("currency").is_not(None),
-            s.o("currency").is_not(None),
-            currencies_differ(s, s.t("currency"), s.o("currency")),
+            paid_in.is_not(None), due_in.is_not(None), currencies_differ(s, paid_in, due_in)
         )
     return problems
 
@@ -273,7 +272,7 @@ def fixable_orders(s: AppSchema, window: ScanWindow, attempts: sa.Table | None) 
     ]
     if window.not_before is not None:
         having.append(sa.func.max(paid_at) >= s.shop_time(paid_at, window.not_before))
-    if s.has_o("currency") and s.has_t("currency"):
+    if s.has_o("currency") and s.has_t("currency") and not s.currency_ids:
         currency, paid_in = s.o("currency"), sa.func.max(s.t("currency"))
         group.append(currency)
         having.append(
@@ -282,6 +281,10 @@ def fixable_orders(s: AppSchema, window: ScanWindow, attempts: sa.Table | None) 
                 currency.is_(None),
                 ~currencies_differ(s, paid_in, currency),
             )
+        )
+    if s.currency_ids:  # an id read as a code: no aggregate of a subquery, the row check instead
+        having.append(
+            sa.func.max(sa.case((amount_problems(s)[CURRENCY_MISMATCH], 1), else_=0)) == 0
         )
     pending = list(order_is_pending(s))
     if attempts is not None:

@@ -4,7 +4,8 @@ It reads the shop through the mapping and says how the mapping classifies every
 status the tables hold, which combinations would make a run act wrongly
 (refused, with the reason), which recommended indexes are missing (with the
 statement that creates each), what the server can do, whether the configured
-time zone is plausible, and what a run would do now. The CLI prints the report;
+time zone is plausible, what a run would do now, and the index and grant statements
+for the mapped names (and every repaired column). The CLI prints the report;
 the UI's ``doctor`` job logs it. Nothing here writes.
 """
 
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.scans import inconsistency_report
+from regularization_pipeline.core.operations.statements import recommended_indexes, statement_lines
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.engine import server_version, skip_locked_refusal
 from regularization_pipeline.core.shop.guards import ColumnCondition
@@ -126,6 +128,8 @@ def diagnose(
     _indexes(report, conn, schema)
     _time_zone(report, conn, schema, now)
     _what_a_run_would_do(report, conn, schema, now)
+    report._section("what a flip checks and writes").extend(flip_in_words(schema))
+    report._section("statements for this mapping").extend(statement_lines(conn, schema))
     return report
 
 
@@ -406,18 +410,21 @@ def _orders_column(conn: sa.Connection, s: AppSchema, name: str) -> sa.ColumnEle
     return sa.literal_column(f"{quote(s.mapping.orders.table)}.{quote(name)}")
 
 
+def flip_in_words(s: AppSchema) -> list[str]:
+    """The compare-and-set in words: which orders it may move, and every column it writes."""
+    m = s.mapping
+    o, guards = m.orders, m.guards
+    lines = [f"only orders with {o.status} in {list(m.statuses.order_pending)}"]
+    lines += [f"  and {c.describe()}" for c in guards.require]
+    lines += [f"  and not {c.describe()}" for c in guards.do_not_touch]
+    lines.append(f"sets {o.status} = {m.statuses.order_completed!r}")
+    if o.updated_at:
+        lines.append(f"sets {o.updated_at} = the current time")
+    lines += [f"sets {column} = {repair.describe()}" for column, repair in m.repairs.items()]
+    return lines
+
+
 # --- indexes ----------------------------------------------------------------------------
-
-
-def recommended_indexes(s: AppSchema) -> list[tuple[str, str, list[str]]]:
-    """(index name, table, columns) of the indexes docs/schema.md recommends."""
-    o, t = s.mapping.orders, s.mapping.transactions
-    paid_at = t.completed_at or t.updated_at
-    return [
-        (f"ix_{o.table}_status_id", o.table, [o.status, o.id]),
-        (f"ix_{t.table}_order_status", t.table, [t.order_id, t.status]),
-        (f"ix_{t.table}_status_paid_at", t.table, [t.status, paid_at]),
-    ]
 
 
 def _indexes(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> None:

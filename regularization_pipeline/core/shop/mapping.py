@@ -6,6 +6,12 @@ follow Laravel conventions; a YAML file named by ``REGULARIZATION_SCHEMA_FILE``
 overrides any part of it. :func:`bind_schema` checks the mapping against the
 live database before anything is read or written, so a typo in a column name
 fails at start with the name in the message instead of half-way through a run.
+
+Beyond the two tables' columns a mapping can name guards and repairs (other
+columns of the orders table, :mod:`~regularization_pipeline.core.shop.guards`),
+a link table between orders and payments, payments recorded as data, and a
+currency table: the payments are then read as derived rows (one per order and
+payment, columns named by field) so every query keeps its one shape.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from regularization_pipeline.core.clock import from_shop, shop_zone, to_shop
 from regularization_pipeline.core.config_files import read_yaml_mapping, validate_or_explain
 from regularization_pipeline.core.errors import SchemaMismatchError
-from regularization_pipeline.core.shop.guards import OrderGuards, Repair, check_repairs
+from regularization_pipeline.core.shop.guards import (
+    ColumnCondition,
+    OrderGuards,
+    Repair,
+    check_repairs,
+)
 from regularization_pipeline.core.shop.identifiers import check_identifier
 
 SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
@@ -69,8 +80,13 @@ class TransactionsMapping(_TableSection):
     table: str = Field("transactions", description="Transactions table name.")
     id: str = Field("id", description="Primary key column.")
     order_id: str = Field("order_id", description="Foreign key to the order.")
-    status: str = Field("status", description="Transaction status column.")
-    amount: str = Field("amount", description="Amount charged.")
+    status: str | None = Field(
+        "status",
+        description="Transaction status column; null when payment_rows.completed_when_set says it.",
+    )
+    amount: str | None = Field(
+        "amount", description="Amount charged; null when the amount is the order's total."
+    )
     currency: str | None = Field("currency", description="Currency column, or null.")
     completed_at: str | None = Field(
         "completed_at",
@@ -81,6 +97,49 @@ class TransactionsMapping(_TableSection):
         None,
         description="The provider's reference for the payment (used by provider verification).",
     )
+
+
+class CurrencyTableMapping(_TableSection):
+    """The shop's table of currencies, for a currency column that holds an id into it."""
+
+    table: str = Field(description="Currencies table name.")
+    id: str = Field("id", description="Its key, the value the currency columns hold.")
+    code: str = Field("code", description="The currency's code (EUR, USD...).")
+
+
+class PaymentLinksMapping(_TableSection):
+    """A many-to-many table between orders and payments, when payments carry no order id."""
+
+    table: str = Field(description="Link table name.")
+    order_id: str = Field("order_id", description="Its column holding the order's key.")
+    payment_id: str = Field("payment_id", description="Its column holding the payment's key.")
+
+
+class PaymentRowsMapping(_Strict):
+    """Payments recorded as data: completion as a column that is set, rows chosen by a column."""
+
+    completed_when_set: str | None = Field(
+        None,
+        description=(
+            "A column of the payments table (a paid date, a transaction id): a row with it set "
+            "is a completed payment, as is one whose status is listed as completed."
+        ),
+    )
+    only: tuple[ColumnCondition, ...] = Field(
+        (),
+        description="Conditions on the payments table's columns choosing the rows that are payments.",
+    )
+
+    @field_validator("completed_when_set")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return check_identifier(value)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*([self.completed_when_set] if self.completed_when_set else [])] + [
+            c.column for c in self.only
+        ]
 
 
 class StatusMapping(_Strict):
@@ -145,6 +204,24 @@ class SchemaMapping(_Strict):
             "columns with a zone (PostgreSQL timestamptz) are read as they are."
         ),
     )
+    currencies: CurrencyTableMapping | None = Field(
+        None,
+        description=(
+            "The table a currency id (an integer currency column) points into; its code is "
+            "compared with the other side's code. Null: ids are compared as they are."
+        ),
+    )
+    payment_links: PaymentLinksMapping | None = Field(
+        None,
+        description=(
+            "The link table between orders and payments (many-to-many); transactions.order_id "
+            "then names no column of the payments table."
+        ),
+    )
+    payment_rows: PaymentRowsMapping = Field(
+        PaymentRowsMapping(),
+        description="Payments recorded as data rather than as a status word (see docs/schema.md).",
+    )
     guards: OrderGuards = Field(
         OrderGuards(),
         description="Conditions on other columns of the orders table (see docs/schema.md).",
@@ -164,7 +241,24 @@ class SchemaMapping(_Strict):
     def _repairs(self) -> SchemaMapping:
         o = self.orders
         check_repairs(self.repairs, o.status, o.updated_at, o.id)
+        if self.transactions.status is None and self.payment_rows.completed_when_set is None:
+            raise ValueError(
+                "transactions.status is null: name payment_rows.completed_when_set, the column "
+                "whose value says a payment completed"
+            )
         return self
+
+    @property
+    def payments_are_derived(self) -> bool:
+        """Whether payments are read as derived rows rather than straight from their table."""
+        t, rows = self.transactions, self.payment_rows
+        return bool(
+            self.payment_links
+            or rows.completed_when_set
+            or rows.only
+            or not t.status
+            or not t.amount
+        )
 
     @property
     def order_columns(self) -> list[str]:
@@ -211,6 +305,8 @@ class AppSchema:
     # False when a currency column is not text (an integer id into a currency table):
     # currencies are then compared as they are, never through upper().
     currency_is_text: bool = True
+    # The currency columns holding an id that is read as its code through ``mapping.currencies``.
+    currency_ids: frozenset[str] = frozenset()
 
     def parse_order_id(self, text: str):
         """An operator's order id as a value of the orders' key, or None when it cannot be one.
@@ -245,13 +341,31 @@ class AppSchema:
         return self.orders.c[getattr(self.mapping.orders, field)]
 
     def t(self, field: str) -> sa.ColumnClause:
+        if self.mapping.payments_are_derived:  # derived rows name their columns by field
+            return self.transactions.c[field]
         return self.transactions.c[getattr(self.mapping.transactions, field)]
 
     def has_o(self, field: str) -> bool:
         return getattr(self.mapping.orders, field) is not None
 
     def has_t(self, field: str) -> bool:
+        if field in ("status", "amount") and self.mapping.payments_are_derived:
+            return True  # computed: from the completion column, from the order's total
         return getattr(self.mapping.transactions, field) is not None
+
+    def currency(self, side: str) -> sa.ColumnElement:
+        """The currency of the order (``"o"``) or the payment (``"t"``), as a code when the
+        column holds an id into the mapping's currencies table."""
+        column = self.o("currency") if side == "o" else self.t("currency")
+        table = self.mapping.currencies
+        if table is None or side not in self.currency_ids:
+            return column
+        codes = sa.table(table.table, sa.column(table.id), sa.column(table.code)).alias(
+            f"currency_of_{side}"
+        )
+        # The order or payment comes from whichever query encloses it, however deep.
+        lookup = sa.select(codes.c[table.code]).where(codes.c[table.id] == column)
+        return lookup.correlate_except(codes).scalar_subquery()
 
     @property
     def tx_completed_at(self) -> sa.ColumnClause:
@@ -268,12 +382,64 @@ def build_schema(
 ) -> AppSchema:
     """Table clauses for the mapped names, without touching a database."""
     orders = sa.table(mapping.orders.table, *(sa.column(c) for c in mapping.order_columns))
-    transactions = sa.table(
-        mapping.transactions.table, *(sa.column(c) for c in _mapped_columns(mapping.transactions))
-    )
+    t = mapping.transactions
+    if not mapping.payments_are_derived:
+        transactions = sa.table(t.table, *(sa.column(c) for c in _mapped_columns(t)))
+    else:
+        transactions = _payment_rows(mapping)
+        # The derived rows keep the zone of the payments' own columns.
+        aware_columns = aware_columns | {
+            (transactions.name, field)
+            for field, name in t.model_dump().items()
+            if (t.table, name) in aware_columns
+        }
     return AppSchema(
         mapping=mapping, orders=orders, transactions=transactions, aware_columns=aware_columns
     )
+
+
+def _payment_rows(mapping: SchemaMapping) -> sa.Subquery:
+    """The payments as derived rows, one per (order, payment), columns named by field.
+
+    Every query reads them as it reads a payments table with an order column. Through a
+    link table, a payment linked to two orders counts for each (and pays the total of
+    neither: held), and an order linked to two completed payments is a double charge. A
+    completion column makes a row completed when set (its status reads as the first
+    completed status); an amount left null is the order's total; ``only`` keeps the rows
+    that are payments (a type column shared with refunds, a key of a key/value table).
+    """
+    t, links, rows = mapping.transactions, mapping.payment_links, mapping.payment_rows
+    names = [v for k, v in t.model_dump().items() if k != "table" and v is not None]
+    names += [c for c in rows.columns if c not in names]
+    payments = sa.table(t.table, *(sa.column(c) for c in names))
+    if links is None:
+        order_key, source = payments.c[t.order_id], payments
+    else:
+        link = sa.table(links.table, sa.column(links.order_id), sa.column(links.payment_id))
+        order_key = link.c[links.order_id]
+        source = payments.join(link, link.c[links.payment_id] == payments.c[t.id])
+    o = mapping.orders
+    orders = sa.table(o.table, sa.column(o.id), sa.column(o.total)).alias("order_of_payment")
+    completed = mapping.statuses.transaction_completed
+    is_set = payments.c[rows.completed_when_set].is_not(None) if rows.completed_when_set else None
+    if t.status is None:
+        status = sa.case((is_set, completed[0]), else_=sa.null())
+    elif is_set is not None:
+        status = sa.case((is_set, completed[0]), else_=payments.c[t.status])
+    else:
+        status = payments.c[t.status]
+    amount = payments.c[t.amount] if t.amount else orders.c[o.total]
+    columns = [order_key.label("order_id"), payments.c[t.id].label("id")]
+    columns += [status.label("status"), amount.label("amount")]
+    for field in ("currency", "completed_at", "updated_at", "reference"):
+        name = getattr(t, field)
+        if name is not None:
+            columns.append(payments.c[name].label(field))
+    if not t.amount:
+        source = source.join(orders, orders.c[o.id] == order_key)
+    query = sa.select(*columns).select_from(source)
+    query = query.where(*(c.matches(payments.c[c.column]) for c in rows.only))
+    return query.subquery(f"{t.table}_by_order")
 
 
 def _key_type(column_type: sa.types.TypeEngine) -> str:
@@ -292,7 +458,7 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
     """
     inspector = sa.inspect(engine)
     key_type = "text"
-    currency_is_text = True
+    currency_ids: set[str] = set()
     aware: set[tuple[str, str]] = set()
     for section in (mapping.orders, mapping.transactions):
         if not inspector.has_table(section.table):
@@ -308,7 +474,7 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
             c for c in columns if section.currency and c["name"].lower() == section.currency.lower()
         ]
         if currency and not isinstance(currency[0]["type"], sa.String):
-            currency_is_text = False
+            currency_ids.add("o" if section is mapping.orders else "t")
         aware.update(
             (section.table, col["name"])
             for col in columns
@@ -316,6 +482,10 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
         )
         present_lower = {name.lower() for name in present}
         named = mapping.order_columns if section is mapping.orders else _mapped_columns(section)
+        if section is mapping.transactions:
+            if mapping.payment_links is not None:
+                named = [c for c in named if c != section.order_id]  # the link table has it
+            named += [c for c in mapping.payment_rows.columns if c not in named]
         missing = [
             c
             for c in named
@@ -328,8 +498,42 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
                 f"table {section.table!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
                 f"named in the schema mapping"
             )
+    if mapping.payment_links is not None:
+        links = mapping.payment_links
+        _check_table(inspector, links.table, [links.order_id, links.payment_id])
+    both = mapping.orders.currency is not None and mapping.transactions.currency is not None
+    if mapping.currencies is not None:
+        _check_currency_table(inspector, mapping.currencies)
+        translated, currency_is_text = frozenset(currency_ids), True
+    else:
+        translated, currency_is_text = frozenset(), not currency_ids
+        if both and len(currency_ids) == 1:
+            raise SchemaMismatchError(
+                "one currency column holds an id and the other a code: name the currency "
+                "table under `currencies` in the schema mapping, so ids are read as codes"
+            )
     return dataclasses.replace(
         build_schema(mapping, frozenset(aware)),
         order_key_type=key_type,
         currency_is_text=currency_is_text,
+        currency_ids=translated,
     )
+
+
+def _check_currency_table(inspector, table: CurrencyTableMapping) -> None:
+    _check_table(inspector, table.table, [table.id, table.code])
+
+
+def _check_table(inspector, name: str, columns: list[str]) -> None:
+    """The table exists and has ``columns`` (compared case-insensitively), or SchemaMismatchError."""
+    if not inspector.has_table(name):
+        raise SchemaMismatchError(
+            f"table {name!r} named in the schema mapping does not exist in the database"
+        )
+    present = {col["name"].lower() for col in inspector.get_columns(name)}
+    missing = [c for c in columns if c.lower() not in present]
+    if missing:
+        raise SchemaMismatchError(
+            f"table {name!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
+            "named in the schema mapping"
+        )

@@ -208,6 +208,17 @@ def test_guards_and_integer_currencies_through_a_run_the_scans_and_doctor(server
     columns = dict(doctor.sections)["other status-like columns of shop_orders"]
     assert "state: guarded (state in ['canceled', 'expired'])" in columns
     assert "canceled_at: set on 0 order(s), guarded (do not touch when set)" in columns
+    assert dict(doctor.sections)["what a flip checks and writes"] == [
+        "only orders with payment_state in ['unpaid']",
+        "  and checkout not in ['cart']",
+        "  and not state in ['canceled', 'expired']",
+        "  and not canceled_at is set",
+        "sets payment_state = 'paid'",
+        "sets updated_at = the current time",
+        "sets paid_amount = the order's total",
+        "sets paid_at = the current time",
+        "sets charge_flag = 1",
+    ]
 
     summary = Regularizer(server_engine, s, sleeper=no_sleep).run(RunOptions(sleep=0))
 
@@ -242,3 +253,187 @@ def test_doctor_refuses_an_unguarded_state_column_that_says_canceled(server_engi
         "[canceled]}]): a run would complete 1 such order(s) now"
     ]
     assert any(w.startswith("shop_orders.state holds 'expired'") for w in report.warnings)
+
+
+def test_a_currency_id_is_read_as_its_code_through_the_currencies_table(server_engine):
+    """The order holds an id into the shop's currencies, the payment a code (as a PSP reports it)."""
+    md = _tables(sa.Integer)
+    md.tables["shop_payments"].append_column(sa.Column("currency_code", sa.String(3)))
+    sa.Table(
+        "shop_currencies",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("iso_code", sa.String(3), nullable=False),
+    )
+    raw = {
+        **MAPPING,
+        "transactions": {**MAPPING["transactions"], "currency": "currency_code"},
+        "guards": {},
+    }
+    with pytest.raises(SchemaMismatchError, match="name the currency table under `currencies`"):
+        Shop(server_engine, md, raw)
+    raw["currencies"] = {"table": "shop_currencies", "code": "iso_code"}
+    shop = Shop(server_engine, md, raw)
+    shop.insert("shop_currencies", id=1, iso_code="EUR")
+    shop.insert("shop_currencies", id=2, iso_code="USD")
+    euros, dollars = _order(shop, currency=1), _order(shop, currency=2)
+    for key in (euros, dollars):
+        shop.insert(
+            "shop_payments",
+            order_id=key,
+            status="completed",
+            amount=Decimal("10.00"),
+            currency_code="eur",
+            updated_at=shop.at(60),
+        )
+    with server_engine.connect() as conn:
+        report = inconsistency_report(conn, shop.schema)
+        fixable = d.orphan_stats(conn, shop.schema, d.ScanWindow(now=shop.now)).count
+    assert report.order_ids[d.CURRENCY_MISMATCH] == [dollars]
+    assert fixable == 1
+
+    summary = Regularizer(server_engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+
+    assert summary.regularized == 1
+    assert outbox_per_order(server_engine) == {str(euros): 1}
+    assert shop.row("shop_orders", dollars, "payment_state") == {"payment_state": "unpaid"}
+
+
+# --- payments reached through a link table (many-to-many) -----------------------------------
+
+
+def _linked_tables() -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table(
+        "sales_orders",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("total", sa.Numeric(10, 2)),
+        sa.Column("currency", sa.String(3)),
+        sa.Column("created_at", sa.DateTime),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    sa.Table(
+        "payments",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("status", sa.String(20)),
+        sa.Column("amount", sa.Numeric(10, 2)),
+        sa.Column("currency", sa.String(3)),
+        sa.Column("completed_at", sa.DateTime(timezone=True)),
+        sa.Column("updated_at", sa.DateTime(timezone=True)),
+    )
+    sa.Table(
+        "order_payments",
+        md,
+        sa.Column("order_id", sa.Integer, primary_key=True),
+        sa.Column("payment_id", sa.Integer, primary_key=True),
+    )
+    return md
+
+
+LINKED = {
+    "orders": {"table": "sales_orders", "deleted_at": None},
+    "transactions": {"table": "payments", "order_id": "order_id"},
+    "payment_links": {"table": "order_payments"},
+}
+
+
+def test_payments_through_a_link_table_keep_double_charges_per_order_exact(server_engine):
+    shop = Shop(server_engine, _linked_tables(), LINKED)
+    aware = server_engine.dialect.name == "postgresql"
+
+    def order(total="10.00"):
+        return shop.insert(
+            "sales_orders",
+            status="pending",
+            total=Decimal(total),
+            currency="EUR",
+            created_at=shop.at(90),
+            updated_at=shop.at(90),
+        )
+
+    def payment(*orders, amount="10.00", status="completed", ago=60):
+        when = shop.at(ago).replace(tzinfo=dt.UTC) if aware else shop.at(ago)
+        key = shop.insert(
+            "payments",
+            status=status,
+            amount=Decimal(amount),
+            currency="EUR",
+            completed_at=when,
+            updated_at=when,
+        )
+        for order_id in orders:
+            shop.insert("order_payments", order_id=order_id, payment_id=key)
+        return key
+
+    single = order()
+    payment(single)
+    retried = order()
+    payment(retried, status="failed")
+    payment(retried)
+    first_half, second_half = order(), order()
+    payment(first_half, second_half, amount="20.00")  # one charge for two orders: pays neither
+    twice = order()
+    payment(twice)
+    payment(twice)
+    recent = order()
+    payment(recent, ago=2)
+    payment(9999)  # a link to an order that does not exist
+
+    with server_engine.connect() as conn:
+        report = inconsistency_report(conn, shop.schema)
+    assert report.order_ids[d.AMOUNT_MISMATCH] == [first_half, second_half]
+    assert report.order_ids[d.DOUBLE_CHARGE] == [twice]
+    assert report.order_ids[d.MISSING_ORDER] == [9999]
+    with server_engine.connect() as conn:
+        doctor = diagnose(conn, shop.schema, now=shop.now)
+    statements = dict(doctor.sections)["statements for this mapping"]
+    assert any("ix_order_payments_order_payment" in line for line in statements)
+    assert any(
+        line.startswith("GRANT SELECT ON") and "order_payments" in line for line in statements
+    )
+    assert (
+        "'completed': 8 transaction(s), completed" in dict(doctor.sections)["transaction statuses"]
+    )
+
+    first = Regularizer(server_engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+    again = Regularizer(server_engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+
+    assert (first.regularized, again.regularized) == (2, 0)
+    assert outbox_per_order(server_engine) == {str(single): 1, str(retried): 1}
+    for key in (first_half, second_half, twice, recent):
+        assert shop.row("sales_orders", key, "status") == {"status": "pending"}
+
+
+def test_payment_rows_only_keeps_the_rows_that_are_payments(server_engine):
+    """Refunds in the payments table, completed too: without the filter each order is a double charge."""
+    md = _tables(sa.String(3))
+    md.tables["shop_payments"].append_column(sa.Column("kind", sa.String(10)))
+    raw = {
+        **MAPPING,
+        "guards": {},
+        "payment_rows": {"only": [{"column": "kind", "in": ["charge"]}]},
+    }
+    shop = Shop(server_engine, md, raw)
+    key = _order(shop, currency="EUR")
+    for kind in ("charge", "refund"):
+        shop.insert(
+            "shop_payments",
+            order_id=key,
+            status="completed",
+            kind=kind,
+            amount=Decimal("10.00"),
+            currency_id="EUR",
+            updated_at=shop.at(60),
+        )
+    unfiltered = bind_schema(server_engine, SchemaMapping.parse({**raw, "payment_rows": {}}))
+    with server_engine.connect() as conn:
+        assert inconsistency_report(conn, unfiltered).order_ids[d.DOUBLE_CHARGE] == [key]
+        assert inconsistency_report(conn, shop.schema).total == 0
+
+    summary = Regularizer(server_engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+
+    assert summary.regularized == 1
+    assert outbox_per_order(server_engine) == {str(key): 1}

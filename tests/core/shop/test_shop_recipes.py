@@ -19,11 +19,14 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.operations.doctor import diagnose
+from regularization_pipeline.core.operations.operator_tools import orphan_rows
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.verdicts import INCONSISTENT, SKIPPED
 from tests.support.rows import no_sleep, outbox_per_order
 from tests.support.shop_tables import Shop
 
@@ -358,13 +361,226 @@ def seed_sylius(shop: Shop) -> Seeded:
     return seeded
 
 
+# --- Bagisto ---------------------------------------------------------------------------------
+# packages/Webkul/Sales/src/Database/Migrations/2018_09_27_113154_create_orders_table.php and
+# 2021_03_11_212124_create_order_transactions_table.php (Laravel migrations; MySQL only).
+
+
+def bagisto_tables() -> sa.MetaData:
+    md = sa.MetaData()
+    money = sa.Numeric(12, 4)
+    sa.Table(
+        "orders",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("increment_id", sa.String(255), nullable=False, unique=True),
+        sa.Column("status", sa.String(255)),
+        sa.Column("order_currency_code", sa.String(255)),
+        sa.Column("grand_total", money),
+        sa.Column("base_grand_total", money),
+        sa.Column("grand_total_invoiced", money),
+        sa.Column("base_grand_total_invoiced", money),
+        sa.Column("customer_type", sa.String(255)),
+        sa.Column("created_at", sa.DateTime),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    sa.Table(
+        "order_transactions",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("transaction_id", sa.String(255), nullable=False),
+        sa.Column("status", sa.String(255)),
+        sa.Column("type", sa.String(255)),
+        sa.Column("amount", money),
+        sa.Column("payment_method", sa.String(255)),
+        sa.Column("invoice_id", sa.Integer, nullable=False),
+        sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id"), nullable=False),
+        sa.Column("created_at", sa.DateTime),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    return md
+
+
+def seed_bagisto(shop: Shop) -> Seeded:
+    seeded = Seeded()
+    numbers = iter(range(1, 100))
+
+    def order(status="pending_payment", total="99.0000"):
+        return shop.insert(
+            "orders",
+            increment_id=str(next(numbers)),
+            status=status,
+            order_currency_code="EUR",
+            grand_total=Decimal(total),
+            base_grand_total=Decimal(total),
+            grand_total_invoiced=Decimal("0"),
+            base_grand_total_invoiced=Decimal("0"),
+            customer_type="Webkul\\Customer\\Models\\Customer",
+            created_at=shop.at(120),
+            updated_at=shop.at(120),
+        )
+
+    def payment(order_id, status="COMPLETED", amount="99.0000", ago=PAID_LONG_AGO):
+        shop.insert(
+            "order_transactions",
+            transaction_id="8AB12345CD",
+            status=status,
+            type="CAPTURE",
+            amount=Decimal(amount),
+            payment_method="paypal_smart_button",
+            invoice_id=0,
+            order_id=order_id,
+            created_at=shop.at(ago + 1),
+            updated_at=shop.at(ago),
+        )
+
+    for status in ("pending_payment", "pending"):
+        key = order(status)
+        payment(key)
+        seeded.flipped[key] = {
+            "grand_total_invoiced": Decimal("99.0000"),
+            "base_grand_total_invoiced": Decimal("99.0000"),
+        }
+    for status in ("canceled", "fraud"):
+        key = order(status)
+        payment(key)
+        seeded.held[key] = d.PAID_BUT_CLOSED
+    key = order()
+    payment(key, amount="49.5000")  # half captured
+    seeded.held[key] = d.AMOUNT_MISMATCH
+    key = order()
+    payment(key)
+    payment(key)
+    seeded.held[key] = d.DOUBLE_CHARGE
+    key = order()
+    payment(key, status="REFUNDED")
+    seeded.held[key] = None
+    key = order()
+    payment(key, ago=PAID_JUST_NOW)
+    seeded.held[key] = None
+    for key in seeded.held:
+        seeded.untouched[key] = {"grand_total_invoiced": Decimal("0.0000")}
+    return seeded
+
+
+# --- WooCommerce (HPOS) ------------------------------------------------------------------------
+# plugins/woocommerce/src/Internal/DataStores/Orders/OrdersTableDataStore.php, get_database_schema():
+# wp_wc_orders and wp_wc_order_operational_data (MySQL/MariaDB only).
+
+
+def woocommerce_tables() -> sa.MetaData:
+    md = sa.MetaData()
+    money = sa.Numeric(26, 8)
+    sa.Table(
+        "wp_wc_orders",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("status", sa.String(20)),
+        sa.Column("currency", sa.String(10)),
+        sa.Column("type", sa.String(20)),
+        sa.Column("tax_amount", money),
+        sa.Column("total_amount", money),
+        sa.Column("customer_id", sa.BigInteger),
+        sa.Column("date_created_gmt", sa.DateTime),
+        sa.Column("date_updated_gmt", sa.DateTime),
+        sa.Column("parent_order_id", sa.BigInteger),
+        sa.Column("payment_method", sa.String(100)),
+        sa.Column("transaction_id", sa.String(100)),
+    )
+    sa.Table(
+        "wp_wc_order_operational_data",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+        sa.Column("order_id", sa.BigInteger, unique=True),
+        sa.Column("created_via", sa.String(100)),
+        sa.Column("order_key", sa.String(100)),
+        sa.Column("date_paid_gmt", sa.DateTime),
+        sa.Column("date_completed_gmt", sa.DateTime),
+    )
+    return md
+
+
+def seed_woocommerce(shop: Shop) -> Seeded:
+    seeded = Seeded()
+    ids = iter(range(100, 200))
+
+    def order(status="wc-pending", paid_ago=None, kind="shop_order", parent=None):
+        key = next(ids)
+        shop.insert(
+            "wp_wc_orders",
+            id=key,
+            status=status,
+            currency="EUR",
+            type=kind,
+            tax_amount=Decimal("0"),
+            total_amount=Decimal("35.5"),
+            customer_id=1,
+            date_created_gmt=shop.at(120),
+            date_updated_gmt=shop.at(120),
+            parent_order_id=parent or 0,
+            payment_method="stripe",
+            transaction_id="pi_3" if paid_ago is not None else "",
+        )
+        shop.insert(
+            "wp_wc_order_operational_data",
+            order_id=key,
+            created_via="checkout",
+            order_key=f"wc_order_{key}",
+            date_paid_gmt=None if paid_ago is None else shop.at(paid_ago),
+        )
+        return key
+
+    for _ in range(2):
+        seeded.flipped[order(paid_ago=PAID_LONG_AGO)] = {"status": "wc-processing"}
+    seeded.held[order(status="wc-cancelled", paid_ago=PAID_LONG_AGO)] = d.PAID_BUT_CLOSED
+    refunded = order(status="wc-refunded", paid_ago=PAID_LONG_AGO)
+    seeded.held[refunded] = d.PAID_BUT_CLOSED
+    # A refund is a row of the orders table with another type (pending here): never an order.
+    seeded.held[order(paid_ago=PAID_LONG_AGO, kind="shop_order_refund", parent=refunded)] = (
+        d.PAID_BUT_CLOSED
+    )
+    seeded.held[order()] = None  # not paid yet
+    seeded.held[order(paid_ago=PAID_JUST_NOW)] = None
+    for key in seeded.held:
+        seeded.untouched[key] = {
+            "transaction_id": shop.row("wp_wc_orders", key, "transaction_id")["transaction_id"]
+        }
+    return seeded
+
+
+def without_guards(raw: dict) -> dict:
+    return {k: v for k, v in raw.items() if k != "guards"}
+
+
+def cancelled_as_pending(raw: dict) -> dict:
+    """One status column, nothing to guard: the unsafe mistake is a closing status listed as pending."""
+    pending = [*raw["statuses"]["order_pending"], "canceled"]
+    return {
+        **raw,
+        "statuses": {**raw["statuses"], "order_pending": pending, "order_do_not_touch": []},
+    }
+
+
 SHOPS = {
-    # name: (tables, seed, the guard column doctor must name when the guards are left out)
-    "saleor": (saleor_tables, seed_saleor, "order_order.status"),
-    "spree": (spree_tables, seed_spree, "spree_orders.state"),
-    "sylius": (sylius_tables, seed_sylius, "sylius_order.state"),
+    # name: (tables, seed, an unsafe variant of the recipe, how doctor's refusal of it begins)
+    "saleor": (saleor_tables, seed_saleor, without_guards, "order_order.status holds"),
+    "spree": (spree_tables, seed_spree, without_guards, "spree_orders.state holds"),
+    "sylius": (sylius_tables, seed_sylius, without_guards, "sylius_order.state holds"),
+    "woocommerce": (
+        woocommerce_tables,
+        seed_woocommerce,
+        without_guards,
+        "wp_wc_orders.type holds",
+    ),
+    "bagisto": (
+        bagisto_tables,
+        seed_bagisto,
+        cancelled_as_pending,
+        "pending status 'canceled' reads as cancellation",
+    ),
 }
 POSTGRESQL_ONLY = {"saleor"}
+MARIADB_ONLY = {"bagisto", "woocommerce"}
 
 
 @pytest.fixture(params=sorted(SHOPS))
@@ -372,7 +588,9 @@ def recipe_shop(request, server_engine) -> tuple[str, Shop, Seeded]:
     name = request.param
     if name in POSTGRESQL_ONLY and server_engine.dialect.name != "postgresql":
         pytest.skip(f"{name} supports PostgreSQL only")
-    tables, seed, _ = SHOPS[name]
+    if name in MARIADB_ONLY and server_engine.dialect.name == "postgresql":
+        pytest.skip(f"{name} supports MySQL and MariaDB only")
+    tables, seed, _, _ = SHOPS[name]
     shop = Shop(server_engine, tables(), recipe(name))
     return name, shop, seed(shop)
 
@@ -386,6 +604,16 @@ def test_recipe_flips_every_orphan_once_and_reports_every_trap(recipe_shop):
         found = {k for k, ids in report.order_ids.items() if key in ids}
         assert found == ({kind} if kind else set()), (name, key)
 
+    with shop.engine.connect() as conn:
+        listed = orphan_rows(conn, s, d.ScanWindow(now=utcnow()))
+    assert {row.order_id for row in listed} == set(seeded.flipped)
+    # One order at a time (the operator's `--order`), each trap as the run would decide it.
+    regularizer = Regularizer(shop.engine, s, sleeper=no_sleep)
+    for key, kind in seeded.held.items():
+        outcome = regularizer.regularize_one(key, "operator", RunOptions(sleep=0))
+        assert outcome.action == (INCONSISTENT if kind else SKIPPED), (key, outcome)
+        assert outcome.reason.startswith(kind or ""), (key, outcome)
+
     first = Regularizer(shop.engine, s, sleeper=no_sleep).run(RunOptions(sleep=0))
     again = Regularizer(shop.engine, s, sleeper=no_sleep).run(RunOptions(sleep=0))
 
@@ -395,25 +623,24 @@ def test_recipe_flips_every_orphan_once_and_reports_every_trap(recipe_shop):
         row = shop.row(m.orders.table, key, m.orders.status, *expected)
         assert row == {m.orders.status: m.statuses.order_completed, **expected}
         if m.orders.updated_at:
-            touched = s.read_time(shop.row(m.orders.table, key, m.orders.updated_at)["updated_at"])
+            stamp = shop.row(m.orders.table, key, m.orders.updated_at)[m.orders.updated_at]
+            touched = s.read_time(stamp)
             assert touched >= shop.now - dt.timedelta(seconds=1)
     for key, kept in seeded.untouched.items():
         assert shop.row(m.orders.table, key, *kept) == kept
 
 
-def test_doctor_passes_the_recipe_and_refuses_it_without_its_guards(recipe_shop):
+def test_doctor_passes_the_recipe_and_refuses_an_unsafe_variant(recipe_shop):
     name, shop, _ = recipe_shop
+    _, _, unsafe_variant, refusal = SHOPS[name]
+    unsafe_mapping = SchemaMapping.parse(unsafe_variant(shop.raw))
     with shop.engine.connect() as conn:
         safe = diagnose(conn, shop.schema, now=shop.now)
-        unguarded = {k: v for k, v in shop.raw.items() if k != "guards"}
-        unsafe = diagnose(conn, bind_schema(shop.engine, SchemaMapping.parse(unguarded)), shop.now)
+        unsafe = diagnose(conn, bind_schema(shop.engine, unsafe_mapping), now=shop.now)
     assert safe.refusals == [], safe.lines()
     assert not [w for w in safe.warnings if "closed order" in w], safe.warnings
     assert safe.verdict.startswith("verdict: ready")
-    column = SHOPS[name][2]
-    assert any(r.startswith(column) and "would complete" in r for r in unsafe.refusals), (
-        unsafe.refusals
-    )
+    assert any(r.startswith(refusal) for r in unsafe.refusals), unsafe.refusals
     assert unsafe.verdict.startswith("verdict: REFUSED")
 
 
@@ -438,3 +665,43 @@ def test_every_recipe_is_tested_and_shown_whole_in_the_schema_docs():
     assert files == sorted(SHOPS)
     for name in files:
         assert (RECIPES / f"{name}.yaml").read_text(encoding="utf-8") in docs, name
+
+
+def test_a_run_works_under_exactly_the_grants_doctor_prints(server_engine):
+    """Spree's recipe repairs payment_total too: the printed grants must cover it, and no more."""
+    import uuid
+
+    from regularization_pipeline.core.operations.statements import grant_statements
+    from regularization_pipeline.core.shop.engine import create_app_engine
+
+    shop = Shop(server_engine, spree_tables(), recipe("spree"))
+    seeded = seed_spree(shop)
+    role = f"regpipe_{uuid.uuid4().hex[:10]}"
+    with server_engine.connect() as conn:
+        report = diagnose(conn, shop.schema, now=shop.now)
+    printed = dict(report.sections)["statements for this mapping"]
+    grants = grant_statements(shop.schema, server_engine.dialect.name, role)
+    assert set(grant_statements(shop.schema, server_engine.dialect.name)) <= set(printed)
+    assert any("UPDATE (" in g and "payment_total" in g for g in grants), grants
+    pg = server_engine.dialect.name == "postgresql"
+    with server_engine.begin() as conn:
+        for statement in grants:
+            conn.exec_driver_sql(statement.split("  --")[0].replace("%", "%%"))
+    url = server_engine.url.set(username=role, password=None)
+    restricted = create_app_engine(url.render_as_string(hide_password=False))
+    try:
+        schema = bind_schema(restricted, shop.mapping)
+        summary = Regularizer(restricted, schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+        assert summary.regularized == len(seeded.flipped)
+        with pytest.raises(sa.exc.DBAPIError):  # a column the flip never writes stays refused
+            with restricted.begin() as conn:
+                conn.execute(sa.text("UPDATE spree_orders SET total = 0"))
+    finally:
+        restricted.dispose()
+        with server_engine.begin() as conn:
+            if pg:
+                conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+                conn.exec_driver_sql(f'DROP ROLE "{role}"')
+            else:
+                conn.exec_driver_sql(f"DROP USER '{role}'@'%%'")
+    assert outbox_per_order(server_engine) == {str(key): 1 for key in seeded.flipped}
