@@ -350,7 +350,7 @@ class Regularizer:
             if answer is None or answer[0] != verdict.transaction.id:
                 verdict = Verdict(verdicts.SKIPPED, ASKED_ABOUT_ANOTHER)
             else:
-                verdict = apply_provider_answer(verdict, answer[1])
+                verdict = apply_provider_answer(verdict, answer[1], order)
         return write_decisions(ctx, conn, [Decision(order_id, verdict, order)])[0]
 
     def _ask_provider(self, ctx: RunContext, order_id: Any) -> ProviderWord | None:

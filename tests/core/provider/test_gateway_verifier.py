@@ -81,10 +81,13 @@ def test_each_provider_answer_decides_the_order_with_a_clear_audit_reason(engine
         return row.action, row.reason
 
     assert last(completed) == (REGULARIZED, "completed transaction verified")
-    assert last(failed) == (INCONSISTENT, "provider_failed: provider reports the payment failed")
+    assert last(failed) == (
+        INCONSISTENT,
+        "provider_failed: provider reports the payment failed (failed)",
+    )
     assert last(refunded) == (
         INCONSISTENT,
-        "provider_failed: provider reports the payment refunded",
+        "provider_failed: provider reports the payment refunded (refunded)",
     )
     assert last(pending) == (
         SKIPPED,
