@@ -134,6 +134,13 @@ class GatewaySettings(BaseModel):
     max_rate_limited_retries: int = Field(
         3, ge=0, le=20, description="Tries after a 429 before giving up on this order."
     )
+    outage_after: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Orders in a row the provider could not answer (after retries) before the run "
+        "stops asking: an outage. Fewer are each counted as that order's failure.",
+    )
     max_wait_seconds: float = Field(
         60.0,
         ge=0,
@@ -246,6 +253,10 @@ class GatewayVerifier:
         self.requests_sent = 0
         self.rate_limited_responses = 0  # HTTP 429s received, for the run's metrics
         self.answers_received = 0  # requests the provider answered with our credentials accepted
+
+    @property
+    def outage_after(self) -> int:
+        return self.settings.outage_after
 
     def url_for(self, order: OrderRow, transaction: TransactionRow) -> str:
         return self.settings.base_url + self.adapter.request(order, transaction).path
