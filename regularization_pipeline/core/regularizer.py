@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.decisions import attempts, batching
+from regularization_pipeline.core.decisions import attempts, batching, pending_payments
 from regularization_pipeline.core.decisions.audit import Decision
 from regularization_pipeline.core.decisions.context import (
     LOCKED_ELSEWHERE,
@@ -63,6 +63,7 @@ from regularization_pipeline.core.provider.answers import (
     HoldReason,
     PaymentVerifier,
     ProviderAnswer,
+    ProviderError,
     ProviderRejectedError,
     ProviderUnavailableError,
 )
@@ -228,6 +229,23 @@ class Regularizer:
             # Errors in a row fewer than an outage, at the end of the run: each order's own.
             for order_id, exc in health.take_streak():
                 pace.record(attempts.record_failure(ctx, order_id, exc))
+        self._pending_payments(ctx, pace)
+
+    def _pending_payments(self, ctx: RunContext, pace: _Pace) -> None:
+        """Payments the shop still has as pending, asked at the provider (opt-in)."""
+        settings = getattr(getattr(self.verifier, "settings", None), "pending_payments", None)
+        if settings is None or pace.summary.stopped_by_provider or not pace.has_room():
+            return
+        room = pace.options.limit - pace.summary.processed
+        for order_id, tx_id in pending_payments.candidates(ctx, list(settings.statuses), room):
+            if not pace.has_room():
+                return
+            try:
+                outcome = pending_payments.settle(ctx, self.verifier, order_id, tx_id, settings)
+            except ProviderError as exc:
+                pace.record(pending_payments.provider_error_outcome(ctx, order_id, exc))
+                return  # asked again next run; the orphans came first
+            pace.record(outcome)
 
     def _per_order(self, ctx: RunContext, pace: _Pace, health: ProviderHealth) -> None:
         rest_before_next = False

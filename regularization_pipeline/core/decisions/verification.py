@@ -108,7 +108,7 @@ def verify(
         reason = f"{d.DOUBLE_CHARGE}: {len(completed)} completed transactions"
         return Verdict(INCONSISTENT, reason, completed[0])
     tx = completed[0]
-    return _payment_mismatch(order, tx) or _timing(tx, window)
+    return payment_mismatch(order, tx) or _timing(tx, window)
 
 
 def _order_refused(
@@ -131,7 +131,7 @@ def _order_refused(
     return None
 
 
-def _payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
+def payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
     """Why the one completed payment does not pay for this order (amount, currency), or None."""
     paid, due = to_decimal(tx.amount), to_decimal(order.total)
     if paid is None or due is None or paid < 0 or due < 0:

@@ -60,6 +60,23 @@ PROVIDERS = ("generic", "stripe", "mollie", "paypal")
 log = logging.getLogger("regularization_pipeline.gateway")
 
 
+class PendingPayments(BaseModel):
+    """Opt-in: ask the provider about payments the shop still has as pending (a lost webhook)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    statuses: list[str] = Field(
+        default_factory=lambda: ["pending"],
+        min_length=1,
+        description="The shop's transaction statuses that mean the payment is still pending.",
+    )
+    set: dict[str, str] = Field(
+        default_factory=dict,
+        description="Further columns of the transaction row to set when the provider says captured "
+        "(besides status, completed_at and updated_at): a value, or {now}.",
+    )
+
+
 class GatewaySettings(BaseModel):
     """Where the provider is, how its answer is read, and how fast it may be asked."""
 
@@ -133,6 +150,11 @@ class GatewaySettings(BaseModel):
     )
     max_rate_limited_retries: int = Field(
         3, ge=0, le=20, description="Tries after a 429 before giving up on this order."
+    )
+    pending_payments: PendingPayments | None = Field(
+        None,
+        description="Ask the provider about pending payments older than the grace period, and "
+        "complete the payment and its order when it says captured (off unless set).",
     )
     outage_after: int = Field(
         3,
