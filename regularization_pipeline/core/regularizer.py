@@ -223,12 +223,11 @@ class Regularizer:
 
     def _run_per_order(self, ctx: RunContext, pace: _Pace) -> None:
         health = ProviderHealth(getattr(self.verifier, "outage_after", DEFAULT_OUTAGE_AFTER))
-        try:
-            self._per_order(ctx, pace, health)
-        finally:
-            # Errors in a row fewer than an outage, at the end of the run: each order's own.
-            for order_id, exc in health.take_streak():
-                pace.record(attempts.record_failure(ctx, order_id, exc))
+        # A bad token raises out of here and changes nothing, the errors before it included.
+        self._per_order(ctx, pace, health)
+        # Errors in a row fewer than an outage, at the end of the run: each order's own.
+        for order_id, exc in health.take_streak():
+            pace.record(attempts.record_failure(ctx, order_id, exc))
         self._pending_payments(ctx, pace)
 
     def _pending_payments(self, ctx: RunContext, pace: _Pace) -> None:
