@@ -306,3 +306,46 @@ def test_429_with_retry_after_is_honoured_before_the_provider_is_asked_again(pro
     assert verifier.rate_limited_responses == 1
     assert [r.status for r in asked] == [429, 200]
     assert asked[1].at - asked[0].at >= 1.0  # nothing asked before Retry-After: 1 ran out
+
+
+@pytest.mark.parametrize(
+    ("unit", "amount", "currency", "expected"),
+    [
+        ("major", "49.90", "EUR", ("completed", None)),
+        ("major", "40.00", "EUR", ("failed", "amount_mismatch")),
+        ("major", "49.90", "USD", ("failed", "currency_mismatch")),
+        ("minor", 4990, "EUR", ("completed", None)),
+        ("minor", 49, "EUR", ("failed", "amount_mismatch")),
+        ("minor", "4990", "EUR", ("unknown", None)),  # not an integer: never guessed
+        ("major", None, "EUR", ("unknown", None)),
+    ],
+)
+def test_generic_settings_compare_the_amount_and_currency_when_the_answer_carries_them(
+    unit, amount, currency, expected
+):
+    from regularization_pipeline.core.decisions.verification import Verdict, apply_provider_answer
+
+    fake = ProviderFake(TOKEN)
+    body = {"data": {"status": "succeeded", "currency": currency}}
+    if amount is not None:
+        body["data"]["amount"] = amount
+    fake.put("/payments/ref1", body)
+    order = OrderRow(id=1, status="pending", total="49.90", currency="EUR")
+    tx = TransactionRow(id=7, status="completed", amount="49.90", currency="EUR", reference="ref1")
+    with (
+        fake,
+        verifier_for(
+            "generic",
+            fake,
+            status_path="data.status",
+            amount_path="data.amount",
+            currency_path="data.currency",
+            amount_unit=unit,
+        ) as verifier,
+    ):
+        answer = verifier.check(order, tx)
+    verdict = apply_provider_answer(
+        Verdict(REGULARIZED, "completed transaction verified", tx), answer, order
+    )
+    outcome = {REGULARIZED: "completed", INCONSISTENT: "failed"}.get(verdict.action, "unknown")
+    assert (outcome, verdict.hold_reason) == expected

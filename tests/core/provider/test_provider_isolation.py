@@ -120,3 +120,13 @@ def test_a_refusal_about_one_transaction_after_others_holds_only_that_one(engine
         "request_refused",
     )
     assert again.processed == 0  # held: not asked about again
+
+
+def test_a_bad_token_after_provider_errors_stops_the_run_without_counting_them(engine):
+    shop, ids, fake = stripe_shop(engine, 3)
+    fake.fail_paths.add(f"/v1/payment_intents/pi_{ids[0]}")
+    fake.refuse_paths.add(f"/v1/payment_intents/pi_{ids[1]}")  # 403 before any answer: the token
+    with fake, pytest.raises(ProviderRejectedError):
+        run(shop, fake, max_attempts=1)
+    assert [shop.status_of(i) for i in ids] == ["pending"] * 3
+    assert all(audit_of(shop, i) == [] for i in ids)  # nothing counted, nothing quarantined
