@@ -89,6 +89,10 @@ def settle(
             ctx, order_id, Verdict(verdicts.SKIPPED, f"pending payment: {mismatch.reason}", tx)
         )
     answer = verifier.check(order, tx)
+    if answer.status == "completed" and answer.amount_minor is None:
+        # Nothing in the shop says this payment completed: the provider's amount must.
+        words = "pending payment left alone: the provider's answer carries no amount"
+        return _audited(ctx, order_id, Verdict(verdicts.SKIPPED, words, tx))
     verdict = apply_provider_answer(Verdict(verdicts.REGULARIZED, CAPTURED, tx), answer, order)
     if verdict.action != verdicts.REGULARIZED:
         words = verdict.reason if verdict.kind else f"provider reports {answer.status}"

@@ -104,3 +104,24 @@ def test_pending_payments_are_not_asked_about_unless_opted_in_or_within_the_grac
         asked = [r.path.split("?")[0] for r in fake.snapshot()]
     assert asked == [f"/v1/payment_intents/pi_{ids['old'][0]}"]
     assert (shop.status_of(ids["old"][0]), shop.status_of(fresh)) == ("completed", "pending")
+
+
+def test_a_generic_answer_without_an_amount_completes_no_pending_payment(engine):
+    with ProviderFake(TOKEN) as fake:
+        shop, ids = pending_shop(engine, fake, {"no amount": None})
+        order_id, tx_id = ids["no amount"]
+        fake.put(f"/payments/pi_{order_id}", {"status": "succeeded"})
+        settings = GatewaySettings(
+            base_url=fake.url,
+            status_path="status",
+            max_requests_per_second=1000,
+            burst=50,
+            pending_payments={"statuses": ["pending"]},
+        )
+        with GatewayVerifier(settings, TOKEN) as verifier:
+            Regularizer(engine, shop.schema, sleeper=no_sleep, verifier=verifier).run(
+                RunOptions(sleep=0)
+            )
+        assert len(fake.snapshot()) == 1  # it was asked
+    assert (shop.status_of(order_id), tx_status(shop, tx_id)[0]) == ("pending", "pending")
+    assert "carries no amount" in audit_of(shop, order_id)[-1].reason
