@@ -87,8 +87,24 @@ def cmd_list_inconsistencies(args: argparse.Namespace, parser: argparse.Argument
 
 def cmd_doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from regularization_pipeline.core.operations.doctor import diagnose
+    from regularization_pipeline.core.operations.provider_check import check_provider
 
-    report = read_only(parser, lambda conn, schema: diagnose(conn, schema))
+    try:
+        verifier = payment_verifier()
+    except ConfigurationError as exc:
+        parser.exit(EXIT_USAGE, f"error: {exc}\n")
+
+    def diagnose_all(conn, schema):
+        report = diagnose(conn, schema)
+        if verifier is not None:
+            check_provider(report, conn, schema, verifier)
+        return report
+
+    try:
+        report = read_only(parser, diagnose_all)
+    finally:
+        if verifier is not None:
+            verifier.close()
     for line in report.lines():
         print(line)
     if report.acts_wrongly:

@@ -34,21 +34,25 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.decisions import attempts, batching
+from regularization_pipeline.core.decisions import attempts, batching, pending_payments
 from regularization_pipeline.core.decisions.audit import Decision
 from regularization_pipeline.core.decisions.context import (
     LOCKED_ELSEWHERE,
-    PROVIDER_UNAVAILABLE,
     FaultHook,
     OrderOutcome,
     RunContext,
     no_fault,
 )
 from regularization_pipeline.core.decisions.orders import OrderStatements, same_order_id
+from regularization_pipeline.core.decisions.provider_health import (
+    DEFAULT_OUTAGE_AFTER,
+    ProviderHealth,
+)
 from regularization_pipeline.core.decisions.tracker import audit_new_inconsistencies, open_report
 from regularization_pipeline.core.decisions.verification import (
     Verdict,
     apply_provider_answer,
+    provider_hold,
     verify,
 )
 from regularization_pipeline.core.decisions.writes import write_decisions
@@ -56,8 +60,10 @@ from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_orders
 from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
 from regularization_pipeline.core.provider.answers import (
+    HoldReason,
     PaymentVerifier,
     ProviderAnswer,
+    ProviderError,
     ProviderRejectedError,
     ProviderUnavailableError,
 )
@@ -94,8 +100,9 @@ class _Pace:
             self.summary.stopped_by_deadline = True
         return self.summary.stopped_by_deadline
 
-    def has_room(self) -> bool:
-        return self.summary.processed < self.options.limit and not self.out_of_time()
+    def has_room(self, pending: int = 0) -> bool:
+        """``pending``: orders decided but not recorded yet (provider errors awaiting the next answer)."""
+        return self.summary.processed + pending < self.options.limit and not self.out_of_time()
 
     def record(self, outcome: OrderOutcome) -> None:
         self.summary.record(outcome)
@@ -215,22 +222,56 @@ class Regularizer:
         return options.mode == "batched"
 
     def _run_per_order(self, ctx: RunContext, pace: _Pace) -> None:
+        health = ProviderHealth(getattr(self.verifier, "outage_after", DEFAULT_OUTAGE_AFTER))
+        # A bad token raises out of here and changes nothing, the errors before it included.
+        self._per_order(ctx, pace, health)
+        # Errors in a row fewer than an outage, at the end of the run: each order's own.
+        for order_id, exc in health.take_streak():
+            pace.record(attempts.record_failure(ctx, order_id, exc))
+        self._pending_payments(ctx, pace)
+
+    def _pending_payments(self, ctx: RunContext, pace: _Pace) -> None:
+        """Payments the shop still has as pending, asked at the provider (opt-in)."""
+        settings = getattr(getattr(self.verifier, "settings", None), "pending_payments", None)
+        if settings is None or pace.summary.stopped_by_provider or not pace.has_room():
+            return
+        room = pace.options.limit - pace.summary.processed
+        for order_id, tx_id in pending_payments.candidates(ctx, list(settings.statuses), room):
+            if not pace.has_room():
+                return
+            try:
+                outcome = pending_payments.settle(ctx, self.verifier, order_id, tx_id, settings)
+            except ProviderError as exc:
+                pace.record(pending_payments.provider_error_outcome(ctx, order_id, exc))
+                return  # asked again next run; the orphans came first
+            pace.record(outcome)
+
+    def _per_order(self, ctx: RunContext, pace: _Pace, health: ProviderHealth) -> None:
         rest_before_next = False
         for page in d.candidate_pages(
             self.engine, self.schema, ctx.window, pace.options.batch_size
         ):
             for order_id in attempts.without_quarantined(ctx, page):
-                if not pace.has_room():
+                if not pace.has_room(pending=len(health.streak)):
                     return
                 if rest_before_next and pace.options.sleep:
                     self.sleeper(pace.options.sleep)
-                outcome = self._regularize(ctx, order_id)
+                outcome = self._regularize(ctx, order_id, health)
+                rest_before_next = outcome is None or outcome.acted
+                if outcome is None:  # a provider error: this order's, or an outage?
+                    if health.outage:
+                        # Every further order would wait out the same timeouts: stop, and
+                        # leave these for the next run without blaming them.
+                        for failed_id, exc in health.take_streak():
+                            pace.record(attempts.left_for_next_run(ctx, failed_id, exc))
+                        pace.summary.stopped_by_provider = True
+                        return
+                    continue
+                if health.streak and health.answered_last:
+                    # The provider answered this order: the errors before it were their orders'.
+                    for failed_id, exc in health.take_streak():
+                        pace.record(attempts.record_failure(ctx, failed_id, exc))
                 pace.record(outcome)
-                rest_before_next = outcome.acted
-                if outcome.reason.startswith(PROVIDER_UNAVAILABLE):
-                    # Every further order would wait out the same timeouts: stop, retry next run.
-                    pace.summary.stopped_by_provider = True
-                    return
 
     def _run_batches(self, ctx: RunContext, pace: _Pace) -> None:
         options, last = pace.options, None
@@ -273,16 +314,34 @@ class Regularizer:
         ctx = self.context(run_id, options, window or options.window(self.clock()))
         return self._regularize(ctx, order_id)
 
-    def _regularize(self, ctx: RunContext, order_id: Any) -> OrderOutcome:
+    def _regularize(
+        self, ctx: RunContext, order_id: Any, health: ProviderHealth | None = None
+    ) -> OrderOutcome | None:
+        """The order's outcome; None when ``health`` is given and the provider could not answer
+        (the run decides, with the next orders, whether that was this order's failure)."""
         try:
             # Outside any transaction: a test can play the late webhook here, between the scan and the claim.
             self.fault("before_claim", order_id)
-            answer = self._ask_provider(ctx, order_id) if self.verifier else None
+            if health is not None:
+                health.answered_last = False
+            answer = self._ask_provider(ctx, order_id, health) if self.verifier else None
             outcome = self._decide_retrying_deadlocks(ctx, order_id, answer)
-        except ProviderRejectedError:
-            raise  # a bad token or URL: every order would fail the same way, so the run stops
+        except ProviderRejectedError as exc:
+            if health is None or not health.answered:
+                raise  # a bad token or URL: every order would fail the same way, so the run stops
+            # Our credentials work (the provider answered this run): refused about this one.
+            words = "provider refused the request about this transaction, having answered others"
+            hold = provider_hold(
+                Verdict(verdicts.SKIPPED, words), HoldReason.REQUEST_REFUSED, words
+            )
+            log.info("order %s: %s", order_id, describe_error(exc))
+            return attempts.hold_for_provider(ctx, order_id, hold)
         except ProviderUnavailableError as exc:
-            return attempts.left_for_next_run(ctx, order_id, exc)
+            if health is None:
+                return attempts.left_for_next_run(ctx, order_id, exc)
+            log.warning("order %s: provider error: %s", order_id, describe_error(exc))
+            health.note_error(order_id, exc)
+            return None
         except sa.exc.DataError as exc:
             if self._is_order_key(order_id):
                 return attempts.record_failure(ctx, order_id, exc)
@@ -350,10 +409,12 @@ class Regularizer:
             if answer is None or answer[0] != verdict.transaction.id:
                 verdict = Verdict(verdicts.SKIPPED, ASKED_ABOUT_ANOTHER)
             else:
-                verdict = apply_provider_answer(verdict, answer[1])
+                verdict = apply_provider_answer(verdict, answer[1], order)
         return write_decisions(ctx, conn, [Decision(order_id, verdict, order)])[0]
 
-    def _ask_provider(self, ctx: RunContext, order_id: Any) -> ProviderWord | None:
+    def _ask_provider(
+        self, ctx: RunContext, order_id: Any, health: ProviderHealth | None = None
+    ) -> ProviderWord | None:
         """Ask the provider before taking the row lock, so no lock waits on the network.
 
         Returns (transaction id, answer) when the database alone would
@@ -368,7 +429,10 @@ class Regularizer:
         verdict = verify(order, payments, self.schema.statuses, ctx.window)
         if verdict.action != verdicts.REGULARIZED:
             return None
-        return verdict.transaction.id, self.verifier.check(order, verdict.transaction)
+        answer = self.verifier.check(order, verdict.transaction)
+        if health is not None:
+            health.note_answer()
+        return verdict.transaction.id, answer
 
     # --- operator tools ------------------------------------------------------------------
 

@@ -160,7 +160,7 @@ class RunSummary:
             verdicts.INCONSISTENT: "inconsistent",
         }[outcome.action]
         setattr(self, counter, getattr(self, counter) + 1)
-        if outcome.action == verdicts.INCONSISTENT and outcome.reason.startswith(d.PROVIDER_FAILED):
+        if outcome.action == verdicts.INCONSISTENT and outcome.kind == d.PROVIDER_FAILED:
             self.inconsistent_by_kind[d.PROVIDER_FAILED] = (
                 self.inconsistent_by_kind.get(d.PROVIDER_FAILED, 0) + 1
             )

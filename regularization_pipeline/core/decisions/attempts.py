@@ -168,3 +168,18 @@ def release(ctx: RunContext, order_id: Any) -> None:
             raise ConfigurationError(f"order {order_id} is not quarantined")
         verdict = Verdict(verdicts.RELEASED, "released from quarantine by an operator")
         write_audit(ctx, conn, [Decision(order_id, verdict)])
+
+
+def hold_for_provider(ctx: RunContext, order_id: Any, verdict: Verdict) -> OrderOutcome:
+    """Hold the order on the provider's word (``verdict`` is a ``provider_failed`` hold), audited.
+
+    For a provider that refused the request about this one transaction while it answered
+    others: not the token's fault, so the run goes on, and a human looks at this order.
+    """
+    log.warning("order %s: %s", order_id, verdict.reason)
+    if ctx.dry_run:
+        return Decision(order_id, verdict).outcome()
+    with ctx.engine.begin() as conn:
+        attempt, _ = note_attempt(ctx, conn, order_id, verdict, failed=False, hold=True)
+        (outcome,) = write_audit(ctx, conn, [Decision(order_id, verdict, attempt=attempt)])
+        return outcome

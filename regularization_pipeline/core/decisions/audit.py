@@ -38,6 +38,8 @@ class Decision:
             self.verdict.reason,
             None if tx is None else tx.id,
             self.attempt,
+            self.verdict.kind,
+            self.verdict.hold_reason,
         )
 
 

@@ -29,6 +29,8 @@ class OrderOutcome:
     reason: str
     transaction_id: Any = None
     attempt: int = 0
+    kind: str | None = None  # the inconsistency kind of an INCONSISTENT outcome, when known
+    hold_reason: str | None = None  # why the provider's answer holds the order (HoldReason)
 
     @property
     def acted(self) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regularization_pipeline.core.detection import orphans as d
-from regularization_pipeline.core.provider.answers import ProviderAnswer, ProviderStatus
+from regularization_pipeline.core.provider import money
+from regularization_pipeline.core.provider.answers import HoldReason, ProviderAnswer, ProviderStatus
 from regularization_pipeline.core.shop.mapping import StatusMapping
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow, to_decimal
 from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
@@ -21,26 +22,74 @@ from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKI
 @dataclass(frozen=True)
 class Verdict:
     action: str  # REGULARIZED, SKIPPED or INCONSISTENT
-    reason: str
+    reason: str  # for people: the audit trail's words
     transaction: TransactionRow | None = None
+    kind: str | None = None  # the inconsistency kind of an INCONSISTENT verdict, when known
+    hold_reason: str | None = None  # why the provider's answer holds the order (HoldReason)
 
 
-def apply_provider_answer(verdict: Verdict, answer: ProviderAnswer) -> Verdict:
+def provider_hold(verdict: Verdict, reason: str, words: str) -> Verdict:
+    """The order held as ``provider_failed``, with ``reason`` as its machine-readable field."""
+    return Verdict(
+        INCONSISTENT,
+        f"{d.PROVIDER_FAILED}: {words} ({reason})",
+        verdict.transaction,
+        kind=d.PROVIDER_FAILED,
+        hold_reason=reason,
+    )
+
+
+def apply_provider_answer(
+    verdict: Verdict, answer: ProviderAnswer, order: OrderRow | None = None
+) -> Verdict:
     """Combine a database verdict of REGULARIZED with what the provider said: never guess."""
     if answer.status == ProviderStatus.COMPLETED:
-        return verdict
-    if answer.status in (ProviderStatus.FAILED, ProviderStatus.REFUNDED):
-        return Verdict(
-            INCONSISTENT,
-            f"{d.PROVIDER_FAILED}: provider reports the payment {answer.status}",
-            verdict.transaction,
+        return _provider_amount_mismatch(verdict, answer, order) or verdict
+    if answer.holds:
+        reason = answer.reason or (
+            HoldReason.REFUNDED if answer.status == ProviderStatus.REFUNDED else HoldReason.FAILED
         )
+        return provider_hold(verdict, reason, f"provider reports the payment {answer.status}")
     detail = f" ({answer.detail})" if answer.detail else ""
     return Verdict(
         SKIPPED,
         f"provider reports {answer.status}{detail}: left for the next run",
         verdict.transaction,
     )
+
+
+def _provider_amount_mismatch(
+    verdict: Verdict, answer: ProviderAnswer, order: OrderRow | None
+) -> Verdict | None:
+    """Held when the provider captured another amount or currency than the order's, or None.
+
+    Compared in minor units with the currency's ISO 4217 exponent. The database already
+    proved the transaction's amount equals the order's total.
+    """
+    if answer.amount_minor is None and answer.currency is None:
+        return None  # a generic provider whose answer carries neither
+    tx = verdict.transaction
+    ours = (tx.currency if tx is not None and tx.currency else None) or (
+        order.currency if order is not None else None
+    )
+    theirs = answer.currency
+    if ours and theirs and ours.strip().upper() != theirs.strip().upper():
+        return provider_hold(
+            verdict, HoldReason.CURRENCY_MISMATCH, "provider captured another currency"
+        )
+    currency = (ours or theirs or "").strip().upper()
+    due = money.to_minor(order.total if order is not None else tx.amount, currency)
+    if answer.amount_minor is None or due is None or answer.amount_minor != due:
+        captured = (
+            "?" if answer.amount_minor is None else money.shown(answer.amount_minor, currency)
+        )
+        return provider_hold(
+            verdict,
+            HoldReason.AMOUNT_MISMATCH,
+            f"provider captured {captured}, the order is for "
+            f"{'?' if due is None else money.shown(due, currency)}",
+        )
+    return None
 
 
 def verify(
@@ -60,7 +109,7 @@ def verify(
         reason = f"{d.DOUBLE_CHARGE}: {len(completed)} completed transactions"
         return Verdict(INCONSISTENT, reason, completed[0])
     tx = completed[0]
-    return _payment_mismatch(order, tx) or _timing(tx, window)
+    return payment_mismatch(order, tx) or _timing(tx, window)
 
 
 def _order_refused(
@@ -92,7 +141,7 @@ def _order_refused(
     return None
 
 
-def _payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
+def payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
     """Why the one completed payment does not pay for this order (amount, currency), or None."""
     paid, due = to_decimal(tx.amount), to_decimal(order.total)
     if paid is None or due is None or paid < 0 or due < 0:

@@ -56,7 +56,7 @@ def write_decisions(
             if decision.verdict.action == verdicts.INCONSISTENT:
                 # The provider says the payment failed or was refunded: a human decides, so
                 # the order is held instead of asked about (and audited) every five minutes.
-                held = decision.verdict.reason.startswith(f"{d.PROVIDER_FAILED}:")
+                held = decision.verdict.kind == d.PROVIDER_FAILED
                 note_attempt(
                     ctx, conn, decision.order_id, decision.verdict, failed=False, hold=held
                 )

@@ -17,16 +17,57 @@ class ProviderStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     REFUNDED = "refunded"
+    DISPUTED = "disputed"
+    AUTHORIZED = "authorized"  # authorized, not captured: no money moved yet
     PENDING = "pending"
     UNKNOWN = "unknown"
 
 
+# The provider's words that hold the order (never flipped, a human decides).
+HOLDING_STATUSES = frozenset(
+    {
+        ProviderStatus.FAILED,
+        ProviderStatus.REFUNDED,
+        ProviderStatus.DISPUTED,
+        ProviderStatus.AUTHORIZED,
+    }
+)
+
+
+class HoldReason(StrEnum):
+    """Why the provider's answer holds an order: the machine-readable field of a
+    ``provider_failed`` outcome (the audit reason text is for people)."""
+
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    DISPUTED = "disputed"
+    AUTHORIZED_ONLY = "authorized_only"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    REQUEST_REFUSED = "request_refused"  # 401/403 about one transaction, after others were answered
+
+
 @dataclass(frozen=True)
 class ProviderAnswer:
-    """The provider's word on one transaction. Anything but completed/failed/refunded leaves the order alone."""
+    """The provider's word on one transaction.
+
+    ``reason`` says why a holding status holds (a :class:`HoldReason`). ``amount_minor`` and
+    ``currency`` are what the provider captured, when its answer carries them: a completed
+    answer whose amount or currency differs from the order's holds the order.
+    """
 
     status: str
     detail: str = ""
+    reason: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+
+    @property
+    def holds(self) -> bool:
+        return self.status in HOLDING_STATUSES
 
 
 class ProviderError(Exception):

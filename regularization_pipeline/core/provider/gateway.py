@@ -1,19 +1,25 @@
 """Asks the payment provider what it knows about a transaction, rate-limited.
 
+``provider`` picks the adapter that reads the provider's own objects
+(:mod:`.stripe`, :mod:`.mollie`, :mod:`.paypal`, or :mod:`.generic` for any other);
+this module is the transport they share.
+
 :class:`GatewayVerifier` is the :class:`~regularization_pipeline.core.decisions.verification.PaymentVerifier`
 the Regularizer calls before it locks an order. It turns the provider's
 answer into a :class:`ProviderAnswer`; the rules that act on it live in
 ``verification.apply_provider_answer``:
 
-- completed -> the order is regularized;
-- failed / refunded -> reported as an inconsistency, never flipped;
+- completed, for the order's amount and currency -> the order is regularized;
+- failed, refunded, disputed, authorized only, another amount or currency ->
+  held as ``provider_failed`` with a machine-readable reason, never flipped;
 - pending, a value the mapping does not know, a missing status, malformed
   JSON, a provider that does not know the transaction (404) or refuses a
   request about it (another 4xx) -> left alone, with the reason in the audit trail;
-- 401 and 403 -> raised (:class:`ProviderRejectedError`): the run stops;
+- 401 and 403 -> raised (:class:`ProviderRejectedError`): the Regularizer stops
+  the run when it is the run's first answer, and holds that one order otherwise;
 - connection errors, timeouts, 5xx and repeated 429s after a few retries ->
-  raised (:class:`ProviderUnavailableError`); the Regularizer leaves the order
-  for the next run without counting a failure, and stops asking this run.
+  raised (:class:`ProviderUnavailableError`); the Regularizer goes on with the
+  next order and stops asking only after several in a row (an outage).
 
 Nothing the provider or the token says reaches the logs: only the transaction
 id, the HTTP status and the mapped status value.
@@ -24,29 +30,51 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from regularization_pipeline.core.config_files import read_yaml_mapping, validate_or_explain
+from regularization_pipeline.core.provider.adapter import ProviderAdapter, Request
 from regularization_pipeline.core.provider.answers import (
     ProviderAnswer,
     ProviderRejectedError,
     ProviderStatus,
     ProviderUnavailableError,
 )
+from regularization_pipeline.core.provider.generic import GenericAdapter
+from regularization_pipeline.core.provider.mollie import MollieAdapter
+from regularization_pipeline.core.provider.paypal import TOKEN_PATH, PayPalAdapter
 from regularization_pipeline.core.provider.ratelimit import (
     RateLimiter,
     RateLimitWaitTooLong,
     parse_retry_after,
 )
-from regularization_pipeline.core.redaction import redact
+from regularization_pipeline.core.provider.stripe import StripeAdapter
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 
+PROVIDERS = ("generic", "stripe", "mollie", "paypal")
+
 log = logging.getLogger("regularization_pipeline.gateway")
+
+
+class PendingPayments(BaseModel):
+    """Opt-in: ask the provider about payments the shop still has as pending (a lost webhook)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    statuses: list[str] = Field(
+        default_factory=lambda: ["pending"],
+        min_length=1,
+        description="The shop's transaction statuses that mean the payment is still pending.",
+    )
+    set: dict[str, str] = Field(
+        default_factory=dict,
+        description="Further columns of the transaction row to set when the provider says captured "
+        "(besides status, completed_at and updated_at): a value, or {now}.",
+    )
 
 
 class GatewaySettings(BaseModel):
@@ -54,8 +82,20 @@ class GatewaySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    provider: Literal["generic", "stripe", "mollie", "paypal"] = Field(
+        "generic",
+        description="Whose API is asked: stripe, mollie and paypal read that provider's own objects "
+        "(docs/providers.md); generic uses path_template, status_path and the value lists.",
+    )
+    api_version: str | None = Field(
+        None,
+        description="The provider API version pinned on every request (stripe: Stripe-Version, "
+        "default 2024-06-20); mollie and paypal carry theirs in the path (v2).",
+    )
     base_url: str = Field(
-        ..., description="The provider API's base URL, e.g. https://api.provider.example/v1."
+        ...,
+        description="The provider API's base URL: https://api.stripe.com, https://api.mollie.com, "
+        "https://api-m.paypal.com, or the generic provider's, e.g. https://api.provider.example/v1.",
     )
     path_template: str = Field(
         "/payments/{reference}",
@@ -76,6 +116,19 @@ class GatewaySettings(BaseModel):
     )
     pending_values: list[str] = Field(
         default_factory=lambda: ["pending", "processing", "requires_action", "authorized"]
+    )
+    amount_path: str | None = Field(
+        None,
+        description="generic: dotted path of the captured amount in the answer; when set, a completed "
+        "answer must carry the order's amount and currency (currency_path).",
+    )
+    currency_path: str | None = Field(
+        None, description="generic: dotted path of the answer's ISO 4217 currency code."
+    )
+    amount_unit: Literal["major", "minor"] = Field(
+        "major",
+        description="generic: the amount is a decimal in major units (10.00) or an integer in the "
+        "currency's minor units (1000).",
     )
     connect_timeout_seconds: float = Field(
         3.0, gt=0, le=60, description="Connect timeout of one request."
@@ -98,12 +151,32 @@ class GatewaySettings(BaseModel):
     max_rate_limited_retries: int = Field(
         3, ge=0, le=20, description="Tries after a 429 before giving up on this order."
     )
+    pending_payments: PendingPayments | None = Field(
+        None,
+        description="Ask the provider about pending payments older than the grace period, and "
+        "complete the payment and its order when it says captured (off unless set).",
+    )
+    outage_after: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Orders in a row the provider could not answer (after retries) before the run "
+        "stops asking: an outage. Fewer are each counted as that order's failure.",
+    )
     max_wait_seconds: float = Field(
         60.0,
         ge=0,
         le=3600,
         description="Longest wait for the rate limiter or a Retry-After before the order is failed for this run.",
     )
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, value: str | None, info: Any) -> str | None:
+        provider = info.data.get("provider")
+        if provider in ("mollie", "paypal") and value not in (None, "v2"):
+            raise ValueError(f"{provider}'s API version is v2 (in the path)")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -123,12 +196,22 @@ class GatewaySettings(BaseModel):
             ) from exc
         return value if value.startswith("/") else "/" + value
 
-    @field_validator("status_path")
+    @field_validator("status_path", "amount_path", "currency_path")
     @classmethod
-    def _dotted(cls, value: str) -> str:
-        if not value or any(not part for part in value.split(".")):
+    def _dotted(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(not part for part in value.split("."))):
             raise ValueError("must be a dotted path such as status or data.status")
         return value
+
+    def adapter(self) -> ProviderAdapter:
+        """The adapter named by ``provider``."""
+        if self.provider == "stripe":
+            return StripeAdapter(self.api_version)
+        if self.provider == "mollie":
+            return MollieAdapter(self.api_version)
+        if self.provider == "paypal":
+            return PayPalAdapter(self.api_version)
+        return GenericAdapter(self)
 
     @classmethod
     def parse(cls, **values: Any) -> GatewaySettings:
@@ -157,28 +240,6 @@ class GatewaySettings(BaseModel):
         return ProviderStatus.UNKNOWN
 
 
-_MISSING = object()
-
-
-def dig(document: Any, dotted: str) -> Any:
-    """The value at ``a.b.0.c`` in parsed JSON, or a sentinel when any step is missing."""
-    node = document
-    for part in dotted.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
-
-
-def _shown(value: Any) -> str:
-    """A provider status value short and printable enough for an audit reason."""
-    text = value if isinstance(value, str) else json.dumps(value)[:40]
-    return redact("".join(ch for ch in text if ch.isprintable())[:40])  # foreign text (#26)
-
-
 class GatewayVerifier:
     """``check(order, transaction) -> ProviderAnswer`` over HTTP, rate-limited, with bounded retries."""
 
@@ -192,13 +253,12 @@ class GatewayVerifier:
         sleeper: Callable[[float], None] = time.sleep,
     ):
         self.settings = settings
+        self.adapter = settings.adapter()
         self.sleeper = sleeper
         self.limiter = limiter or RateLimiter(
             settings.max_requests_per_second, settings.burst, sleeper=sleeper
         )
-        headers = {"Accept": "application/json", "User-Agent": "regularization_pipeline/gateway"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        self._token = token
         self.timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
             read=settings.read_timeout_seconds,
@@ -207,28 +267,75 @@ class GatewayVerifier:
         )
         self._owns_client = client is None
         self.client = client or httpx.Client(timeout=self.timeout, follow_redirects=False)
-        self._headers = headers
+        self._base_headers = {
+            "Accept": "application/json",
+            "User-Agent": "regularization_pipeline/gateway",
+        }
+        self._headers: dict[str, str] | None = None  # with the credentials, built on first use
         self.requests_sent = 0
         self.rate_limited_responses = 0  # HTTP 429s received, for the run's metrics
+        self.answers_received = 0  # requests the provider answered with our credentials accepted
+
+    @property
+    def outage_after(self) -> int:
+        return self.settings.outage_after
 
     def url_for(self, order: OrderRow, transaction: TransactionRow) -> str:
-        def q(value: Any) -> str:
-            return urllib.parse.quote(str(value), safe="")
-
-        reference = (
-            transaction.reference if transaction.reference not in (None, "") else transaction.id
-        )
-        path = self.settings.path_template.format(
-            reference=q(reference), transaction_id=q(transaction.id), order_id=q(order.id)
-        )
-        return self.settings.base_url + path
+        return self.settings.base_url + self.adapter.request(order, transaction).path
 
     def check(self, order: OrderRow, transaction: TransactionRow) -> ProviderAnswer:
-        response = self._get(self.url_for(order, transaction), transaction)
+        request = self.adapter.request(order, transaction)
+        response = self._get(self.settings.base_url + request.path, transaction, request)
         return self._answer(response)
 
-    def _get(self, url: str, transaction: TransactionRow) -> httpx.Response:
+    def _credentials(self) -> dict[str, str]:
+        if self._headers is None:
+            token = self._token
+            if self.adapter.name == "paypal" and token:
+                token = self._paypal_access_token(token)
+            self._headers = {**self._base_headers, **self.adapter.headers(token)}
+        return self._headers
+
+    def _paypal_access_token(self, credentials: str) -> str:
+        """PayPal's OAuth client-credentials exchange (``client_id:client_secret``), once per verifier."""
+        client_id, _, secret = credentials.partition(":")
+        try:
+            self.limiter.acquire(max_wait=self.settings.max_wait_seconds)
+        except RateLimitWaitTooLong as exc:
+            raise ProviderUnavailableError(f"provider rate limit: {exc}") from exc
+        self.requests_sent += 1
+        try:
+            response = self.client.post(
+                self.settings.base_url + TOKEN_PATH,
+                auth=(client_id, secret),
+                data={"grant_type": "client_credentials"},
+                headers=self._base_headers,
+                timeout=self.timeout,
+            )
+        except httpx.TransportError as exc:
+            raise ProviderUnavailableError(
+                f"provider unreachable ({type(exc).__name__}) at its token endpoint"
+            ) from exc
+        if response.status_code in (400, 401, 403):
+            raise ProviderRejectedError(
+                f"provider refused our credentials (HTTP {response.status_code} at its token endpoint)"
+            )
+        try:
+            token = response.json().get("access_token")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            token = None
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            raise ProviderUnavailableError(
+                f"provider gave no access token (HTTP {response.status_code})"
+            )
+        return token
+
+    def _get(
+        self, url: str, transaction: TransactionRow, request: Request | None = None
+    ) -> httpx.Response:
         s = self.settings
+        headers = self._credentials()
+        params = request.params if request is not None else []
         failures = rate_limited = 0
         while True:
             try:
@@ -237,7 +344,9 @@ class GatewayVerifier:
                 raise ProviderUnavailableError(f"provider rate limit: {exc}") from exc
             self.requests_sent += 1
             try:
-                response = self.client.get(url, headers=self._headers, timeout=self.timeout)
+                response = self.client.get(
+                    url, params=params, headers=headers, timeout=self.timeout
+                )
             except httpx.TransportError as exc:  # timeouts included
                 problem = f"provider unreachable ({type(exc).__name__})"
             else:
@@ -275,11 +384,13 @@ class GatewayVerifier:
     def _answer(self, response: httpx.Response) -> ProviderAnswer:
         status = response.status_code
         if status == 404:
+            self.answers_received += 1
             return ProviderAnswer(
                 ProviderStatus.UNKNOWN, "provider does not know the transaction (HTTP 404)"
             )
         if status in (401, 403):
             raise ProviderRejectedError(f"provider refused our credentials (HTTP {status})")
+        self.answers_received += 1
         if not 200 <= status < 300:
             # Any other refusal (400, 409, 410, 422...) is about this transaction, not our
             # credentials: the order is left alone, and the run goes on with the others.
@@ -290,20 +401,7 @@ class GatewayVerifier:
             return ProviderAnswer(
                 ProviderStatus.UNKNOWN, f"provider answered malformed JSON (HTTP {status})"
             )
-        value = dig(document, self.settings.status_path)
-        if value is _MISSING:
-            return ProviderAnswer(
-                ProviderStatus.UNKNOWN,
-                f"no status at {self.settings.status_path!r} in the provider's answer",
-            )
-        mapped = self.settings.classify(value)
-        if mapped == ProviderStatus.UNKNOWN:
-            return ProviderAnswer(
-                ProviderStatus.UNKNOWN, f"unrecognised provider status {_shown(value)!r}"
-            )
-        if mapped == ProviderStatus.PENDING:
-            return ProviderAnswer(ProviderStatus.PENDING, f"provider status {_shown(value)!r}")
-        return ProviderAnswer(mapped, f"provider status {_shown(value)!r}")
+        return self.adapter.read(document)
 
     def close(self) -> None:
         if self._owns_client:

@@ -24,9 +24,11 @@ PROVIDER_SETTINGS_ENV = "REGULARIZATION_PROVIDER_SETTINGS"
 class PaymentGatewayResource(dg.ConfigurableResource):
     """Optional verification of each payment with the provider's API, rate-limited; off unless base_url is set.
 
-    The provider is asked before an order's row lock is taken. Completed lets
-    the order be regularized; failed or refunded reports it as an
-    inconsistency; pending, unknown or an outage leaves it for the next run.
+    The provider is asked before an order's row lock is taken, by the adapter the
+    settings' ``provider`` names (stripe, mollie, paypal, generic). Captured for the
+    order's amount and currency lets the order be regularized; failed, refunded,
+    disputed, authorized only or another amount holds it as provider_failed; pending,
+    unknown or an outage leaves it for the next run.
     The token comes from REGULARIZATION_PROVIDER_TOKEN through dg.EnvVar.
     """
 
@@ -35,12 +37,14 @@ class PaymentGatewayResource(dg.ConfigurableResource):
         description="Provider API base URL (REGULARIZATION_PROVIDER_URL); verification is off when unset.",
     )
     token: str | None = Field(
-        default=None, description="Bearer token (REGULARIZATION_PROVIDER_TOKEN, via dg.EnvVar)."
+        default=None,
+        description="Bearer token; for PayPal client_id:client_secret (REGULARIZATION_PROVIDER_TOKEN, via dg.EnvVar).",
     )
     settings_file: str | None = Field(
         default=None,
-        description="YAML file with the rest of the provider settings: path_template, status_path, the status values, "
-        "max_requests_per_second, burst, timeouts, retries (REGULARIZATION_PROVIDER_SETTINGS); see docs/events.md.",
+        description="YAML file with the rest of the provider settings: provider (stripe, mollie, paypal or generic), "
+        "api_version, path_template, status_path, the status values, amount_path, currency_path, outage_after, "
+        "max_requests_per_second, burst, timeouts, retries (REGULARIZATION_PROVIDER_SETTINGS); see docs/providers.md.",
     )
 
     @property
