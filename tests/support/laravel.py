@@ -72,3 +72,29 @@ def run_database_worker(tmp_path: Path, engine: sa.Engine, **settings: Any) -> l
     return run_worker(
         tmp_path, {"driver": "database", "database": capsule_connection(engine), **settings}
     )
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def require_redis(url: str = REDIS_URL):
+    """A client of the loopback Redis, or a loud skip (a failure under CI=true)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis on {url} is not reachable ({type(exc).__name__})")
+    return client
+
+
+def run_redis_worker(tmp_path: Path, prefix: str, **settings: Any) -> list[dict]:
+    return run_worker(
+        tmp_path,
+        {
+            "driver": "redis",
+            "redis": {"host": "127.0.0.1", "port": 6379, "database": 0, "prefix": prefix},
+            **settings,
+        },
+    )
