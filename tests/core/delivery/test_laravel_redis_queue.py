@@ -31,9 +31,7 @@ def prefix():
         client.delete(key)
 
 
-def test_events_pushed_to_laravels_redis_queue_run_the_job_class_once_each(
-    shop, tmp_path, prefix
-):
+def test_events_pushed_to_laravels_redis_queue_run_the_job_class_once_each(shop, tmp_path, prefix):
     require_php()
     rows = seed_events(shop, 3)
     queue = LaravelRedisQueue(REDIS_URL, prefix=prefix, queue="orders")
