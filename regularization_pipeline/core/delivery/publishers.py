@@ -30,6 +30,7 @@ from regularization_pipeline.core.delivery.laravel_queue import (
     LaravelDatabaseQueue,
     LaravelRedisQueue,
 )
+from regularization_pipeline.core.delivery.rabbitmq import DEFAULT_ROUTING_KEY, RabbitMQPublisher
 from regularization_pipeline.core.delivery.webhook import WebhookPublisher
 from regularization_pipeline.core.errors import ConfigurationError
 
@@ -123,7 +124,9 @@ def expand_publishers(publishers: Sequence[Any]) -> list[Publisher]:
 
 # --- publishers from settings ------------------------------------------------------------
 
-PublisherKind = Literal["webhook", "python", "outbox", "laravel-database", "laravel-redis"]
+PublisherKind = Literal[
+    "webhook", "python", "outbox", "laravel-database", "laravel-redis", "rabbitmq"
+]
 
 
 class PublisherSettings(BaseModel):
@@ -138,7 +141,7 @@ class PublisherSettings(BaseModel):
         "be combined with the others), 'webhook' (signed HTTP POST), 'python' (handlers installed "
         "under the entry-point group or named in python_handlers), 'laravel-database' (a job row in "
         "the shop's jobs table, in the flip's own transaction), 'laravel-redis' (a job pushed to "
-        "Laravel's Redis queue after commit).",
+        "Laravel's Redis queue after commit), 'rabbitmq' (a persistent message, confirmed by the broker).",
     )
     laravel_job_class: str = Field(
         DEFAULT_JOB_CLASS,
@@ -170,6 +173,21 @@ class PublisherSettings(BaseModel):
         max_length=255,
         description="The shop's Redis key prefix (config/database.php redis.options.prefix: "
         "<APP_NAME slug>_database_ by default) (REGULARIZATION_LARAVEL_REDIS_PREFIX).",
+    )
+    rabbitmq_url: SecretStr | None = Field(
+        None, description="The broker, amqp:// or amqps:// (REGULARIZATION_RABBITMQ_URL)."
+    )
+    rabbitmq_exchange: str = Field(
+        "",
+        max_length=255,
+        description="The exchange published to; empty is the default exchange "
+        "(REGULARIZATION_RABBITMQ_EXCHANGE).",
+    )
+    rabbitmq_routing_key: str = Field(
+        DEFAULT_ROUTING_KEY,
+        min_length=1,
+        max_length=255,
+        description="The routing key (REGULARIZATION_RABBITMQ_ROUTING_KEY).",
     )
     webhook_url: str | None = Field(
         None, description="Where OrderCompleted is POSTed (http:// or https://)."
@@ -231,6 +249,12 @@ class PublisherSettings(BaseModel):
                 raise ValueError(
                     "laravel_redis_url: required for the laravel-redis publisher, as redis://host:port/db"
                 )
+        if "rabbitmq" in self.kinds:
+            url = self.rabbitmq_url.get_secret_value() if self.rabbitmq_url else ""
+            if not url.startswith(("amqp://", "amqps://")):
+                raise ValueError(
+                    "rabbitmq_url: required for the rabbitmq publisher, as amqp://user:password@host:5672/vhost"
+                )
         previous = self.webhook_secret_previous
         if previous is not None and len(previous.get_secret_value()) < 16:
             raise ValueError("webhook_secret_previous: at least 16 characters, like webhook_secret")
@@ -273,6 +297,14 @@ def build_publishers(
                     prefix=settings.laravel_redis_prefix,
                     job_class=settings.laravel_job_class,
                     connection=settings.laravel_connection or "redis",
+                )
+            )
+        elif kind == "rabbitmq":
+            built.append(
+                RabbitMQPublisher(
+                    settings.rabbitmq_url.get_secret_value() if settings.rabbitmq_url else "",
+                    exchange=settings.rabbitmq_exchange,
+                    routing_key=settings.rabbitmq_routing_key,
                 )
             )
         elif kind == "webhook":

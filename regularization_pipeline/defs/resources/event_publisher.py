@@ -64,6 +64,16 @@ LARAVEL_ENVS = {
 }
 
 
+# The broker of the rabbitmq publisher (its URL holds the password: read at run time).
+RABBITMQ_URL_ENV = "REGULARIZATION_RABBITMQ_URL"
+
+
+RABBITMQ_ENVS = {
+    "rabbitmq_exchange": "REGULARIZATION_RABBITMQ_EXCHANGE",
+    "rabbitmq_routing_key": "REGULARIZATION_RABBITMQ_ROUTING_KEY",
+}
+
+
 # The shop's Redis for laravel-redis (it may carry a password: read at run time).
 LARAVEL_REDIS_URL_ENV = "REGULARIZATION_LARAVEL_REDIS_URL"
 
@@ -92,7 +102,8 @@ class EventPublisherResource(dg.ConfigurableResource):
         description="Publishers by name: 'outbox' (the default: the application reads the outbox "
         "table itself), 'webhook' (signed HTTP POST to webhook_url), 'python' (handlers installed "
         "under the entry-point group or named in python_handlers), 'laravel-database' (a job in "
-        "the shop's jobs table, in the flip's transaction), 'laravel-redis' (Laravel's Redis queue).",
+        "the shop's jobs table, in the flip's transaction), 'laravel-redis' (Laravel's Redis queue), "
+        "'rabbitmq' (AMQP with publisher confirms).",
     )
     webhook_url: str | None = Field(
         default=None, description="Where the webhook publisher POSTs (REGULARIZATION_WEBHOOK_URL)."
@@ -131,6 +142,18 @@ class EventPublisherResource(dg.ConfigurableResource):
     laravel_redis_prefix: str = Field(
         default=DEFAULT_REDIS_PREFIX,
         description="The shop's Redis key prefix (REGULARIZATION_LARAVEL_REDIS_PREFIX).",
+    )
+    rabbitmq_url: str | None = Field(
+        default=None,
+        description="The broker of the rabbitmq publisher (REGULARIZATION_RABBITMQ_URL).",
+    )
+    rabbitmq_exchange: str = Field(
+        default="",
+        description="The exchange; empty is the default exchange (REGULARIZATION_RABBITMQ_EXCHANGE).",
+    )
+    rabbitmq_routing_key: str = Field(
+        default="order-completed",
+        description="The routing key (REGULARIZATION_RABBITMQ_ROUTING_KEY).",
     )
     connect_timeout_seconds: float = Field(default=3.0, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(default=10.0, description="Webhook read timeout.")
@@ -195,6 +218,9 @@ class EventPublisherResource(dg.ConfigurableResource):
             laravel_connection=self.laravel_connection,
             laravel_redis_url=self.laravel_redis_url,
             laravel_redis_prefix=self.laravel_redis_prefix,
+            rabbitmq_url=self.rabbitmq_url,
+            rabbitmq_exchange=self.rabbitmq_exchange,
+            rabbitmq_routing_key=self.rabbitmq_routing_key,
         )
 
     def build_publishers(self, engine: sa.Engine | None = None) -> list[Any]:
@@ -227,7 +253,7 @@ class EventPublisherResource(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> EventPublisherResource:
         """REGULARIZATION_PUBLISHERS (outbox when unset), REGULARIZATION_PYTHON_HANDLERS, the
-        webhook's URL and secret (read at run time), the Laravel queue's REGULARIZATION_LARAVEL_*, the retry settings and the
+        webhook's URL and secret (read at run time), the Laravel queue's REGULARIZATION_LARAVEL_*, the broker's REGULARIZATION_RABBITMQ_*, the retry settings and the
         budget, REGULARIZATION_DELIVERY_*: a bad one fails the runs, naming it."""
         problems: list[str] = []
         retry = {
@@ -253,8 +279,16 @@ class EventPublisherResource(dg.ConfigurableResource):
                 "webhook_secret_previous": secret_from_env(WEBHOOK_SECRET_PREVIOUS_ENV),
                 "laravel_redis_url": secret_from_env(LARAVEL_REDIS_URL_ENV),
                 **{field: setting_from_env(env) for field, env in LARAVEL_ENVS.items()},
+                "rabbitmq_url": secret_from_env(RABBITMQ_URL_ENV),
+                **{field: setting_from_env(env) for field, env in RABBITMQ_ENVS.items()},
             },
-            {**DELIVERY_ENVS, **LARAVEL_ENVS, "laravel_redis_url": LARAVEL_REDIS_URL_ENV},
+            {
+                **DELIVERY_ENVS,
+                **LARAVEL_ENVS,
+                **RABBITMQ_ENVS,
+                "laravel_redis_url": LARAVEL_REDIS_URL_ENV,
+                "rabbitmq_url": RABBITMQ_URL_ENV,
+            },
             problems,
         )
         return resource
