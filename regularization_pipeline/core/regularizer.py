@@ -166,6 +166,8 @@ class Regularizer:
         prefix = self.schema.mapping.table_prefix
         require_migrated(self.engine, prefix)
         require_capabilities(self.engine)
+        for publisher in self.transactional.publishers:
+            publisher.require_ready(self.engine)
         run_id = run_id or str(uuid.uuid4())
         exclusive = run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext()
         with exclusive:

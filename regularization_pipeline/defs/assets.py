@@ -167,7 +167,7 @@ def regularized_orders(
         schema = app_db.bind()
         verifier = payment_gateway.verifier()
         # Laravel's database queue writes its job in the flip's own transaction.
-        publishers = event_publisher.build_publishers(app_db.get_engine())
+        publishers = event_publisher.publishers_for_the_flip(app_db.get_engine())
         try:
             regularizer = Regularizer(
                 app_db.get_engine(), schema, verifier=verifier, publishers=publishers

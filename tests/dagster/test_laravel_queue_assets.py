@@ -41,10 +41,15 @@ def test_the_job_enqueues_laravel_jobs_in_the_flip_and_says_where_they_went(
     assert sorted(int(r["data"]["order_id"]) for r in runs) == sorted(ids)
 
 
-def test_a_bad_laravel_setting_fails_the_run_before_any_flip_naming_it(shop, db_url, instance):
+def test_a_bad_laravel_database_setting_fails_the_run_before_any_flip_naming_it(
+    shop, db_url, instance
+):
+    # The job must commit with the flip: without a usable jobs table no order is flipped.
     ids = shop.orphans(2)
-    publisher = EventPublisherResource(publishers=["laravel-redis"])
+    publisher = EventPublisherResource(
+        publishers=["laravel-database"], laravel_jobs_table="jobs; drop table orders"
+    )
     result = materialize_all(db_url, instance, publisher=publisher, raise_on_error=False)
     assert not result.success
-    assert "laravel_redis_url" in step_failure_message(result, "regularized_orders")
+    assert "laravel_jobs_table" in step_failure_message(result, "regularized_orders")
     assert all(shop.status_of(i) == "pending" for i in ids)

@@ -34,6 +34,7 @@ from sqlalchemy.dialects import mysql
 
 from regularization_pipeline.core.delivery.events import OrderCompleted
 from regularization_pipeline.core.delivery.webhook import RetryableDeliveryError
+from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop.tables import DELIVERED, OwnedTables
 
 DEFAULT_JOB_CLASS = "App\\Jobs\\RegularizedOrderCompleted@handle"
@@ -149,6 +150,20 @@ class LaravelDatabaseQueue:
 
     def __post_init__(self) -> None:
         self._jobs = jobs_table(self.table)
+
+    def require_ready(self, engine: sa.Engine) -> None:
+        """Refuse at start, in one line, a jobs table that is missing or lacks a column: every
+        flip would otherwise fail on its insert, and its order be counted towards quarantine."""
+        try:
+            found = {c["name"] for c in sa.inspect(engine).get_columns(self.table)}
+        except sa.exc.NoSuchTableError:
+            found = set()
+        missing = sorted({c.name for c in self._jobs.columns} - found)
+        if missing:
+            raise ConfigurationError(
+                f"laravel-database: the shop's table {self.table!r} lacks {', '.join(missing)} "
+                "(create it with `php artisan queue:table` and `php artisan migrate`)"
+            )
 
     def job_rows(self, events: Sequence[OrderCompleted], now: dt.datetime) -> list[dict[str, Any]]:
         """DatabaseQueue::buildDatabaseRecord for each event."""

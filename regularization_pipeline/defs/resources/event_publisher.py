@@ -228,6 +228,14 @@ class EventPublisherResource(dg.ConfigurableResource):
         writes); release them with core's close_publishers."""
         return build_publishers(self.settings(), engine=engine)
 
+    def publishers_for_the_flip(self, engine: sa.Engine) -> list[Any]:
+        """The publishers, when one of them writes in the flip's own transaction (laravel-database);
+        none otherwise, so bad settings of an after-commit publisher fail only the delivery step
+        and the flips still commit with their outbox rows."""
+        if "laravel-database" not in self.publishers:
+            return []
+        return self.build_publishers(engine)
+
     def dispatcher(
         self,
         engine: sa.Engine,

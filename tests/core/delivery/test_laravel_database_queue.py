@@ -17,6 +17,7 @@ from regularization_pipeline.core.decisions.context import Fault
 from regularization_pipeline.core.delivery.laravel_queue import LaravelDatabaseQueue
 from regularization_pipeline.core.delivery.outbox import OutboxDispatcher, RetryPolicy
 from regularization_pipeline.core.delivery.publishers import PythonHandlersPublisher
+from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop.tables import DELIVERED, PENDING
 from tests.support.laravel import create_jobs_table, require_php, run_database_worker
@@ -129,3 +130,12 @@ def test_events_flipped_without_the_queue_are_enqueued_by_the_dispatcher(shop, t
     assert dispatcher.dispatch().delivered == 2
     runs = run_database_worker(tmp_path, shop.engine)
     assert sorted(r["uuid"] for r in runs) == sorted(r.event_id for r in rows)
+
+
+def test_a_missing_jobs_table_is_refused_before_any_flip_in_one_line(shop):
+    ids = shop.orphans(2)
+    with pytest.raises(ConfigurationError) as refused:
+        regularize(shop, [LaravelDatabaseQueue(shop.engine, table="jobs")])
+    assert "'jobs' lacks" in str(refused.value) and "\n" not in str(refused.value)
+    assert all(shop.status_of(i) == "pending" for i in ids)
+    assert outbox_rows(shop) == []
