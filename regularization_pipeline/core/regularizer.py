@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +56,8 @@ from regularization_pipeline.core.decisions.verification import (
     verify,
 )
 from regularization_pipeline.core.decisions.writes import write_decisions
+from regularization_pipeline.core.delivery.laravel_queue import TransactionalDelivery
+from regularization_pipeline.core.delivery.publishers import expand_publishers
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_orders
 from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
@@ -123,8 +125,14 @@ class Regularizer:
         fault: FaultHook = no_fault,
         verifier: PaymentVerifier | None = None,
         exclusive: bool = True,
+        publishers: Sequence[Any] = (),
     ):
-        """``exclusive=False`` skips the shop's run lock: only tests that force runs to overlap."""
+        """``exclusive=False`` skips the shop's run lock: only tests that force runs to overlap.
+
+        ``publishers`` are the run's publishers; those that write in the flip's own transaction
+        (Laravel's database queue) are called by the write step, the others by the dispatcher.
+        """
+        self.transactional = TransactionalDelivery.of(expand_publishers(publishers))
         self.engine = engine
         self.exclusive = exclusive
         self.verifier = verifier
@@ -148,6 +156,7 @@ class Regularizer:
             window=window,
             dry_run=options.dry_run,
             max_attempts=options.max_attempts,
+            transactional=self.transactional,
         )
 
     # --- a run ---------------------------------------------------------------------------
@@ -164,6 +173,8 @@ class Regularizer:
         prefix = self.schema.mapping.table_prefix
         require_migrated(self.engine, prefix)
         require_capabilities(self.engine)
+        for publisher in self.transactional.publishers:
+            publisher.require_ready(self.engine)
         run_id = run_id or str(uuid.uuid4())
         exclusive = run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext()
         with exclusive:

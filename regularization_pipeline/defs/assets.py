@@ -161,6 +161,7 @@ def regularized_orders(
     config: RegularizeConfig,
     app_db: AppDatabaseResource,
     payment_gateway: PaymentGatewayResource,
+    event_publisher: EventPublisherResource,
 ) -> dg.MaterializeResult:
     """Orders flipped from pending to completed because their payment completed but its webhook was lost.
 
@@ -173,12 +174,17 @@ def regularized_orders(
         options = config.to_run_options()
         schema = app_db.bind()
         verifier = payment_gateway.verifier()
+        # Laravel's database queue writes its job in the flip's own transaction.
+        publishers = event_publisher.publishers_for_the_flip(app_db.get_engine())
         try:
-            regularizer = Regularizer(app_db.get_engine(), schema, verifier=verifier)
+            regularizer = Regularizer(
+                app_db.get_engine(), schema, verifier=verifier, publishers=publishers
+            )
             summary = regularizer.run(
                 options, run_id=context.run_id, progress=_progress_logger(context)
             )
         finally:
+            close_publishers(publishers)
             if verifier is not None:
                 verifier.close()
     context.log.info(
@@ -228,7 +234,7 @@ def order_completed_events(
     engine, tables = app_db.get_engine(), app_db.owned_tables()
     with permanent_errors_fail_without_retry():
         require_migrated(engine, app_db.mapping().table_prefix)
-        publishers = event_publisher.build_publishers()
+        publishers = event_publisher.build_publishers(engine)
     try:
         with permanent_errors_fail_without_retry():
             dispatcher = event_publisher.dispatcher(

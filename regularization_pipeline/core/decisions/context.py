@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.decisions.orders import OrderStatements
+from regularization_pipeline.core.delivery.laravel_queue import TransactionalDelivery
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.mapping import AppSchema
@@ -65,6 +66,8 @@ class RunContext:
     window: d.ScanWindow
     dry_run: bool = False
     max_attempts: int = 5
+    # Publishers that enqueue in the flip's own transaction (Laravel's database queue).
+    transactional: TransactionalDelivery = TransactionalDelivery()
 
     def fault_each(self, point: str, order_ids: list) -> None:
         """The fault point, once per order: every crash test holds for batches too."""

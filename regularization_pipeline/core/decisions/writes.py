@@ -20,6 +20,7 @@ from regularization_pipeline.core.decisions.audit import Decision, dry_run_of, w
 from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
 from regularization_pipeline.core.decisions.verification import Verdict
 from regularization_pipeline.core.delivery.events import new_event, outbox_row
+from regularization_pipeline.core.delivery.laravel_queue import write_in_transaction
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.shop.engine import insert_many
 
@@ -77,9 +78,12 @@ def _flip(ctx: RunContext, conn: sa.Connection, flip: list[Decision]) -> bool:
 
 
 def _write_events(ctx: RunContext, conn: sa.Connection, flipped: list[Decision]) -> None:
-    """One OrderCompleted outbox row per flipped order, and its attempts reset."""
+    """One OrderCompleted outbox row per flipped order (and its in-transaction jobs), attempts reset."""
     now = ctx.clock()
-    insert_many(conn, ctx.tables.outbox, [outbox_row(_event(ctx, x, now), now) for x in flipped])
+    events = [_event(ctx, x, now) for x in flipped]
+    insert_many(conn, ctx.tables.outbox, [outbox_row(event, now) for event in events])
+    # Publishers writing into the shop's own database (Laravel's jobs table) commit with the flip.
+    write_in_transaction(conn, ctx.tables, ctx.transactional, events, now)
     ids = [decision.order_id for decision in flipped]
     ctx.fault_each("after_outbox", ids)
     reset_after_regularization(ctx, conn, ids)

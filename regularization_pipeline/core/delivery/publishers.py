@@ -20,6 +20,17 @@ from regularization_pipeline.core.config_files import validate_or_explain
 from regularization_pipeline.core.delivery.events import (
     OrderCompleted,
 )
+from regularization_pipeline.core.delivery.laravel_queue import (
+    DEFAULT_JOB_CLASS,
+    DEFAULT_QUEUE,
+    DEFAULT_REDIS_PREFIX,
+    DEFAULT_TABLE,
+    PHP_JOB,
+    SQL_NAME,
+    LaravelDatabaseQueue,
+    LaravelRedisQueue,
+)
+from regularization_pipeline.core.delivery.rabbitmq import DEFAULT_ROUTING_KEY, RabbitMQPublisher
 from regularization_pipeline.core.delivery.webhook import WebhookPublisher
 from regularization_pipeline.core.errors import ConfigurationError
 
@@ -113,7 +124,9 @@ def expand_publishers(publishers: Sequence[Any]) -> list[Publisher]:
 
 # --- publishers from settings ------------------------------------------------------------
 
-PublisherKind = Literal["webhook", "python", "outbox"]
+PublisherKind = Literal[
+    "webhook", "python", "outbox", "laravel-database", "laravel-redis", "rabbitmq"
+]
 
 
 class PublisherSettings(BaseModel):
@@ -126,7 +139,55 @@ class PublisherSettings(BaseModel):
         min_length=1,
         description="'outbox' (the default: the application reads the outbox table itself; cannot "
         "be combined with the others), 'webhook' (signed HTTP POST), 'python' (handlers installed "
-        "under the entry-point group or named in python_handlers).",
+        "under the entry-point group or named in python_handlers), 'laravel-database' (a job row in "
+        "the shop's jobs table, in the flip's own transaction), 'laravel-redis' (a job pushed to "
+        "Laravel's Redis queue after commit), 'rabbitmq' (a persistent message, confirmed by the broker).",
+    )
+    laravel_job_class: str = Field(
+        DEFAULT_JOB_CLASS,
+        description="The shop's job class the Laravel worker calls, as Class@method "
+        "(REGULARIZATION_LARAVEL_JOB_CLASS).",
+    )
+    laravel_queue: str = Field(
+        DEFAULT_QUEUE,
+        min_length=1,
+        max_length=255,
+        description="The Laravel queue name (REGULARIZATION_LARAVEL_QUEUE).",
+    )
+    laravel_jobs_table: str = Field(
+        DEFAULT_TABLE,
+        description="The shop's jobs table, in the shop's database (REGULARIZATION_LARAVEL_JOBS_TABLE).",
+    )
+    laravel_connection: str = Field(
+        "",
+        max_length=64,
+        description="The name of the shop's Laravel queue connection (config/queue.php), shown in "
+        "where events went; 'database' or 'redis' by default (REGULARIZATION_LARAVEL_CONNECTION).",
+    )
+    laravel_redis_url: SecretStr | None = Field(
+        None,
+        description="The shop's Redis, redis:// or rediss:// (REGULARIZATION_LARAVEL_REDIS_URL).",
+    )
+    laravel_redis_prefix: str = Field(
+        DEFAULT_REDIS_PREFIX,
+        max_length=255,
+        description="The shop's Redis key prefix (config/database.php redis.options.prefix: "
+        "<APP_NAME slug>_database_ by default) (REGULARIZATION_LARAVEL_REDIS_PREFIX).",
+    )
+    rabbitmq_url: SecretStr | None = Field(
+        None, description="The broker, amqp:// or amqps:// (REGULARIZATION_RABBITMQ_URL)."
+    )
+    rabbitmq_exchange: str = Field(
+        "",
+        max_length=255,
+        description="The exchange published to; empty is the default exchange "
+        "(REGULARIZATION_RABBITMQ_EXCHANGE).",
+    )
+    rabbitmq_routing_key: str = Field(
+        DEFAULT_ROUTING_KEY,
+        min_length=1,
+        max_length=255,
+        description="The routing key (REGULARIZATION_RABBITMQ_ROUTING_KEY).",
     )
     webhook_url: str | None = Field(
         None, description="Where OrderCompleted is POSTed (http:// or https://)."
@@ -175,6 +236,25 @@ class PublisherSettings(BaseModel):
                 raise ValueError(
                     "webhook_secret: required for the webhook publisher, at least 16 characters"
                 )
+        if "laravel-database" in self.kinds or "laravel-redis" in self.kinds:
+            if not PHP_JOB.match(self.laravel_job_class):
+                raise ValueError(
+                    "laravel_job_class: a PHP class name such as App\\Jobs\\RegularizedOrderCompleted@handle"
+                )
+        if "laravel-database" in self.kinds and not SQL_NAME.match(self.laravel_jobs_table):
+            raise ValueError("laravel_jobs_table: a plain table name (letters, digits, _)")
+        if "laravel-redis" in self.kinds:
+            url = self.laravel_redis_url.get_secret_value() if self.laravel_redis_url else ""
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(
+                    "laravel_redis_url: required for the laravel-redis publisher, as redis://host:port/db"
+                )
+        if "rabbitmq" in self.kinds:
+            url = self.rabbitmq_url.get_secret_value() if self.rabbitmq_url else ""
+            if not url.startswith(("amqp://", "amqps://")):
+                raise ValueError(
+                    "rabbitmq_url: required for the rabbitmq publisher, as amqp://user:password@host:5672/vhost"
+                )
         previous = self.webhook_secret_previous
         if previous is not None and len(previous.get_secret_value()) < 16:
             raise ValueError("webhook_secret_previous: at least 16 characters, like webhook_secret")
@@ -189,11 +269,45 @@ class PublisherSettings(BaseModel):
 def build_publishers(
     settings: PublisherSettings,
     handlers: Mapping[str, Callable[[OrderCompleted], None]] | None = None,
+    engine: Any = None,
 ) -> list[Any]:
-    """The publishers ``settings`` names, in order. ``handlers`` replaces the entry-point lookup (tests)."""
+    """The publishers ``settings`` names, in order. ``handlers`` replaces the entry-point lookup (tests).
+
+    ``engine`` is the shop's database, where the laravel-database publisher writes.
+    """
     built: list[Any] = []
     for kind in settings.kinds:
-        if kind == "webhook":
+        if kind == "laravel-database":
+            built.append(
+                LaravelDatabaseQueue(
+                    engine,
+                    table=settings.laravel_jobs_table,
+                    queue=settings.laravel_queue,
+                    job_class=settings.laravel_job_class,
+                    connection=settings.laravel_connection or "database",
+                )
+            )
+        elif kind == "laravel-redis":
+            built.append(
+                LaravelRedisQueue(
+                    settings.laravel_redis_url.get_secret_value()
+                    if settings.laravel_redis_url
+                    else "",
+                    queue=settings.laravel_queue,
+                    prefix=settings.laravel_redis_prefix,
+                    job_class=settings.laravel_job_class,
+                    connection=settings.laravel_connection or "redis",
+                )
+            )
+        elif kind == "rabbitmq":
+            built.append(
+                RabbitMQPublisher(
+                    settings.rabbitmq_url.get_secret_value() if settings.rabbitmq_url else "",
+                    exchange=settings.rabbitmq_exchange,
+                    routing_key=settings.rabbitmq_routing_key,
+                )
+            )
+        elif kind == "webhook":
             built.append(
                 WebhookPublisher(
                     settings.webhook_url or "",
@@ -229,10 +343,12 @@ def _python_handlers(settings: PublisherSettings) -> dict[str, Callable[[OrderCo
 
 def describe_destination(publishers: Sequence[Any]) -> str:
     """Where a run's events went, in words, for its report."""
-    names = [pub.name for pub in expand_publishers(publishers)]
-    if names == [OutboxOnlyPublisher.name]:
+    expanded = expand_publishers(publishers)
+    if [pub.name for pub in expanded] == [OutboxOnlyPublisher.name]:
         return "outbox: left in the outbox table for the application to consume"
-    return "delivered to " + ", ".join(names)
+    return "delivered to " + ", ".join(
+        pub.describe() if hasattr(pub, "describe") else pub.name for pub in expanded
+    )
 
 
 def close_publishers(publishers: Sequence[Any]) -> None:

@@ -1,5 +1,5 @@
-"""Who receives OrderCompleted (webhook, Python handlers, the outbox alone) and how delivery
-retries: the publishers and the outbox dispatcher."""
+"""Who receives OrderCompleted (webhook, Python handlers, Laravel's queue, the outbox alone) and
+how delivery retries: the publishers and the outbox dispatcher."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
+from regularization_pipeline.core.delivery.laravel_queue import (
+    DEFAULT_JOB_CLASS,
+    DEFAULT_QUEUE,
+    DEFAULT_REDIS_PREFIX,
+    DEFAULT_TABLE,
+)
 from regularization_pipeline.core.delivery.outbox import (
     DEFAULT_BUDGET_SECONDS,
     OutboxDispatcher,
@@ -28,6 +34,7 @@ from regularization_pipeline.defs.resources.environment import (
     number_from_env,
     read_setting,
     secret_from_env,
+    setting_from_env,
 )
 
 # Which publishers receive OrderCompleted (comma-separated: python, webhook, outbox) and the webhook's settings.
@@ -45,6 +52,30 @@ WEBHOOK_SECRET_ENV = "REGULARIZATION_WEBHOOK_SECRET"  # noqa: S105 - the variabl
 
 # The secret being replaced, set only while a rotation lasts (docs/events.md, "Rotating the secret").
 WEBHOOK_SECRET_PREVIOUS_ENV = "REGULARIZATION_WEBHOOK_SECRET_PREVIOUS"  # noqa: S105 - a name
+
+
+# The Laravel queue publishers (laravel-database, laravel-redis): field -> variable.
+LARAVEL_ENVS = {
+    "laravel_job_class": "REGULARIZATION_LARAVEL_JOB_CLASS",
+    "laravel_queue": "REGULARIZATION_LARAVEL_QUEUE",
+    "laravel_jobs_table": "REGULARIZATION_LARAVEL_JOBS_TABLE",
+    "laravel_connection": "REGULARIZATION_LARAVEL_CONNECTION",
+    "laravel_redis_prefix": "REGULARIZATION_LARAVEL_REDIS_PREFIX",
+}
+
+
+# The broker of the rabbitmq publisher (its URL holds the password: read at run time).
+RABBITMQ_URL_ENV = "REGULARIZATION_RABBITMQ_URL"
+
+
+RABBITMQ_ENVS = {
+    "rabbitmq_exchange": "REGULARIZATION_RABBITMQ_EXCHANGE",
+    "rabbitmq_routing_key": "REGULARIZATION_RABBITMQ_ROUTING_KEY",
+}
+
+
+# The shop's Redis for laravel-redis (it may carry a password: read at run time).
+LARAVEL_REDIS_URL_ENV = "REGULARIZATION_LARAVEL_REDIS_URL"
 
 
 DELIVERY_BUDGET_ENV = "REGULARIZATION_DELIVERY_BUDGET_SECONDS"
@@ -70,7 +101,9 @@ class EventPublisherResource(dg.ConfigurableResource):
         default=["outbox"],
         description="Publishers by name: 'outbox' (the default: the application reads the outbox "
         "table itself), 'webhook' (signed HTTP POST to webhook_url), 'python' (handlers installed "
-        "under the entry-point group or named in python_handlers).",
+        "under the entry-point group or named in python_handlers), 'laravel-database' (a job in "
+        "the shop's jobs table, in the flip's transaction), 'laravel-redis' (Laravel's Redis queue), "
+        "'rabbitmq' (AMQP with publisher confirms).",
     )
     webhook_url: str | None = Field(
         default=None, description="Where the webhook publisher POSTs (REGULARIZATION_WEBHOOK_URL)."
@@ -83,6 +116,44 @@ class EventPublisherResource(dg.ConfigurableResource):
         default=None,
         description="The secret being replaced, while a rotation lasts: each request then carries "
         "a second v1= signature (REGULARIZATION_WEBHOOK_SECRET_PREVIOUS).",
+    )
+    laravel_job_class: str = Field(
+        default=DEFAULT_JOB_CLASS,
+        description="The shop's job class the Laravel worker calls, Class@method "
+        "(REGULARIZATION_LARAVEL_JOB_CLASS).",
+    )
+    laravel_queue: str = Field(
+        default=DEFAULT_QUEUE, description="The Laravel queue name (REGULARIZATION_LARAVEL_QUEUE)."
+    )
+    laravel_jobs_table: str = Field(
+        default=DEFAULT_TABLE,
+        description="The shop's jobs table, for laravel-database (REGULARIZATION_LARAVEL_JOBS_TABLE).",
+    )
+    laravel_connection: str = Field(
+        default="",
+        description="The shop's Laravel queue connection name, shown in where events went "
+        "(REGULARIZATION_LARAVEL_CONNECTION).",
+    )
+    laravel_redis_url: str | None = Field(
+        default=None,
+        description="The shop's Redis for laravel-redis, redis://host:port/db "
+        "(REGULARIZATION_LARAVEL_REDIS_URL).",
+    )
+    laravel_redis_prefix: str = Field(
+        default=DEFAULT_REDIS_PREFIX,
+        description="The shop's Redis key prefix (REGULARIZATION_LARAVEL_REDIS_PREFIX).",
+    )
+    rabbitmq_url: str | None = Field(
+        default=None,
+        description="The broker of the rabbitmq publisher (REGULARIZATION_RABBITMQ_URL).",
+    )
+    rabbitmq_exchange: str = Field(
+        default="",
+        description="The exchange; empty is the default exchange (REGULARIZATION_RABBITMQ_EXCHANGE).",
+    )
+    rabbitmq_routing_key: str = Field(
+        default="order-completed",
+        description="The routing key (REGULARIZATION_RABBITMQ_ROUTING_KEY).",
     )
     connect_timeout_seconds: float = Field(default=3.0, description="Webhook connect timeout.")
     read_timeout_seconds: float = Field(default=10.0, description="Webhook read timeout.")
@@ -141,11 +212,29 @@ class EventPublisherResource(dg.ConfigurableResource):
             total_timeout_seconds=self.total_timeout_seconds,
             handler_entry_point_group=self.handler_entry_point_group,
             python_handlers=self.python_handlers,
+            laravel_job_class=self.laravel_job_class,
+            laravel_queue=self.laravel_queue,
+            laravel_jobs_table=self.laravel_jobs_table,
+            laravel_connection=self.laravel_connection,
+            laravel_redis_url=self.laravel_redis_url,
+            laravel_redis_prefix=self.laravel_redis_prefix,
+            rabbitmq_url=self.rabbitmq_url,
+            rabbitmq_exchange=self.rabbitmq_exchange,
+            rabbitmq_routing_key=self.rabbitmq_routing_key,
         )
 
-    def build_publishers(self) -> list[Any]:
-        """The configured publishers; release them with core's close_publishers."""
-        return build_publishers(self.settings())
+    def build_publishers(self, engine: sa.Engine | None = None) -> list[Any]:
+        """The configured publishers (``engine``: the shop's database, where laravel-database
+        writes); release them with core's close_publishers."""
+        return build_publishers(self.settings(), engine=engine)
+
+    def publishers_for_the_flip(self, engine: sa.Engine) -> list[Any]:
+        """The publishers, when one of them writes in the flip's own transaction (laravel-database);
+        none otherwise, so bad settings of an after-commit publisher fail only the delivery step
+        and the flips still commit with their outbox rows."""
+        if "laravel-database" not in self.publishers:
+            return []
+        return self.build_publishers(engine)
 
     def dispatcher(
         self,
@@ -172,7 +261,7 @@ class EventPublisherResource(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> EventPublisherResource:
         """REGULARIZATION_PUBLISHERS (outbox when unset), REGULARIZATION_PYTHON_HANDLERS, the
-        webhook's URL and secret (read at run time), the retry settings and the
+        webhook's URL and secret (read at run time), the Laravel queue's REGULARIZATION_LARAVEL_*, the broker's REGULARIZATION_RABBITMQ_*, the retry settings and the
         budget, REGULARIZATION_DELIVERY_*: a bad one fails the runs, naming it."""
         problems: list[str] = []
         retry = {
@@ -196,8 +285,18 @@ class EventPublisherResource(dg.ConfigurableResource):
                 "webhook_url": secret_from_env(WEBHOOK_URL_ENV),
                 "webhook_secret": secret_from_env(WEBHOOK_SECRET_ENV),
                 "webhook_secret_previous": secret_from_env(WEBHOOK_SECRET_PREVIOUS_ENV),
+                "laravel_redis_url": secret_from_env(LARAVEL_REDIS_URL_ENV),
+                **{field: setting_from_env(env) for field, env in LARAVEL_ENVS.items()},
+                "rabbitmq_url": secret_from_env(RABBITMQ_URL_ENV),
+                **{field: setting_from_env(env) for field, env in RABBITMQ_ENVS.items()},
             },
-            DELIVERY_ENVS,
+            {
+                **DELIVERY_ENVS,
+                **LARAVEL_ENVS,
+                **RABBITMQ_ENVS,
+                "laravel_redis_url": LARAVEL_REDIS_URL_ENV,
+                "rabbitmq_url": RABBITMQ_URL_ENV,
+            },
             problems,
         )
         return resource
