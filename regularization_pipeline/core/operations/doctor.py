@@ -11,7 +11,6 @@ the UI's ``doctor`` job logs it. Nothing here writes.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -22,19 +21,13 @@ from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.engine import server_version, skip_locked_refusal
 from regularization_pipeline.core.shop.mapping import AppSchema
-
-# What an unclassified status may mean, by the words shops use for it.
-LOOKS_LIKE = {
-    "cancellation": re.compile(r"cancel|abort|void", re.I),
-    "refund": re.compile(r"refund|revers", re.I),
-    "fraud": re.compile(r"fraud|suspect", re.I),
-    "chargeback": re.compile(r"charge.?back|dispute", re.I),
-    "paid": re.compile(r"(?<!un)paid|captured|settled|(?<!in)complet", re.I),
-    "success": re.compile(r"succe|approv|authori[sz]ed", re.I),
-}
-CLOSING = ("cancellation", "refund", "fraud", "chargeback")
-PAYING = ("paid", "success")
-FAILING = re.compile(r"fail|declin|expir|error", re.I)
+from regularization_pipeline.core.shop.mapping_rules import (
+    CLOSING,
+    FAILING,
+    PAYING,
+    looks_like,
+)
+from regularization_pipeline.core.shop.session_zone import timestamp_zone_findings
 
 PENDING, REPAIRED, DO_NOT_TOUCH, COMPLETED, IGNORED = (
     "pending",
@@ -45,11 +38,6 @@ PENDING, REPAIRED, DO_NOT_TOUCH, COMPLETED, IGNORED = (
 )
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 STALE_AFTER = dt.timedelta(hours=1)
-
-
-def looks_like(value: str, meanings: tuple[str, ...] = tuple(LOOKS_LIKE)) -> str | None:
-    """The first of ``meanings`` the status word reads as, or None."""
-    return next((m for m in meanings if LOOKS_LIKE[m].search(value)), None)
 
 
 @dataclass
@@ -185,13 +173,6 @@ def _order_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> 
             )
         elif meaning:
             lines.append(f"  note: {value!r} looks like {meaning}; orders in it are left alone")
-    for value in st.order_pending:
-        if looks_like(value, CLOSING):
-            report._refuse(
-                lines,
-                f"pending status {value!r} reads as {looks_like(value, CLOSING)}: such orders "
-                "would be completed by the pipeline",
-            )
     _repaired_status(report, lines, conn, s, dict(found))
 
 
@@ -202,15 +183,8 @@ def _repaired_status(
     s: AppSchema,
     found: dict[str, int],
 ) -> None:
+    # Words that contradict their role were refused with the mapping (shop/mapping_rules.py).
     repaired = s.statuses.order_completed
-    meaning = looks_like(repaired, CLOSING)
-    if meaning:
-        report._refuse(
-            lines,
-            f"the repaired status {repaired!r} reads as {meaning}: paid orders would be "
-            "written as closed",
-        )
-        return
     if not found.get(repaired):
         return
     paid = conn.execute(
@@ -240,14 +214,7 @@ def _transaction_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchem
                 "statuses.transaction_completed: its orders are never found",
             )
     for value in completed:
-        closing = looks_like(value, CLOSING)
-        if closing or FAILING.search(value):
-            report._refuse(
-                lines,
-                f"completed transaction status {value!r} reads as "
-                f"{closing or 'a failure'}: unpaid orders would be completed",
-            )
-        elif found and value not in found:
+        if found and value not in found:
             report._refuse(
                 lines,
                 f"transaction status {value!r} is listed as completed but no transaction has "
@@ -298,6 +265,11 @@ def _time_zone(report: DoctorReport, conn: sa.Connection, s: AppSchema, now: dt.
         f"timezone: {s.mapping.timezone} (naive columns)"
         + (f"; with a zone of their own: {', '.join(aware)}" if aware else "")
     )
+    refusals, warnings = timestamp_zone_findings(conn, s, now)
+    for text in refusals:
+        report._refuse(lines, text)
+    for text in warnings:
+        report._warn(lines, text)
     column = s.t("updated_at")
     newest = s.read_time(conn.execute(sa.select(sa.func.max(column))).scalar())
     if newest is None:
@@ -305,19 +277,23 @@ def _time_zone(report: DoctorReport, conn: sa.Connection, s: AppSchema, now: dt.
         return
     ahead = newest - now
     lines.append(f"newest transaction {column.name}: {newest:%Y-%m-%d %H:%M} UTC")
-    if ahead > FUTURE_TOLERANCE:
+    # A zone east of the columns' real one makes payments look older than they are: the
+    # grace period is cut short and orders are completed next to their webhook. Refused.
+    # A zone west of it makes them look younger: fixes are only delayed. Warned.
+    if -ahead > STALE_AFTER:
         report._refuse(
-            lines,
-            f"the newest transaction is {_hours(ahead)} in the future under timezone "
-            f"{s.mapping.timezone}: the columns are in a zone east of it; payments would "
-            "look younger than they are and never be found",
-        )
-    elif -ahead > STALE_AFTER:
-        report._warn(
             lines,
             f"the newest transaction is {_hours(-ahead)} old under timezone "
             f"{s.mapping.timezone}: if the shop took payments since, the columns are in a "
-            "zone west of it and the grace period would be cut short",
+            "zone west of it; payments would look older than they are and the grace period "
+            "would be cut short",
+        )
+    elif ahead > FUTURE_TOLERANCE:
+        report._warn(
+            lines,
+            f"the newest transaction is {_hours(ahead)} in the future under timezone "
+            f"{s.mapping.timezone}: the columns are in a zone east of it; payments look "
+            "younger than they are and are fixed late",
         )
 
 

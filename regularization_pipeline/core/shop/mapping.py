@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from regularization_pipeline.core.clock import from_shop, shop_zone, to_shop
 from regularization_pipeline.core.config_files import read_yaml_mapping, validate_or_explain
 from regularization_pipeline.core.errors import SchemaMismatchError
+from regularization_pipeline.core.shop.mapping_rules import status_problems
 
 SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
 
@@ -93,7 +94,11 @@ class TransactionsMapping(_TableSection):
 
 
 class StatusMapping(_Strict):
-    """Which status values mean what. Values are compared exactly: case matters."""
+    """Which status values mean what. Values are compared exactly: case matters.
+
+    Validated by :func:`~regularization_pipeline.core.shop.mapping_rules.status_problems`:
+    lists that contradict each other or words that mean the opposite are refused.
+    """
 
     order_pending: tuple[str, ...] = Field(
         ("pending",), min_length=1, description="Order statuses that mean 'waiting for payment'."
@@ -115,24 +120,15 @@ class StatusMapping(_Strict):
     )
 
     @model_validator(mode="after")
-    def _disjoint(self) -> StatusMapping:
-        pending = set(self.order_pending)
-        if self.order_completed in pending:
-            raise ValueError(
-                f"order_completed {self.order_completed!r} is also listed in order_pending"
-            )
-        clash = pending & set(self.order_do_not_touch)
-        if clash:
-            raise ValueError(
-                f"statuses {sorted(clash)} are both in order_pending and order_do_not_touch"
-            )
-        if self.order_completed in self.order_do_not_touch:
-            raise ValueError(
-                f"order_completed {self.order_completed!r} is also listed in order_do_not_touch"
-            )
-        for name in ("order_pending", "order_do_not_touch", "transaction_completed"):
-            if any(not value for value in getattr(self, name)):
-                raise ValueError(f"{name} contains an empty status value")
+    def _sound(self) -> StatusMapping:
+        problems = status_problems(
+            self.order_pending,
+            self.order_completed,
+            self.order_do_not_touch,
+            self.transaction_completed,
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
