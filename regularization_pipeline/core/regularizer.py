@@ -67,6 +67,7 @@ from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.engine import require_capabilities
 from regularization_pipeline.core.shop.mapping import AppSchema
 from regularization_pipeline.core.shop.migrations import require_migrated
+from regularization_pipeline.core.shop.session_zone import require_timestamp_zone
 
 __all__ = ["OrderOutcome", "Regularizer", "RunOptions", "RunSummary"]
 
@@ -157,6 +158,7 @@ class Regularizer:
         prefix = self.schema.mapping.table_prefix
         require_migrated(self.engine, prefix)
         require_capabilities(self.engine)
+        require_timestamp_zone(self.engine, self.schema)
         run_id = run_id or str(uuid.uuid4())
         exclusive = run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext()
         with exclusive:
