@@ -7,9 +7,11 @@ writes anything, and is released by the database or the operating system when it
 (a SIGKILL, an OOM kill, a lost host), so a crash never blocks the next run:
 
 - PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of its own,
-  held for the run; its ``application_name`` says which run holds it;
+  held for the run; its ``application_name`` says which run holds it and since when; the
+  holder is looked up in this database only (advisory locks are per database);
 - MariaDB/MySQL: ``GET_LOCK(name, 0)`` on a connection of its own, held for the run;
-- SQLite: an OS file lock (``flock``) on a file beside the database file. Never SQLite's own write
+- SQLite: an OS file lock (``flock``) on a file beside the database file, named for the file's
+  device and inode (a symlink or hard link is the same lock). Never SQLite's own write
   lock: held for a run, it would block the application's writes for as long;
 - an in-memory SQLite database is seen by one process only: a lock in the process suffices.
 
@@ -128,10 +130,12 @@ def _key(prefix: str) -> int:
 def _postgres_lock(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
     with _dedicated(engine) as conn:
         key = {"c": _PG_LOCK_CLASS, "k": _key(prefix)}
-        # Named before locking, so a contender that sees the lock also sees whose it is.
+        # Named before locking, so a contender that sees the lock also sees whose it is and
+        # since when: a login without pg_read_all_stats sees other roles' application_name
+        # but not their backend_start.
         conn.execute(
             sa.text("SELECT set_config('application_name', :n, false)"),
-            {"n": f"regularization run {run_id}"[:63]},
+            {"n": _pg_holder_name(run_id)},
         )
         if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :k)"), key).scalar():
             holder = conn.execute(
@@ -140,15 +144,34 @@ def _postgres_lock(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None
                     "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
                     "AND l.granted AND l.classid = CAST(:c AS oid) "
                     "AND l.objid = CAST(CAST(:k AS bigint) & 4294967295 AS oid) "
-                    "AND l.objsubid = 2"
+                    "AND l.objsubid = 2 AND l.database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 key,
             ).first()
             if holder is None:
                 raise BusyError(_UNKNOWN_HOLDER)
-            name = (holder[0] or "").removeprefix("regularization run ") or "unknown"
-            raise BusyError(f"busy: run {name} since {_since(holder[1])}")
+            name, started = _pg_holder(holder[0] or "")
+            raise BusyError(f"busy: run {name} since {_since(started or holder[1])}")
         yield  # released when the connection closes, whatever happens to the run
+
+
+_PG_HOLDER_PREFIX = "regularization "
+
+
+def _pg_holder_name(run_id: str) -> str:
+    """``regularization <run id> <start, epoch seconds>``, within application_name's 63 bytes."""
+    started = f" {int(utcnow().replace(tzinfo=dt.UTC).timestamp())}"
+    return _PG_HOLDER_PREFIX + run_id[: 63 - len(_PG_HOLDER_PREFIX) - len(started)] + started
+
+
+def _pg_holder(application_name: str) -> tuple[str, dt.datetime | None]:
+    """(run id, start) read back from :func:`_pg_holder_name`'s text."""
+    text = application_name.removeprefix(_PG_HOLDER_PREFIX)
+    run_id, _, epoch = text.rpartition(" ")
+    if run_id and epoch.isdigit():
+        return run_id, dt.datetime.fromtimestamp(int(epoch), dt.UTC).replace(tzinfo=None)
+    return text or "unknown", None
 
 
 def _mysql_name(engine: sa.Engine, prefix: str) -> str:
@@ -196,8 +219,18 @@ def _sqlite_path(engine: sa.Engine) -> str | None:
 
 
 def lock_file_of(engine: sa.Engine, prefix: str) -> str:
-    """The file beside a SQLite database whose OS lock is the run lock."""
-    return f"{_sqlite_path(engine)}.{prefix}run.lock"
+    """The file beside a SQLite database whose OS lock is the run lock.
+
+    Named for the database file itself (its device and inode, in the directory it really lies
+    in), not for the path in the URL: a symlink or a hard link beside it names the same lock,
+    so two runs cannot both get in through two names of one file.
+    """
+    real = os.path.realpath(_sqlite_path(engine))
+    try:
+        st = os.stat(real)
+    except OSError:  # not created yet: nothing to decide in it, the path is all there is
+        return f"{real}.{prefix}run.lock"
+    return os.path.join(os.path.dirname(real), f".{prefix}run-{st.st_dev:x}-{st.st_ino:x}.lock")
 
 
 @contextlib.contextmanager
