@@ -29,7 +29,11 @@ SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
 
 # Identifiers end up quoted by SQLAlchemy, but a mapping is operator input: keep
 # it to what real schemas use so a stray quote or semicolon is refused early.
-_WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
+# An operator's order id for an integer key: ASCII digits, no sign, no padding, no leading zero,
+# up to the largest 64-bit key (BIGINT), so every real id is found and nothing else resembles one.
+_WHOLE_NUMBER = re.compile(r"0|[1-9][0-9]{0,18}")
+_LARGEST_KEY = 2**63 - 1
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 
@@ -197,16 +201,16 @@ class AppSchema:
 
         Parsed before any query: MySQL-family servers compare a string with an integer
         key as a number, so '1O', '1,2' or '1 OR 1=1' would otherwise find order 1.
+        Exact: no surrounding or Unicode whitespace, no padding, no leading zeros, no other
+        spelling of a UUID; ``' 1'``, ``'1\\n'`` or ``'01'`` name no order.
         """
-        text = text.strip()
         if self.order_key_type == "integer":
-            return int(text) if _WHOLE_NUMBER.fullmatch(text) else None
-        if self.order_key_type == "uuid":
-            try:
-                return str(uuid.UUID(text))
-            except ValueError:
+            if not _WHOLE_NUMBER.fullmatch(text) or int(text) > _LARGEST_KEY:
                 return None
-        return text or None
+            return int(text)
+        if self.order_key_type == "uuid":
+            return str(uuid.UUID(text)) if _CANONICAL_UUID.fullmatch(text) else None
+        return text if text and text == text.strip() and text.isprintable() else None
 
     def read_time(self, value) -> dt.datetime | None:
         """A time read from the shop's tables, as naive UTC (see :func:`clock.from_shop`)."""
