@@ -89,6 +89,8 @@ class _Pace:
     summary: RunSummary
     progress: ProgressHook | None
     deadline: float | None
+    # Raises RunLockLostError when the shop's run lock is gone; None when the run holds none.
+    lock_held: Callable[[], None] | None = None
 
     def out_of_time(self) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -96,7 +98,12 @@ class _Pace:
         return self.summary.stopped_by_deadline
 
     def has_room(self) -> bool:
-        return self.summary.processed < self.options.limit and not self.out_of_time()
+        """Whether to decide another order; checked before each one (and each batch)."""
+        if self.summary.processed >= self.options.limit or self.out_of_time():
+            return False
+        if self.lock_held is not None:
+            self.lock_held()  # a lost lock ends the run here, before the next decision
+        return True
 
     def record(self, outcome: OrderOutcome) -> None:
         self.summary.record(outcome)
@@ -160,16 +167,24 @@ class Regularizer:
         require_capabilities(self.engine)
         require_timestamp_zone(self.engine, self.schema)
         run_id = run_id or str(uuid.uuid4())
-        exclusive = run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext()
-        with exclusive:
-            return self._run(run_id, options, progress)
+        exclusive = (
+            run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext(None)
+        )
+        with exclusive as lock_held:
+            return self._run(run_id, options, progress, lock_held)
 
-    def _run(self, run_id: str, options: RunOptions, progress: ProgressHook | None) -> RunSummary:
+    def _run(
+        self,
+        run_id: str,
+        options: RunOptions,
+        progress: ProgressHook | None,
+        lock_held: Callable[[], None] | None = None,
+    ) -> RunSummary:
         started = time.monotonic()
         ctx = self.context(run_id, options, options.window(self.clock()))
         summary = self._survey(ctx, options)
         deadline = started + options.max_runtime_seconds if options.max_runtime_seconds else None
-        pace = _Pace(options, summary, progress, deadline)
+        pace = _Pace(options, summary, progress, deadline, lock_held)
         if self._batched(options):
             self._run_batches(ctx, pace)
         else:
@@ -253,9 +268,11 @@ class Regularizer:
                 page = next(
                     d.candidate_pages(self.engine, self.schema, ctx.window, size, after=last), []
                 )
-                outcomes = [
-                    self._regularize(ctx, i) for i in attempts.without_quarantined(ctx, page)
-                ]
+                outcomes = []
+                for order_id in attempts.without_quarantined(ctx, page):
+                    if pace.lock_held is not None:
+                        pace.lock_held()
+                    outcomes.append(self._regularize(ctx, order_id))
                 scanned_to = page[-1] if page else None
             if scanned_to is None:  # no pending order left to look at
                 return

@@ -29,12 +29,12 @@ import fcntl
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.errors import BusyError
+from regularization_pipeline.core.errors import BusyError, RunLockLostError
 
 # The first key of PostgreSQL's two-key advisory lock: ours, whatever the second is.
 _PG_LOCK_CLASS = 0x52504C4B  # "RPLK"
@@ -43,6 +43,12 @@ _UNKNOWN_HOLDER = "busy: another run holds this shop's run lock (it is starting 
 _guard = threading.Lock()
 # lock identity -> (thread holding it, depth); the re-entrant part, and in-memory SQLite's lock.
 _held: dict[str, tuple[int, int]] = {}
+# lock identity -> the check that it is still held (set by the outermost holder).
+_probes: dict[str, Callable[[], None]] = {}
+
+
+def _never_lost() -> None:
+    """An OS file lock or a lock in this process cannot be taken away while its holder lives."""
 
 
 def lock_name(engine: sa.Engine, prefix: str) -> str:
@@ -50,9 +56,19 @@ def lock_name(engine: sa.Engine, prefix: str) -> str:
     return f"{engine.url.render_as_string(hide_password=True)}#{prefix}"
 
 
+def lock_key(engine: sa.Engine, prefix: str) -> str:
+    """A short, credential-free key of :func:`lock_name`, to tag the runs that held the lock."""
+    return hashlib.sha256(lock_name(engine, prefix).encode()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
-def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
-    """Hold the shop's run lock for the block, or raise :class:`BusyError` at once."""
+def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[Callable[[], None]]:
+    """Hold the shop's run lock for the block, or raise :class:`BusyError` at once.
+
+    Yields a check to call before each order's decision: it raises :class:`RunLockLostError`
+    when the lock's session is gone (a server's ``idle_session_timeout`` or ``wait_timeout``,
+    a killed connection), and its round trip keeps that session from idling out meanwhile.
+    """
     name = lock_name(engine, prefix)
     me = threading.get_ident()
     with _guard:
@@ -67,10 +83,11 @@ def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
             nested = False
     try:
         if nested or _in_memory(engine):
-            yield
+            yield _probes.get(name, _never_lost)
         else:
-            with _backend_lock(engine, prefix, run_id):
-                yield
+            with _backend_lock(engine, prefix, run_id) as probe:
+                _probes[name] = probe
+                yield probe
     finally:
         with _guard:
             depth = _held[name][1]
@@ -78,6 +95,7 @@ def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
                 _held[name] = (me, depth - 1)
             else:
                 del _held[name]
+                _probes.pop(name, None)
 
 
 def _busy_in_process() -> str:
@@ -153,7 +171,12 @@ def _postgres_lock(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None
                 raise BusyError(_UNKNOWN_HOLDER)
             name, started = _pg_holder(holder[0] or "")
             raise BusyError(f"busy: run {name} since {_since(started or holder[1])}")
-        yield  # released when the connection closes, whatever happens to the run
+
+        def probe() -> None:
+            # A session-level advisory lock lives exactly as long as its session.
+            _probe(conn, "SELECT 1", {}, "the PostgreSQL session holding it was closed")
+
+        yield probe  # released when the connection closes, whatever happens to the run
 
 
 _PG_HOLDER_PREFIX = "regularization "
@@ -172,6 +195,17 @@ def _pg_holder(application_name: str) -> tuple[str, dt.datetime | None]:
     if run_id and epoch.isdigit():
         return run_id, dt.datetime.fromtimestamp(int(epoch), dt.UTC).replace(tzinfo=None)
     return text or "unknown", None
+
+
+def _probe(conn: sa.Connection, query: str, params: dict, gone: str) -> None:
+    try:
+        held = conn.execute(sa.text(query), params).scalar()
+    except sa.exc.SQLAlchemyError:
+        held = None
+    if held != 1:
+        raise RunLockLostError(
+            f"run lock lost: {gone} (idle or killed); stopped before deciding another order"
+        )
 
 
 def _mysql_name(engine: sa.Engine, prefix: str) -> str:
@@ -202,8 +236,17 @@ def _mysql_lock(engine: sa.Engine, prefix: str) -> Iterator[None]:
                 raise BusyError(_UNKNOWN_HOLDER)
             since = utcnow() - dt.timedelta(seconds=int(row[1] or 0))
             raise BusyError(f"busy: run on database connection {row[0]} since {_since(since)}")
+
+        def probe() -> None:
+            _probe(
+                conn,
+                "SELECT IS_USED_LOCK(:n) = CONNECTION_ID()",
+                {"n": name},
+                "the MariaDB/MySQL connection holding it was closed",
+            )
+
         try:
-            yield  # released when the connection closes, whatever happens to the run
+            yield probe  # released when the connection closes, whatever happens to the run
         finally:
             # Released before the close as well: a server takes its time to notice a closed
             # connection, and the next run asking in that moment was told "busy".
@@ -247,7 +290,7 @@ def _file_lock(path: str, run_id: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{run_id} {_since(utcnow())}\n".encode(), 0)
         try:
-            yield
+            yield _never_lost
         finally:
             os.ftruncate(fd, 0)  # the file stays: removing it would race a contender's open
     finally:

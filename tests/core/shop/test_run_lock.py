@@ -172,3 +172,54 @@ def test_the_postgresql_busy_line_names_this_databases_holder_and_its_start_for_
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
         admin.dispose()
+
+
+def _kill_lock_session(shop, run_id: str) -> None:
+    """What idle_session_timeout / wait_timeout do to the idle session holding the lock."""
+    import sqlalchemy as sa
+
+    from tests.support.reliability import second_engine
+
+    admin = second_engine(shop.engine)
+    with admin.connect() as conn:
+        if shop.engine.dialect.name == "postgresql":
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name LIKE :n"
+                ),
+                {"n": f"regularization {run_id} %"},
+            )
+        else:
+            name = run_lock._mysql_name(shop.engine, "regularization_")
+            holder = conn.execute(sa.text("SELECT IS_USED_LOCK(:n)"), {"n": name}).scalar()
+            conn.execute(sa.text(f"KILL {int(holder)}"))
+    admin.dispose()
+
+
+@pytest.mark.parametrize("mode", ["per_order", "batched"])
+@pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
+def test_a_lost_lock_ends_the_run_before_its_next_decision(shop, mode):
+    """Issue 25: when the server dropped the lock's idle session, the run went on deciding
+    orders next to a second run, with nothing telling either."""
+    from regularization_pipeline.core.errors import RunLockLostError
+
+    ids = shop.orphans(6)
+    killed = []
+
+    def after_each(outcome, summary, limit):
+        if not killed:
+            _kill_lock_session(shop, "lost-lock-run")
+            killed.append(outcome.order_id)
+
+    options = RunOptions(sleep=0, mode=mode, batch_size=2)
+    with pytest.raises(RunLockLostError, match=r"^run lock lost: the .* holding it was closed"):
+        Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(
+            options, run_id="lost-lock-run", progress=after_each
+        )
+    done = [i for i in ids if shop.status_of(i) == "completed"]
+    assert 1 <= len(done) <= 2, done  # the order (or batch) decided before the loss, no more
+    assert outbox_per_order(shop) == {str(i): 1 for i in done}
+    # The lock is free for the next run, which finishes the job.
+    summary = Regularizer(shop.engine, shop.schema, sleeper=no_sleep).run(RunOptions(sleep=0))
+    assert summary.regularized == len(ids) - len(done)
