@@ -114,3 +114,21 @@ def test_the_doctor_job_refuses_the_same_mapping(shop, db_url, wrong_mapping):
             raise_on_error=False,
         )
     assert not result.success
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("oracle://scott@db/orcl", "invalid database URL: 'oracle' is not supported"),
+        ("mssql+pyodbc://sa@db/shop", "invalid database URL: 'mssql' is not supported"),
+        ("postgresql+asyncpg://u@db/shop", "invalid database URL: the driver 'postgresql+asyncpg'"),
+    ],
+)
+def test_an_unsupported_database_url_is_bad_input_exit_2(run_cli, monkeypatch, url, message):
+    """Before issue 25 these failed on a missing driver as an unexpected error (exit 1)."""
+    run_cli("--version")  # the fixture's environment first, then the URL under test
+    monkeypatch.setenv("REGULARIZATION_DATABASE_URL", url)
+    code, _, err = run_cli("list-orphans")
+    assert code == 2
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
