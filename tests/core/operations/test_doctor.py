@@ -95,7 +95,7 @@ def test_a_mapping_that_would_act_wrongly_is_refused_with_the_reasons(engine):
     )
     shop = migrated_shop(engine, mapping)
     shop.order(status="shipped")
-    shop.payment(shop.order(), status="completed")
+    shop.payment(shop.order(), status="completed", completed_minutes_ago=30)
 
     report = doctor(shop)
 
