@@ -68,9 +68,10 @@ def utc_time(text: str) -> dt.datetime:
 
 
 def order_id(text: str) -> str:
+    # Not stripped: ' 1' is not order 1 (the id is taken exactly, see AppSchema.parse_order_id).
     if not text.strip():
         raise argparse.ArgumentTypeError("an order id is required")
-    return text.strip()
+    return text
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

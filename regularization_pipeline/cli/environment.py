@@ -16,6 +16,7 @@ from regularization_pipeline.core.shop.engine import (
     database_url_from_env,
 )
 from regularization_pipeline.core.shop.mapping import AppSchema, bind_schema, load_mapping
+from regularization_pipeline.core.shop.session_zone import require_timestamp_zone
 
 
 @dataclass
@@ -42,6 +43,7 @@ def open_database(parser: argparse.ArgumentParser, *, migrated: bool = False) ->
         schema = bind_schema(engine, mapping)
         if migrated:
             migrations.require_migrated(engine, mapping.table_prefix)
+            require_timestamp_zone(engine, schema)
     except BaseException:
         engine.dispose()
         raise

@@ -37,10 +37,12 @@ class JobReport:
 
 
 # A CLI run's process, so the next one can tell a run record its dead process left behind.
-LAUNCHED_BY, HOST_TAG, PID_TAG = (
+LAUNCHED_BY, HOST_TAG, PID_TAG, SHOP_TAG = (
     "regularization/launched_by",
     "regularization/host",
     "regularization/pid",
+    # Which shop's run lock the run held (run_lock.lock_key): the lock is the heartbeat.
+    "regularization/shop_lock",
 )
 
 
@@ -53,6 +55,7 @@ def launch_job(
     tags: Mapping[str, str] | None = None,
     log_level: str = "INFO",
     run_id: str | None = None,
+    shop_lock: str | None = None,
 ) -> JobReport:
     """Run the job once in this process against ``instance``, after making sure none is in flight.
 
@@ -63,7 +66,9 @@ def launch_job(
     from regularization_pipeline.definitions import defs
     from regularization_pipeline.defs.jobs import JOB_NAME, in_flight_run
 
-    fail_abandoned_cli_runs(instance)
+    fail_abandoned_cli_runs(instance, shop_lock)
+    if shop_lock is not None:
+        tags = {**(tags or {}), SHOP_TAG: shop_lock}
     running = in_flight_run(instance)
     if running is not None:
         run = running.dagster_run
@@ -147,12 +152,16 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def fail_abandoned_cli_runs(instance) -> list[str]:
-    """Mark failed the CLI runs of the job this host's instance shows in flight, whose process is gone.
+def fail_abandoned_cli_runs(instance, shop_lock: str | None = None) -> list[str]:
+    """Mark failed the CLI runs of the job the instance shows in flight whose holder is gone.
 
     Nothing monitors a CLI run: killed (SIGKILL, an OOM kill, a deploy), it stays STARTED in
     the instance for good and would block every later run. Its shop lock died with it; the
     record is what is left, and it is failed here, with the reason, by the next start.
+
+    ``shop_lock`` is the key of the shop's run lock, which the caller holds: a run tagged with
+    it cannot be alive, since it would hold that lock, whatever host or PID namespace it ran in
+    (a container sharing DAGSTER_HOME). Runs without the tag are judged by their host and pid.
     """
     import dagster as dg
 
@@ -166,13 +175,15 @@ def fail_abandoned_cli_runs(instance) -> list[str]:
     )
     for record in records:
         run = record.dagster_run
-        pid = run.tags.get(PID_TAG, "")
-        if run.tags.get(HOST_TAG) != host or not pid.isdigit() or _process_alive(int(pid)):
+        pid, its_host = run.tags.get(PID_TAG, ""), run.tags.get(HOST_TAG, "?")
+        lock_free = shop_lock is not None and run.tags.get(SHOP_TAG) == shop_lock
+        if not lock_free and (its_host != host or not pid.isdigit() or _process_alive(int(pid))):
             continue
         instance.report_run_failed(
             run,
-            message=f"abandoned: its CLI process {pid} on {host} ended without finishing "
-            "(killed?); marked failed by the next CLI run",
+            message=f"abandoned: its CLI process {pid} on {its_host} ended without finishing "
+            "(killed?); marked failed by the next CLI run"
+            + (", which holds the shop's run lock it held" if lock_free else ""),
         )
         failed.append(run.run_id)
     return failed

@@ -47,7 +47,13 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             dagster_instance(os.environ["DAGSTER_HOME"]) as instance,
         ):
             log_level = "DEBUG" if DEBUG.on else "INFO"
-            report = launch_job(instance, config, log_level=log_level, run_id=run_id)
+            report = launch_job(
+                instance,
+                config,
+                log_level=log_level,
+                run_id=run_id,
+                shop_lock=run_lock.lock_key(db.engine, db.prefix),
+            )
     finally:
         db.engine.dispose()
     print_report(report)

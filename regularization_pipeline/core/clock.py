@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 
 def utcnow() -> dt.datetime:
@@ -32,15 +32,25 @@ def to_datetime(value) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value))
 
 
+# Files of the zone database that are not zones a shop runs in: the host's own setting,
+# the template of POSIX rules, and the "no zone set" placeholder.
+_NOT_SHOP_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 @lru_cache(maxsize=32)
 def shop_zone(name: str) -> ZoneInfo:
-    """The IANA zone ``name`` (``Asia/Kolkata``), or a ValueError naming it."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(
-            f"{name!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)"
-        ) from exc
+    """The IANA zone ``name`` (``Asia/Kolkata``), or a ValueError naming it.
+
+    Only the zone database's own names: not a folder (``America``), not a file name such as
+    ``localtime`` that means whatever the host says, not ``posix/...`` or ``right/...`` copies.
+    """
+    known = name in available_timezones() and name not in _NOT_SHOP_ZONES
+    if known and not name.startswith(("posix/", "right/")):
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    raise ValueError(f"{name!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)")
 
 
 def from_shop(value, zone: ZoneInfo) -> dt.datetime | None:

@@ -8,6 +8,7 @@ run options.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,20 +20,55 @@ from regularization_pipeline.core.errors import ConfigurationError
 M = TypeVar("M", bound=BaseModel)
 
 
+# Settings files are a few kilobytes; a bigger one is the wrong file (and a 50 MB one took
+# a minute to parse). Read through one descriptor, never past this.
+MAX_SETTINGS_FILE_BYTES = 1024 * 1024
+
+
 def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict:
-    """A YAML file's top-level mapping, or a ConfigurationError naming the file and the problem."""
+    """A YAML file's top-level mapping, or a ConfigurationError naming the file and the problem.
+
+    Only a regular file of at most :data:`MAX_SETTINGS_FILE_BYTES` is read (a FIFO, a device
+    such as ``/dev/zero`` or a directory is refused without reading it), and no message
+    quotes the file's content: the path may name any file the process can read.
+    """
     path = Path(path)
+    shown = repr(str(path))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = _read_small_regular_file(path, what, shown).decode("utf-8")
+        raw = yaml.safe_load(text) or {}
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
+        raise ConfigurationError(f"cannot read {what} {shown}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"{what} {str(path)!r} is not UTF-8 text") from exc
+        raise ConfigurationError(f"{what} {shown} is not UTF-8 text") from exc
     except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigurationError(f"{what} {shown} is not valid YAML{where}") from exc
     if not isinstance(raw, dict):
-        raise ConfigurationError(f"{what} {str(path)!r} must contain a mapping at the top level")
+        raise ConfigurationError(f"{what} {shown} must contain a mapping at the top level")
     return raw
+
+
+def _read_small_regular_file(path: Path, what: str, shown: str) -> bytes:
+    # O_NONBLOCK: opening a named pipe with no writer must not hang; fstat then refuses it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigurationError(f"{what} {shown} is not a regular file")
+        if info.st_size > MAX_SETTINGS_FILE_BYTES:
+            raise ConfigurationError(
+                f"{what} {shown} is larger than {MAX_SETTINGS_FILE_BYTES // 1024} KiB"
+            )
+        data = os.read(fd, MAX_SETTINGS_FILE_BYTES + 1)
+        if len(data) > MAX_SETTINGS_FILE_BYTES:  # grew since fstat
+            raise ConfigurationError(
+                f"{what} {shown} is larger than {MAX_SETTINGS_FILE_BYTES // 1024} KiB"
+            )
+        return data
+    finally:
+        os.close(fd)
 
 
 def validate_or_explain(model: type[M], values: dict, what: str) -> M:

@@ -39,6 +39,11 @@ class BusyError(RegularizationError):
     """Another run holds this shop's run lock, or is queued or in progress: nothing was changed."""
 
 
+class RunLockLostError(BusyError):
+    """The run's lock went away under it (the server dropped its session): the run stopped before
+    deciding another order, since another run may now be deciding them."""
+
+
 # --- describing and classifying errors ---------------------------------------------------
 
 

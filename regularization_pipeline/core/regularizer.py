@@ -75,6 +75,7 @@ from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.engine import require_capabilities
 from regularization_pipeline.core.shop.mapping import AppSchema
 from regularization_pipeline.core.shop.migrations import require_migrated
+from regularization_pipeline.core.shop.session_zone import require_timestamp_zone
 
 __all__ = ["OrderOutcome", "Regularizer", "RunOptions", "RunSummary"]
 
@@ -96,6 +97,8 @@ class _Pace:
     summary: RunSummary
     progress: ProgressHook | None
     deadline: float | None
+    # Raises RunLockLostError when the shop's run lock is gone; None when the run holds none.
+    lock_held: Callable[[], None] | None = None
 
     def out_of_time(self) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -103,8 +106,15 @@ class _Pace:
         return self.summary.stopped_by_deadline
 
     def has_room(self, pending: int = 0) -> bool:
-        """``pending``: orders decided but not recorded yet (provider errors awaiting the next answer)."""
-        return self.summary.processed + pending < self.options.limit and not self.out_of_time()
+        """Whether to decide another order; checked before each one (and each batch).
+
+        ``pending``: orders decided but not recorded yet (provider errors awaiting the next answer).
+        """
+        if self.summary.processed + pending >= self.options.limit or self.out_of_time():
+            return False
+        if self.lock_held is not None:
+            self.lock_held()  # a lost lock ends the run here, before the next decision
+        return True
 
     def record(self, outcome: OrderOutcome) -> None:
         self.summary.record(outcome)
@@ -175,17 +185,26 @@ class Regularizer:
         require_capabilities(self.engine)
         for publisher in self.transactional.publishers:
             publisher.require_ready(self.engine)
+        require_timestamp_zone(self.engine, self.schema)
         run_id = run_id or str(uuid.uuid4())
-        exclusive = run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext()
-        with exclusive:
-            return self._run(run_id, options, progress)
+        exclusive = (
+            run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext(None)
+        )
+        with exclusive as lock_held:
+            return self._run(run_id, options, progress, lock_held)
 
-    def _run(self, run_id: str, options: RunOptions, progress: ProgressHook | None) -> RunSummary:
+    def _run(
+        self,
+        run_id: str,
+        options: RunOptions,
+        progress: ProgressHook | None,
+        lock_held: Callable[[], None] | None = None,
+    ) -> RunSummary:
         started = time.monotonic()
         ctx = self.context(run_id, options, options.window(self.clock()))
         summary = self._survey(ctx, options)
         deadline = started + options.max_runtime_seconds if options.max_runtime_seconds else None
-        pace = _Pace(options, summary, progress, deadline)
+        pace = _Pace(options, summary, progress, deadline, lock_held)
         if self._batched(options):
             self._run_batches(ctx, pace)
         else:
@@ -303,9 +322,11 @@ class Regularizer:
                 page = next(
                     d.candidate_pages(self.engine, self.schema, ctx.window, size, after=last), []
                 )
-                outcomes = [
-                    self._regularize(ctx, i) for i in attempts.without_quarantined(ctx, page)
-                ]
+                outcomes = []
+                for order_id in attempts.without_quarantined(ctx, page):
+                    if pace.lock_held is not None:
+                        pace.lock_held()
+                    outcomes.append(self._regularize(ctx, order_id))
                 scanned_to = page[-1] if page else None
             if scanned_to is None:  # no pending order left to look at
                 return

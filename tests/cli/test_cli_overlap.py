@@ -139,3 +139,39 @@ def test_two_first_starts_on_one_fresh_dagster_home_leave_it_usable(tmp_path):
         heads = conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar()
     engine.dispose()
     assert heads == 1
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        {"regularization/host": "another-container"},  # another hostname sharing DAGSTER_HOME
+        {"regularization/pid": "1"},  # another PID namespace: its pid is alive here
+    ],
+    ids=["other host", "other pid namespace"],
+)
+def test_a_cli_run_killed_in_another_container_blocks_nothing(shop, tmp_path, elsewhere):
+    """Issue 25: its record stayed STARTED and 3 of 3 later runs exited 3. The shop's run lock,
+    which died with it, is the heartbeat: whoever holds it now knows the record is stale."""
+    ids = shop.orphans(10)
+    home = instance_home(tmp_path)
+    env = env_for(url_of(shop.engine), home)
+    killed = start(env, "--sleep", "1")
+    deadline = time.monotonic() + 120
+    while not audit_rows(shop):
+        assert time.monotonic() < deadline and killed.poll() is None
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    with dg.DagsterInstance.from_config(home) as instance:
+        (stale,) = instance.get_runs(filters=dg.RunsFilter(job_name=JOB_NAME))
+        instance.add_run_tags(stale.run_id, elsewhere)
+
+    code, out, err = finish(start(env, "--sleep", "0"))
+
+    assert code == 0, err[-800:]
+    assert outbox_per_order(shop) == {str(i): 1 for i in ids}
+    with dg.DagsterInstance.from_config(home) as instance:
+        statuses = sorted(
+            r.status.value for r in instance.get_runs(filters=dg.RunsFilter(job_name=JOB_NAME))
+        )
+    assert statuses == ["FAILURE", "SUCCESS"]

@@ -35,7 +35,8 @@ def test_doctor_names_the_adapter_checks_the_token_once_and_counts_missing_refer
 ):
     with ProviderFake(TOKEN) as fake:
         shop = stripe_configured(engine, monkeypatch, tmp_path, fake)
-        first, second = shop.orphans(2)
+        # Paid within the hour: doctor refuses a shop whose newest payment looks older (a zone)
+        first, second = shop.orphans(2, paid_minutes_ago=30)
         t, table = shop.mapping.transactions, shop.tables.transactions
         with engine.begin() as conn:
             conn.execute(

@@ -127,7 +127,12 @@ def test_regularize_order_refuses_a_non_numeric_id_for_an_integer_key(shop, run_
     assert snapshot(shop) == before
 
 
-@pytest.mark.parametrize("text", ["1O", "1,2", "1 OR 1=1", " 1;", "1e0", "+1", "0x1"])
+@pytest.mark.parametrize(
+    "text",
+    ["1O", "1,2", "1 OR 1=1", " 1;", "1e0", "+1", "0x1"]
+    # exact ids (issue 25): before, each of these acted on order 1 with exit 0
+    + ["1\n", " 1", "1 ", "01", "001", "\u20071", "1\u00a0", "\uff11", "\u0661"],
+)
 def test_an_id_that_only_resembles_order_1_acts_on_nothing(shop, run_cli, text):
     # MySQL-family servers compare '1O' with an integer key as the number 1: the id is
     # parsed against the key's type before any query, on every database.
@@ -138,8 +143,25 @@ def test_an_id_that_only_resembles_order_1_acts_on_nothing(shop, run_cli, text):
     for command in ("regularize-order", "release"):
         code, _out, err = run_cli(command, "--order-id", text)
         assert code == 2, (command, err)
-        assert err.strip().splitlines() == [f"error: order {text.strip()} does not exist"]
+        shown = text if text.isprintable() and text == text.strip() else repr(text)
+        assert err.splitlines() == [f"error: order {shown} does not exist"]
     assert snapshot(shop) == before
+
+
+def test_a_64_bit_order_id_is_found_and_one_beyond_the_range_is_not(shop, run_cli):
+    if shop.engine.dialect.name == "sqlite":
+        big = 2**63 - 1
+    else:  # the demo shop's key is BIGINT on the servers
+        big = 1234567890123456789
+    order_id = shop.order()
+    with shop.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE orders SET id = :big WHERE id = :id"), {"big": big, "id": order_id}
+        )
+    code, _out, err = run_cli("regularize-order", "--order-id", str(big))
+    assert "does not exist" not in err and code in (0, 2), err
+    code, _out, err = run_cli("regularize-order", "--order-id", str(2**64))
+    assert (code, err) == (2, f"error: order {2**64} does not exist\n")
 
 
 # --- release -----------------------------------------------------------------------------

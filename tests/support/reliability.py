@@ -32,14 +32,20 @@ def second_engine(engine: sa.Engine, **kw) -> sa.Engine:
 
 
 def kill_other_sessions(admin: sa.Engine) -> int:
-    """Kill every other connection to this database, from the admin's own; returns how many."""
+    """Kill every other connection to this database, from the admin's own; returns how many.
+
+    The session holding the shop's run lock is spared: a run whose lock is lost stops (see
+    tests/core/shop/test_run_lock.py); what is tested here is the pool's recovery."""
+    from regularization_pipeline.core.shop import run_lock
+
     with admin.connect() as conn:
         if admin.dialect.name == "postgresql":
             killed = (
                 conn.execute(
                     sa.text(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND application_name NOT LIKE 'regularization %'"
                     )
                 )
                 .scalars()
@@ -49,8 +55,10 @@ def kill_other_sessions(admin: sa.Engine) -> int:
         ids = (
             conn.execute(
                 sa.text(
-                    "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
-                )
+                    "SELECT id FROM information_schema.processlist WHERE db = DATABASE() "
+                    "AND id <> CONNECTION_ID() AND id <> COALESCE(IS_USED_LOCK(:n), 0)"
+                ),
+                {"n": run_lock._mysql_name(admin, "regularization_")},
             )
             .scalars()
             .all()

@@ -291,8 +291,10 @@ class OutboxDispatcher:
             values.update(state=DEAD, last_error=_describe(error))
         else:
             retry_after = getattr(error, "retry_after", None)
+            # The receiver's Retry-After, but never longer than the configured maximum delay:
+            # 'Retry-After: 99999' must not park an event for a day.
             delay = (
-                min(retry_after, MAX_RETRY_AFTER_SECONDS)
+                min(retry_after, MAX_RETRY_AFTER_SECONDS, self.retry.max_delay_seconds)
                 if retry_after is not None
                 else self.retry.delay(attempts, self.rng)
             )

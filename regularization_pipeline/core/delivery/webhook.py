@@ -48,6 +48,21 @@ def _snippet(text: str, limit: int = 200) -> str:
     return flat[:limit] + ("..." if len(flat) > limit else "")
 
 
+# Of a receiver's answer only the start is ever shown (in last_error): reading stops here, so
+# a 2 GiB body (or a small compressed one that inflates) costs this much memory, not its size.
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+def _read_head(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> str:
+    """The first ``limit`` bytes of the (decoded) body as text; the rest is never read."""
+    head = bytearray()
+    for chunk in response.iter_bytes():
+        head += chunk[: limit - len(head)]
+        if len(head) >= limit:
+            break
+    return head.decode(response.encoding or "utf-8", errors="replace")
+
+
 # --- a total deadline per request ----------------------------------------------------------
 # httpx's timeouts are per phase and per read: a receiver that trickles a byte a second keeps
 # every read short and the request alive for ever. Every socket operation below is given
@@ -192,9 +207,14 @@ class WebhookPublisher:
         body = webhook_body(event)
         self._deadline.at = time.monotonic() + self.total_timeout_seconds
         try:
-            response = self.client.post(
-                self.url, content=body, headers=self.headers(event, body), timeout=self.timeout
-            )
+            with self.client.stream(
+                "POST",
+                self.url,
+                content=body,
+                headers=self.headers(event, body),
+                timeout=self.timeout,
+            ) as response:
+                status, answer = response.status_code, _read_head(response)
         except httpx.TimeoutException as exc:
             # The last read was given what was left of the deadline: ending near it is the deadline.
             if time.monotonic() >= self._deadline.at - 0.05:
@@ -207,14 +227,13 @@ class WebhookPublisher:
             raise RetryableDeliveryError(f"webhook unreachable ({type(exc).__name__})") from exc
         finally:
             self._deadline.at = None
-        status = response.status_code
         if 200 <= status < 300 or status == 409:
             return
         detail = f"webhook answered HTTP {status}"
         if status < 500:
             # A refusal a human may have to act on (a 400 naming a field): a short, redacted
             # excerpt of the body. A 5xx body is the receiver's own failure, in its own logs.
-            detail += f": {redact(_snippet(response.text))}"
+            detail += f": {redact(_snippet(answer))}"
         if status in (408, 429) or status >= 500:
             raise RetryableDeliveryError(
                 detail, retry_after=parse_retry_after(response.headers.get("Retry-After"))

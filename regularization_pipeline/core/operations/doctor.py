@@ -25,22 +25,16 @@ from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.engine import server_version, skip_locked_refusal
 from regularization_pipeline.core.shop.guards import ColumnCondition
 from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.mapping_rules import (
+    CLOSING,
+    FAILING,
+    HELD_NOT_CAPTURED,
+    HELD_WORDS,
+    PAYING,
+    looks_like,
+)
+from regularization_pipeline.core.shop.session_zone import timestamp_zone_findings
 
-# What an unclassified status may mean, by the words shops use for it.
-LOOKS_LIKE = {
-    "cancellation": re.compile(r"cancel|abort|void", re.I),
-    "refund": re.compile(r"refund|revers", re.I),
-    "fraud": re.compile(r"fraud|suspect", re.I),
-    "chargeback": re.compile(r"charge.?back|dispute", re.I),
-    "paid": re.compile(r"(?<!un)paid|captured|settled|(?<!in)complet|(?<!not-)charged", re.I),
-    "success": re.compile(r"succe|approv", re.I),
-}
-CLOSING = ("cancellation", "refund", "fraud", "chargeback")
-PAYING = ("paid", "success")
-FAILING = re.compile(r"fail|declin|expir|error", re.I)
-# Funds reserved on the card, not taken: an authorization may still be voided or expire.
-HELD_NOT_CAPTURED = re.compile(r"authori[sz]|pre.?auth|reserved", re.I)
-HELD_WORDS = "held, not captured: never list as completed"
 # Values of another order column that say the order is over, whatever its payment state says.
 CLOSED_ORDER = re.compile(
     r"cancel|abort|void|refund|revers|fraud|charge.?back|expir|draft|abandon|reject|declin", re.I
@@ -58,11 +52,6 @@ PENDING, REPAIRED, DO_NOT_TOUCH, COMPLETED, IGNORED = (
 )
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 STALE_AFTER = dt.timedelta(hours=1)
-
-
-def looks_like(value: str, meanings: tuple[str, ...] = tuple(LOOKS_LIKE)) -> str | None:
-    """The first of ``meanings`` the status word reads as, or None."""
-    return next((m for m in meanings if LOOKS_LIKE[m].search(value)), None)
 
 
 @dataclass
@@ -207,13 +196,6 @@ def _order_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> 
             )
         elif meaning:
             lines.append(f"  note: {value!r} looks like {meaning}; orders in it are left alone")
-    for value in st.order_pending:
-        if looks_like(value, CLOSING):
-            report._refuse(
-                lines,
-                f"pending status {value!r} reads as {looks_like(value, CLOSING)}: such orders "
-                "would be completed by the pipeline",
-            )
     _repaired_status(report, lines, conn, s, dict(found))
 
 
@@ -224,15 +206,8 @@ def _repaired_status(
     s: AppSchema,
     found: dict[str, int],
 ) -> None:
+    # Words that contradict their role were refused with the mapping (shop/mapping_rules.py).
     repaired = s.statuses.order_completed
-    meaning = looks_like(repaired, CLOSING)
-    if meaning:
-        report._refuse(
-            lines,
-            f"the repaired status {repaired!r} reads as {meaning}: paid orders would be "
-            "written as closed",
-        )
-        return
     if not found.get(repaired):
         return
     paid = conn.execute(
@@ -266,20 +241,7 @@ def _transaction_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchem
                 "statuses.transaction_completed: its orders are never found",
             )
     for value in completed:
-        closing = looks_like(value, CLOSING)
-        if HELD_NOT_CAPTURED.search(value):
-            report._refuse(
-                lines,
-                f"completed transaction status {value!r} reads as {HELD_WORDS}: orders whose "
-                "funds are only reserved, and may be voided, would be completed",
-            )
-        elif closing or FAILING.search(value):
-            report._refuse(
-                lines,
-                f"completed transaction status {value!r} reads as "
-                f"{closing or 'a failure'}: unpaid orders would be completed",
-            )
-        elif found and value not in found:
+        if found and value not in found:
             report._refuse(
                 lines,
                 f"transaction status {value!r} is listed as completed but no transaction has "
@@ -456,6 +418,11 @@ def _time_zone(report: DoctorReport, conn: sa.Connection, s: AppSchema, now: dt.
         f"timezone: {s.mapping.timezone} (naive columns)"
         + (f"; with a zone of their own: {', '.join(aware)}" if aware else "")
     )
+    refusals, warnings = timestamp_zone_findings(conn, s, now)
+    for text in refusals:
+        report._refuse(lines, text)
+    for text in warnings:
+        report._warn(lines, text)
     column = s.t("updated_at")
     newest = s.read_time(conn.execute(sa.select(sa.func.max(column))).scalar())
     if newest is None:
@@ -463,19 +430,23 @@ def _time_zone(report: DoctorReport, conn: sa.Connection, s: AppSchema, now: dt.
         return
     ahead = newest - now
     lines.append(f"newest transaction {column.name}: {newest:%Y-%m-%d %H:%M} UTC")
-    if ahead > FUTURE_TOLERANCE:
+    # A zone east of the columns' real one makes payments look older than they are: the
+    # grace period is cut short and orders are completed next to their webhook. Refused.
+    # A zone west of it makes them look younger: fixes are only delayed. Warned.
+    if -ahead > STALE_AFTER:
         report._refuse(
-            lines,
-            f"the newest transaction is {_hours(ahead)} in the future under timezone "
-            f"{s.mapping.timezone}: the columns are in a zone east of it; payments would "
-            "look younger than they are and never be found",
-        )
-    elif -ahead > STALE_AFTER:
-        report._warn(
             lines,
             f"the newest transaction is {_hours(-ahead)} old under timezone "
             f"{s.mapping.timezone}: if the shop took payments since, the columns are in a "
-            "zone west of it and the grace period would be cut short",
+            "zone west of it; payments would look older than they are and the grace period "
+            "would be cut short",
+        )
+    elif ahead > FUTURE_TOLERANCE:
+        report._warn(
+            lines,
+            f"the newest transaction is {_hours(ahead)} in the future under timezone "
+            f"{s.mapping.timezone}: the columns are in a zone east of it; payments look "
+            "younger than they are and are fixed late",
         )
 
 

@@ -53,7 +53,8 @@ def existing_order_id(conn: sa.Connection, schema: AppSchema, order_id: str) -> 
         except sa.exc.DataError:  # PostgreSQL: out of the key type's range
             found = None
     if found is None or not same_order_id(found[0], key):
-        raise ConfigurationError(f"order {order_id} does not exist")
+        shown = order_id if order_id.isprintable() and order_id == order_id.strip() else None
+        raise ConfigurationError(f"order {shown or repr(order_id)} does not exist")
     return found[0]
 
 

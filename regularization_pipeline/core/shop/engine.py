@@ -40,6 +40,9 @@ def database_url_from_env() -> str:
     return url
 
 
+SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
+
+
 def create_app_engine(
     url: str, *, pool_size: int = 5, pool_timeout: float = 30.0, echo: bool = False
 ) -> sa.Engine:
@@ -48,6 +51,12 @@ def create_app_engine(
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise ConfigurationError(f"invalid database URL: {exc}") from exc
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        # An oracle:// or mssql:// URL failed later on a missing driver, as an unexpected error.
+        raise ConfigurationError(
+            f"invalid database URL: {parsed.get_backend_name()!r} is not supported "
+            "(use postgresql, mysql/mariadb or sqlite)"
+        )
     if parsed.get_backend_name() in ("mysql", "mariadb") and not parsed.database:
         raise ConfigurationError("invalid database URL: a MariaDB/MySQL URL must name its database")
     kwargs: dict = {"hide_parameters": True, "echo": echo, "future": True}
@@ -72,7 +81,12 @@ def create_app_engine(
         # for an order it was not flipping); READ COMMITTED reads such rows semi-consistently
         # and moves on. Correctness rests on row locks and the compare-and-set, not snapshots.
         kwargs["isolation_level"] = "READ COMMITTED"
-    engine = sa.create_engine(parsed, **kwargs)
+    try:
+        engine = sa.create_engine(parsed, **kwargs)
+    except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise ConfigurationError(
+            f"invalid database URL: the driver {parsed.drivername!r} is not installed"
+        ) from exc
     if engine.dialect.name == "sqlite":
         _make_sqlite_transactional(engine)
     if engine.dialect.name in ("mysql", "mariadb"):

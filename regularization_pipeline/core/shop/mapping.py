@@ -36,10 +36,15 @@ from regularization_pipeline.core.shop.guards import (
     check_repairs,
 )
 from regularization_pipeline.core.shop.identifiers import check_identifier
+from regularization_pipeline.core.shop.mapping_rules import status_problems
 
 SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
 
-_WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
+# An operator's order id for an integer key: ASCII digits, no sign, no padding, no leading zero,
+# up to the largest 64-bit key (BIGINT), so every real id is found and nothing else resembles one.
+_WHOLE_NUMBER = re.compile(r"0|[1-9][0-9]{0,18}")
+_LARGEST_KEY = 2**63 - 1
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 class _Strict(BaseModel):
@@ -143,7 +148,11 @@ class PaymentRowsMapping(_Strict):
 
 
 class StatusMapping(_Strict):
-    """Which status values mean what. Values are compared exactly: case matters."""
+    """Which status values mean what. Values are compared exactly: case matters.
+
+    Validated by :func:`~regularization_pipeline.core.shop.mapping_rules.status_problems`:
+    lists that contradict each other or words that mean the opposite are refused.
+    """
 
     order_pending: tuple[str, ...] = Field(
         ("pending",), min_length=1, description="Order statuses that mean 'waiting for payment'."
@@ -165,24 +174,15 @@ class StatusMapping(_Strict):
     )
 
     @model_validator(mode="after")
-    def _disjoint(self) -> StatusMapping:
-        pending = set(self.order_pending)
-        if self.order_completed in pending:
-            raise ValueError(
-                f"order_completed {self.order_completed!r} is also listed in order_pending"
-            )
-        clash = pending & set(self.order_do_not_touch)
-        if clash:
-            raise ValueError(
-                f"statuses {sorted(clash)} are both in order_pending and order_do_not_touch"
-            )
-        if self.order_completed in self.order_do_not_touch:
-            raise ValueError(
-                f"order_completed {self.order_completed!r} is also listed in order_do_not_touch"
-            )
-        for name in ("order_pending", "order_do_not_touch", "transaction_completed"):
-            if any(not value for value in getattr(self, name)):
-                raise ValueError(f"{name} contains an empty status value")
+    def _sound(self) -> StatusMapping:
+        problems = status_problems(
+            self.order_pending,
+            self.order_completed,
+            self.order_do_not_touch,
+            self.transaction_completed,
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -313,16 +313,16 @@ class AppSchema:
 
         Parsed before any query: MySQL-family servers compare a string with an integer
         key as a number, so '1O', '1,2' or '1 OR 1=1' would otherwise find order 1.
+        Exact: no surrounding or Unicode whitespace, no padding, no leading zeros, no other
+        spelling of a UUID; ``' 1'``, ``'1\\n'`` or ``'01'`` name no order.
         """
-        text = text.strip()
         if self.order_key_type == "integer":
-            return int(text) if _WHOLE_NUMBER.fullmatch(text) else None
-        if self.order_key_type == "uuid":
-            try:
-                return str(uuid.UUID(text))
-            except ValueError:
+            if not _WHOLE_NUMBER.fullmatch(text) or int(text) > _LARGEST_KEY:
                 return None
-        return text or None
+            return int(text)
+        if self.order_key_type == "uuid":
+            return str(uuid.UUID(text)) if _CANONICAL_UUID.fullmatch(text) else None
+        return text if text and text == text.strip() and text.isprintable() else None
 
     def read_time(self, value) -> dt.datetime | None:
         """A time read from the shop's tables, as naive UTC (see :func:`clock.from_shop`)."""

@@ -7,9 +7,11 @@ writes anything, and is released by the database or the operating system when it
 (a SIGKILL, an OOM kill, a lost host), so a crash never blocks the next run:
 
 - PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of its own,
-  held for the run; its ``application_name`` says which run holds it;
+  held for the run; its ``application_name`` says which run holds it and since when; the
+  holder is looked up in this database only (advisory locks are per database);
 - MariaDB/MySQL: ``GET_LOCK(name, 0)`` on a connection of its own, held for the run;
-- SQLite: an OS file lock (``flock``) on a file beside the database file. Never SQLite's own write
+- SQLite: an OS file lock (``flock``) on a file beside the database file, named for the file's
+  device and inode (a symlink or hard link is the same lock). Never SQLite's own write
   lock: held for a run, it would block the application's writes for as long;
 - an in-memory SQLite database is seen by one process only: a lock in the process suffices.
 
@@ -27,12 +29,12 @@ import fcntl
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.errors import BusyError
+from regularization_pipeline.core.errors import BusyError, RunLockLostError
 
 # The first key of PostgreSQL's two-key advisory lock: ours, whatever the second is.
 _PG_LOCK_CLASS = 0x52504C4B  # "RPLK"
@@ -41,6 +43,12 @@ _UNKNOWN_HOLDER = "busy: another run holds this shop's run lock (it is starting 
 _guard = threading.Lock()
 # lock identity -> (thread holding it, depth); the re-entrant part, and in-memory SQLite's lock.
 _held: dict[str, tuple[int, int]] = {}
+# lock identity -> the check that it is still held (set by the outermost holder).
+_probes: dict[str, Callable[[], None]] = {}
+
+
+def _never_lost() -> None:
+    """An OS file lock or a lock in this process cannot be taken away while its holder lives."""
 
 
 def lock_name(engine: sa.Engine, prefix: str) -> str:
@@ -48,9 +56,19 @@ def lock_name(engine: sa.Engine, prefix: str) -> str:
     return f"{engine.url.render_as_string(hide_password=True)}#{prefix}"
 
 
+def lock_key(engine: sa.Engine, prefix: str) -> str:
+    """A short, credential-free key of :func:`lock_name`, to tag the runs that held the lock."""
+    return hashlib.sha256(lock_name(engine, prefix).encode()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
-def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
-    """Hold the shop's run lock for the block, or raise :class:`BusyError` at once."""
+def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[Callable[[], None]]:
+    """Hold the shop's run lock for the block, or raise :class:`BusyError` at once.
+
+    Yields a check to call before each order's decision: it raises :class:`RunLockLostError`
+    when the lock's session is gone (a server's ``idle_session_timeout`` or ``wait_timeout``,
+    a killed connection), and its round trip keeps that session from idling out meanwhile.
+    """
     name = lock_name(engine, prefix)
     me = threading.get_ident()
     with _guard:
@@ -65,10 +83,11 @@ def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
             nested = False
     try:
         if nested or _in_memory(engine):
-            yield
+            yield _probes.get(name, _never_lost)
         else:
-            with _backend_lock(engine, prefix, run_id):
-                yield
+            with _backend_lock(engine, prefix, run_id) as probe:
+                _probes[name] = probe
+                yield probe
     finally:
         with _guard:
             depth = _held[name][1]
@@ -76,6 +95,7 @@ def hold(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
                 _held[name] = (me, depth - 1)
             else:
                 del _held[name]
+                _probes.pop(name, None)
 
 
 def _busy_in_process() -> str:
@@ -128,10 +148,12 @@ def _key(prefix: str) -> int:
 def _postgres_lock(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None]:
     with _dedicated(engine) as conn:
         key = {"c": _PG_LOCK_CLASS, "k": _key(prefix)}
-        # Named before locking, so a contender that sees the lock also sees whose it is.
+        # Named before locking, so a contender that sees the lock also sees whose it is and
+        # since when: a login without pg_read_all_stats sees other roles' application_name
+        # but not their backend_start.
         conn.execute(
             sa.text("SELECT set_config('application_name', :n, false)"),
-            {"n": f"regularization run {run_id}"[:63]},
+            {"n": _pg_holder_name(run_id)},
         )
         if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :k)"), key).scalar():
             holder = conn.execute(
@@ -140,15 +162,50 @@ def _postgres_lock(engine: sa.Engine, prefix: str, run_id: str) -> Iterator[None
                     "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
                     "AND l.granted AND l.classid = CAST(:c AS oid) "
                     "AND l.objid = CAST(CAST(:k AS bigint) & 4294967295 AS oid) "
-                    "AND l.objsubid = 2"
+                    "AND l.objsubid = 2 AND l.database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 key,
             ).first()
             if holder is None:
                 raise BusyError(_UNKNOWN_HOLDER)
-            name = (holder[0] or "").removeprefix("regularization run ") or "unknown"
-            raise BusyError(f"busy: run {name} since {_since(holder[1])}")
-        yield  # released when the connection closes, whatever happens to the run
+            name, started = _pg_holder(holder[0] or "")
+            raise BusyError(f"busy: run {name} since {_since(started or holder[1])}")
+
+        def probe() -> None:
+            # A session-level advisory lock lives exactly as long as its session.
+            _probe(conn, "SELECT 1", {}, "the PostgreSQL session holding it was closed")
+
+        yield probe  # released when the connection closes, whatever happens to the run
+
+
+_PG_HOLDER_PREFIX = "regularization "
+
+
+def _pg_holder_name(run_id: str) -> str:
+    """``regularization <run id> <start, epoch seconds>``, within application_name's 63 bytes."""
+    started = f" {int(utcnow().replace(tzinfo=dt.UTC).timestamp())}"
+    return _PG_HOLDER_PREFIX + run_id[: 63 - len(_PG_HOLDER_PREFIX) - len(started)] + started
+
+
+def _pg_holder(application_name: str) -> tuple[str, dt.datetime | None]:
+    """(run id, start) read back from :func:`_pg_holder_name`'s text."""
+    text = application_name.removeprefix(_PG_HOLDER_PREFIX)
+    run_id, _, epoch = text.rpartition(" ")
+    if run_id and epoch.isdigit():
+        return run_id, dt.datetime.fromtimestamp(int(epoch), dt.UTC).replace(tzinfo=None)
+    return text or "unknown", None
+
+
+def _probe(conn: sa.Connection, query: str, params: dict, gone: str) -> None:
+    try:
+        held = conn.execute(sa.text(query), params).scalar()
+    except sa.exc.SQLAlchemyError:
+        held = None
+    if held != 1:
+        raise RunLockLostError(
+            f"run lock lost: {gone} (idle or killed); stopped before deciding another order"
+        )
 
 
 def _mysql_name(engine: sa.Engine, prefix: str) -> str:
@@ -179,8 +236,17 @@ def _mysql_lock(engine: sa.Engine, prefix: str) -> Iterator[None]:
                 raise BusyError(_UNKNOWN_HOLDER)
             since = utcnow() - dt.timedelta(seconds=int(row[1] or 0))
             raise BusyError(f"busy: run on database connection {row[0]} since {_since(since)}")
+
+        def probe() -> None:
+            _probe(
+                conn,
+                "SELECT IS_USED_LOCK(:n) = CONNECTION_ID()",
+                {"n": name},
+                "the MariaDB/MySQL connection holding it was closed",
+            )
+
         try:
-            yield  # released when the connection closes, whatever happens to the run
+            yield probe  # released when the connection closes, whatever happens to the run
         finally:
             # Released before the close as well: a server takes its time to notice a closed
             # connection, and the next run asking in that moment was told "busy".
@@ -196,8 +262,18 @@ def _sqlite_path(engine: sa.Engine) -> str | None:
 
 
 def lock_file_of(engine: sa.Engine, prefix: str) -> str:
-    """The file beside a SQLite database whose OS lock is the run lock."""
-    return f"{_sqlite_path(engine)}.{prefix}run.lock"
+    """The file beside a SQLite database whose OS lock is the run lock.
+
+    Named for the database file itself (its device and inode, in the directory it really lies
+    in), not for the path in the URL: a symlink or a hard link beside it names the same lock,
+    so two runs cannot both get in through two names of one file.
+    """
+    real = os.path.realpath(_sqlite_path(engine))
+    try:
+        st = os.stat(real)
+    except OSError:  # not created yet: nothing to decide in it, the path is all there is
+        return f"{real}.{prefix}run.lock"
+    return os.path.join(os.path.dirname(real), f".{prefix}run-{st.st_dev:x}-{st.st_ino:x}.lock")
 
 
 @contextlib.contextmanager
@@ -214,7 +290,7 @@ def _file_lock(path: str, run_id: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{run_id} {_since(utcnow())}\n".encode(), 0)
         try:
-            yield
+            yield _never_lost
         finally:
             os.ftruncate(fd, 0)  # the file stays: removing it would race a contender's open
     finally:

@@ -350,3 +350,15 @@ def test_a_slow_python_handler_does_not_let_another_dispatcher_take_the_event_ov
 
     assert taken_over == [0] and calls == {"slow": 1, "next": 1}
     assert summary.delivered == 1 and [r.state for r in outbox_rows(shop.engine)] == [DELIVERED]
+
+
+def test_a_retry_after_longer_than_the_configured_maximum_is_capped_by_it(engine, shop):
+    """Before issue 25, 'Retry-After: 99999' parked the event for a day despite max_delay_seconds."""
+    seed_events(shop, 1)
+    with ReceivingApp(secret=SECRET, script=[Reply(503, headers={"Retry-After": "99999"})]) as app:
+        policy = RetryPolicy(max_attempts=5, base_delay_seconds=30, max_delay_seconds=600)
+        before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        summary = OutboxDispatcher(engine, owned(shop), [webhook(app)], retry=policy).dispatch()
+    assert summary.retried == 1
+    (row,) = outbox_rows(engine)
+    assert 599 <= (row.next_attempt_at - before).total_seconds() <= 602

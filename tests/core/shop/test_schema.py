@@ -173,3 +173,35 @@ def test_custom_mapping_works_end_to_end(engine):
     assert set(audit_per_order(shop, INCONSISTENT)) == {str(mismatch), str(closed)}
     assert sa.inspect(engine).has_table("regx_outbox")
     assert not sa.inspect(engine).has_table("regularization_outbox")
+
+
+def test_a_mapping_file_that_is_not_a_small_regular_file_is_refused_without_reading_it(tmp_path):
+    """Issue 25: /dev/zero grew to 6 GB, a named pipe hung, 50 MB parsed for a minute."""
+    import os
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.yaml"
+    big.write_text("orders: {}\n" + "#" * (2 * 1024 * 1024))
+    for path, reason in [
+        (fifo, "is not a regular file"),
+        ("/dev/zero", "is not a regular file"),
+        (tmp_path, "is not a regular file"),
+        (big, "is larger than 1024 KiB"),
+    ]:
+        with pytest.raises(ConfigurationError, match=reason):
+            SchemaMapping.from_yaml(path)
+
+
+def test_errors_about_a_mapping_file_never_quote_its_content(tmp_path):
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$SECRETHASH:19000:0:99999:7:::\nother: [unclosed\n")
+    with pytest.raises(ConfigurationError) as caught:
+        SchemaMapping.from_yaml(secret)
+    assert "SECRETHASH" not in str(caught.value) and "unclosed" not in str(caught.value)
+    assert "is not valid YAML (line " in str(caught.value)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("SECRETHASH\n")
+    with pytest.raises(ConfigurationError) as caught:
+        SchemaMapping.from_yaml(scalar)
+    assert "SECRETHASH" not in str(caught.value)
