@@ -30,8 +30,9 @@ from regularization_pipeline.core.decisions.tracker import InconsistencyTracker
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.binding import bind_schema
 from regularization_pipeline.core.shop.engine import create_app_engine
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/regbench"

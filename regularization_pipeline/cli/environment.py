@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.binding import AppSchema, bind_schema
 from regularization_pipeline.core.shop.engine import (
     check_reachable,
     create_app_engine,
     database_url_from_env,
 )
-from regularization_pipeline.core.shop.mapping import AppSchema, bind_schema, load_mapping
+from regularization_pipeline.core.shop.mapping import load_mapping
 from regularization_pipeline.core.shop.session_zone import require_timestamp_zone
 
 

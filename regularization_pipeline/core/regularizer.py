@@ -72,8 +72,8 @@ from regularization_pipeline.core.provider.answers import (
 from regularization_pipeline.core.run import ProgressHook, RunOptions, RunSummary
 from regularization_pipeline.core.shop import run_lock
 from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.shop.engine import require_capabilities
-from regularization_pipeline.core.shop.mapping import AppSchema
 from regularization_pipeline.core.shop.migrations import require_migrated
 from regularization_pipeline.core.shop.session_zone import require_timestamp_zone
 

@@ -32,7 +32,8 @@ def test_documented_custom_mapping_regularizes_an_orphan_end_to_end(engine):
 
 
 def test_documented_provider_settings_load_and_read_a_real_provider_answer():
-    from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
+    from regularization_pipeline.core.provider.gateway import GatewayVerifier
+    from regularization_pipeline.core.provider.settings import GatewaySettings
     from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
     from tests.support.http_stubs import ProviderStub
 

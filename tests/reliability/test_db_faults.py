@@ -14,8 +14,9 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core.errors import DatabaseUnavailableError
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.binding import bind_schema, build_schema
 from regularization_pipeline.core.shop.engine import create_app_engine
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema, build_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.shop.tables import owned_tables
 from regularization_pipeline.core.verdicts import FAILED
 from tests.support.reliability import figures, kill_other_sessions, second_engine

@@ -18,8 +18,9 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core.decisions.context import LOCKED_ELSEWHERE
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.binding import bind_schema
 from regularization_pipeline.core.shop.engine import create_app_engine
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.verdicts import REGULARIZED, SKIPPED
 from tests.support.reliability import figures, url_of
 from tests.support.rows import (

@@ -20,10 +20,12 @@ from regularization_pipeline.core.delivery.publishers import (
     build_publishers,
 )
 from regularization_pipeline.core.errors import ConfigurationError, describe_error
-from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
+from regularization_pipeline.core.provider.gateway import GatewayVerifier
+from regularization_pipeline.core.provider.settings import GatewaySettings
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.binding import bind_schema
 from regularization_pipeline.core.shop.engine import create_app_engine
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.shop.tables import owned_tables
 from regularization_pipeline.core.verdicts import SKIPPED
 from regularization_pipeline.logging_json import HTTP_CLIENT_LOGGERS, quiet_http_client_loggers

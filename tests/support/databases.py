@@ -18,8 +18,9 @@ import pytest
 import sqlalchemy as sa
 
 from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.binding import bind_schema
 from regularization_pipeline.core.shop.engine import create_app_engine
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.demo.shop import ShopWriter
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

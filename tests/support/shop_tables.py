@@ -8,7 +8,8 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.shop import migrations
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.binding import bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 
 
 class Shop:

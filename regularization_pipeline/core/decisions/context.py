@@ -15,7 +15,7 @@ from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.delivery.laravel_queue import TransactionalDelivery
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.shop import tables as tb
-from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema
 
 LOCKED_ELSEWHERE = "order is locked by another worker"
 

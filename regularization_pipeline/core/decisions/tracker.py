@@ -44,7 +44,7 @@ from regularization_pipeline.core.detection.scans import (
 )
 from regularization_pipeline.core.errors import describe_error, is_lock_unavailable
 from regularization_pipeline.core.shop import tables as tb
-from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.shop.migrations import require_migrated
 
 log = logging.getLogger("regularization_pipeline.regularizer")

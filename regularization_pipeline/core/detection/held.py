@@ -24,7 +24,7 @@ from regularization_pipeline.core.detection.scans import (
     pending_among,
 )
 from regularization_pipeline.core.shop import tables as tb
-from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.verdicts import QUARANTINED
 
 HELD_REASONS = (*INCONSISTENCY_KINDS, QUARANTINED)

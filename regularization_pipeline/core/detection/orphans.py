@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import as_naive_utc
+from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.shop.guards import order_guard_conditions
-from regularization_pipeline.core.shop.mapping import AppSchema
 
 DEFAULT_MIN_AGE_MINUTES = 10
 

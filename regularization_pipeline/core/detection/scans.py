@@ -32,8 +32,8 @@ from regularization_pipeline.core.detection.orphans import (
     select_orphan_payments,
 )
 from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.shop.guards import guarded_out
-from regularization_pipeline.core.shop.mapping import AppSchema
 
 
 @dataclass

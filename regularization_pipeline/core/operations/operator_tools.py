@@ -28,7 +28,7 @@ from regularization_pipeline.core.detection.scans import (
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
 from regularization_pipeline.core.shop import tables as tb
-from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.verdicts import QUARANTINED
 
 

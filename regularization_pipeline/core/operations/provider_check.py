@@ -12,7 +12,7 @@ from regularization_pipeline.core.provider.answers import (
     ProviderRejectedError,
     ProviderUnavailableError,
 )
-from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from regularization_pipeline.core.shop import tables as tb
-from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema
 
 
 def orders_by_status(engine: sa.Engine, schema: AppSchema) -> dict[str, int]:

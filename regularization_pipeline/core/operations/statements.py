@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
 from regularization_pipeline.core.shop import tables as tb
-from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema
 
 DEFAULT_ROLE = "regularization_pipeline"
 _DIALECTS = {"postgresql": postgresql.dialect(), "mysql": mysql.dialect()}

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from regularization_pipeline.core.shop.identifiers import check_identifier
 
 if TYPE_CHECKING:  # the mapping imports this module for its models
-    from regularization_pipeline.core.shop.mapping import AppSchema
+    from regularization_pipeline.core.shop.binding import AppSchema
 
 # A value a guard compares with: the shop's status words, or numbers and flags.
 GuardValue = str | int | bool

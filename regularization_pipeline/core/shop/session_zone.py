@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import shop_zone, utcnow
 from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.shop.mapping import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema
 
 # Offsets closer than this are the same zone (NOW() and UTC_TIMESTAMP() are read together).
 _SAME_OFFSET = dt.timedelta(minutes=1)

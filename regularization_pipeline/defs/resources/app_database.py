@@ -7,18 +7,13 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
 from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.core.shop.binding import AppSchema, bind_schema
 from regularization_pipeline.core.shop.engine import (
     DATABASE_URL_ENV,
     check_reachable,
     create_app_engine,
 )
-from regularization_pipeline.core.shop.mapping import (
-    SCHEMA_FILE_ENV,
-    AppSchema,
-    SchemaMapping,
-    bind_schema,
-    load_mapping,
-)
+from regularization_pipeline.core.shop.mapping import SCHEMA_FILE_ENV, SchemaMapping, load_mapping
 from regularization_pipeline.defs.resources.environment import (
     setting_from_env,
 )

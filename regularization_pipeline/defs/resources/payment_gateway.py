@@ -6,7 +6,8 @@ import dagster as dg
 from pydantic import Field
 
 from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
+from regularization_pipeline.core.provider.gateway import GatewayVerifier
+from regularization_pipeline.core.provider.settings import GatewaySettings
 from regularization_pipeline.defs.resources.environment import (
     secret_from_env,
 )

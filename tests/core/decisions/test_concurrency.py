@@ -14,8 +14,9 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core.errors import is_deadlock
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.binding import bind_schema
 from regularization_pipeline.core.shop.engine import create_app_engine
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.verdicts import REGULARIZED
 from tests.support.rows import attempts_of, audit_per_order, no_sleep, outbox_per_order
 

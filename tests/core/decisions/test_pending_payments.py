@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
+from regularization_pipeline.core.provider.gateway import GatewayVerifier
+from regularization_pipeline.core.provider.settings import GatewaySettings
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop.mapping import SchemaMapping
 from tests.support.databases import migrated_shop

@@ -6,7 +6,8 @@ import pytest
 
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.operations.doctor import diagnose
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.binding import bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from tests.support.databases import migrated_shop
 
 

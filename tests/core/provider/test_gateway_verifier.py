@@ -10,12 +10,12 @@ import pytest
 
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.provider.gateway import (
-    GatewaySettings,
     GatewayVerifier,
     ProviderRejectedError,
     ProviderUnavailableError,
 )
 from regularization_pipeline.core.provider.ratelimit import RateLimiter
+from regularization_pipeline.core.provider.settings import GatewaySettings
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow

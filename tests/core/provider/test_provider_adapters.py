@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from regularization_pipeline.core.provider.gateway import GatewaySettings, GatewayVerifier
+from regularization_pipeline.core.provider.gateway import GatewayVerifier
 from regularization_pipeline.core.provider.money import exponent, to_minor
+from regularization_pipeline.core.provider.settings import GatewaySettings
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow

@@ -14,8 +14,9 @@ from regularization_pipeline.core.errors import (
 )
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop import migrations
+from regularization_pipeline.core.shop.binding import bind_schema
 from regularization_pipeline.core.shop.engine import check_reachable, create_app_engine
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.shop.tables import owned_tables
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support.rows import no_sleep

@@ -8,7 +8,8 @@ from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.errors import ConfigurationError, SchemaMismatchError
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema, load_mapping
+from regularization_pipeline.core.shop.binding import bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping, load_mapping
 from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED
 from regularization_pipeline.demo.shop import ShopWriter
 from tests.support.databases import migrated_shop

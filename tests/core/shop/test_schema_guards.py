@@ -18,7 +18,8 @@ from regularization_pipeline.core.errors import ConfigurationError, SchemaMismat
 from regularization_pipeline.core.operations.doctor import diagnose
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop import tables as tb
-from regularization_pipeline.core.shop.mapping import SchemaMapping, StatusMapping, bind_schema
+from regularization_pipeline.core.shop.binding import bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping, StatusMapping
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
 from tests.support.rows import no_sleep, outbox_per_order

@@ -13,8 +13,9 @@ from sqlalchemy.dialects import mysql
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.operations.doctor import diagnose
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.binding import bind_schema
 from regularization_pipeline.core.shop.engine import create_app_engine
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from tests.cli.test_operator_tools import snapshot
 from tests.support.databases import migrated_shop
 from tests.support.rows import no_sleep

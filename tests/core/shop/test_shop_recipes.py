@@ -26,7 +26,8 @@ from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.operations.doctor import diagnose
 from regularization_pipeline.core.operations.operator_tools import orphan_rows
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+from regularization_pipeline.core.shop.binding import bind_schema
+from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.verdicts import INCONSISTENT, SKIPPED
 from tests.support.rows import no_sleep, outbox_per_order
 from tests.support.shop_tables import Shop
