@@ -51,6 +51,8 @@ from regularization_pipeline.core.provider.settings import GatewaySettings
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 
 log = logging.getLogger("regularization_pipeline.gateway")
+# A payment object with its charge expanded is a few KiB; anything past this is not an answer.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 class GatewayVerifier:
@@ -157,9 +159,7 @@ class GatewayVerifier:
                 raise ProviderUnavailableError(f"provider rate limit: {exc}") from exc
             self.requests_sent += 1
             try:
-                response = self.client.get(
-                    url, params=params, headers=headers, timeout=self.timeout
-                )
+                response = self._bounded_get(url, params, headers)
             except httpx.TransportError as exc:  # timeouts included
                 problem = f"provider unreachable ({type(exc).__name__})"
             else:
@@ -194,8 +194,38 @@ class GatewayVerifier:
             log.warning("transaction %s: %s, retrying", transaction.id, problem)
             self.sleeper(s.retry_delay_seconds * 2 ** (failures - 1))
 
+    def _bounded_get(self, url: str, params, headers: dict[str, str]) -> httpx.Response:
+        """The provider's answer with at most ``MAX_ANSWER_BYTES`` of its body read: a provider
+        (or anything at its address) sending gigabytes costs one buffer, not the memory."""
+        request = self.client.build_request(
+            "GET", url, params=params, headers=headers, timeout=self.timeout
+        )
+        streamed = self.client.send(request, stream=True)
+        try:
+            body, oversized = bytearray(), False
+            for chunk in streamed.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    oversized = True
+                    break
+        finally:
+            streamed.close()
+        return httpx.Response(
+            streamed.status_code,
+            headers={k: v for k, v in streamed.headers.items() if k.lower() == "retry-after"},
+            content=b"" if oversized else bytes(body),
+            request=request,
+            extensions={"oversized": oversized},
+        )
+
     def _answer(self, response: httpx.Response) -> ProviderAnswer:
         status = response.status_code
+        if response.extensions.get("oversized"):
+            self.answers_received += 1
+            return ProviderAnswer(
+                ProviderStatus.UNKNOWN,
+                f"provider answered more than {MAX_ANSWER_BYTES // 1024} KiB (HTTP {status})",
+            )
         if status == 404:
             self.answers_received += 1
             return ProviderAnswer(
