@@ -10,9 +10,11 @@ slow answers wait on an event that ``stop()`` sets.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -237,3 +239,42 @@ class ProviderStub(_StubServer):
         if status == self.MALFORMED:
             return Reply(200, b'{"data": {"status": "comp')
         return Reply(200, json.dumps({"data": {"id": reference, "status": status}}).encode())
+
+
+ENDLESS_BYTES = 2**31  # what an endless answer claims and would send: 2 GiB
+
+
+@contextlib.contextmanager
+def endless_answer(head: bytes):
+    """A raw server on loopback whose one answer claims 2 GiB and sends it until the client stops
+    reading: yields (url, sent), where ``sent`` gets the bytes it managed to write."""
+    sent: list[int] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                head.replace(
+                    b"\r\n\r\n", f"\r\nContent-Length: {ENDLESS_BYTES}\r\n\r\n".encode(), 1
+                )
+            )
+            chunk, total = b"x" * 65536, 0
+            try:
+                while total < ENDLESS_BYTES:
+                    conn.sendall(chunk)
+                    total += len(chunk)
+            except OSError:  # the client stopped reading and closed
+                pass
+            sent.append(total)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", sent
+    finally:
+        thread.join(timeout=20)
+        server.close()

@@ -29,7 +29,7 @@ from regularization_pipeline.core.delivery.webhook import (
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.defs.resources import EventPublisherResource
 from tests.support import ROOT
-from tests.support.http_stubs import ReceivingApp, Reply, check_signature
+from tests.support.http_stubs import ReceivingApp, Reply, check_signature, endless_answer
 
 SECRET = "whsec_test_0123456789abcdef"
 
@@ -304,39 +304,14 @@ def test_once_the_rotation_ends_a_request_carries_one_signature(app):
 def test_a_huge_answer_is_read_only_up_to_the_cap():
     """Before issue 25 a 2 GiB answer was read whole (4.2 GB of memory): now reading stops at
     MAX_RESPONSE_BYTES and the connection is dropped; the rest is never sent."""
-    import threading
-
     from regularization_pipeline.core.delivery.webhook import MAX_RESPONSE_BYTES
 
-    sent = []
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-
-    def answer() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(65536)
-            # A refusal (4xx) keeps an excerpt of the answer, so the cap is what bounds it.
-            conn.sendall(b"HTTP/1.1 422 Unprocessable Entity\r\nContent-Length: 2147483648\r\n\r\n")
-            chunk, total = b"x" * 65536, 0
-            try:
-                while total < 2**31:
-                    conn.sendall(chunk)
-                    total += len(chunk)
-            except OSError:  # the client stopped reading and closed
-                pass
-            sent.append(total)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    pub = WebhookPublisher(url, SECRET, total_timeout_seconds=20)
-    try:
-        with pytest.raises(PermanentDeliveryError, match="webhook answered HTTP 422: xxx"):
-            pub.publish(event())
-    finally:
-        pub.close()
-        thread.join(timeout=20)
-        server.close()
+    # A refusal (4xx) keeps an excerpt of the answer, so the cap is what bounds it.
+    with endless_answer(b"HTTP/1.1 422 Unprocessable Entity\r\n\r\n") as (url, sent):
+        pub = WebhookPublisher(url, SECRET, total_timeout_seconds=20)
+        try:
+            with pytest.raises(PermanentDeliveryError, match="webhook answered HTTP 422: xxx"):
+                pub.publish(event())
+        finally:
+            pub.close()
     assert sent and sent[0] < 64 * MAX_RESPONSE_BYTES  # kernel buffers, not the 2 GiB

@@ -22,7 +22,7 @@ from regularization_pipeline.core.shop.mapping import SchemaMapping
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
 from tests.support.databases import migrated_shop
-from tests.support.http_stubs import ProviderStub, Reply
+from tests.support.http_stubs import ProviderStub, Reply, endless_answer
 from tests.support.rows import audit_of, no_sleep, outbox_per_order
 
 TOKEN = "sk_test_provider_token_do_not_log"
@@ -205,45 +205,18 @@ def test_transport_errors_and_timeouts_raise_after_limited_retries():
 def test_a_huge_answer_is_read_only_up_to_the_cap_and_leaves_the_order_alone():
     """Before, the answer was read whole whatever its size (issue 25): a provider, or whatever
     answers at its address, sending 2 GiB cost 2 GiB of memory."""
-    import threading
-
     from regularization_pipeline.core.provider.gateway import MAX_ANSWER_BYTES
 
-    sent = []
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-
-    def answer() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 2147483648\r\n\r\n" + b'{"data": {"status": "'
+    head = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"data": {"status": "'
+    with endless_answer(head) as (url, sent):
+        verifier = GatewayVerifier(settings(url, read_timeout_seconds=5), TOKEN)
+        try:
+            result = verifier.check(
+                OrderRow(1, "pending", "1"),
+                TransactionRow(5, "completed", "1", reference="pay_5"),
             )
-            chunk, total = b"x" * 65536, 0
-            try:
-                while total < 2**31:
-                    conn.sendall(chunk)
-                    total += len(chunk)
-            except OSError:  # the client stopped reading and closed
-                pass
-            sent.append(total)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    verifier = GatewayVerifier(
-        settings(f"http://127.0.0.1:{server.getsockname()[1]}", read_timeout_seconds=5), TOKEN
-    )
-    try:
-        result = verifier.check(
-            OrderRow(1, "pending", "1"), TransactionRow(5, "completed", "1", reference="pay_5")
-        )
-    finally:
-        verifier.close()
-        thread.join(timeout=20)
-        server.close()
+        finally:
+            verifier.close()
     assert result.status == ProviderStatus.UNKNOWN  # never completed on a partial answer
     assert result.detail == "provider answered more than 1024 KiB (HTTP 200)"
     assert sent and sent[0] < 64 * MAX_ANSWER_BYTES  # kernel buffers, not the 2 GiB
