@@ -41,7 +41,8 @@ CHILD = textwrap.dedent(f"""
     from regularization_pipeline.core.delivery.publishers import PythonHandlersPublisher
     from regularization_pipeline.core.delivery.outbox import OutboxDispatcher, RetryPolicy
     from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-    from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+    from regularization_pipeline.core.shop.binding import bind_schema
+    from regularization_pipeline.core.shop.mapping import SchemaMapping
     from regularization_pipeline.core.shop.tables import owned_tables
 
     url, mode = sys.argv[1:3]

@@ -122,7 +122,8 @@ CHILD = textwrap.dedent("""
     from regularization_pipeline.core.delivery.laravel_queue import LaravelDatabaseQueue
     from regularization_pipeline.core.regularizer import Regularizer, RunOptions
     from regularization_pipeline.core.shop.engine import create_app_engine
-    from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+    from regularization_pipeline.core.shop.binding import bind_schema
+    from regularization_pipeline.core.shop.mapping import SchemaMapping
 
     url, mode, point, victim = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     engine = create_app_engine(url)

@@ -34,7 +34,8 @@ RUN = textwrap.dedent(f"""
     import json, sys, time
     from regularization_pipeline.core.shop.engine import create_app_engine
     from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-    from regularization_pipeline.core.shop.mapping import SchemaMapping, bind_schema
+    from regularization_pipeline.core.shop.binding import bind_schema
+    from regularization_pipeline.core.shop.mapping import SchemaMapping
 
     engine = create_app_engine(sys.argv[1])
     began = time.monotonic()
