@@ -1,7 +1,7 @@
 """The code location: every asset, check, job, schedule, sensor and resource, assembled once.
 
-Each resource builds itself from the environment (``from_env`` in ``defs/resources.py``,
-secrets through ``dg.EnvVar``); docs/ lists the variables.
+Each resource builds itself from the environment (``from_env``, one module each in
+``defs/resources/``, secrets through ``dg.EnvVar``); docs/ lists the variables.
 """
 
 import dagster as dg
