@@ -32,6 +32,18 @@ class JobReport:
     delivered_to: str = ""
 
     @property
+    def delivery_line(self) -> str:
+        from regularization_pipeline.core.delivery.publishers import delivery_line
+
+        e = self.events
+        return delivery_line(
+            self.delivered_to,
+            int(e.get("delivered", 0)),
+            int(e.get("retried", 0)),
+            int(e.get("dead", 0)),
+        )
+
+    @property
     def orders_failed(self) -> int:
         return int(self.metrics.get("failed", 0)) + int(self.metrics.get("quarantined", 0))
 
@@ -273,7 +285,7 @@ def print_report(report: JobReport, out=sys.stdout) -> None:
     if report.events:
         print(format_table([(f"events_{k}", v) for k, v in report.events.items()]), file=out)
     if report.delivered_to:
-        print(f"events: {report.delivered_to}", file=out)
+        print(f"events: {report.delivery_line}", file=out)
     for name, (passed, severity) in sorted(report.checks.items()):
         print(f"check {name}: {'passed' if passed else f'FAILED ({severity})'}", file=out)
     for failure in report.failures:
