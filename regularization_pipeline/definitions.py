@@ -6,7 +6,7 @@ Each resource builds itself from the environment (``from_env``, one module each 
 
 import dagster as dg
 
-from regularization_pipeline.defs import alerts, assets, checks, jobs, operator_jobs
+from regularization_pipeline.defs import alerts, assets, checks, delivery_jobs, jobs, operator_jobs
 from regularization_pipeline.defs.resources import (
     AlertResource,
     AppDatabaseResource,
@@ -26,8 +26,15 @@ defs = dg.Definitions(
         assets.regularization_audit,
     ],
     asset_checks=[checks.no_orphaned_pending_orders, checks.transactions_consistent],
-    jobs=[jobs.regularize_completed_orders, *operator_jobs.OPERATOR_JOBS],
-    schedules=[jobs.regularize_completed_orders_every_5_minutes],
+    jobs=[
+        jobs.regularize_completed_orders,
+        delivery_jobs.deliver_order_completed_events,
+        *operator_jobs.OPERATOR_JOBS,
+    ],
+    schedules=[
+        jobs.regularize_completed_orders_every_5_minutes,
+        delivery_jobs.deliver_order_completed_events_every_minute,
+    ],
     sensors=[jobs.regularize_on_orphan_alert, *alerts.ALERT_SENSORS],
     resources={
         "alerts": AlertResource.from_env(),

@@ -1,4 +1,6 @@
-"""The job, the schedule that runs it every five minutes, and the sensor that runs it on an orphan alert."""
+"""The job, the schedule that runs it every five minutes, and the sensor that runs it on an orphan alert;
+the delivery job and its schedule (``defs/delivery_jobs.py``) and the checks job (``defs/check_jobs.py``)
+are beside it."""
 
 import os
 
@@ -49,10 +51,10 @@ regularize_completed_orders = dg.define_asset_job(
 )
 
 
-def in_flight_run(instance: dg.DagsterInstance) -> dg.RunRecord | None:
-    """A run of the job that is queued or in progress, if any."""
+def in_flight_run(instance: dg.DagsterInstance, job_name: str = JOB_NAME) -> dg.RunRecord | None:
+    """A run of the job (``job_name``) that is queued or in progress, if any."""
     records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT_STATUSES), limit=1
+        filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT_STATUSES), limit=1
     )
     return records[0] if records else None
 
