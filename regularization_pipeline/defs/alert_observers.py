@@ -269,6 +269,9 @@ def observe_held_orders(look: Look) -> Observation | None:
     except sa.exc.SQLAlchemyError as exc:
         look.log.error(f"held orders not read, state kept: {type(exc).__name__}")
         return None
+    except RegularizationError as exc:  # the URL not set, the mapping refused: our one line
+        look.log.error(f"held orders not read, state kept: {exc}")
+        return None
     total = sum(len(ids) for ids in held.values())
     parts = []
     for reason, ids in held.items():

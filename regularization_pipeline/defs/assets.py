@@ -236,8 +236,8 @@ def order_completed_events(
     With the `outbox` publisher (the default) nothing is sent: the events wait in
     the outbox table for the application (`delivered_to` says which).
     """
-    engine, tables = app_db.get_engine(), app_db.owned_tables()
     with permanent_errors_fail_without_retry():
+        engine, tables = app_db.get_engine(), app_db.owned_tables()
         require_migrated(engine, app_db.mapping().table_prefix)
         summary, destination = deliver_due(
             engine, tables, event_publisher, owner=f"run-{context.run_id}"
@@ -342,8 +342,8 @@ def regularization_audit(
     count of every action. The app's orders are observed again here, so `app_orders`
     shows the counts the run left.
     """
-    engine, tables = app_db.get_engine(), app_db.owned_tables()
     with permanent_errors_fail_without_retry():
+        engine, tables = app_db.get_engine(), app_db.owned_tables()
         schema = app_db.bind()
         require_migrated(engine, app_db.mapping().table_prefix)
     counts = reports.audit_action_counts(engine, tables, context.run_id)
