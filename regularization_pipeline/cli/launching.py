@@ -9,14 +9,16 @@ import fcntl
 import io
 import os
 import re
+import shutil
 import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from regularization_pipeline.cli.arguments import DEBUG
-from regularization_pipeline.core.errors import BusyError
+from regularization_pipeline.core.errors import BusyError, ConfigurationError
 
 
 @dataclass
@@ -59,6 +61,29 @@ LAUNCHED_BY, HOST_TAG, PID_TAG, SHOP_TAG = (
 
 
 INSTANCE_LOCK_FILE = ".regularization-instance.lock"
+INSTANCE_CONFIG = "dagster.yaml"
+# The repository's instance configuration (run limits, pools, run monitoring, telemetry off),
+# beside the package in a checkout or an editable install; `make dev` copies the same file.
+REPOSITORY_INSTANCE_CONFIG = Path(__file__).resolve().parents[2] / INSTANCE_CONFIG
+
+
+def ensure_instance_config(home: str, template: Path = REPOSITORY_INSTANCE_CONFIG) -> str | None:
+    """``home``'s dagster.yaml, created from the repository's when it has none (the line that
+    says so is returned); refused in one line when there is no repository's to copy.
+
+    Without it the instance has no run limit, no pool, no run monitoring, and prints
+    Dagster's telemetry banner: not the instance `make dev` and the UI use."""
+    target = Path(home) / INSTANCE_CONFIG
+    if target.is_file():
+        return None
+    if not template.is_file() or "regularization/concurrency" not in template.read_text():
+        raise ConfigurationError(
+            f"DAGSTER_HOME={home} has no {INSTANCE_CONFIG}: copy the repository's there "
+            "(`make dev` does), or runs would have no run limit"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, target)
+    return f"created {target} from the repository's (run limits, pools, telemetry off)"
 
 
 def launch_job(
