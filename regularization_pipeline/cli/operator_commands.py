@@ -148,7 +148,10 @@ def cmd_regularize_order(args: argparse.Namespace, parser: argparse.ArgumentPars
         db.engine.dispose()
     print(f"order {outcome.order_id}: {outcome.action} ({outcome.reason})")
     if outcome.action == "regularized":
-        print("its OrderCompleted event is in the outbox; the next run of the job delivers it")
+        print(
+            "its OrderCompleted event is in the outbox: the delivery job delivers it within a "
+            "minute, `deliver` at once"
+        )
     return EXIT_OK if outcome.action in ("regularized", "dry-run") else EXIT_FAILED
 
 
