@@ -49,8 +49,9 @@ test: venv lint
 test-fast: venv
 	$(BIN)/pytest -m "not slow and not browser and not deployment" -n 4 -q $(PYTEST_ARGS)
 
-# The UI on http://127.0.0.1:3000 with the scheduler and sensors; the demo shop unless
-# REGULARIZATION_DATABASE_URL names another database (then with the demo's handlers too).
+# The UI on http://127.0.0.1:$DAGSTER_PORT (3000) with the scheduler and sensors; the demo shop
+# and its handlers unless REGULARIZATION_DATABASE_URL names another database. DEMO_ENV is the
+# environment docs/launching.md gives the CLI and a plain `dagster dev` (tests/docs keep them equal).
 # Started from $(DAGSTER_HOME), where the instance's dagster.yaml is, so `dagster dev` finds
 # no stray one in the current folder. Its "superseded by dg dev" warning is silenced:
 # `dg dev` needs dagster-dg-cli and a dg project layout (neither is in requirements.lock);
@@ -61,7 +62,7 @@ DEMO_ENV := REGULARIZATION_DATABASE_URL=sqlite:///$(CURDIR)/.demo/shop.db REGULA
 dev: venv $(DAGSTER_HOME)/dagster.yaml
 	cd $(DAGSTER_HOME) && $(if $(REGULARIZATION_DATABASE_URL),,$(DEMO_ENV)) \
 	PYTHONWARNINGS='ignore:Function `dev_command` is superseded:FutureWarning' \
-		$(CURDIR)/$(BIN)/dagster dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p $${DEV_PORT:-3000}
+		$(CURDIR)/$(BIN)/dagster dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p $${DAGSTER_PORT:-3000}
 
 # The benchmark suite on a million-order PostgreSQL shop (BENCH_DATABASE_URL, default a
 # `regbench` database on 127.0.0.1, created if missing). Not part of `make test`, which

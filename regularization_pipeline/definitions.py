@@ -6,7 +6,15 @@ Each resource builds itself from the environment (``from_env``, one module each 
 
 import dagster as dg
 
-from regularization_pipeline.defs import alerts, assets, checks, jobs, operator_jobs
+from regularization_pipeline.defs import (
+    alerts,
+    assets,
+    check_jobs,
+    checks,
+    delivery_jobs,
+    jobs,
+    operator_jobs,
+)
 from regularization_pipeline.defs.resources import (
     AlertResource,
     AppDatabaseResource,
@@ -26,9 +34,22 @@ defs = dg.Definitions(
         assets.regularization_audit,
     ],
     asset_checks=[checks.no_orphaned_pending_orders, checks.transactions_consistent],
-    jobs=[jobs.regularize_completed_orders, *operator_jobs.OPERATOR_JOBS],
-    schedules=[jobs.regularize_completed_orders_every_5_minutes],
-    sensors=[jobs.regularize_on_orphan_alert, *alerts.ALERT_SENSORS],
+    jobs=[
+        jobs.regularize_completed_orders,
+        delivery_jobs.deliver_order_completed_events,
+        check_jobs.check_app_orders,
+        *operator_jobs.OPERATOR_JOBS,
+    ],
+    schedules=[
+        jobs.regularize_completed_orders_every_5_minutes,
+        delivery_jobs.deliver_order_completed_events_every_minute,
+        check_jobs.check_app_orders_every_2_minutes,
+    ],
+    sensors=[
+        jobs.regularize_on_orphan_alert,
+        check_jobs.check_app_orders_after_each_run,
+        *alerts.ALERT_SENSORS,
+    ],
     resources={
         "alerts": AlertResource.from_env(),
         "app_db": AppDatabaseResource.from_env(),

@@ -21,24 +21,11 @@ from typing import Any
 
 from regularization_pipeline.core.errors import describe_error
 
-# HTTP client libraries that log every request's full URL at INFO (httpx) or DEBUG (httpcore):
-# webhook, heartbeat and alert URLs carry tokens in their path or query.
-HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
-
-
-def quiet_http_client_loggers() -> None:
-    """Keep httpx's and httpcore's request lines (full URLs, tokens in them) out of every log.
-
-    Called wherever this package's processes configure logging: the code location
-    (definitions.py, which every Dagster process loads, the daemon's included) and the CLI.
-    Their warnings and errors still pass.
-    """
-    for name in HTTP_CLIENT_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-quiet_http_client_loggers()  # this formatter is loaded by every process that writes the log file
-
+# Re-exported: core silences the HTTP clients' request lines when it is imported (redaction.py).
+from regularization_pipeline.core.redaction import (  # noqa: F401
+    HTTP_CLIENT_LOGGERS,
+    quiet_http_client_loggers,
+)
 
 # Fields of the `dagster_meta` attribute Dagster puts on the records it hands to
 # yaml-configured handlers (dagster._core.log_manager.DagsterLogRecordMetadata).

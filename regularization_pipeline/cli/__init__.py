@@ -6,6 +6,7 @@
     regularize-completed-orders release --order-id N
     regularize-completed-orders list-orphans [--hours H | --since T --until T] [--format table|csv]
     regularize-completed-orders list-inconsistencies [--hours H | --since T --until T] [--format table|csv]
+    regularize-completed-orders deliver
     regularize-completed-orders redeliver --event-id ID [ID ...] | --all-dead [--since T --until T]
     regularize-completed-orders prune --older-than-days 90 [--dry-run]
     regularize-completed-orders doctor

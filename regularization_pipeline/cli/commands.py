@@ -135,10 +135,18 @@ COMMANDS: tuple[Subcommand, ...] = (
         (time_filter("payments completed"), add_format),
     ),
     Subcommand(
+        "deliver",
+        "deliver every OrderCompleted event due in the outbox now",
+        "What the job deliver_order_completed_events does: new events, retries that are due and "
+        "redelivered ones, to the configured publishers, each with its idempotency key. Exits 1 "
+        "when every delivery failed.",
+        ops.cmd_deliver,
+    ),
+    Subcommand(
         "redeliver",
-        "put dead-lettered OrderCompleted events back in the queue",
-        "Dead events become pending with a fresh attempt count; the next run "
-        "delivers them with their idempotency key.",
+        "put dead-lettered OrderCompleted events back in the queue and deliver them",
+        "Dead events become pending with a fresh attempt count, then the outbox is delivered "
+        "at once (as `deliver`), each event with its idempotency key.",
         ops.cmd_redeliver,
         (
             one_of(

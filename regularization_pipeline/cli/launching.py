@@ -9,14 +9,16 @@ import fcntl
 import io
 import os
 import re
+import shutil
 import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from regularization_pipeline.cli.arguments import DEBUG
-from regularization_pipeline.core.errors import BusyError
+from regularization_pipeline.core.errors import BusyError, ConfigurationError
 
 
 @dataclass
@@ -30,6 +32,18 @@ class JobReport:
     failures: list[str]
     checks: dict[str, tuple[bool, str]]  # check name -> (passed, severity)
     delivered_to: str = ""
+
+    @property
+    def delivery_line(self) -> str:
+        from regularization_pipeline.core.delivery.publishers import delivery_line
+
+        e = self.events
+        return delivery_line(
+            self.delivered_to,
+            int(e.get("delivered", 0)),
+            int(e.get("retried", 0)),
+            int(e.get("dead", 0)),
+        )
 
     @property
     def orders_failed(self) -> int:
@@ -47,6 +61,29 @@ LAUNCHED_BY, HOST_TAG, PID_TAG, SHOP_TAG = (
 
 
 INSTANCE_LOCK_FILE = ".regularization-instance.lock"
+INSTANCE_CONFIG = "dagster.yaml"
+# The repository's instance configuration (run limits, pools, run monitoring, telemetry off),
+# beside the package in a checkout or an editable install; `make dev` copies the same file.
+REPOSITORY_INSTANCE_CONFIG = Path(__file__).resolve().parents[2] / INSTANCE_CONFIG
+
+
+def ensure_instance_config(home: str, template: Path = REPOSITORY_INSTANCE_CONFIG) -> str | None:
+    """``home``'s dagster.yaml, created from the repository's when it has none (the line that
+    says so is returned); refused in one line when there is no repository's to copy.
+
+    Without it the instance has no run limit, no pool, no run monitoring, and prints
+    Dagster's telemetry banner: not the instance `make dev` and the UI use."""
+    target = Path(home) / INSTANCE_CONFIG
+    if target.is_file():
+        return None
+    if not template.is_file() or "regularization/concurrency" not in template.read_text():
+        raise ConfigurationError(
+            f"DAGSTER_HOME={home} has no {INSTANCE_CONFIG}: copy the repository's there "
+            "(`make dev` does), or runs would have no run limit"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, target)
+    return f"created {target} from the repository's (run limits, pools, telemetry off)"
 
 
 def launch_job(
@@ -273,7 +310,7 @@ def print_report(report: JobReport, out=sys.stdout) -> None:
     if report.events:
         print(format_table([(f"events_{k}", v) for k, v in report.events.items()]), file=out)
     if report.delivered_to:
-        print(f"events: {report.delivered_to}", file=out)
+        print(f"events: {report.delivery_line}", file=out)
     for name, (passed, severity) in sorted(report.checks.items()):
         print(f"check {name}: {'passed' if passed else f'FAILED ({severity})'}", file=out)
     for failure in report.failures:

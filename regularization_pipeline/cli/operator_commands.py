@@ -148,7 +148,10 @@ def cmd_regularize_order(args: argparse.Namespace, parser: argparse.ArgumentPars
         db.engine.dispose()
     print(f"order {outcome.order_id}: {outcome.action} ({outcome.reason})")
     if outcome.action == "regularized":
-        print("its OrderCompleted event is in the outbox; the next run of the job delivers it")
+        print(
+            "its OrderCompleted event is in the outbox: the delivery job delivers it within a "
+            "minute, `deliver` at once"
+        )
     return EXIT_OK if outcome.action in ("regularized", "dry-run") else EXIT_FAILED
 
 
@@ -169,6 +172,7 @@ def cmd_release(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 def cmd_redeliver(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if (args.since or args.until) and not args.all_dead:
         parser.error("--since/--until select dead events with --all-dead")
+    publisher = _event_publisher()
     db = open_database(parser, migrated=True)
     try:
         count = operator_tools.redeliver_dead_events(
@@ -180,11 +184,48 @@ def cmd_redeliver(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             until=args.until,
         )
     except ConfigurationError as exc:
+        db.engine.dispose()
         parser.error(str(exc).replace("all_dead", "--all-dead"))
+    try:
+        print(f"{count} dead event(s) back in the queue; delivering the outbox now")
+        return _deliver(db, publisher) if count else EXIT_OK
     finally:
         db.engine.dispose()
-    print(f"{count} dead event(s) back in the queue; the next run of the job delivers them")
-    return EXIT_OK
+
+
+def cmd_deliver(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    publisher = _event_publisher()
+    db = open_database(parser, migrated=True)
+    try:
+        return _deliver(db, publisher)
+    finally:
+        db.engine.dispose()
+
+
+def _event_publisher():
+    """The publishers' settings the jobs use, checked: a bad one is refused before anything changes."""
+    from regularization_pipeline.defs.resources import EventPublisherResource
+
+    publisher = EventPublisherResource.from_env().process_config_and_initialize()
+    publisher.settings()
+    return publisher
+
+
+def _deliver(db, publisher) -> int:
+    """Deliver every event due in the outbox now, as the delivery job does; 1 when all failed."""
+    from regularization_pipeline.core.delivery.outbox import count_due
+    from regularization_pipeline.core.delivery.publishers import delivery_line
+    from regularization_pipeline.defs.assets import deliver_due
+
+    summary, destination = deliver_due(
+        db.engine, db.tables(), publisher, owner=f"operator-{uuid.uuid4()}"
+    )
+    print(f"events: {delivery_line(destination, summary.delivered, summary.retried, summary.dead)}")
+    left = count_due(db.engine, db.tables())
+    if summary.stopped_by_budget or left:
+        print(f"{left} event(s) still due: `deliver` again, or the delivery job takes them")
+    attempted = summary.delivered + summary.retried + summary.dead
+    return EXIT_FAILED if attempted and not summary.delivered else EXIT_OK
 
 
 def cmd_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -13,7 +13,12 @@ from regularization_pipeline.cli.environment import (
     check_provider_settings,
     open_database,
 )
-from regularization_pipeline.cli.launching import dagster_instance, launch_job, print_report
+from regularization_pipeline.cli.launching import (
+    dagster_instance,
+    ensure_instance_config,
+    launch_job,
+    print_report,
+)
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop import migrations, run_lock
 from regularization_pipeline.core.shop.engine import (
@@ -32,6 +37,7 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "DAGSTER_HOME is not set: point it at the Dagster instance directory "
             "(`make dev` uses .dagster_home)"
         )
+
     # What the job would refuse under a stack trace, refused here in one line and before
     # anything runs: the URL (the code location's own default is the demo shop, so a run
     # from the command line must name it), the mapping, the server, our tables, the
@@ -41,6 +47,9 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         check_delivery_settings()
         check_provider_settings()
+        created = ensure_instance_config(os.environ["DAGSTER_HOME"])
+        if created:
+            print(created, file=sys.stderr)
         # The shop's lock first: a second run answers busy without touching anything.
         with (
             run_lock.hold(db.engine, db.prefix, run_id),

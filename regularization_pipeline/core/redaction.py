@@ -9,6 +9,7 @@ still miss one, which is why nothing foreign is passed here when its class and s
 
 from __future__ import annotations
 
+import logging
 import re
 
 # What a message can quote of the application's data: a duplicate key ("Duplicate entry
@@ -63,3 +64,36 @@ def _redact(text: str) -> str:
     text = _EMAIL.sub("<e-mail>", text)
     text = _IBAN.sub("<iban>", text)
     return _DIGIT_RUN.sub("#", text)
+
+
+# HTTP client libraries that log every request's full URL at INFO (httpx) or DEBUG (httpcore):
+# webhook, heartbeat and alert URLs carry tokens in their path or query.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
+class _WarningsOnly(logging.Filter):
+    """On the client's own logger: a request line never passes, whatever level is set later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+_WARNINGS_ONLY = _WarningsOnly()
+
+
+def quiet_http_client_loggers() -> None:
+    """Keep httpx's and httpcore's request lines (full URLs, tokens in them) out of every log.
+
+    Done at the source: when this module is imported, before any client of ours exists, so
+    every process using core is quiet, however it configures logging. The level keeps the
+    records from being made; the filter drops them even if a logging setup lowers the level
+    again (``logging.getLogger("httpx").setLevel(logging.INFO)``). Warnings and errors pass.
+    """
+    for name in HTTP_CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        if _WARNINGS_ONLY not in logger.filters:
+            logger.addFilter(_WARNINGS_ONLY)
+
+
+quiet_http_client_loggers()

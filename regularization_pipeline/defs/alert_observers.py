@@ -1,6 +1,6 @@
 """What each alert sensor observes on a tick: the latest fact Dagster stored (a finished run, a
-check evaluation with a result, a materialization's metadata) or, for held orders, our own
-tables, turned into one :class:`Observation` (firing or not, why, how big).
+check evaluation with a result, a materialization's metadata) or, for held orders and the
+outbox, our own tables, turned into one :class:`Observation` (firing or not, why, how big).
 
 The sensors that turn observations into alerts are in ``defs/alerts.py``.
 """
@@ -19,6 +19,8 @@ from regularization_pipeline.core.alerting.alert import Observation
 from regularization_pipeline.core.alerting.incidents import IncidentBook
 from regularization_pipeline.core.detection.held import held_order_ids
 from regularization_pipeline.core.detection.orphans import INCONSISTENCY_KINDS
+from regularization_pipeline.core.errors import RegularizationError, describe_error
+from regularization_pipeline.core.operations.reports import outbox_backlog
 from regularization_pipeline.core.redaction import redact
 from regularization_pipeline.defs.jobs import IN_FLIGHT_STATUSES, JOB_NAME
 from regularization_pipeline.defs.resources import AlertResource, AppDatabaseResource
@@ -166,36 +168,44 @@ def observe_inconsistencies(look: Look) -> Observation | None:
     )
 
 
-def observe_dead_events(look: Look) -> Observation | None:
-    latest = _latest_metadata(look.instance, "order_completed_events")
-    if latest is None or "outbox_dead" not in latest[1]:
+def _outbox(look: Look) -> dict[str, int] | None:
+    """The outbox's pending and dead counts, read from the table itself: a delivery that stopped
+    (its step skipped, failing or never run) must not freeze the figures the alerts read."""
+    if look.app_db is None:
         return None
-    run_id, m, _at = latest
-    dead = int(m["outbox_dead"])
+    try:
+        return outbox_backlog(look.app_db.get_engine(), look.app_db.owned_tables())
+    except (sa.exc.SQLAlchemyError, RegularizationError) as exc:
+        look.log.error(f"outbox not read, state kept: {describe_error(exc)}")
+        return None
+
+
+def observe_dead_events(look: Look) -> Observation | None:
+    counts = _outbox(look)
+    if counts is None:
+        return None
+    dead = counts["outbox_dead"]
     detail = (
-        f"{dead} OrderCompleted event(s) dead-lettered (run {run_id}); fix the receiver, then "
+        f"{dead} OrderCompleted event(s) dead-lettered in the outbox; fix the receiver, then "
         "`regularize-completed-orders redeliver --all-dead`"
         if dead
-        else f"no dead-lettered event left (run {run_id})"
+        else "no dead-lettered event left in the outbox"
     )
-    return Observation("dead_events", dead > 0, detail, size=dead, run_id=run_id)
+    return Observation("dead_events", dead > 0, detail, size=dead)
 
 
 def observe_outbox_backlog(look: Look) -> Observation | None:
-    latest = _latest_metadata(look.instance, "order_completed_events")
-    if latest is None or "outbox_pending" not in latest[1]:
+    counts = _outbox(look)
+    if counts is None:
         return None
-    run_id, m, _at = latest
-    pending, limit = int(m["outbox_pending"]), look.alerts.max_outbox_pending
+    pending, limit = counts["outbox_pending"], look.alerts.max_outbox_pending
     detail = (
-        f"{pending} OrderCompleted event(s) wait in the outbox (limit {limit:g}, run {run_id}): "
-        "the receiver is refusing or slow; they are retried with backoff"
+        f"{pending} OrderCompleted event(s) wait in the outbox (limit {limit:g}, read from the table): "
+        "the receiver is refusing or slow, or delivery is not running; they are retried with backoff"
         if pending > limit
-        else f"{pending} event(s) wait in the outbox (limit {limit:g}, run {run_id})"
+        else f"{pending} event(s) wait in the outbox (limit {limit:g}, read from the table)"
     )
-    return Observation(
-        "outbox_backlog", pending > limit, detail, size=pending, severity="warning", run_id=run_id
-    )
+    return Observation("outbox_backlog", pending > limit, detail, size=pending, severity="warning")
 
 
 def observe_stale_orphan(look: Look) -> Observation | None:
@@ -258,6 +268,9 @@ def observe_held_orders(look: Look) -> Observation | None:
             held = held_order_ids(conn, look.app_db.bind())
     except sa.exc.SQLAlchemyError as exc:
         look.log.error(f"held orders not read, state kept: {type(exc).__name__}")
+        return None
+    except RegularizationError as exc:  # the URL not set, the mapping refused: our one line
+        look.log.error(f"held orders not read, state kept: {exc}")
         return None
     total = sum(len(ids) for ids in held.values())
     parts = []

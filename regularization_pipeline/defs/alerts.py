@@ -106,15 +106,17 @@ ALERT_SENSORS = [
     ),
     alert_sensor(
         "alert_on_dead_events",
-        "Alerts when OrderCompleted events are dead-lettered (outbox_dead > 0), again when their "
+        "Alerts when OrderCompleted events are dead-lettered in the outbox table, again when their "
         "number grows; resolved when none is left.",
         observe_dead_events,
+        reads_database=True,
     ),
     alert_sensor(
         "alert_on_outbox_backlog",
         "Alerts when more OrderCompleted events than max_outbox_pending wait in the outbox "
         "(the receiver refuses or is slow); resolved when the backlog is back under it.",
         observe_outbox_backlog,
+        reads_database=True,
     ),
     alert_sensor(
         "alert_on_stale_orphan",

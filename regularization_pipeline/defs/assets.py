@@ -15,7 +15,12 @@ import dagster as dg
 
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.delivery.publishers import close_publishers, describe_destination
+from regularization_pipeline.core.delivery.outbox import DispatchSummary
+from regularization_pipeline.core.delivery.publishers import (
+    close_publishers,
+    delivery_line,
+    describe_destination,
+)
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_in_window
 from regularization_pipeline.core.errors import (
@@ -231,22 +236,16 @@ def order_completed_events(
     With the `outbox` publisher (the default) nothing is sent: the events wait in
     the outbox table for the application (`delivered_to` says which).
     """
-    engine, tables = app_db.get_engine(), app_db.owned_tables()
     with permanent_errors_fail_without_retry():
+        engine, tables = app_db.get_engine(), app_db.owned_tables()
         require_migrated(engine, app_db.mapping().table_prefix)
-        publishers = event_publisher.build_publishers(engine)
-    try:
-        with permanent_errors_fail_without_retry():
-            dispatcher = event_publisher.dispatcher(
-                engine, tables, publishers, owner=f"run-{context.run_id}"
-            )
-        summary = dispatcher.dispatch()
-    finally:
-        close_publishers(publishers)
+        summary, destination = deliver_due(
+            engine, tables, event_publisher, owner=f"run-{context.run_id}"
+        )
     lags = summary.lag_seconds
     attempted = summary.delivered + summary.retried + summary.dead
     metadata: dict[str, object] = {
-        "delivered_to": describe_destination(publishers),
+        "delivered_to": destination,
         "delivered": summary.delivered,
         "retried": summary.retried,
         "dead": summary.dead,
@@ -259,10 +258,24 @@ def order_completed_events(
         **reports.outbox_backlog(engine, tables),
     }
     context.log.info(
-        f"{metadata['delivered_to']}: {summary.delivered} event(s) delivered, "
-        f"{summary.retried} to retry, {summary.dead} dead"
+        delivery_line(
+            str(metadata["delivered_to"]), summary.delivered, summary.retried, summary.dead
+        )
     )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def deliver_due(
+    engine, tables, event_publisher: EventPublisherResource, owner: str
+) -> tuple[DispatchSummary, str]:
+    """Every event due in the outbox delivered once to the configured publishers: what it did,
+    and to whom. Shared by the delivery step, the redelivery job and the CLI's `deliver`."""
+    publishers = event_publisher.build_publishers(engine)
+    try:
+        dispatcher = event_publisher.dispatcher(engine, tables, publishers, owner=owner)
+        return dispatcher.dispatch(), describe_destination(publishers)
+    finally:
+        close_publishers(publishers)
 
 
 def audit_metrics(
@@ -329,8 +342,8 @@ def regularization_audit(
     count of every action. The app's orders are observed again here, so `app_orders`
     shows the counts the run left.
     """
-    engine, tables = app_db.get_engine(), app_db.owned_tables()
     with permanent_errors_fail_without_retry():
+        engine, tables = app_db.get_engine(), app_db.owned_tables()
         schema = app_db.bind()
         require_migrated(engine, app_db.mapping().table_prefix)
     counts = reports.audit_action_counts(engine, tables, context.run_id)

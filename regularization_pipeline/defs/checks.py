@@ -1,11 +1,15 @@
 """Checks on ``app_orders``: orphans waiting for a fix, and inconsistencies only a human can fix.
 
 Both are non-blocking: a check that *detects* orphans must never stop the asset
-that *fixes* them. They run inside the job and on their own; a failure of
-``no_orphaned_pending_orders`` outside the job launches the job (see sensors).
+that *fixes* them. They run inside the job and on their own (the job `check_app_orders`,
+every two minutes and after every other successful run: ``defs/check_jobs.py``); a failure
+of ``no_orphaned_pending_orders`` outside those jobs launches the job (see sensors). Each
+result says when the shop was read (``shop_read_at``).
 Inside the job they run last (``additional_deps`` on ``regularization_audit``),
 so the result the UI shows after a run is the state the run left, not the one it fixed.
 """
+
+import datetime as dt
 
 import dagster as dg
 import sqlalchemy as sa
@@ -28,6 +32,11 @@ ORPHAN_SAMPLE_SIZE = 20
 AFTER_THE_RUN = [regularization_audit]
 
 
+def read_at_metadata(read_at: dt.datetime) -> dg.MetadataValue:
+    """When the shop was read (naive UTC, as we store time): the UI shows it as a date."""
+    return dg.MetadataValue.timestamp(read_at.replace(tzinfo=dt.UTC))
+
+
 @dg.asset_check(asset="app_orders", blocking=False, additional_deps=AFTER_THE_RUN)
 def no_orphaned_pending_orders(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
@@ -41,7 +50,8 @@ def no_orphaned_pending_orders(
     """
     with permanent_errors_fail_without_retry():
         schema = app_db.bind()
-    window = RunOptions().window(utcnow())
+    read_at = utcnow()
+    window = RunOptions().window(read_at)
     attempts = app_db.owned_tables().attempts
     with app_db.get_engine().connect() as conn:
         # Before `migrate` there is no quarantine to leave out.
@@ -64,6 +74,7 @@ def no_orphaned_pending_orders(
             "oldest_orphan_age_minutes": stats.oldest_age_minutes,
             "grace_minutes": window.min_age_minutes,
             "sample_order_ids": dg.MetadataValue.json([str(i) for i in stats.sample_ids]),
+            "shop_read_at": read_at_metadata(read_at),
         },
     )
 
@@ -84,6 +95,7 @@ def transactions_consistent(
     """
     with permanent_errors_fail_without_retry():
         schema = app_db.bind()
+    read_at = utcnow()
     try:
         report = InconsistencyTracker(app_db.get_engine(), schema).refresh()
         with app_db.get_engine().connect() as conn:
@@ -94,10 +106,11 @@ def transactions_consistent(
         with app_db.get_engine().connect() as conn:
             report = inconsistency_report(conn, schema, sample_size=0)
         held = dict(report.counts)
-    metadata: dict[str, int] = {"inconsistencies_total": report.total, **held_metadata(held)}
+    metadata: dict[str, object] = {"inconsistencies_total": report.total, **held_metadata(held)}
     metadata.update(
         {f"inconsistent_{kind}": report.counts.get(kind, 0) for kind in d.INCONSISTENCY_KINDS}
     )
+    metadata["shop_read_at"] = read_at_metadata(read_at)
     found = ", ".join(f"{n} {kind}" for kind, n in report.counts.items() if n)
     return dg.AssetCheckResult(
         passed=report.total == 0,

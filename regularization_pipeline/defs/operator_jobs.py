@@ -9,13 +9,18 @@ nothing. Outcomes are logged with ids and counts only.
 import dagster as dg
 from pydantic import Field
 
+from regularization_pipeline.core.delivery.publishers import delivery_line
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.operations import operator_tools, retention
 from regularization_pipeline.core.operations.doctor import diagnose
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.shop.migrations import require_migrated
-from regularization_pipeline.defs.assets import permanent_errors_fail_without_retry
-from regularization_pipeline.defs.resources import AppDatabaseResource, PaymentGatewayResource
+from regularization_pipeline.defs.assets import deliver_due, permanent_errors_fail_without_retry
+from regularization_pipeline.defs.resources import (
+    AppDatabaseResource,
+    EventPublisherResource,
+    PaymentGatewayResource,
+)
 
 OPERATOR_TAGS = {"regularization/kind": "operator"}
 
@@ -125,12 +130,16 @@ def _time(name: str, text: str | None):
 
 @dg.op(tags=OPERATOR_TAGS)
 def redeliver_events(
-    context: dg.OpExecutionContext, config: RedeliverConfig, app_db: AppDatabaseResource
+    context: dg.OpExecutionContext,
+    config: RedeliverConfig,
+    app_db: AppDatabaseResource,
+    event_publisher: EventPublisherResource,
 ) -> None:
-    """Put dead-lettered OrderCompleted events back in the queue; the next run delivers them."""
+    """Put dead-lettered OrderCompleted events back in the queue, then deliver the outbox at once."""
     with permanent_errors_fail_without_retry():
         engine = app_db.get_engine()
         require_migrated(engine, app_db.mapping().table_prefix)
+        event_publisher.settings()  # a bad publisher setting refuses before anything changes
         count = operator_tools.redeliver_dead_events(
             engine,
             app_db.owned_tables(),
@@ -140,11 +149,18 @@ def redeliver_events(
             until=_time("until", config.until),
         )
     context.log.info(f"{count} dead event(s) back in the queue")
+    if not count:
+        return
+    with permanent_errors_fail_without_retry():
+        summary, destination = deliver_due(
+            engine, app_db.owned_tables(), event_publisher, owner=f"operator-{context.run_id}"
+        )
+    context.log.info(delivery_line(destination, summary.delivered, summary.retried, summary.dead))
 
 
 @dg.job(tags=OPERATOR_TAGS)
 def redeliver_dead_events():
-    """Redeliver dead-lettered OrderCompleted events (by id, or all of them)."""
+    """Redeliver dead-lettered OrderCompleted events (by id, or all of them), at once."""
     redeliver_events()
 
 

@@ -15,6 +15,7 @@ from regularization_pipeline.core.shop import migrations
 from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME
 from regularization_pipeline.demo.shop import ShopWriter
+from tests.support import ROOT
 from tests.support.dagster import instance_env
 from tests.support.processes import table_value
 
@@ -149,3 +150,25 @@ def test_mode_reaches_the_run_config_of_regularized_orders():
     args = run_parser.parse_args(["--mode", "batched", "--sleep", "0"])
 
     assert run_config_from_args(args, run_parser) == {"mode": "batched", "sleep": 0.0}
+
+
+def test_a_dagster_home_without_dagster_yaml_gets_the_repositorys_in_one_line(env, shop):
+    home = Path(env["DAGSTER_HOME"])
+    (home / "dagster.yaml").unlink()
+    assert cli(env, "migrate").returncode == 0
+
+    done = cli(env, "--limit", "1", "--sleep", "0")
+
+    assert done.returncode == 0, done.stderr
+    assert f"created {home / 'dagster.yaml'} from the repository's" in done.stderr
+    assert (home / "dagster.yaml").read_text() == (ROOT / "dagster.yaml").read_text()
+    assert "telemetry" not in done.stdout.lower() + done.stderr.replace("telemetry off", "")
+
+
+def test_without_a_repository_dagster_yaml_the_instance_is_refused_in_one_line(tmp_path):
+    from regularization_pipeline.cli.launching import ensure_instance_config
+    from regularization_pipeline.core.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"has no dagster.yaml: copy the repository's"):
+        ensure_instance_config(str(tmp_path), template=tmp_path / "missing.yaml")
+    assert not (tmp_path / "dagster.yaml").exists()

@@ -19,10 +19,13 @@ from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.defs import operator_jobs
 from tests.support.dagster import resources
+from tests.support.http_stubs import ReceivingApp
 from tests.support.processes import table_value
 from tests.support.rows import attempts_of, audit_of, outbox_per_order, owned
 from tests.support.rows import quarantine as _quarantine
 from tests.support.seeds import seed_events
+
+SECRET = "a-webhook-secret-for-tests-only"
 
 
 @pytest.fixture
@@ -371,6 +374,55 @@ def test_redeliver_all_dead_within_a_time_range(shop, run_cli):
     assert _states(shop) == {old: tb.DEAD, recent: tb.PENDING, live: tb.PENDING}
     assert run_cli("redeliver", "--all-dead")[0] == 0
     assert set(_states(shop).values()) == {tb.PENDING}
+
+
+@pytest.fixture
+def webhook_env(monkeypatch):
+    """A real receiver, named to the CLI through the variables the jobs read."""
+    with ReceivingApp(secret=SECRET) as receiver:
+        monkeypatch.setenv("REGULARIZATION_PUBLISHERS", "webhook")
+        monkeypatch.setenv("REGULARIZATION_WEBHOOK_URL", receiver.url + "/hooks")
+        monkeypatch.setenv("REGULARIZATION_WEBHOOK_SECRET", SECRET)
+        yield receiver
+
+
+def test_deliver_delivers_what_waits_in_the_outbox_once_and_says_how_many(
+    shop, run_cli, webhook_env
+):
+    rows = seed_events(shop, 2)
+
+    code, out, _err = run_cli("deliver")
+    again, out_again, _ = run_cli("deliver")
+
+    assert (code, again) == (0, 0), out
+    assert "events: to webhook" in out and ": 2 of 2 event(s) delivered, 0 dead-lettered" in out
+    assert out_again.strip().endswith(": no event was due"), out_again
+    assert webhook_env.accepted_per_key() == {row.idempotency_key: 1 for row in rows}
+    assert set(_states(shop).values()) == {tb.DELIVERED}
+
+
+def test_redeliver_delivers_the_dead_events_at_once(shop, run_cli, webhook_env):
+    dead, live = seed_events(shop, 2)
+    _kill(shop, [dead.event_id])
+
+    code, out, _err = run_cli("redeliver", "--event-id", dead.event_id)
+
+    assert code == 0, out
+    assert "1 dead event(s) back in the queue" in out
+    assert webhook_env.accepted_per_key() == {dead.idempotency_key: 1, live.idempotency_key: 1}
+    assert set(_states(shop).values()) == {tb.DELIVERED}
+
+
+def test_redeliver_with_a_bad_publisher_setting_changes_nothing(shop, run_cli, monkeypatch):
+    (dead,) = seed_events(shop, 1)
+    _kill(shop, [dead.event_id])
+    monkeypatch.setenv("REGULARIZATION_PUBLISHERS", "webhook")  # no URL, no secret
+    before = snapshot(shop)
+
+    code, _out, err = run_cli("redeliver", "--all-dead")
+
+    assert code == 2 and "webhook_url" in err and len(err.strip().splitlines()) == 1, err
+    assert snapshot(shop) == before
 
 
 # --- prune ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from regularization_pipeline.defs.resources import (
 from tests.support.dagster import ALL_ASSETS, ALL_CHECKS, resources
 from tests.support.databases import migrated_shop
 from tests.support.http_stubs import ReceivingApp, Reply
+from tests.support.seeds import seed_events
 from tests.support.smtp import SmtpServer
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
@@ -210,6 +211,36 @@ def test_dead_lettered_events_alert_once_and_resolve_once_after_redelivery(harne
 
     firing, _ = harness.assert_each_channel_got("FIRING: dead_events", "RESOLVED: dead_events")
     assert "2 OrderCompleted event(s) dead-lettered" in firing
+
+
+@pytest.mark.parametrize("harness", ["alert_on_dead_events"], indirect=True)
+def test_dead_events_alert_from_the_outbox_itself_when_no_delivery_ran(harness):
+    """Delivery stopped (its step skipped run after run): the outbox, not the latest
+    materialization, says what is dead."""
+    rows = seed_events(harness.shop, 2)
+    ob = owned_tables().outbox
+    with harness.engine.begin() as conn:
+        conn.execute(ob.update().where(ob.c.id == rows[0].id).values(state="dead"))
+    assert (
+        harness.instance.fetch_materializations(
+            dg.AssetKey("order_completed_events"), limit=1
+        ).records
+        == []
+    )
+    assert harness.tick() == "alert firing: dead_events"
+    (firing,) = harness.assert_each_channel_got("FIRING: dead_events")
+    assert "1 OrderCompleted event(s) dead-lettered in the outbox" in firing
+
+
+@pytest.mark.parametrize("harness", ["alert_on_outbox_backlog"], indirect=True)
+def test_a_backlog_alerts_from_the_outbox_itself_while_the_fix_step_fails(harness, tmp_path):
+    harness.configure(max_outbox_pending=1)
+    seed_events(harness.shop, 2)
+    broken = AppDatabaseResource(url=harness.url, schema_file=str(tmp_path / "missing.yaml"))
+    assert not harness.run(app_db=broken).success  # no delivery step ran
+    assert harness.tick() == "alert firing: outbox_backlog"
+    (firing,) = harness.assert_each_channel_got("FIRING: outbox_backlog")
+    assert "2 OrderCompleted event(s) wait in the outbox (limit 1," in firing
 
 
 @pytest.mark.parametrize("harness", ["alert_on_stale_orphan"], indirect=True)

@@ -34,7 +34,7 @@ def test_the_job_enqueues_laravel_jobs_in_the_flip_and_says_where_they_went(
     result = materialize_all(db_url, instance, publisher=publisher, limit=10)
     events = materialization_metadata(result, "order_completed_events")
     assert events["delivered_to"] == (
-        "delivered to laravel-database (connection database, table shop_jobs, queue orders)"
+        "laravel-database (connection database, table shop_jobs, queue orders)"
     )
     assert outbox_states(shop) == {"delivered": 3}
     runs = run_database_worker(tmp_path, shop.engine, table="shop_jobs", queue="orders")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
+import textwrap
 import tomllib
 import uuid
 
@@ -383,10 +385,13 @@ URL_TOKEN = "hook-Tk-7Qw2Er9Ty"  # receivers and heartbeats that authenticate by
 def test_http_client_request_lines_with_their_urls_are_silenced(caplog):
     """httpx logs every request's full URL at INFO; quiet_http_client_loggers keeps it out."""
     saved = {n: logging.getLogger(n).level for n in HTTP_CLIENT_LOGGERS}
+    filters = {n: list(logging.getLogger(n).filters) for n in HTTP_CLIENT_LOGGERS}
     try:
         with ReceivingApp() as app, httpx.Client() as client:
             for name in HTTP_CLIENT_LOGGERS:
                 logging.getLogger(name).setLevel(logging.NOTSET)
+                for f in filters[name]:
+                    logging.getLogger(name).removeFilter(f)
             with caplog.at_level(logging.DEBUG):
                 client.get(f"{app.url}/ping?token={URL_TOKEN}")
             loud = caplog.text
@@ -400,6 +405,35 @@ def test_http_client_request_lines_with_their_urls_are_silenced(caplog):
             logging.getLogger(name).setLevel(level)
     assert URL_TOKEN in loud  # httpx does log the URL: the check below is not vacuous
     assert URL_TOKEN not in quiet and "HTTP Request" not in quiet, quiet
+
+
+def test_core_silences_the_http_client_whatever_level_a_caller_sets_later(tmp_path):
+    """A program using core alone (no definitions.py, no CLI), which turns httpx's logger up
+    itself: the webhook's request line, with the token in its URL, is still never logged."""
+    with ReceivingApp(secret=WEBHOOK_SECRET) as app:
+        script = textwrap.dedent(
+            f"""
+            import logging
+            from regularization_pipeline.core.delivery.events import new_event
+            from regularization_pipeline.core.delivery.webhook import WebhookPublisher
+            from regularization_pipeline.core.clock import utcnow
+
+            logging.basicConfig(level=logging.DEBUG)
+            logging.getLogger("httpx").setLevel(logging.INFO)
+            url = {app.url + "/hooks/" + URL_TOKEN!r}
+            WebhookPublisher(url, {WEBHOOK_SECRET!r}).publish(
+                new_event(7, 70, "10.00", "EUR", "run-1", utcnow())
+            )
+            print("published")
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        received = len(app.accepted())
+    assert done.returncode == 0 and "published" in done.stdout, done.stderr
+    assert received == 1
+    assert URL_TOKEN not in done.stderr + done.stdout, done.stderr
 
 
 def test_a_full_run_and_dispatch_logs_no_personal_data_or_secret(engine, tmp_path):

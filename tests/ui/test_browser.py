@@ -77,7 +77,7 @@ def webserver(tmp_path_factory):
     # server it starts are all stopped together.
     proc = subprocess.Popen(
         ["make", "-s", "--no-print-directory", "-C", str(ROOT), "dev"],
-        env={**env, "DEV_PORT": str(port)},
+        env={**env, "DAGSTER_PORT": str(port)},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -80,6 +80,19 @@ class OrderCompleted:
             }
         )
 
+    @classmethod
+    def from_json(cls, text: Any) -> OrderCompleted:
+        """The event an outbox row's payload holds; ValueError (in our words) when it holds none."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError):
+            raise ValueError("the outbox row's payload is not JSON") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(key), str) and data.get(key) for key in ("event_id", "order_id")
+        ):
+            raise ValueError("the outbox row's payload is not an OrderCompleted event")
+        return cls.from_payload(data)
+
 
 def outbox_row(event: OrderCompleted, now: dt.datetime) -> dict[str, Any]:
     """The outbox insert for ``event``, due at once."""

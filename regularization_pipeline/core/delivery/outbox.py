@@ -15,7 +15,6 @@ A slow or silent receiver thus never makes a run outlive its own limit.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import random
 import time
@@ -41,6 +40,32 @@ log = logging.getLogger("regularization_pipeline.events")
 MAX_RETRY_AFTER_SECONDS = 86_400.0
 # A run's delivery step stops after this long by default, well inside the job's 900 s limit.
 DEFAULT_BUDGET_SECONDS = 300.0
+
+
+class CorruptPayloadError(PermanentDeliveryError):
+    """The outbox row's payload is not an OrderCompleted event: dead-lettered, never retried."""
+
+
+def due_conditions(ob: sa.Table, now: dt.datetime) -> list:
+    """An outbox row that is due: pending, its next attempt reached, no live lease on it."""
+    return [
+        ob.c.state == PENDING,
+        ob.c.next_attempt_at <= now,
+        sa.or_(ob.c.lease_expires_at.is_(None), ob.c.lease_expires_at < now),
+    ]
+
+
+def count_due(engine: sa.Engine, tables: OwnedTables, now: dt.datetime | None = None) -> int:
+    """How many events a dispatcher would claim now (whatever run or operator wrote them)."""
+    ob = tables.outbox
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(ob)
+                .where(*due_conditions(ob, now or utcnow()))
+            ).scalar_one()
+        )
 
 
 @dataclass(frozen=True)
@@ -112,12 +137,7 @@ class OutboxDispatcher:
         """Lease up to ``batch_size`` due events with an id above ``after_id``, in one short transaction."""
         ob = self.tables.outbox
         now = self.clock()
-        due = [
-            ob.c.state == PENDING,
-            ob.c.id > after_id,
-            ob.c.next_attempt_at <= now,
-            sa.or_(ob.c.lease_expires_at.is_(None), ob.c.lease_expires_at < now),
-        ]
+        due = [*due_conditions(ob, now), ob.c.id > after_id]
         if event_ids is not None:
             due.append(ob.c.event_id.in_(list(event_ids)))
         with self.engine.begin() as conn:
@@ -234,7 +254,12 @@ class OutboxDispatcher:
             )
 
     def _deliver(self, row: sa.Row, summary: DispatchSummary) -> None:
-        event = OrderCompleted.from_payload(json.loads(row.payload))
+        try:
+            event = OrderCompleted.from_json(row.payload)
+        except ValueError as exc:
+            # No publisher could ever deliver it: dead-lettered alone, the rows after it go on.
+            self._settle(row, CorruptPayloadError(str(exc)), summary)
+            return
         done = self._done_publishers(row.event_id)
         error: Exception | None = None
         renewed = time.monotonic()  # dispatch() renewed the lease just before this call

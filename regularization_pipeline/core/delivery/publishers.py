@@ -341,13 +341,28 @@ def _python_handlers(settings: PublisherSettings) -> dict[str, Callable[[OrderCo
     return found
 
 
+OUTBOX_ONLY = "outbox: left in the outbox table for the application to consume"
+
+
 def describe_destination(publishers: Sequence[Any]) -> str:
-    """Where a run's events went, in words, for its report."""
+    """Who receives the events, in words, for a run's report (``delivered_to``)."""
     expanded = expand_publishers(publishers)
     if [pub.name for pub in expanded] == [OutboxOnlyPublisher.name]:
-        return "outbox: left in the outbox table for the application to consume"
-    return "delivered to " + ", ".join(
-        pub.describe() if hasattr(pub, "describe") else pub.name for pub in expanded
+        return OUTBOX_ONLY
+    return ", ".join(pub.describe() if hasattr(pub, "describe") else pub.name for pub in expanded)
+
+
+def delivery_line(destination: str, delivered: int, retried: int, dead: int) -> str:
+    """What one delivery did, said so that a failure never reads as a delivery:
+    ``to webhook: 0 of 6 event(s) delivered, 6 dead-lettered, 0 to retry``."""
+    if destination == OUTBOX_ONLY:
+        return destination
+    attempted = delivered + retried + dead
+    if not attempted:
+        return f"to {destination}: no event was due"
+    return (
+        f"to {destination}: {delivered} of {attempted} event(s) delivered, "
+        f"{dead} dead-lettered, {retried} to retry"
     )
 
 

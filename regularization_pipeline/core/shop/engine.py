@@ -31,12 +31,17 @@ from regularization_pipeline.core.errors import (
 DATABASE_URL_ENV = "REGULARIZATION_DATABASE_URL"
 
 
+# One line wherever the shop's URL is missing: the CLI, a step, a sensor's or a schedule's tick.
+URL_NOT_SET = (
+    f"{DATABASE_URL_ENV} is not set: give the application's SQLAlchemy database URL "
+    "(docs/launching.md, section The environment)"
+)
+
+
 def database_url_from_env() -> str:
     url = os.environ.get(DATABASE_URL_ENV)
     if not url:
-        raise ConfigurationError(
-            f"{DATABASE_URL_ENV} is not set: give the application's SQLAlchemy database URL"
-        )
+        raise ConfigurationError(URL_NOT_SET)
     return url
 
 

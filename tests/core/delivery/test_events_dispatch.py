@@ -362,3 +362,26 @@ def test_a_retry_after_longer_than_the_configured_maximum_is_capped_by_it(engine
     assert summary.retried == 1
     (row,) = outbox_rows(engine)
     assert 599 <= (row.next_attempt_at - before).total_seconds() <= 602
+
+
+@pytest.mark.parametrize("payload", ["{not json", "[1, 2]", '{"order_id": "7"}'])
+def test_a_corrupt_payload_is_dead_lettered_alone_and_the_rows_after_it_are_delivered(
+    shop, payload
+):
+    first, corrupt, last = seed_events(shop, 3)
+    ob = owned(shop).outbox
+    with shop.engine.begin() as conn:
+        conn.execute(ob.update().where(ob.c.id == corrupt.id).values(payload=payload))
+    with ReceivingApp(secret=SECRET) as app:
+        dispatcher = OutboxDispatcher(shop.engine, owned(shop), [webhook(app)], retry=IMMEDIATE)
+        summary = dispatcher.dispatch()
+        again = dispatcher.dispatch()
+        received = app.accepted_per_key()
+
+    assert received == {first.idempotency_key: 1, last.idempotency_key: 1}
+    assert (summary.delivered, summary.dead, summary.retried) == (2, 1, 0)
+    assert (again.delivered, again.dead, again.retried) == (0, 0, 0)
+    states = {r.id: (r.state, r.last_error) for r in outbox_rows(shop.engine)}
+    assert states[first.id] == states[last.id] == (DELIVERED, None)
+    assert states[corrupt.id][0] == DEAD
+    assert states[corrupt.id][1].startswith("CorruptPayloadError: the outbox row's payload is not")

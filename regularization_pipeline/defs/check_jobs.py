@@ -1,0 +1,77 @@
+"""The checks on their own: a job that only evaluates the checks on ``app_orders``, a schedule that
+runs it every two minutes, and a sensor that runs it after every other run that succeeded.
+
+Inside `regularize_completed_orders` the checks run last; but a fix step that fails skips
+them, a Materialize of one asset or an operator job does not run them, and the shop changes
+between runs (webhooks arrive, orders are placed, `make demo-reset`): the UI then showed a
+result minutes or runs old. Checks read and never write, so this job takes no pool and no
+lock. A schedule, not declarative automation: it is one switch in Automation, with the same
+skip rule as the other schedules, and it needs neither the automation sensor nor a
+materialization to react to (``app_orders`` is observed, never materialized).
+"""
+
+import os
+
+import dagster as dg
+
+from regularization_pipeline.defs import checks
+from regularization_pipeline.defs.jobs import CHECKS_KIND_TAG, JOB_NAME, in_flight_run
+
+CHECKS_JOB_NAME = "check_app_orders"
+CHECKS_CRON_ENV = "REGULARIZATION_CHECKS_CRON"
+DEFAULT_CHECKS_CRON = "*/2 * * * *"
+
+check_app_orders = dg.define_asset_job(
+    name=CHECKS_JOB_NAME,
+    selection=dg.AssetSelection.checks(
+        checks.no_orphaned_pending_orders, checks.transactions_consistent
+    ),
+    description="Evaluate the checks on app_orders now (orphans waiting, inconsistent payments), "
+    "read-only: what the UI shows is at most a few minutes old, whatever ran or failed.",
+    executor_def=dg.in_process_executor,
+    tags=dict([CHECKS_KIND_TAG]),
+)
+
+
+@dg.schedule(
+    name="check_app_orders_every_2_minutes",
+    job=check_app_orders,
+    cron_schedule=os.environ.get(CHECKS_CRON_ENV) or DEFAULT_CHECKS_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description=f"Runs {CHECKS_JOB_NAME} every two minutes ({CHECKS_CRON_ENV}) so the checks on "
+    "app_orders are never more than a few minutes stale; skips the tick while a run of it is "
+    "still queued or in progress.",
+)
+def check_app_orders_every_2_minutes(context: dg.ScheduleEvaluationContext):
+    """A run request, or a skip naming the checks run still in flight."""
+    running = in_flight_run(context.instance, CHECKS_JOB_NAME)
+    if running is not None:
+        return dg.SkipReason(
+            f"run {running.dagster_run.run_id} of {CHECKS_JOB_NAME} is "
+            f"{running.dagster_run.status.value}: skipping this tick"
+        )
+    return dg.RunRequest()
+
+
+# Its own checks run last already; the checks job itself would loop.
+ALREADY_CHECKED = {JOB_NAME, CHECKS_JOB_NAME}
+
+
+@dg.run_status_sensor(
+    name="check_app_orders_after_each_run",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    request_job=check_app_orders,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=f"Runs {CHECKS_JOB_NAME} after every run that succeeded (a Materialize, an operator "
+    f"job, a delivery), except {JOB_NAME}, whose checks run last in the run itself.",
+)
+def check_app_orders_after_each_run(context: dg.RunStatusSensorContext):
+    """One checks run per successful run that may have changed what the checks count."""
+    if context.dagster_run.job_name in ALREADY_CHECKED:
+        return dg.SkipReason(f"{context.dagster_run.job_name} needs no checks run after it")
+    return dg.RunRequest(
+        run_key=f"after-{context.dagster_run.run_id}",
+        tags={"regularization/after_run": context.dagster_run.run_id},
+    )

@@ -1,0 +1,67 @@
+"""Delivery on its own: a job that only delivers the outbox, its schedule, and nothing else.
+
+The job `regularize_completed_orders` still delivers what it has just written, but its
+delivery step runs only after the fix step succeeded: a fix step that keeps failing (a
+provider token refused, a busy lock, a misconfiguration) would otherwise stop every pending
+event and retry, including those of earlier runs and operator actions. This job delivers
+whatever is due, whoever wrote it. Its asset is in the same pool as the fix job's
+(`regularization`), so a launch waits in the queue behind a run of the fix job; and where two
+dispatchers do meet (a CLI `deliver` beside a run), the outbox leases keep each event to one
+delivery attempt at a time.
+"""
+
+import os
+
+import dagster as dg
+import sqlalchemy as sa
+
+from regularization_pipeline.core.delivery.outbox import count_due
+from regularization_pipeline.core.errors import RegularizationError, describe_error
+from regularization_pipeline.defs import assets
+from regularization_pipeline.defs.jobs import JOB_NAME, MAX_RUNTIME_SECONDS, in_flight_run
+from regularization_pipeline.defs.resources import AppDatabaseResource
+
+DELIVERY_JOB_NAME = "deliver_order_completed_events"
+DELIVERY_CRON_ENV = "REGULARIZATION_DELIVERY_CRON"
+DEFAULT_DELIVERY_CRON = "* * * * *"
+
+deliver_order_completed_events = dg.define_asset_job(
+    name=DELIVERY_JOB_NAME,
+    selection=dg.AssetSelection.assets(assets.order_completed_events),
+    description="Deliver every OrderCompleted event due in the outbox (new ones, retries, redelivered "
+    "ones), whatever wrote them and whether or not the last regularization succeeded. Same "
+    "pool as the regularization job: it waits in the queue while one runs.",
+    executor_def=dg.in_process_executor,
+    tags={"dagster/max_runtime": str(MAX_RUNTIME_SECONDS)},
+)
+
+
+@dg.schedule(
+    name="deliver_order_completed_events_every_minute",
+    job=deliver_order_completed_events,
+    cron_schedule=os.environ.get(DELIVERY_CRON_ENV) or DEFAULT_DELIVERY_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description=f"Runs {DELIVERY_JOB_NAME} every minute ({DELIVERY_CRON_ENV}) when an event is due "
+    f"in the outbox; skips the tick while a run of it or of {JOB_NAME} (which delivers too) is "
+    "queued or in progress, and when nothing is due, so idle minutes leave no run behind.",
+)
+def deliver_order_completed_events_every_minute(
+    context: dg.ScheduleEvaluationContext, app_db: AppDatabaseResource
+):
+    """A run request when the outbox has a due event and no delivery is under way."""
+    for job_name in (DELIVERY_JOB_NAME, JOB_NAME):
+        running = in_flight_run(context.instance, job_name)
+        if running is not None:
+            run = running.dagster_run
+            return dg.SkipReason(
+                f"run {run.run_id} of {job_name} is {run.status.value}: it delivers; skipping this tick"
+            )
+    try:
+        due = count_due(app_db.get_engine(), app_db.owned_tables())
+    except (RegularizationError, sa.exc.SQLAlchemyError) as exc:
+        # The database not configured, unreachable or not migrated: one line, the next tick retries.
+        return dg.SkipReason(f"outbox not read: {describe_error(exc)}")
+    if not due:
+        return dg.SkipReason("no OrderCompleted event is due in the outbox")
+    return dg.RunRequest(tags={"regularization/trigger": f"{due} event(s) due"})
