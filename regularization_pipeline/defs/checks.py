@@ -22,13 +22,19 @@ from regularization_pipeline.defs.assets import (
     regularization_audit,
 )
 from regularization_pipeline.defs.resources import AppDatabaseResource
+from regularization_pipeline.defs.shops import SHOP_PARTITIONS
 
 ORPHAN_SAMPLE_SIZE = 20
 # Evaluated after the run's last asset when both are in the run; alone, the check still runs.
 AFTER_THE_RUN = [regularization_audit]
 
 
-@dg.asset_check(asset="app_orders", blocking=False, additional_deps=AFTER_THE_RUN)
+@dg.asset_check(
+    asset="app_orders",
+    blocking=False,
+    additional_deps=AFTER_THE_RUN,
+    partitions_def=SHOP_PARTITIONS,
+)
 def no_orphaned_pending_orders(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
 ) -> dg.AssetCheckResult:
@@ -68,7 +74,12 @@ def no_orphaned_pending_orders(
     )
 
 
-@dg.asset_check(asset="app_orders", blocking=False, additional_deps=AFTER_THE_RUN)
+@dg.asset_check(
+    asset="app_orders",
+    blocking=False,
+    additional_deps=AFTER_THE_RUN,
+    partitions_def=SHOP_PARTITIONS,
+)
 def transactions_consistent(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
 ) -> dg.AssetCheckResult:

@@ -31,6 +31,7 @@ from regularization_pipeline.core.config_files import read_yaml_mapping, validat
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop.mapping import SchemaMapping, load_mapping
 
+# Many shops in one code location: the shops file (docs/operations.md, "Many shops"); each shop a partition.
 SHOPS_FILE_ENV = "REGULARIZATION_SHOPS_FILE"
 # The one shop of an installation configured by the single-shop variables alone.
 DEFAULT_SHOP = "default"
