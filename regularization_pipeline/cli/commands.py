@@ -213,7 +213,8 @@ def build_parser() -> tuple[
     parser = _Parser(
         prog="regularize-completed-orders",
         description="Complete orders left pending after a lost payment webhook. "
-        f"Without a command, runs `{DEFAULT_COMMAND}`.",
+        f"Without a command, runs `{DEFAULT_COMMAND}`. With a shops file "
+        "(REGULARIZATION_SHOPS_FILE), --shop NAME before or after the command picks the shop.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, tuple[argparse.ArgumentParser, Command]] = {}
