@@ -26,6 +26,7 @@ from regularization_pipeline.cli.arguments import (
     utc_time,
     whole_number,
 )
+from regularization_pipeline.cli.environment import select_shop
 from regularization_pipeline.core.errors import (
     DEBUG_TERMINAL,
     BusyError,
@@ -220,7 +221,8 @@ def build_parser() -> tuple[
     parser = _Parser(
         prog="regularize-completed-orders",
         description="Complete orders left pending after a lost payment webhook. "
-        f"Without a command, runs `{DEFAULT_COMMAND}`.",
+        f"Without a command, runs `{DEFAULT_COMMAND}`. With a shops file "
+        "(REGULARIZATION_SHOPS_FILE), --shop NAME before or after the command picks the shop.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, tuple[argparse.ArgumentParser, Command]] = {}
@@ -234,6 +236,20 @@ def build_parser() -> tuple[
     return parser, commands
 
 
+def _take_shop(args: list[str]) -> tuple[str | None, list[str]]:
+    """``--shop NAME`` (or ``--shop=NAME``), anywhere: the shops file's shop every command works on."""
+    rest, shop = [], None
+    it = iter(args)
+    for arg in it:
+        if arg == "--shop":
+            shop = next(it, "")
+        elif arg.startswith("--shop="):
+            shop = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return shop, rest
+
+
 def _to_terminal(text: str) -> None:
     print(f"debug: {text}", file=sys.stderr)
 
@@ -245,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     DEBUG.on = "--debug" in args_list
     args_list = [arg for arg in args_list if arg != "--debug"]
+    shop, args_list = _take_shop(args_list)
     quiet_http_client_loggers()
     if not DEBUG.on:
         # Dagster's beta and deprecation warnings are noise on an operator's terminal.
@@ -259,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Not during a Dagster run (`run`): its steps' output is captured into the compute logs.
     DEBUG_TERMINAL.show = _to_terminal if DEBUG.on and args.command != DEFAULT_COMMAND else None
     try:
+        select_shop(shop)
         return command(args, command_parser)
     except BrokenPipeError:
         # The reader went away (`| head`): nothing more to say, and nothing to say it to.

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop import migrations
 from regularization_pipeline.core.shop.binding import AppSchema, bind_schema
 from regularization_pipeline.core.shop.engine import (
@@ -16,8 +17,63 @@ from regularization_pipeline.core.shop.engine import (
     create_app_engine,
     database_url_from_env,
 )
-from regularization_pipeline.core.shop.mapping import load_mapping
+from regularization_pipeline.core.shop.mapping import SchemaMapping, load_mapping
 from regularization_pipeline.core.shop.session_zone import require_timestamp_zone
+from regularization_pipeline.core.shop.shops import (
+    SHOPS_FILE_ENV as SHOPS_FILE,
+)
+from regularization_pipeline.core.shop.shops import (
+    ShopSettings,
+    shops_from_env,
+)
+
+
+@dataclass
+class _Selected:
+    """The shop ``--shop NAME`` picked from the shops file (None: the single-shop variables)."""
+
+    shop: ShopSettings | None = None
+
+
+SELECTED = _Selected()
+
+
+def select_shop(name: str | None) -> ShopSettings | None:
+    """The shop every command of this process works on; refuses (exit 2) an unknown one, and a
+    shops file without --shop where the command needs one shop."""
+    shops = shops_from_env()
+    if name is None:
+        SELECTED.shop = None
+        return None
+    if shops is None:
+        raise ConfigurationError(f"--shop {name} needs {SHOPS_FILE}: no shops file is set")
+    if name not in shops:
+        raise ConfigurationError(
+            f"shop {name!r} is not in {SHOPS_FILE} (its shops: {', '.join(shops)})"
+        )
+    SELECTED.shop = shops[name]
+    return SELECTED.shop
+
+
+def require_one_shop() -> ShopSettings | None:
+    """The selected shop; with a shops file, refuses to guess which."""
+    if SELECTED.shop is None:
+        shops = shops_from_env()
+        if shops is not None:
+            raise ConfigurationError(
+                f"{SHOPS_FILE} lists shops {', '.join(shops)}: pick one with --shop NAME"
+            )
+    return SELECTED.shop
+
+
+def database_url() -> str:
+    shop = require_one_shop()
+    return shop.read_database_url() if shop is not None else database_url_from_env()
+
+
+def shop_mapping() -> SchemaMapping:
+    shop = require_one_shop()
+    return shop.mapping() if shop is not None else load_mapping()
 
 
 @dataclass
@@ -37,9 +93,9 @@ def open_database(parser: argparse.ArgumentParser, *, migrated: bool = False) ->
 
     Raises the RegularizationError that names what is wrong (main() makes it exit 2).
     """
-    engine = create_app_engine(database_url_from_env())
+    engine = create_app_engine(database_url())
     try:
-        mapping = load_mapping()
+        mapping = shop_mapping()
         check_reachable(engine)
         schema = bind_schema(engine, mapping)
         if migrated:
@@ -66,6 +122,7 @@ def check_delivery_settings() -> None:
     from regularization_pipeline.defs.resources import EventPublisherResource
 
     resource = EventPublisherResource.from_env().process_config_and_initialize()
+    resource.for_shop(_selected_name())
     close_publishers(resource.build_publishers())
 
 
@@ -74,7 +131,12 @@ def payment_verifier():
     from regularization_pipeline.defs.resources import PaymentGatewayResource
 
     # The resource the code location builds, its EnvVar fields resolved as a run would.
-    return PaymentGatewayResource.from_env().process_config_and_initialize().verifier()
+    resource = PaymentGatewayResource.from_env().process_config_and_initialize()
+    return resource.for_shop(_selected_name()).verifier()
+
+
+def _selected_name() -> str | None:
+    return SELECTED.shop.name if SELECTED.shop is not None else None
 
 
 def check_provider_settings() -> None:

@@ -93,20 +93,25 @@ def launch_job(
     log_level: str = "INFO",
     run_id: str | None = None,
     shop_lock: str | None = None,
+    shop: str | None = None,
 ) -> JobReport:
     """Run the job once in this process against ``instance``, after making sure none is in flight.
 
     Called holding the shop's run lock, which the run's own ``Regularizer.run`` takes again.
-    ``log_level`` is the console's. Without --debug, an error line keeps its first line
+    ``shop`` is the partition (a shops file's shop), else None. ``log_level`` is the console's.
+    Without --debug, an error line keeps its first line
     only: the operator reads what failed, and the report below says the rest.
     """
     from regularization_pipeline.definitions import defs
     from regularization_pipeline.defs.jobs import JOB_NAME, in_flight_run
+    from regularization_pipeline.defs.shops import shop_tags
 
     fail_abandoned_cli_runs(instance, shop_lock)
     if shop_lock is not None:
         tags = {**(tags or {}), SHOP_TAG: shop_lock}
-    running = in_flight_run(instance)
+    if shop is not None:
+        tags = {**(tags or {}), **shop_tags(shop)}
+    running = in_flight_run(instance, shop=shop)
     if running is not None:
         run = running.dagster_run
         raise BusyError(
@@ -115,10 +120,10 @@ def launch_job(
         )
     job = defs.resolve_job_def(JOB_NAME)
     if DEBUG.on:
-        return _report(_execute(job, instance, config, tags, log_level, run_id))
+        return _report(_execute(job, instance, config, tags, log_level, run_id, shop))
     stderr, sys.stderr = sys.stderr, _ErrorsInOneLine(sys.stderr)
     try:
-        return _report(_execute(job, instance, config, tags, log_level, run_id))
+        return _report(_execute(job, instance, config, tags, log_level, run_id, shop))
     finally:
         sys.stderr = stderr
 
@@ -153,8 +158,11 @@ class _ErrorsInOneLine(io.TextIOBase):
         self.target.flush()
 
 
-def _execute(job, instance, config: Mapping[str, Any], tags, log_level: str, run_id=None):
+def _execute(
+    job, instance, config: Mapping[str, Any], tags, log_level: str, run_id=None, shop=None
+):
     return job.execute_in_process(
+        partition_key=shop,
         instance=instance,
         run_config={
             "ops": {"regularized_orders": {"config": dict(config)}},

@@ -12,13 +12,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from regularization_pipeline.cli.arguments import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from regularization_pipeline.cli.environment import open_database, payment_verifier, read_only
+from regularization_pipeline.cli.environment import (
+    SELECTED,
+    open_database,
+    payment_verifier,
+    read_only,
+    select_shop,
+)
 from regularization_pipeline.cli.launching import format_table
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.detection import orphans as d
-from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.errors import ConfigurationError, RegularizationError
 from regularization_pipeline.core.operations import operator_tools, retention
 from regularization_pipeline.core.run import RunOptions
+from regularization_pipeline.core.shop.shops import shops_from_env
 
 
 def _window(
@@ -86,6 +93,20 @@ def cmd_list_inconsistencies(args: argparse.Namespace, parser: argparse.Argument
 
 
 def cmd_doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """One shop's full report; with a shops file and no --shop, every shop's verdict in one table."""
+    shops = shops_from_env()
+    if shops is not None and SELECTED.shop is None:
+        return _doctor_every_shop(parser, list(shops))
+    report = _diagnose(parser)
+    for line in report.lines():
+        print(line)
+    if report.acts_wrongly:
+        print(f"error: {report.verdict}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _diagnose(parser: argparse.ArgumentParser):
     from regularization_pipeline.core.operations.doctor import diagnose
     from regularization_pipeline.core.operations.provider_check import check_provider
 
@@ -101,14 +122,32 @@ def cmd_doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return report
 
     try:
-        report = read_only(parser, diagnose_all)
+        return read_only(parser, diagnose_all)
     finally:
         if verifier is not None:
             verifier.close()
-    for line in report.lines():
-        print(line)
-    if report.acts_wrongly:
-        print(f"error: {report.verdict}", file=sys.stderr)
+
+
+def _doctor_every_shop(parser: argparse.ArgumentParser, names: list[str]) -> int:
+    """Each shop diagnosed in turn; one that cannot be reached or read says why in its row."""
+    rows, refused = [], 0
+    for name in names:
+        select_shop(name)
+        try:
+            report = _diagnose(parser)
+            verdict = report.verdict.removeprefix("verdict: ")
+            refused += report.acts_wrongly
+        except (RegularizationError, SystemExit) as exc:
+            verdict = f"error: {exc}" if isinstance(exc, RegularizationError) else "error"
+            refused += 1
+        rows.append((name, verdict))
+    select_shop(None)
+    print(format_table(rows, headers=("shop", "verdict")))
+    if refused:
+        print(
+            f"error: {refused} of {len(names)} shop(s) not ready: `doctor --shop NAME` says why",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     return EXIT_OK
 

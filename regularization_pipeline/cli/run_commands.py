@@ -11,7 +11,10 @@ from regularization_pipeline.cli.arguments import DEBUG, EXIT_FAILED, EXIT_OK, r
 from regularization_pipeline.cli.environment import (
     check_delivery_settings,
     check_provider_settings,
+    database_url,
     open_database,
+    require_one_shop,
+    shop_mapping,
 )
 from regularization_pipeline.cli.launching import (
     dagster_instance,
@@ -21,12 +24,7 @@ from regularization_pipeline.cli.launching import (
 )
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop import migrations, run_lock
-from regularization_pipeline.core.shop.engine import (
-    check_reachable,
-    create_app_engine,
-    database_url_from_env,
-)
-from regularization_pipeline.core.shop.mapping import load_mapping
+from regularization_pipeline.core.shop.engine import check_reachable, create_app_engine
 
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -43,6 +41,9 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # from the command line must name it), the mapping, the server, our tables, the
     # publishers and the provider settings.
     db = open_database(parser, migrated=True)
+    shop = require_one_shop()
+    if shop is not None:
+        config = {**shop.run, **config}  # the shop's own options, under the command line's
     run_id = str(uuid.uuid4())
     try:
         check_delivery_settings()
@@ -62,6 +63,7 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 log_level=log_level,
                 run_id=run_id,
                 shop_lock=run_lock.lock_key(db.engine, db.prefix),
+                shop=shop.name if shop is not None else None,
             )
     finally:
         db.engine.dispose()
@@ -75,8 +77,8 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    engine = create_app_engine(database_url_from_env())
-    prefix = load_mapping().table_prefix
+    engine = create_app_engine(database_url())
+    prefix = shop_mapping().table_prefix
     try:
         check_reachable(engine)
         revision = migrations.upgrade(engine, prefix)

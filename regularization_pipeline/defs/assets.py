@@ -46,6 +46,7 @@ from regularization_pipeline.defs.resources import (
     EventPublisherResource,
     PaymentGatewayResource,
 )
+from regularization_pipeline.defs.shops import SHOP_PARTITIONS
 
 GROUP = "order_regularization"
 OWNERS = ["team:payments"]
@@ -99,6 +100,7 @@ warnings.filterwarnings(
         )
     ],
     name="observe_app_orders",
+    partitions_def=SHOP_PARTITIONS,
 )
 def app_orders(
     context: dg.AssetExecutionContext, app_db: AppDatabaseResource
@@ -147,10 +149,13 @@ def _progress_logger(context: dg.AssetExecutionContext, clock=time.monotonic):
     return log_progress
 
 
-# The assets that change the shop's data share this pool; both dagster.yaml files limit every
-# pool to one run at a time (granularity run), so a Materialize of either asset, which carries
-# no run tag, waits in the queue behind a run of the job like any other launch.
-POOL = "regularization"
+# One shop: the assets that change the shop's data share this pool; both dagster.yaml files limit
+# every pool to one run at a time (granularity run), so a Materialize of either asset, which
+# carries no run tag, waits in the queue behind a run of the job like any other launch.
+# Many shops: no pool. A pool has one limit for all its runs, whatever their partition, so it
+# would run one shop at a time; the per-shop limit is the `dagster/partition` tag limit of
+# dagster.yaml (applyLimitPerUniqueValue), which every launch of a partition carries.
+POOL = "regularization" if SHOP_PARTITIONS is None else None
 
 
 @dg.asset(
@@ -160,6 +165,7 @@ POOL = "regularization"
     owners=OWNERS,
     kinds={"python", "sql"},
     retry_policy=TRANSIENT_DB_RETRY,
+    partitions_def=SHOP_PARTITIONS,
 )
 def regularized_orders(
     context: dg.AssetExecutionContext,
@@ -222,6 +228,7 @@ def regularized_orders(
     owners=OWNERS,
     kinds={"python"},
     retry_policy=TRANSIENT_DB_RETRY,
+    partitions_def=SHOP_PARTITIONS,
 )
 def order_completed_events(
     context: dg.AssetExecutionContext,
@@ -327,6 +334,7 @@ def _run_grace_minutes(context: dg.AssetExecutionContext) -> float:
     owners=OWNERS,
     kinds={"pandas", "sql"},
     retry_policy=TRANSIENT_DB_RETRY,
+    partitions_def=SHOP_PARTITIONS,
 )
 def regularization_audit(
     context: dg.AssetExecutionContext, app_db: AppDatabaseResource

@@ -26,6 +26,7 @@ from regularization_pipeline.defs.assets import (
     regularization_audit,
 )
 from regularization_pipeline.defs.resources import AppDatabaseResource
+from regularization_pipeline.defs.shops import SHOP_PARTITIONS
 
 ORPHAN_SAMPLE_SIZE = 20
 # Evaluated after the run's last asset when both are in the run; alone, the check still runs.
@@ -37,7 +38,12 @@ def read_at_metadata(read_at: dt.datetime) -> dg.MetadataValue:
     return dg.MetadataValue.timestamp(read_at.replace(tzinfo=dt.UTC))
 
 
-@dg.asset_check(asset="app_orders", blocking=False, additional_deps=AFTER_THE_RUN)
+@dg.asset_check(
+    asset="app_orders",
+    blocking=False,
+    additional_deps=AFTER_THE_RUN,
+    partitions_def=SHOP_PARTITIONS,
+)
 def no_orphaned_pending_orders(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
 ) -> dg.AssetCheckResult:
@@ -79,7 +85,12 @@ def no_orphaned_pending_orders(
     )
 
 
-@dg.asset_check(asset="app_orders", blocking=False, additional_deps=AFTER_THE_RUN)
+@dg.asset_check(
+    asset="app_orders",
+    blocking=False,
+    additional_deps=AFTER_THE_RUN,
+    partitions_def=SHOP_PARTITIONS,
+)
 def transactions_consistent(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabaseResource
 ) -> dg.AssetCheckResult:

@@ -18,8 +18,14 @@ import sqlalchemy as sa
 from regularization_pipeline.core.delivery.outbox import count_due
 from regularization_pipeline.core.errors import RegularizationError, describe_error
 from regularization_pipeline.defs import assets
-from regularization_pipeline.defs.jobs import JOB_NAME, MAX_RUNTIME_SECONDS, in_flight_run
+from regularization_pipeline.defs.jobs import (
+    JOB_NAME,
+    MAX_RUNTIME_SECONDS,
+    in_flight_run,
+    shop_run_requests,
+)
 from regularization_pipeline.defs.resources import AppDatabaseResource
+from regularization_pipeline.defs.shops import SHOP_PARTITIONS, SHOPS
 
 DELIVERY_JOB_NAME = "deliver_order_completed_events"
 DELIVERY_CRON_ENV = "REGULARIZATION_DELIVERY_CRON"
@@ -32,6 +38,7 @@ deliver_order_completed_events = dg.define_asset_job(
     "ones), whatever wrote them and whether or not the last regularization succeeded. Same "
     "pool as the regularization job: it waits in the queue while one runs.",
     executor_def=dg.in_process_executor,
+    partitions_def=SHOP_PARTITIONS,
     tags={"dagster/max_runtime": str(MAX_RUNTIME_SECONDS)},
 )
 
@@ -49,7 +56,15 @@ deliver_order_completed_events = dg.define_asset_job(
 def deliver_order_completed_events_every_minute(
     context: dg.ScheduleEvaluationContext, app_db: AppDatabaseResource
 ):
-    """A run request when the outbox has a due event and no delivery is under way."""
+    """A run request when the outbox has a due event and no delivery is under way (per shop
+    with a shops file: a shop whose outbox cannot be read is skipped, the others go on)."""
+    if SHOPS is not None:
+        return shop_run_requests(
+            context,
+            SHOPS,
+            (DELIVERY_JOB_NAME, JOB_NAME),
+            wanted=lambda name: _has_due_events(context, app_db, name),
+        )
     for job_name in (DELIVERY_JOB_NAME, JOB_NAME):
         running = in_flight_run(context.instance, job_name)
         if running is not None:
@@ -65,3 +80,17 @@ def deliver_order_completed_events_every_minute(
     if not due:
         return dg.SkipReason("no OrderCompleted event is due in the outbox")
     return dg.RunRequest(tags={"regularization/trigger": f"{due} event(s) due"})
+
+
+def _has_due_events(
+    context: dg.ScheduleEvaluationContext, app_db: AppDatabaseResource, shop: str
+) -> bool:
+    """Whether the shop's outbox has a due event; one engine per shop, closed at once."""
+    app_db.for_shop(shop)
+    try:
+        return bool(count_due(app_db.get_engine(), app_db.owned_tables()))
+    except (RegularizationError, sa.exc.SQLAlchemyError) as exc:
+        context.log.warning(f"shop {shop}: outbox not read: {describe_error(exc)}")
+        return False
+    finally:
+        app_db.teardown_after_execution(None)

@@ -11,6 +11,13 @@ from regularization_pipeline.defs.config import (
     DEFAULT_MAX_RUNTIME_SECONDS,
     HARD_MAX_RUNTIME_SECONDS,
 )
+from regularization_pipeline.defs.shops import (
+    PARTITION_TAG,
+    SHOP_PARTITIONS,
+    SHOPS,
+    partitioned_config,
+    shop_tags,
+)
 
 JOB_NAME = "regularize_completed_orders"
 # The schedule's cron, read when the code location loads (a test fires it every minute).
@@ -18,6 +25,8 @@ SCHEDULE_CRON_ENV = "REGULARIZATION_SCHEDULE_CRON"
 DEFAULT_SCHEDULE_CRON = "*/5 * * * *"
 # dagster.yaml limits runs carrying this tag to one at a time: it is what stops
 # manual launches (UI, CLI, GraphQL) overlapping, which the schedule cannot see.
+# With many shops the job does not carry it (it would run one shop at a time): the limit is then
+# one run per value of `dagster/partition`, the shop (dagster.yaml, applyLimitPerUniqueValue).
 CONCURRENCY_TAG = "regularization/concurrency"
 # Run monitoring fails a run that has not finished after this long, freeing the slot; the
 # run's own soft limit (max_runtime_seconds, 240 s) ends a slow run well before it.
@@ -47,16 +56,71 @@ regularize_completed_orders = dg.define_asset_job(
     f"({DEFAULT_MAX_RUNTIME_SECONDS:g} s by default); run monitoring fails a run still going "
     f"after {MAX_RUNTIME_SECONDS} s (the dagster/max_runtime tag).",
     executor_def=dg.in_process_executor,
-    tags={CONCURRENCY_TAG: JOB_NAME, "dagster/max_runtime": str(MAX_RUNTIME_SECONDS)},
+    partitions_def=SHOP_PARTITIONS,
+    config=partitioned_config("regularized_orders"),
+    tags={
+        **({CONCURRENCY_TAG: JOB_NAME} if SHOP_PARTITIONS is None else {}),
+        "dagster/max_runtime": str(MAX_RUNTIME_SECONDS),
+    },
 )
 
 
-def in_flight_run(instance: dg.DagsterInstance, job_name: str = JOB_NAME) -> dg.RunRecord | None:
-    """A run of the job (``job_name``) that is queued or in progress, if any."""
+def in_flight_run(
+    instance: dg.DagsterInstance, job_name: str = JOB_NAME, shop: str | None = None
+) -> dg.RunRecord | None:
+    """A run of the job (``job_name``) that is queued or in progress, if any (of ``shop``)."""
+    tags = {PARTITION_TAG: shop} if shop is not None else None
     records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT_STATUSES), limit=1
+        filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT_STATUSES, tags=tags), limit=1
     )
     return records[0] if records else None
+
+
+def shops_in_flight(
+    instance: dg.DagsterInstance, job_names: tuple[str, ...] = (JOB_NAME,)
+) -> dict[str, str]:
+    """Shop -> the id of its run of one of ``job_names`` queued or in progress: one query each."""
+    busy: dict[str, str] = {}
+    for job_name in job_names:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT_STATUSES)
+        )
+        for record in records:
+            shop = record.dagster_run.tags.get(PARTITION_TAG)
+            if shop is not None:
+                busy.setdefault(shop, record.dagster_run.run_id)
+    return busy
+
+
+def shop_run_requests(
+    context: dg.ScheduleEvaluationContext,
+    shops,
+    job_names: tuple[str, ...] = (JOB_NAME,),
+    wanted=lambda name: True,
+) -> list | dg.SkipReason:
+    """One run request per scheduled shop without a run of ``job_names`` in flight (and
+    ``wanted``); a run key per shop and tick, so a tick evaluated twice never launches a shop
+    twice."""
+    busy = shops_in_flight(context.instance, job_names)
+    tick = context.scheduled_execution_time
+    stamp = tick.strftime("%Y%m%dT%H%M%SZ") if tick else "manual"
+    requests, skipped = [], []
+    for name, shop in shops.items():
+        if not shop.scheduled:
+            continue
+        if name in busy:
+            skipped.append(f"{name} (run {busy[name]} in flight)")
+            continue
+        if not wanted(name):
+            continue
+        requests.append(
+            dg.RunRequest(run_key=f"{name}:{stamp}", partition_key=name, tags=shop_tags(name))
+        )
+    if skipped:
+        context.log.info(f"skipping shops this tick: {', '.join(skipped)}")
+    if not requests:
+        return dg.SkipReason(f"no shop to run this tick: {', '.join(skipped) or 'none scheduled'}")
+    return requests
 
 
 @dg.schedule(
@@ -66,10 +130,13 @@ def in_flight_run(instance: dg.DagsterInstance, job_name: str = JOB_NAME) -> dg.
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Runs regularize_completed_orders every five minutes (REGULARIZATION_SCHEDULE_CRON), "
-    "and skips the tick while a run of the job is still queued or in progress.",
+    "and skips the tick while a run of the job is still queued or in progress; with a shops file, "
+    "one run per shop, skipping only the shops with a run in flight.",
 )
 def regularize_completed_orders_every_5_minutes(context: dg.ScheduleEvaluationContext):
-    """A run request, or a skip naming the run still in flight."""
+    """A run request (one per shop with a shops file), or a skip naming the run still in flight."""
+    if SHOPS is not None:
+        return shop_run_requests(context, SHOPS)
     running = in_flight_run(context.instance)
     if running is not None:
         return dg.SkipReason(
@@ -120,14 +187,30 @@ def regularize_on_orphan_alert(context: dg.SensorEvaluationContext):
     ]
     if not failures:
         return dg.SkipReason("no new failure of no_orphaned_pending_orders outside the job")
-    latest = max(failures, key=lambda record: record.id)
-    return dg.RunRequest(
-        run_key=f"orphan-alert-{latest.id}",
-        tags={
-            "regularization/trigger": "no_orphaned_pending_orders",
-            "regularization/check_run_id": latest.run_id,
-        },
-    )
+    # The latest failure of each shop (one shop without a shops file): one run each.
+    latest: dict[str | None, object] = {}
+    for record in sorted(failures, key=lambda record: record.id):
+        latest[_shop_of_check_run(context.instance, record.run_id)] = record
+    return [
+        dg.RunRequest(
+            run_key=f"orphan-alert-{record.id}",
+            partition_key=shop,
+            tags={
+                "regularization/trigger": "no_orphaned_pending_orders",
+                "regularization/check_run_id": record.run_id,
+                **(shop_tags(shop) if shop else {}),
+            },
+        )
+        for shop, record in latest.items()
+        if SHOPS is None or shop in SHOPS
+    ]
+
+
+def _shop_of_check_run(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    if SHOPS is None:
+        return None
+    run = instance.get_run_by_id(run_id) if run_id else None
+    return run.tags.get(PARTITION_TAG) if run is not None else None
 
 
 def _still_running(instance: dg.DagsterInstance, record) -> bool:

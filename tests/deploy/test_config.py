@@ -388,7 +388,11 @@ def test_docker_dagster_yaml_loads_into_a_real_instance(
         queue = instance.get_concurrency_config().run_queue_config
         assert [
             (lim["key"], lim["value"], lim["limit"]) for lim in queue.tag_concurrency_limits
-        ] == [(jobs.CONCURRENCY_TAG, jobs.JOB_NAME, 1)]
+        ] == [
+            (jobs.CONCURRENCY_TAG, jobs.JOB_NAME, 1),
+            # many shops: one run per shop (each a partition) at a time
+            ("dagster/partition", {"applyLimitPerUniqueValue": True}, 1),
+        ]
         assert queue.max_concurrent_runs >= 1
         assert instance.run_monitoring_enabled
         settings = instance.run_monitoring_settings

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
@@ -18,16 +16,20 @@ from regularization_pipeline.core.shop.engine import (
     create_app_engine,
 )
 from regularization_pipeline.core.shop.mapping import SCHEMA_FILE_ENV, SchemaMapping, load_mapping
+from regularization_pipeline.core.shop.shops import with_overrides
 from regularization_pipeline.defs.resources.environment import (
+    secret_from_env,
     setting_from_env,
 )
+from regularization_pipeline.defs.shops import ShopAware
 
 
-class AppDatabaseResource(dg.ConfigurableResource):
+class AppDatabaseResource(ShopAware, dg.ConfigurableResource):
     """The application's database (orders, transactions) and this project's own tables in it."""
 
-    url: str = Field(
-        description="SQLAlchemy URL of the application database; set it with REGULARIZATION_DATABASE_URL."
+    url: str | None = Field(
+        description="SQLAlchemy URL of the application database; set it with REGULARIZATION_DATABASE_URL "
+        "(with a shops file, each shop's database_url instead).",
     )
     schema_file: str | None = Field(
         default=None,
@@ -45,29 +47,35 @@ class AppDatabaseResource(dg.ConfigurableResource):
     )
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
+    _shop_name: str | None = PrivateAttr(default=None)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
 
-    def get_engine(self) -> sa.Engine:
-        """One pooled engine per run; order data is hidden from its error messages."""
+    def database_url(self) -> str:
+        shop = self.shop()
+        if shop is not None:
+            return shop.read_database_url()
         if not self.url:
             raise ConfigurationError(URL_NOT_SET)
+        return self.url
+
+    def get_engine(self) -> sa.Engine:
+        """One pooled engine per run; order data is hidden from its error messages."""
         if self._engine is None:
             self._engine = create_app_engine(
-                self.url, pool_size=self.pool_size, pool_timeout=self.pool_timeout_seconds
+                self.database_url(),
+                pool_size=self.pool_size,
+                pool_timeout=self.pool_timeout_seconds,
             )
         return self._engine
 
     def mapping(self) -> SchemaMapping:
-        mapping = load_mapping(self.schema_file)
-        if self.table_prefix is not None and self.table_prefix != mapping.table_prefix:
-            mapping = SchemaMapping.parse(
-                {**mapping.model_dump(), "table_prefix": self.table_prefix}, source="table_prefix"
-            )
-        return mapping
+        shop = self.shop()
+        mapping = shop.mapping() if shop is not None else load_mapping(self.schema_file)
+        return with_overrides(mapping, table_prefix=self.table_prefix)
 
     def bind(self) -> AppSchema:
         """Reach the database, then check the mapping against it: both fail before anything is read."""
@@ -80,10 +88,11 @@ class AppDatabaseResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> AppDatabaseResource:
-        """REGULARIZATION_DATABASE_URL (read at run time) and REGULARIZATION_SCHEMA_FILE.
+        """REGULARIZATION_DATABASE_URL (read at run time) and REGULARIZATION_SCHEMA_FILE; with a
+        shops file, each run's shop gives its own (the two variables are then optional).
 
         Unset where the code location loads (a bare `dagster dev`), the location still loads:
         every step, sensor and schedule that needs the shop says in one line what to set,
         instead of failing in Dagster's config processing with a traceback each tick."""
-        url = dg.EnvVar(DATABASE_URL_ENV) if os.environ.get(DATABASE_URL_ENV) else ""
+        url = secret_from_env(DATABASE_URL_ENV)
         return cls(url=url, schema_file=setting_from_env(SCHEMA_FILE_ENV))

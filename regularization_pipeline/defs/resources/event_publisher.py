@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from regularization_pipeline.core.delivery.laravel_queue import (
     DEFAULT_JOB_CLASS,
@@ -36,6 +36,7 @@ from regularization_pipeline.defs.resources.environment import (
     secret_from_env,
     setting_from_env,
 )
+from regularization_pipeline.defs.shops import ShopAware
 
 # Which publishers receive OrderCompleted (comma-separated: python, webhook, outbox) and the webhook's settings.
 PUBLISHERS_ENV = "REGULARIZATION_PUBLISHERS"
@@ -90,7 +91,7 @@ DELIVERY_ENVS = {
 }
 
 
-class EventPublisherResource(dg.ConfigurableResource):
+class EventPublisherResource(ShopAware, dg.ConfigurableResource):
     """Who receives each OrderCompleted event, and how delivery is retried.
 
     Validated and built by core's PublisherSettings; the webhook secret comes
@@ -198,11 +199,24 @@ class EventPublisherResource(dg.ConfigurableResource):
         description="Delivery variables (REGULARIZATION_DELIVERY_*) that could not be read: a run refuses to start.",
     )
 
+    _shop_name: str | None = PrivateAttr(default=None)
+
+    def shop_overrides(self) -> dict[str, Any]:
+        """The run's shop's ``publishers:`` settings from the shops file (its secrets read now)."""
+        shop = self.shop()
+        return shop.publisher_overrides() if shop is not None else {}
+
+    def kinds(self) -> list[str]:
+        return list(self.shop_overrides().get("kinds", self.publishers))
+
     def settings(self) -> PublisherSettings:
         """Raises ConfigurationError naming the offending fields (never the secret's value)."""
         if self.problems:
             raise ConfigurationError("; ".join(self.problems))
-        return PublisherSettings.parse(
+        return PublisherSettings.parse(**{**self._own_settings(), **self.shop_overrides()})
+
+    def _own_settings(self) -> dict[str, Any]:
+        return dict(
             kinds=self.publishers,
             webhook_url=self.webhook_url,
             webhook_secret=self.webhook_secret,
@@ -232,7 +246,7 @@ class EventPublisherResource(dg.ConfigurableResource):
         """The publishers, when one of them writes in the flip's own transaction (laravel-database);
         none otherwise, so bad settings of an after-commit publisher fail only the delivery step
         and the flips still commit with their outbox rows."""
-        if "laravel-database" not in self.publishers:
+        if "laravel-database" not in self.kinds():
             return []
         return self.build_publishers(engine)
 

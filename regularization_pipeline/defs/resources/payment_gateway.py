@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.provider.gateway import GatewayVerifier
@@ -11,6 +11,7 @@ from regularization_pipeline.core.provider.settings import GatewaySettings
 from regularization_pipeline.defs.resources.environment import (
     secret_from_env,
 )
+from regularization_pipeline.defs.shops import ShopAware
 
 # Optional verification with the payment provider's API.
 PROVIDER_URL_ENV = "REGULARIZATION_PROVIDER_URL"
@@ -22,7 +23,7 @@ PROVIDER_TOKEN_ENV = "REGULARIZATION_PROVIDER_TOKEN"  # noqa: S105 - the variabl
 PROVIDER_SETTINGS_ENV = "REGULARIZATION_PROVIDER_SETTINGS"
 
 
-class PaymentGatewayResource(dg.ConfigurableResource):
+class PaymentGatewayResource(ShopAware, dg.ConfigurableResource):
     """Optional verification of each payment with the provider's API, rate-limited; off unless base_url is set.
 
     The provider is asked before an order's row lock is taken, by the adapter the
@@ -48,24 +49,38 @@ class PaymentGatewayResource(dg.ConfigurableResource):
         "max_requests_per_second, burst, timeouts, retries (REGULARIZATION_PROVIDER_SETTINGS); see docs/providers.md.",
     )
 
+    _shop_name: str | None = PrivateAttr(default=None)
+
+    def _effective(self) -> tuple[str | None, str | None, str | None]:
+        """base_url, token and settings file: the run's shop's ``provider:`` when it has one."""
+        shop = self.shop()
+        if shop is None or shop.provider is None:
+            return self.base_url, self.token, self.settings_file
+        what = f"shop {shop.name!r}: provider"
+        provider = shop.provider
+        token = provider.token.read(f"{what}.token") if provider.token else None
+        return provider.url.read(f"{what}.url"), token, provider.settings_file
+
     @property
     def enabled(self) -> bool:
-        return bool(self.base_url)
+        return bool(self._effective()[0])
 
     def settings(self) -> GatewaySettings:
         """Validated settings; raises ConfigurationError naming the field or file."""
-        return GatewaySettings.load(self.base_url or "", self.settings_file)
+        base_url, _, settings_file = self._effective()
+        return GatewaySettings.load(base_url or "", settings_file)
 
     def verifier(self) -> GatewayVerifier | None:
         """A verifier for one run (close it when done), or None when verification is off."""
-        if not self.enabled:
+        base_url, token, _ = self._effective()
+        if not base_url:
             return None
         settings = self.settings()
-        if not self.token:
+        if not token:
             raise ConfigurationError(
                 "provider verification is on (base_url is set) but REGULARIZATION_PROVIDER_TOKEN is not"
             )
-        return GatewayVerifier(settings, self.token)
+        return GatewayVerifier(settings, token)
 
     @classmethod
     def from_env(cls) -> PaymentGatewayResource:
