@@ -216,3 +216,46 @@ def test_an_unsupported_database_url_is_bad_input_exit_2(run_cli, monkeypatch, u
     code, _, err = run_cli("list-orphans")
     assert code == 2
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["--limit", "1"], ["list-orphans"]])
+def test_a_mapping_file_the_process_may_not_read_is_bad_input_exit_2(command):
+    """Before, unverified: the suite runs as root, which reads any file. The command runs here
+    as an unprivileged user (uid 65534) on a mapping file only root may read."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    as_nobody: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.fail("setpriv (util-linux) is needed to run the command without root")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    folder = tempfile.mkdtemp(prefix="unreadable-mapping-")
+    try:
+        os.chmod(folder, 0o755)
+        mapping = os.path.join(folder, "mapping.yaml")
+        with open(mapping, "w") as f:
+            f.write("statuses: {order_completed: completed}\n")
+        os.chmod(mapping, 0o600 if as_nobody else 0o000)
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": folder,
+            "DAGSTER_HOME": folder,
+            "REGULARIZATION_DATABASE_URL": f"sqlite:///{folder}/shop.db",
+            "REGULARIZATION_SCHEMA_FILE": mapping,
+        }
+        done = subprocess.run(
+            [*as_nobody, sys.executable, "-m", "regularization_pipeline.cli", *command],
+            env=env,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"error: cannot read schema mapping file {mapping!r}: Permission denied\n"
