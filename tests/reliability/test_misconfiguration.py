@@ -259,3 +259,47 @@ def test_a_mapping_file_the_process_may_not_read_is_bad_input_exit_2(command):
         shutil.rmtree(folder, ignore_errors=True)
     assert done.returncode == 2, done.stderr
     assert done.stderr == f"error: cannot read schema mapping file {mapping!r}: Permission denied\n"
+
+
+def test_the_launchpad_schema_file_is_only_a_file_the_deployment_allows(
+    shop, db_url, tmp_path, monkeypatch
+):
+    """Before, app_db.schema_file could name any file the process may read (/etc/shadow
+    included: its errors were not echoed, but it was opened and parsed)."""
+    seed(shop)
+    before = snapshot(shop)
+    allowed = tmp_path / "mappings"
+    allowed.mkdir()
+    (allowed / "shop.yaml").write_text("statuses: {order_completed: completed}\n")
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("statuses: {order_completed: completed}\n")
+    monkeypatch.delenv("REGULARIZATION_SCHEMA_FILE", raising=False)
+    monkeypatch.setenv("REGULARIZATION_MAPPINGS_DIR", str(allowed))
+
+    def run(schema_file: str):
+        app_db = AppDatabaseResource(url=db_url, schema_file=schema_file)
+        with dg.instance_for_test() as instance:
+            return dg.materialize(
+                [*materialize_all.__globals__["ALL_ASSETS"]],
+                instance=instance,
+                resources={**resources(db_url), "app_db": app_db},
+                selection=["regularized_orders"],
+                run_config={
+                    "ops": {"regularized_orders": {"config": {"sleep": 0, "dry_run": True}}}
+                },
+                raise_on_error=False,
+            )
+
+    for refused_path in ("/etc/shadow", str(outside), str(allowed / ".." / "elsewhere.yaml")):
+        result = run(refused_path)
+        (failure,) = result.get_step_failure_events()
+        assert failure.step_failure_data.user_failure_data.description == (
+            "app_db.schema_file names neither the file of REGULARIZATION_SCHEMA_FILE nor a file "
+            "in REGULARIZATION_MAPPINGS_DIR: a run reads only the mapping files its deployment "
+            "allows"
+        )
+    assert snapshot(shop) == before
+    assert run(str(allowed / "shop.yaml")).success
+    monkeypatch.delenv("REGULARIZATION_MAPPINGS_DIR")
+    monkeypatch.setenv("REGULARIZATION_SCHEMA_FILE", str(outside))
+    assert run(str(outside)).success

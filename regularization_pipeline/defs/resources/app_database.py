@@ -13,7 +13,12 @@ from regularization_pipeline.core.shop.engine import (
     check_reachable,
     create_app_engine,
 )
-from regularization_pipeline.core.shop.mapping import SCHEMA_FILE_ENV, SchemaMapping, load_mapping
+from regularization_pipeline.core.shop.mapping import (
+    SCHEMA_FILE_ENV,
+    SchemaMapping,
+    deployment_mapping_file,
+    load_mapping,
+)
 from regularization_pipeline.defs.resources.environment import (
     setting_from_env,
 )
@@ -27,7 +32,10 @@ class AppDatabaseResource(dg.ConfigurableResource):
     )
     schema_file: str | None = Field(
         default=None,
-        description="YAML schema mapping (REGULARIZATION_SCHEMA_FILE); Laravel defaults when unset.",
+        description=(
+            "YAML schema mapping (REGULARIZATION_SCHEMA_FILE); Laravel defaults when unset. "
+            "Set in run config, it must be that file or one in the deployment's mappings folder."
+        ),
     )
     table_prefix: str | None = Field(
         default=None,
@@ -56,7 +64,8 @@ class AppDatabaseResource(dg.ConfigurableResource):
         return self._engine
 
     def mapping(self) -> SchemaMapping:
-        mapping = load_mapping(self.schema_file)
+        path = deployment_mapping_file(self.schema_file) if self.schema_file else None
+        mapping = load_mapping(path)
         if self.table_prefix is not None and self.table_prefix != mapping.table_prefix:
             mapping = SchemaMapping.parse(
                 {**mapping.model_dump(), "table_prefix": self.table_prefix}, source="table_prefix"
