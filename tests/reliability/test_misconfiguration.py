@@ -48,6 +48,19 @@ def refused(stderr: str) -> bool:
     )
 
 
+def run_job(instance, db_url: str, schema_file: str, **config):
+    """The scheduled job's run (regularized_orders) with app_db.schema_file as given."""
+    app_db = AppDatabaseResource(url=db_url, schema_file=schema_file)
+    return dg.materialize(
+        [*materialize_all.__globals__["ALL_ASSETS"]],
+        instance=instance,
+        resources={**resources(db_url), "app_db": app_db},
+        selection=["regularized_orders"],
+        run_config={"ops": {"regularized_orders": {"config": {"sleep": 0, **config}}}},
+        raise_on_error=False,
+    )
+
+
 def seed(shop) -> None:
     """Orders every wrong mapping would act on: orphans, completed, failed and cancelled ones."""
     shop.orphans(3, paid_minutes_ago=30)
@@ -87,16 +100,8 @@ def test_doctor_and_operator_commands_refuse_the_same_line(shop, run_cli, wrong_
 def test_the_dagster_run_fails_without_retry_and_changes_nothing(shop, db_url, wrong_mapping):
     seed(shop)
     before = snapshot(shop)
-    app_db = AppDatabaseResource(url=db_url, schema_file=wrong_mapping)
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [*materialize_all.__globals__["ALL_ASSETS"]],
-            instance=instance,
-            resources={**resources(db_url), "app_db": app_db},
-            selection=["regularized_orders"],
-            run_config={"ops": {"regularized_orders": {"config": {"sleep": 0, "limit": 5}}}},
-            raise_on_error=False,
-        )
+        result = run_job(instance, db_url, wrong_mapping, limit=5)
     assert not result.success
     (failure,) = result.get_step_failure_events()
     data = failure.step_failure_data.user_failure_data
@@ -178,14 +183,7 @@ def test_the_dagster_run_and_the_operator_job_refuse_what_the_rows_refuse(
     before = snapshot(shop)
     app_db = AppDatabaseResource(url=db_url, schema_file=row_wrong_mapping[0])
     with dg.instance_for_test() as instance:
-        run = dg.materialize(
-            [*materialize_all.__globals__["ALL_ASSETS"]],
-            instance=instance,
-            resources={**resources(db_url), "app_db": app_db},
-            selection=["regularized_orders"],
-            run_config={"ops": {"regularized_orders": {"config": {"sleep": 0, "limit": 5}}}},
-            raise_on_error=False,
-        )
+        run = run_job(instance, db_url, row_wrong_mapping[0], limit=5)
         one = operator_jobs.regularize_one_order.execute_in_process(
             run_config={"ops": {"regularize_named_order": {"config": {"order_id": "1"}}}},
             resources={**resources(db_url), "app_db": app_db},
@@ -277,18 +275,8 @@ def test_the_launchpad_schema_file_is_only_a_file_the_deployment_allows(
     monkeypatch.setenv("REGULARIZATION_MAPPINGS_DIR", str(allowed))
 
     def run(schema_file: str):
-        app_db = AppDatabaseResource(url=db_url, schema_file=schema_file)
         with dg.instance_for_test() as instance:
-            return dg.materialize(
-                [*materialize_all.__globals__["ALL_ASSETS"]],
-                instance=instance,
-                resources={**resources(db_url), "app_db": app_db},
-                selection=["regularized_orders"],
-                run_config={
-                    "ops": {"regularized_orders": {"config": {"sleep": 0, "dry_run": True}}}
-                },
-                raise_on_error=False,
-            )
+            return run_job(instance, db_url, schema_file, dry_run=True)
 
     for refused_path in ("/etc/shadow", str(outside), str(allowed / ".." / "elsewhere.yaml")):
         result = run(refused_path)
