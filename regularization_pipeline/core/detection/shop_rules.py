@@ -7,9 +7,9 @@ betray, before a connection is opened. What only the rows can tell is here, read
 - orders sit in the repaired-to status but none of them has a completed payment: in this
   shop it is not what a paid order becomes (a run would move orders into a status that means
   something else);
-- not one transaction in any status listed as completed, while transactions exist
+- not one transaction in any status listed as completed, while some status reads as paid
   (statuses compare exactly, case included: a misspelt word finds no payment); one unused
-  word beside used ones is only warned (synonyms, some not seen yet);
+  word beside used ones, or in a shop whose payments all still wait, is only warned;
 - MariaDB/MySQL ``TIMESTAMP`` columns read under a session zone west of the mapping's
   (:mod:`~regularization_pipeline.core.shop.session_zone`): payments would look older than
   they are and the grace period would be cut short.
@@ -33,6 +33,12 @@ import sqlalchemy as sa
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop.binding import AppSchema
+from regularization_pipeline.core.shop.mapping_rules import (
+    FAILING,
+    HELD_NOT_CAPTURED,
+    PAYING,
+    looks_like,
+)
 from regularization_pipeline.core.shop.session_zone import timestamp_zone_findings
 
 
@@ -68,9 +74,9 @@ def repaired_status_refusal(conn: sa.Connection, s: AppSchema) -> str | None:
 def completed_status_findings(conn: sa.Connection, s: AppSchema) -> tuple[list[str], list[str]]:
     """(refusals, warnings): statuses listed as completed that no transaction has.
 
-    Refused when transactions exist and not one has any listed status (a misspelt word: no
-    payment would ever be found); each unused word beside used ones is only warned (a list of
-    synonyms, some not seen yet)."""
+    Refused when not one transaction has any listed status while some status reads as paid (a
+    misspelt word: no payment would ever be found); each unused word beside used ones, or in a
+    shop whose payments are all pending or failed, is only warned."""
     if not _exists(conn, s.transactions):
         return [], []
     listed = s.statuses.transaction_completed
@@ -82,7 +88,19 @@ def completed_status_findings(conn: sa.Connection, s: AppSchema) -> tuple[list[s
         "(statuses compare exactly, case included)"
         for value in unused
     ]
-    return (lines, []) if len(unused) == len(listed) else ([], lines)
+    if len(unused) < len(listed) or not _paid_looking_status(conn, s):
+        return [], lines  # synonyms, or a shop whose payments are all still pending or failed
+    return lines, []
+
+
+def _paid_looking_status(conn: sa.Connection, s: AppSchema) -> bool:
+    """Whether some transaction status reads as paid (read only when no listed word is used)."""
+    found = conn.execute(sa.select(s.t("status")).distinct()).scalars()
+    return any(
+        looks_like(str(v), PAYING) and not FAILING.search(str(v))
+        for v in found
+        if v is not None and not HELD_NOT_CAPTURED.search(str(v))
+    )
 
 
 def shop_findings(
