@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from regularization_pipeline.core.detection.shop_rules import require_sound_shop
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop import migrations
 from regularization_pipeline.core.shop.binding import AppSchema, bind_schema
@@ -18,7 +19,6 @@ from regularization_pipeline.core.shop.engine import (
     database_url_from_env,
 )
 from regularization_pipeline.core.shop.mapping import SchemaMapping, load_mapping
-from regularization_pipeline.core.shop.session_zone import require_timestamp_zone
 from regularization_pipeline.core.shop.shops import (
     SHOPS_FILE_ENV as SHOPS_FILE,
 )
@@ -88,8 +88,14 @@ class OpenDatabase:
         return owned_tables(self.prefix)
 
 
-def open_database(parser: argparse.ArgumentParser, *, migrated: bool = False) -> OpenDatabase:
+def open_database(
+    parser: argparse.ArgumentParser, *, migrated: bool = False, checked: bool = True
+) -> OpenDatabase:
     """The application database with its mapping checked (and our tables, when ``migrated``).
+
+    ``checked``: the mapping is also read against the shop's rows as every run reads it
+    (:func:`~regularization_pipeline.core.detection.shop_rules.require_sound_shop`); only
+    ``doctor``, which reports those findings itself, opens the database without.
 
     Raises the RegularizationError that names what is wrong (main() makes it exit 2).
     """
@@ -100,15 +106,21 @@ def open_database(parser: argparse.ArgumentParser, *, migrated: bool = False) ->
         schema = bind_schema(engine, mapping)
         if migrated:
             migrations.require_migrated(engine, mapping.table_prefix)
-            require_timestamp_zone(engine, schema)
+        if checked:
+            require_sound_shop(engine, schema)
     except BaseException:
         engine.dispose()
         raise
     return OpenDatabase(engine, schema, mapping.table_prefix)
 
 
-def read_only(parser: argparse.ArgumentParser, query: Callable[[Any, AppSchema], list]) -> list:
-    db = open_database(parser)
+def read_only(
+    parser: argparse.ArgumentParser,
+    query: Callable[[Any, AppSchema], list],
+    *,
+    checked: bool = True,
+) -> list:
+    db = open_database(parser, checked=checked)
     try:
         with db.engine.connect() as conn:
             return query(conn, db.schema)

@@ -60,6 +60,7 @@ from regularization_pipeline.core.delivery.laravel_queue import TransactionalDel
 from regularization_pipeline.core.delivery.publishers import expand_publishers
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_orders
+from regularization_pipeline.core.detection.shop_rules import require_sound_shop
 from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
 from regularization_pipeline.core.provider.answers import (
     HoldReason,
@@ -75,7 +76,6 @@ from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.shop.engine import require_capabilities
 from regularization_pipeline.core.shop.migrations import require_migrated
-from regularization_pipeline.core.shop.session_zone import require_timestamp_zone
 
 __all__ = ["OrderOutcome", "Regularizer", "RunOptions", "RunSummary"]
 
@@ -185,7 +185,7 @@ class Regularizer:
         require_capabilities(self.engine)
         for publisher in self.transactional.publishers:
             publisher.require_ready(self.engine)
-        require_timestamp_zone(self.engine, self.schema)
+        require_sound_shop(self.engine, self.schema)
         run_id = run_id or str(uuid.uuid4())
         exclusive = (
             run_lock.hold(self.engine, prefix, run_id) if self.exclusive else nullcontext(None)

@@ -10,10 +10,12 @@ import dagster as dg
 from pydantic import Field
 
 from regularization_pipeline.core.delivery.publishers import delivery_line
+from regularization_pipeline.core.detection.shop_rules import require_sound_shop
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.operations import operator_tools, retention
 from regularization_pipeline.core.operations.doctor import diagnose
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
+from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.shop.migrations import require_migrated
 from regularization_pipeline.defs.assets import deliver_due, permanent_errors_fail_without_retry
 from regularization_pipeline.defs.resources import (
@@ -23,6 +25,14 @@ from regularization_pipeline.defs.resources import (
 )
 
 OPERATOR_TAGS = {"regularization/kind": "operator"}
+
+
+def checked_schema(app_db: AppDatabaseResource) -> AppSchema:
+    """The bound mapping, our tables migrated, and the shop's rows checked as a run checks them."""
+    schema, engine = app_db.bind(), app_db.get_engine()
+    require_migrated(engine, schema.mapping.table_prefix)
+    require_sound_shop(engine, schema)
+    return schema
 
 
 class OneOrderConfig(dg.Config):
@@ -50,8 +60,7 @@ def regularize_named_order(
     """
     with permanent_errors_fail_without_retry():
         options = RunOptions.parse(min_age_minutes=config.min_age_minutes, dry_run=config.dry_run)
-        schema = app_db.bind()
-        require_migrated(app_db.get_engine(), schema.mapping.table_prefix)
+        schema = checked_schema(app_db)
         verifier = payment_gateway.verifier()
         try:
             outcome = operator_tools.regularize_order(
@@ -86,8 +95,7 @@ def release_order(
 ) -> None:
     """Lift an order's quarantine and reset its failure count; the next run retries it."""
     with permanent_errors_fail_without_retry():
-        schema = app_db.bind()
-        require_migrated(app_db.get_engine(), schema.mapping.table_prefix)
+        schema = checked_schema(app_db)
         with app_db.get_engine().connect() as conn:
             order_id = operator_tools.existing_order_id(conn, schema, config.order_id)
         Regularizer(app_db.get_engine(), schema).release(
@@ -138,7 +146,7 @@ def redeliver_events(
     """Put dead-lettered OrderCompleted events back in the queue, then deliver the outbox at once."""
     with permanent_errors_fail_without_retry():
         engine = app_db.get_engine()
-        require_migrated(engine, app_db.mapping().table_prefix)
+        checked_schema(app_db)
         event_publisher.settings()  # a bad publisher setting refuses before anything changes
         count = operator_tools.redeliver_dead_events(
             engine,
@@ -179,7 +187,7 @@ def prune_old_history(
     """Delete audit rows and delivered or dead outbox events older than the retention; never pending events."""
     with permanent_errors_fail_without_retry():
         engine = app_db.get_engine()
-        require_migrated(engine, app_db.mapping().table_prefix)
+        checked_schema(app_db)
         summary = retention.prune_history(
             engine, app_db.owned_tables(), config.older_than_days, dry_run=config.dry_run
         )

@@ -58,6 +58,7 @@ def note_attempt(
         total_attempts=current.total_attempts + 1,
         last_outcome=verdict.action,
         last_reason=verdict.reason[:500],
+        hold_kind=verdict.kind if hold else None,
         last_run_id=ctx.run_id,
         updated_at=now,
     )
@@ -98,6 +99,7 @@ def reset_after_regularization(ctx: RunContext, conn: sa.Connection, order_ids: 
             total_attempts=at.c.total_attempts + 1,
             last_outcome=verdicts.REGULARIZED,
             last_reason="completed transaction verified",
+            hold_kind=None,
             last_run_id=ctx.run_id,
             updated_at=ctx.clock(),
         )
@@ -159,6 +161,7 @@ def release(ctx: RunContext, order_id: Any) -> None:
             .where(at.c.order_id == str(order_id), at.c.quarantined_at.is_not(None))
             .values(
                 quarantined_at=None,
+                hold_kind=None,
                 failures=0,
                 updated_at=ctx.clock(),
                 last_outcome=verdicts.RELEASED,

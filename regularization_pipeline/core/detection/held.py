@@ -36,7 +36,7 @@ def quarantined_order_ids(conn: sa.Connection, schema: AppSchema) -> list:
     keys = conn.execute(
         sa.select(at.c.order_id).where(
             at.c.quarantined_at.is_not(None),
-            ~at.c.last_reason.startswith(f"{PROVIDER_FAILED}:", autoescape=True),
+            sa.or_(at.c.hold_kind.is_(None), at.c.hold_kind != PROVIDER_FAILED),
         )
     ).scalars()
     return pending_among(conn, schema, list(keys))

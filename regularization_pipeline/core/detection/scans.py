@@ -218,7 +218,7 @@ def with_provider_failures(
             sa.select(at.c.order_id).where(
                 at.c.quarantined_at.is_not(None),
                 at.c.last_outcome == verdicts.INCONSISTENT,
-                at.c.last_reason.startswith(f"{PROVIDER_FAILED}:", autoescape=True),
+                at.c.hold_kind == PROVIDER_FAILED,
             )
         ).scalars()
     )

@@ -19,6 +19,10 @@ import sqlalchemy as sa
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.scans import inconsistency_report
+from regularization_pipeline.core.detection.shop_rules import (
+    completed_status_findings,
+    repaired_status_refusal,
+)
 from regularization_pipeline.core.operations.doctor_columns import other_order_columns, value_counts
 from regularization_pipeline.core.operations.statements import recommended_indexes, statement_lines
 from regularization_pipeline.core.shop import tables as tb
@@ -178,31 +182,11 @@ def _order_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> 
             )
         elif meaning:
             lines.append(f"  note: {value!r} looks like {meaning}; orders in it are left alone")
-    _repaired_status(report, lines, conn, s, dict(found))
-
-
-def _repaired_status(
-    report: DoctorReport,
-    lines: list[str],
-    conn: sa.Connection,
-    s: AppSchema,
-    found: dict[str, int],
-) -> None:
-    # Words that contradict their role were refused with the mapping (shop/mapping_rules.py).
-    repaired = s.statuses.order_completed
-    if not found.get(repaired):
-        return
-    paid = conn.execute(
-        sa.select(sa.func.count()).where(
-            s.o("status") == repaired, d.exists_payment(s, *d.completed_payment_of_order(s))
-        )
-    ).scalar_one()
-    if paid == 0:
-        report._refuse(
-            lines,
-            f"none of the {found[repaired]} order(s) in the repaired status {repaired!r} has a "
-            "completed payment: in this shop it is not what a paid order becomes",
-        )
+    # Words that contradict their role were refused with the mapping (shop/mapping_rules.py);
+    # what the rows tell is the one check every run makes too (detection/shop_rules.py).
+    refusal = repaired_status_refusal(conn, s)
+    if refusal:
+        report._refuse(lines, refusal)
 
 
 def _transaction_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchema) -> None:
@@ -222,13 +206,11 @@ def _transaction_statuses(report: DoctorReport, conn: sa.Connection, s: AppSchem
                 f"transaction status {value!r} looks like {meaning} but is not in "
                 "statuses.transaction_completed: its orders are never found",
             )
-    for value in completed:
-        if found and value not in found:
-            report._refuse(
-                lines,
-                f"transaction status {value!r} is listed as completed but no transaction has "
-                "it (statuses compare exactly, case included)",
-            )
+    refusals, warnings = completed_status_findings(conn, s)
+    for text in refusals:
+        report._refuse(lines, text)
+    for text in warnings:
+        report._warn(lines, text)
 
 
 # --- the other columns of the orders table ----------------------------------------------
@@ -293,10 +275,12 @@ def _time_zone(report: DoctorReport, conn: sa.Connection, s: AppSchema, now: dt.
     ahead = newest - now
     lines.append(f"newest transaction {column.name}: {newest:%Y-%m-%d %H:%M} UTC")
     # A zone east of the columns' real one makes payments look older than they are: the
-    # grace period is cut short and orders are completed next to their webhook. Refused.
-    # A zone west of it makes them look younger: fixes are only delayed. Warned.
+    # grace period is cut short. But a shop that took no payment for an hour looks the same,
+    # so this is a warning (a refusal here would stop every run on a quiet night); the zone
+    # refusals that need no guess are the session zone's (shop/session_zone.py), above.
+    # A zone west of it makes payments look younger: fixes are only delayed. Warned.
     if -ahead > STALE_AFTER:
-        report._refuse(
+        report._warn(
             lines,
             f"the newest transaction is {_hours(-ahead)} old under timezone "
             f"{s.mapping.timezone}: if the shop took payments since, the columns are in a "

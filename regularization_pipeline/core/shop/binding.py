@@ -9,6 +9,7 @@ import datetime as dt
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -222,19 +223,7 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
             for col in columns
             if getattr(col["type"], "timezone", False) is True
         )
-        present_lower = {name.lower() for name in present}
-        named = mapping.order_columns if section is mapping.orders else mapped_columns(section)
-        if section is mapping.transactions:
-            if mapping.payment_links is not None:
-                named = [c for c in named if c != section.order_id]  # the link table has it
-            named += [c for c in mapping.payment_rows.columns if c not in named]
-        missing = [
-            c
-            for c in named
-            # MySQL and SQLite compare column names case-insensitively.
-            if c not in present
-            and (engine.dialect.name == "postgresql" or c.lower() not in present_lower)
-        ]
+        missing = _missing_columns(engine, mapping, section, present)
         if missing:
             raise SchemaMismatchError(
                 f"table {section.table!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
@@ -243,23 +232,48 @@ def bind_schema(engine: sa.Engine, mapping: SchemaMapping) -> AppSchema:
     if mapping.payment_links is not None:
         links = mapping.payment_links
         _check_table(inspector, links.table, [links.order_id, links.payment_id])
-    both = mapping.orders.currency is not None and mapping.transactions.currency is not None
-    if mapping.currencies is not None:
-        _check_currency_table(inspector, mapping.currencies)
-        translated, currency_is_text = frozenset(currency_ids), True
-    else:
-        translated, currency_is_text = frozenset(), not currency_ids
-        if both and len(currency_ids) == 1:
-            raise SchemaMismatchError(
-                "one currency column holds an id and the other a code: name the currency "
-                "table under `currencies` in the schema mapping, so ids are read as codes"
-            )
+    translated, currency_is_text = _currency_reading(inspector, mapping, currency_ids)
     return dataclasses.replace(
         build_schema(mapping, frozenset(aware)),
         order_key_type=key_type,
         currency_is_text=currency_is_text,
         currency_ids=translated,
     )
+
+
+def _missing_columns(
+    engine: sa.Engine, mapping: SchemaMapping, section: Any, present: set[str]
+) -> list[str]:
+    """The columns the mapping names in ``section``'s table that the table lacks."""
+    present_lower = {name.lower() for name in present}
+    named = mapping.order_columns if section is mapping.orders else mapped_columns(section)
+    if section is mapping.transactions:
+        if mapping.payment_links is not None:
+            named = [c for c in named if c != section.order_id]  # the link table has it
+        named += [c for c in mapping.payment_rows.columns if c not in named]
+    return [
+        c
+        for c in named
+        # MySQL and SQLite compare column names case-insensitively.
+        if c not in present
+        and (engine.dialect.name == "postgresql" or c.lower() not in present_lower)
+    ]
+
+
+def _currency_reading(
+    inspector, mapping: SchemaMapping, currency_ids: set[str]
+) -> tuple[frozenset[str], bool]:
+    """(the sides whose currency ids are translated to codes, whether currencies are text)."""
+    both = mapping.orders.currency is not None and mapping.transactions.currency is not None
+    if mapping.currencies is not None:
+        _check_currency_table(inspector, mapping.currencies)
+        return frozenset(currency_ids), True
+    if both and len(currency_ids) == 1:
+        raise SchemaMismatchError(
+            "one currency column holds an id and the other a code: name the currency "
+            "table under `currencies` in the schema mapping, so ids are read as codes"
+        )
+    return frozenset(), not currency_ids
 
 
 def _check_currency_table(inspector, table: CurrencyTableMapping) -> None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from regularization_pipeline.core.clock import shop_zone
 from regularization_pipeline.core.config_files import read_yaml_mapping, validate_or_explain
+from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop.guards import (
     ColumnCondition,
     OrderGuards,
@@ -31,6 +32,9 @@ from regularization_pipeline.core.shop.identifiers import check_identifier
 from regularization_pipeline.core.shop.mapping_rules import status_problems
 
 SCHEMA_FILE_ENV = "REGULARIZATION_SCHEMA_FILE"
+# A folder of mapping files the Dagster Launchpad's app_db.schema_file may choose among
+# (besides REGULARIZATION_SCHEMA_FILE itself); unset: that one file only.
+MAPPINGS_DIR_ENV = "REGULARIZATION_MAPPINGS_DIR"
 
 
 def mapped_columns(section: BaseModel) -> list[str]:
@@ -268,6 +272,29 @@ class SchemaMapping(_Strict):
     def parse(cls, raw: dict, source: str = "schema mapping") -> SchemaMapping:
         """Validate a plain dict, turning pydantic's errors into one readable message."""
         return validate_or_explain(cls, raw, source)
+
+
+def deployment_mapping_file(path: str) -> str:
+    """The real path of ``path`` when the deployment allows it, else a ConfigurationError.
+
+    For a mapping file named in run config (the Launchpad's ``app_db.schema_file``), which
+    anyone who may launch a run can type: it must be the file of ``REGULARIZATION_SCHEMA_FILE``
+    or lie in ``REGULARIZATION_MAPPINGS_DIR``, both set by whoever deploys. The real path is
+    what is then read, so a symlink swapped in after the check changes nothing.
+    """
+    real = os.path.realpath(path)
+    configured = (os.environ.get(SCHEMA_FILE_ENV) or "").strip()
+    if configured and real == os.path.realpath(configured):
+        return real
+    folder = (os.environ.get(MAPPINGS_DIR_ENV) or "").strip()
+    if folder:
+        folder = os.path.realpath(folder)
+        if real != folder and os.path.commonpath([real, folder]) == folder:
+            return real
+    raise ConfigurationError(
+        f"app_db.schema_file names neither the file of {SCHEMA_FILE_ENV} nor a file in "
+        f"{MAPPINGS_DIR_ENV}: a run reads only the mapping files its deployment allows"
+    )
 
 
 def load_mapping(path: str | None = None) -> SchemaMapping:

@@ -87,6 +87,15 @@ def status_problems(
     shape = [p for name, values in fields.items() for v in values if (p := value_problem(name, v))]
     if shape:
         return list(dict.fromkeys(shape))
+    return [
+        *_overlaps(pending, completed, do_not_touch),
+        *_order_meanings(pending, completed),
+        *_transaction_meanings(transaction_completed),
+    ]
+
+
+def _overlaps(pending: tuple[str, ...], completed: str, do_not_touch: tuple[str, ...]) -> list[str]:
+    """A status in two roles (case ignored: a ``_ci`` collation matches either)."""
     problems: list[str] = []
     fold = str.casefold
     pending_words = {fold(v) for v in pending}
@@ -105,6 +114,12 @@ def status_problems(
         problems.append(
             f"statuses {clash} are both in order_pending and order_do_not_touch (case ignored)"
         )
+    return problems
+
+
+def _order_meanings(pending: tuple[str, ...], completed: str) -> list[str]:
+    """Order words that read as the opposite of their role."""
+    problems: list[str] = []
     meaning = _closing_or_failing(completed) or (
         "waiting" if ORDER_WAITING.search(completed) else None
     )
@@ -119,6 +134,12 @@ def status_problems(
                 f"order_pending {value!r} reads as {meaning}: orders in it are not waiting for "
                 "a payment and would be completed by the pipeline"
             )
+    return problems
+
+
+def _transaction_meanings(transaction_completed: tuple[str, ...]) -> list[str]:
+    """Transaction "completed" words that read as a hold, a failure or a wait."""
+    problems: list[str] = []
     for value in transaction_completed:
         if HELD_NOT_CAPTURED.search(value):
             problems.append(

@@ -11,8 +11,11 @@ writes anything, and is released by the database or the operating system when it
   holder is looked up in this database only (advisory locks are per database);
 - MariaDB/MySQL: ``GET_LOCK(name, 0)`` on a connection of its own, held for the run;
 - SQLite: an OS file lock (``flock``) on a file beside the database file, named for the file's
-  device and inode (a symlink or hard link is the same lock). Never SQLite's own write
-  lock: held for a run, it would block the application's writes for as long;
+  device and inode (a symlink is the same lock); a file with hard links also locks a file of
+  that name in the host's temporary directory, so a name in another directory is the same
+  lock too. Never SQLite's own write lock: held for a run, it would block the application's
+  writes for as long (nor a lock on the database file itself: closing it would drop SQLite's
+  own POSIX locks in this process);
 - an in-memory SQLite database is seen by one process only: a lock in the process suffices.
 
 A second holder never waits: it gets :class:`BusyError` ("busy: run R since T") and changes
@@ -28,6 +31,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
@@ -112,7 +116,7 @@ def _backend_lock(engine: sa.Engine, prefix: str, run_id: str):
     if engine.dialect.name in ("mysql", "mariadb"):
         return _mysql_lock(engine, prefix)
     if engine.dialect.name == "sqlite":
-        return _file_lock(lock_file_of(engine, prefix), run_id)
+        return _file_locks(lock_files_of(engine, prefix), run_id)
     raise BusyError(f"no run lock for the {engine.dialect.name} backend")  # pragma: no cover
 
 
@@ -261,24 +265,34 @@ def _sqlite_path(engine: sa.Engine) -> str | None:
     return os.path.abspath(database.removeprefix("file:").split("?")[0])
 
 
-def lock_file_of(engine: sa.Engine, prefix: str) -> str:
-    """The file beside a SQLite database whose OS lock is the run lock.
-
-    Named for the database file itself (its device and inode, in the directory it really lies
-    in), not for the path in the URL: a symlink or a hard link beside it names the same lock,
-    so two runs cannot both get in through two names of one file.
-    """
+def lock_files_of(engine: sa.Engine, prefix: str) -> list[str]:
+    """Every file whose OS lock a SQLite run holds: the one beside the database and, when the
+    file has several names (hard links, possibly in other directories), one named for its
+    device and inode in this host's temporary directory, which every name shares."""
     real = os.path.realpath(_sqlite_path(engine))
     try:
         st = os.stat(real)
     except OSError:  # not created yet: nothing to decide in it, the path is all there is
-        return f"{real}.{prefix}run.lock"
-    return os.path.join(os.path.dirname(real), f".{prefix}run-{st.st_dev:x}-{st.st_ino:x}.lock")
+        return [f"{real}.{prefix}run.lock"]
+    name = f".{prefix}run-{st.st_dev:x}-{st.st_ino:x}.lock"
+    beside = os.path.join(os.path.dirname(real), name)
+    if st.st_nlink < 2:
+        return [beside]
+    return [beside, os.path.join(tempfile.gettempdir(), f"regularization{name}")]
+
+
+@contextlib.contextmanager
+def _file_locks(paths: list[str], run_id: str) -> Iterator[Callable[[], None]]:
+    """All of ``paths`` locked, or BusyError having held none of them once it returns."""
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            stack.enter_context(_file_lock(path, run_id))
+        yield _never_lost
 
 
 @contextlib.contextmanager
 def _file_lock(path: str, run_id: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -17,7 +17,6 @@ import datetime as dt
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import shop_zone, utcnow
-from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop.binding import AppSchema
 
 # Offsets closer than this are the same zone (NOW() and UTC_TIMESTAMP() are read together).
@@ -73,16 +72,6 @@ def timestamp_zone_findings(
         f"{shown}, but timezone {zone} is UTC{_offset(mapped)}: payments look {hours} younger "
         "than they are and are fixed late; set timezone to the server's time_zone"
     ]
-
-
-def require_timestamp_zone(engine: sa.Engine, s: AppSchema) -> None:
-    """Refuse (ConfigurationError, nothing read from the shop's rows) what doctor refuses."""
-    if engine.dialect.name not in ("mysql", "mariadb"):
-        return
-    with engine.connect() as conn:
-        refusals, _ = timestamp_zone_findings(conn, s)
-    if refusals:
-        raise ConfigurationError(refusals[0])
 
 
 def _offset(delta: dt.timedelta) -> str:

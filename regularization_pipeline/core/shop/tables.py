@@ -113,6 +113,9 @@ def owned_tables(prefix: str = "regularization_") -> OwnedTables:
         sa.Column("total_attempts", sa.Integer, nullable=False, default=0),
         sa.Column("last_outcome", sa.String(20), nullable=False),
         sa.Column("last_reason", sa.String(500)),
+        # Why the order is held, as a field (the inconsistency kind, e.g. provider_failed);
+        # NULL for a failure quarantine and for an order that is not held. Never prose.
+        sa.Column("hold_kind", sa.String(32)),
         sa.Column("last_run_id", sa.String(64)),
         sa.Column("quarantined_at", TIMESTAMP),
         sa.Column("updated_at", TIMESTAMP, nullable=False),

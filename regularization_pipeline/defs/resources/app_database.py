@@ -15,7 +15,12 @@ from regularization_pipeline.core.shop.engine import (
     check_reachable,
     create_app_engine,
 )
-from regularization_pipeline.core.shop.mapping import SCHEMA_FILE_ENV, SchemaMapping, load_mapping
+from regularization_pipeline.core.shop.mapping import (
+    SCHEMA_FILE_ENV,
+    SchemaMapping,
+    deployment_mapping_file,
+    load_mapping,
+)
 from regularization_pipeline.core.shop.shops import with_overrides
 from regularization_pipeline.defs.resources.environment import (
     secret_from_env,
@@ -33,7 +38,10 @@ class AppDatabaseResource(ShopAware, dg.ConfigurableResource):
     )
     schema_file: str | None = Field(
         default=None,
-        description="YAML schema mapping (REGULARIZATION_SCHEMA_FILE); Laravel defaults when unset.",
+        description=(
+            "YAML schema mapping (REGULARIZATION_SCHEMA_FILE); Laravel defaults when unset. "
+            "Set in run config, it must be that file or one in the deployment's mappings folder."
+        ),
     )
     table_prefix: str | None = Field(
         default=None,
@@ -74,7 +82,12 @@ class AppDatabaseResource(ShopAware, dg.ConfigurableResource):
 
     def mapping(self) -> SchemaMapping:
         shop = self.shop()
-        mapping = shop.mapping() if shop is not None else load_mapping(self.schema_file)
+        if shop is not None:
+            mapping = shop.mapping()
+        else:
+            mapping = load_mapping(
+                deployment_mapping_file(self.schema_file) if self.schema_file else None
+            )
         return with_overrides(mapping, table_prefix=self.table_prefix)
 
     def bind(self) -> AppSchema:

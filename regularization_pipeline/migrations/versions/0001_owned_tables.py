@@ -21,7 +21,12 @@ _MONEY = sa.Numeric(20, 6)
 
 
 def upgrade(table_prefix: str) -> None:
-    p = table_prefix
+    _audit(table_prefix)
+    _outbox(table_prefix)
+    _attempts_and_deliveries(table_prefix)
+
+
+def _audit(p: str) -> None:
     op.create_table(
         f"{p}audit",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
@@ -42,6 +47,8 @@ def upgrade(table_prefix: str) -> None:
     op.create_index(f"ix_{p}audit_order", f"{p}audit", ["order_id"])
     op.create_index(f"ix_{p}audit_created", f"{p}audit", ["created_at"])
 
+
+def _outbox(p: str) -> None:
     op.create_table(
         f"{p}outbox",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
@@ -64,6 +71,8 @@ def upgrade(table_prefix: str) -> None:
     op.create_index(f"ix_{p}outbox_due", f"{p}outbox", ["state", "next_attempt_at"])
     op.create_index(f"ix_{p}outbox_order", f"{p}outbox", ["order_id"])
 
+
+def _attempts_and_deliveries(p: str) -> None:
     op.create_table(
         f"{p}order_attempts",
         sa.Column("order_id", sa.String(64), primary_key=True),

@@ -82,16 +82,19 @@ def test_the_lock_is_reentrant_in_its_thread_and_released_after(shop):
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("link", ["symlink", "hard link"])
+@pytest.mark.parametrize("link", ["symlink", "hard link", "hard link in another directory"])
 def test_another_name_of_the_same_sqlite_file_is_the_same_lock(shop, link, tmp_path):
-    """Keyed on the file (device, inode), not its path: before, a hard link decided orders twice."""
+    """Keyed on the file (device, inode), not its path: before, a hard link decided orders twice,
+    and a hard link in another directory had a lock file of its own."""
     import os
 
     from regularization_pipeline.core.shop.engine import create_app_engine
 
     ids = shop.orphans(3)
     path = shop.engine.url.database
-    other = str(tmp_path / "alias.db")
+    folder = tmp_path / "elsewhere" if link.endswith("directory") else tmp_path
+    folder.mkdir(exist_ok=True)
+    other = str(folder / "alias.db")
     (os.symlink if link == "symlink" else os.link)(path, other)
     alias = create_app_engine(f"sqlite:///{other}")
     holder = hold_in_another_process(shop)
