@@ -37,7 +37,7 @@ from regularization_pipeline.core.decisions.context import (
     RunContext,
     no_fault,
 )
-from regularization_pipeline.core.decisions.one_order import OneOrder, OrderConnection
+from regularization_pipeline.core.decisions.one_order import OneOrder
 from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.decisions.provider_health import (
     DEFAULT_OUTAGE_AFTER,
@@ -255,12 +255,6 @@ class Regularizer:
             pace.record(outcome)
 
     def _per_order(self, ctx: RunContext, pace: _Pace, health: ProviderHealth) -> None:
-        with OrderConnection(self.engine) as shared:
-            self._per_order_on(ctx, pace, health, shared)
-
-    def _per_order_on(
-        self, ctx: RunContext, pace: _Pace, health: ProviderHealth, shared: OrderConnection
-    ) -> None:
         rest_before_next = False
         for page in d.candidate_pages(
             self.engine, self.schema, ctx.window, pace.options.batch_size
@@ -270,7 +264,7 @@ class Regularizer:
                     return
                 if rest_before_next and pace.options.sleep:
                     self.sleeper(pace.options.sleep)
-                outcome = self.one.regularize(ctx, order_id, health, shared)
+                outcome = self.one.regularize(ctx, order_id, health)
                 rest_before_next = outcome is None or outcome.acted
                 if outcome is None:  # a provider error: this order's, or an outage?
                     if health.outage:
@@ -307,11 +301,10 @@ class Regularizer:
                     d.candidate_pages(self.engine, self.schema, ctx.window, size, after=last), []
                 )
                 outcomes = []
-                with OrderConnection(self.engine) as shared:
-                    for order_id in attempts.without_quarantined(ctx, page):
-                        if pace.lock_held is not None:
-                            pace.lock_held()
-                        outcomes.append(self.one.regularize(ctx, order_id, shared=shared))
+                for order_id in attempts.without_quarantined(ctx, page):
+                    if pace.lock_held is not None:
+                        pace.lock_held()
+                    outcomes.append(self.one.regularize(ctx, order_id))
                 scanned_to = page[-1] if page else None
             if scanned_to is None:  # no pending order left to look at
                 return

@@ -12,18 +12,14 @@ Any exception rolls the order back whole; it is then counted
 (:mod:`~regularization_pipeline.core.decisions.attempts`), never raised, except a provider
 that refuses our credentials (every order would fail the same way).
 
-Consecutive orders may share one pooled connection (:class:`OrderConnection`): taking it
-from the pool for each order cost a pre-ping and a reset rollback, two of the order's round
-trips. A connection idle for longer than a moment, or one whose transaction failed, goes
-back to the pool, so the next order is checked out (and pinged) afresh.
+Each order takes its connection from the pool, pre-pinged: a connection killed between two
+orders costs neither of them a failure.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,47 +56,9 @@ log = logging.getLogger("regularization_pipeline.regularizer")
 DEADLOCK_RETRIES = 2
 DEADLOCK_BACKOFF_SECONDS = 0.05
 ASKED_ABOUT_ANOTHER = "transaction changed since the provider was asked: left for the next run"
-# A shared connection idle for longer than this is checked out afresh (and pre-pinged).
-REUSE_IDLE_SECONDS = 1.0
 
 # (transaction id, what the provider said about it), asked before the order's lock is taken.
 ProviderWord = tuple[Any, ProviderAnswer]
-
-
-class OrderConnection:
-    """One pooled connection for the transactions of consecutive orders (see the module)."""
-
-    def __init__(self, engine: sa.Engine):
-        self.engine = engine
-        self._conn: sa.Connection | None = None
-        self._used_at = 0.0
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
-        """A transaction on the shared connection: committed, or rolled back on any exception."""
-        if self._conn is not None and time.monotonic() - self._used_at > REUSE_IDLE_SECONDS:
-            self.close()
-        if self._conn is None:
-            self._conn = self.engine.connect()
-        try:
-            with self._conn.begin():
-                yield self._conn
-        except BaseException:
-            self.close()  # whatever went wrong, the next order starts on a checked connection
-            raise
-        finally:
-            self._used_at = time.monotonic()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.close()
-
-    def __enter__(self) -> OrderConnection:
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.close()
 
 
 @dataclass
@@ -115,7 +73,6 @@ class OneOrder:
         ctx: RunContext,
         order_id: Any,
         health: ProviderHealth | None = None,
-        shared: OrderConnection | None = None,
     ) -> OrderOutcome | None:
         """The order's outcome; None when ``health`` is given and the provider could not answer
         (the run decides, with the next orders, whether that was this order's failure)."""
@@ -125,7 +82,7 @@ class OneOrder:
             if health is not None:
                 health.answered_last = False
             answer = self._ask_provider(ctx, order_id, health) if self.verifier else None
-            outcome = self._decide_retrying_deadlocks(ctx, order_id, answer, shared)
+            outcome = self._decide_retrying_deadlocks(ctx, order_id, answer)
         except ProviderRejectedError as exc:
             if health is None or not health.answered:
                 raise  # a bad token or URL: every order would fail the same way, so the run stops
@@ -161,7 +118,6 @@ class OneOrder:
         ctx: RunContext,
         order_id: Any,
         answer: ProviderWord | None,
-        shared: OrderConnection | None,
     ) -> OrderOutcome:
         """The order's transaction, tried again when the database chose it as a deadlock victim.
 
@@ -172,7 +128,7 @@ class OneOrder:
         """
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
-                with shared.transaction() if shared else ctx.engine.begin() as conn:
+                with ctx.engine.begin() as conn:
                     return self._decide(ctx, conn, order_id, answer)
             except sa.exc.DBAPIError as exc:
                 if attempt == DEADLOCK_RETRIES or not is_deadlock(exc):
