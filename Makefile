@@ -65,8 +65,10 @@ dev: venv $(DAGSTER_HOME)/dagster.yaml
 		$(CURDIR)/$(BIN)/dagster dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p $${DAGSTER_PORT:-3000}
 
 # The benchmark suite on a million-order PostgreSQL shop (BENCH_DATABASE_URL, default a
-# `regbench` database on 127.0.0.1, created if missing). Not part of `make test`, which
-# runs it at --quick size so it cannot rot.
+# `regbench` database on 127.0.0.1, created if missing), its throughput figures also on a
+# MariaDB shop of the same shape (BENCH_MARIADB_URL, default `regbench` on 127.0.0.1:3306;
+# BENCH_ARGS="--mariadb-url ''" leaves it out). Its last line says how long it took.
+# Not part of `make test`, which runs it at --quick size so it cannot rot.
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

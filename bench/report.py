@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-EXTRA_KEYS = ("orders", "orphans", "transactions", "runs", "small", "large")
+EXTRA_KEYS = ("database", "orders", "orphans", "transactions", "runs", "small", "large")
 
 
 def render(lines: list[dict]) -> str:

@@ -3,7 +3,11 @@
 Prints one JSON line per figure (name, value, unit, database, size, commit)
 and appends them to ``bench/results/<commit>.jsonl`` so runs can be compared.
 Every figure is the median of several runs. Needs PostgreSQL: the database
-named by ``--url`` (default: a ``regbench`` database on 127.0.0.1) is rebuilt.
+named by ``--url`` (default: a ``regbench`` database on 127.0.0.1) is rebuilt;
+the throughput figures are also measured on MariaDB, interleaved with PostgreSQL's,
+on a shop of the same shape in ``--mariadb-url`` (default: ``regbench`` on
+127.0.0.1:3306; ``--mariadb-url ''`` leaves MariaDB out). The last line says how
+long the whole run took.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from bench import shopgen
+from bench.throughput import bench_throughput, retire
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.decisions.tracker import InconsistencyTracker
 from regularization_pipeline.core.detection import orphans as d
@@ -36,6 +40,7 @@ from regularization_pipeline.core.shop.mapping import SchemaMapping
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/regbench"
+DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/regbench"
 
 
 def git_commit() -> str:
@@ -51,8 +56,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def machine(engine: sa.Engine) -> str:
-    """Where the figures came from: cores, processor and the PostgreSQL server, as one string."""
+def machine(engine: sa.Engine, mariadb: sa.Engine | None = None) -> str:
+    """Where the figures came from: cores, processor and the database servers, as one string."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -68,7 +73,13 @@ def machine(engine: sa.Engine) -> str:
         pass
     with engine.connect() as conn:
         server = conn.execute(sa.text("SHOW server_version")).scalar_one().split()[0]
-    return f"{os.cpu_count()} cpu {model}, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, PostgreSQL {server}"
+    servers = f"PostgreSQL {server}"
+    if mariadb is not None:
+        with mariadb.connect() as conn:
+            servers += (
+                f", MariaDB {conn.execute(sa.text('SELECT VERSION()')).scalar_one().split('-')[0]}"
+            )
+    return f"{os.cpu_count()} cpu {model}, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {servers}"
 
 
 class Report:
@@ -270,140 +281,6 @@ def bench_detection(report: Report, engine: sa.Engine, schema, repeat: int, labe
 # --- 2, 3. throughput -------------------------------------------------------------------
 
 
-def baseline_original(engine: sa.Engine, first: int, limit: int) -> int:
-    """The original artisan command's shape: candidates, then per order load, event, update, commit.
-
-    Its candidates start at ``first``, the measured orders: the original checks no
-    amount, so it would otherwise "fix" the shop's standing inconsistencies too.
-    """
-    with engine.connect() as conn:
-        ids = (
-            conn.execute(
-                sa.text(
-                    "SELECT DISTINCT o.id FROM orders o JOIN transactions t ON t.order_id = o.id "
-                    "WHERE o.status = 'pending' AND t.status = 'completed' AND o.deleted_at IS NULL AND o.id >= :first "
-                    "ORDER BY o.id LIMIT :n"
-                ),
-                {"first": first, "n": limit},
-            )
-            .scalars()
-            .all()
-        )
-    fired = []
-    for order_id in ids:
-        with engine.begin() as conn:
-            order = conn.execute(
-                sa.text("SELECT * FROM orders WHERE id = :id"), {"id": order_id}
-            ).one()
-            txs = conn.execute(
-                sa.text("SELECT * FROM transactions WHERE order_id = :id"), {"id": order_id}
-            ).all()
-            if any(t.status == "completed" for t in txs):
-                fired.append(order.id)  # event(new OrderCompleted($order)) with no listener work
-                conn.execute(
-                    sa.text(
-                        "UPDATE orders SET status = 'completed', updated_at = now() WHERE id = :id"
-                    ),
-                    {"id": order_id},
-                )
-    return len(fired)
-
-
-SET_BASED_SQL = """
-WITH flipped AS (
-  UPDATE orders o SET status = 'completed', updated_at = now()
-  WHERE o.id = ANY(:ids) AND o.status = 'pending'
-  RETURNING o.id, o.total, o.currency
-), events AS (
-  INSERT INTO regularization_outbox (event_id, event_type, idempotency_key, order_id, run_id, payload, state,
-                                     attempts, next_attempt_at, created_at, updated_at)
-  SELECT gen_random_uuid()::text, 'OrderCompleted', 'order-completed:' || f.id, f.id::text, :run,
-         json_build_object('order_id', f.id::text, 'amount', f.total::text, 'currency', f.currency)::text,
-         'pending', 0, now(), now(), now()
-  FROM flipped f
-  RETURNING order_id
-)
-INSERT INTO regularization_audit (run_id, order_id, action, reason, attempt, order_status, order_amount, currency, created_at)
-SELECT :run, f.id::text, 'regularized', 'set-based reference', 0, 'pending', f.total, f.currency, now()
-FROM flipped f
-"""
-
-
-def set_based(engine: sa.Engine, ids: list[int]) -> int:
-    with engine.begin() as conn:
-        return conn.execute(sa.text(SET_BASED_SQL), {"ids": ids, "run": str(uuid.uuid4())}).rowcount
-
-
-def throughput(
-    report: Report, name: str, engine: sa.Engine, ids: list[int], fn: Callable[[], int], repeat: int
-) -> float:
-    rates = []
-    for _ in range(repeat):
-        shopgen.reset_orphans(engine, ids)
-        started = time.perf_counter()
-        done = fn()
-        elapsed = time.perf_counter() - started
-        if done < len(ids):
-            raise AssertionError(f"{name}: {done} of {len(ids)} orders regularized")
-        rates.append(done / elapsed)
-    return report.figure(name, statistics.median(rates), "orders/s", orders=len(ids))
-
-
-def bench_throughput(report: Report, engine: sa.Engine, schema, orders: int, repeat: int) -> None:
-    ids = shopgen.add_orphans(engine, orders, seed=2)
-    # Only these orphans are due: the generated backlog is completed first. The pending
-    # inconsistent orders stay as they are, reported by every run as in a real shop.
-    regularizable = d.regularizable_condition(schema, d.ScanWindow(now=utcnow(), min_age_minutes=0))
-    with engine.begin() as conn:
-        conn.execute(
-            schema.orders.update()
-            .where(schema.o("id") < ids[0], regularizable)
-            .values({schema.mapping.orders.status: schema.statuses.order_completed})
-        )
-    fast = dict(sleep=0, limit=orders, batch_size=1000)
-    regularizer = Regularizer(engine, schema, sleeper=lambda _s: None)
-    per_order = throughput(
-        report,
-        "throughput_per_order",
-        engine,
-        ids,
-        lambda: regularizer.run(RunOptions(mode="per_order", **fast)).regularized,
-        repeat,
-    )
-    batched = throughput(
-        report,
-        "throughput_batched",
-        engine,
-        ids,
-        lambda: regularizer.run(RunOptions(mode="batched", **fast)).regularized,
-        repeat,
-    )
-    baseline = throughput(
-        report,
-        "throughput_original_baseline",
-        engine,
-        ids,
-        lambda: baseline_original(engine, ids[0], orders),
-        repeat,
-    )
-    reference = throughput(
-        report, "throughput_set_based_sql", engine, ids, lambda: set_based(engine, ids), repeat
-    )
-    report.figure("per_order_vs_baseline", per_order / baseline, "x")
-    report.figure("batched_vs_baseline", batched / baseline, "x")
-    report.figure("batched_vs_set_based_sql", batched / reference, "ratio")
-    retire(engine, ids)
-
-
-def retire(engine: sa.Engine, ids: list[int]) -> None:
-    """Take measured orders out of later figures: their rows gone from our tables, the orders completed."""
-    shopgen.reset_orphans(engine, ids)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE orders SET status = 'completed' WHERE id = ANY(:ids)"), {"ids": ids}
-        )
-
-
 # --- 4, 5, 6. the job end to end, memory, scale-out ----------------------------------------------
 
 
@@ -562,12 +439,31 @@ def ensure_database(url: str) -> None:
     admin.dispose()
 
 
+def ensure_mariadb_database(url: str) -> None:
+    """The MariaDB benchmark database, created as Laravel creates one when it does not exist."""
+    target = sa.engine.make_url(url)
+    admin = sa.create_engine(target.set(database="mysql"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE DATABASE IF NOT EXISTS `{target.database}` "
+                "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            )
+        )
+    admin.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a small shop, as run by make test")
     parser.add_argument("--url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
+    parser.add_argument(
+        "--mariadb-url",
+        default=os.environ.get("BENCH_MARIADB_URL", DEFAULT_MARIADB_URL),
+        help="the MariaDB shop for the throughput figures ('' leaves MariaDB out)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -581,18 +477,28 @@ def main(argv: list[str] | None = None) -> int:
 
     size = shopgen.QUICK if args.quick else shopgen.ShopSize()
     repeat = 3 if args.quick else 5
+    began = time.perf_counter()
     ensure_database(args.url)
     engine = create_app_engine(args.url, pool_size=10)
+    mariadb = None
+    if args.mariadb_url:
+        ensure_mariadb_database(args.mariadb_url)
+        mariadb = create_app_engine(args.mariadb_url, pool_size=10)
     report = Report(
         size,
         args.out or ROOT / "bench" / "results" / f"{git_commit()}-{size.label}.jsonl",
-        machine(engine),
+        machine(engine, mariadb),
     )
-    if not args.skip_build:
-        started = time.perf_counter()
-        made = shopgen.build_shop(engine, size)
-        report.figure("shop_build_s", time.perf_counter() - started, "s", **made)
+    for server in (engine, mariadb):
+        if server is not None and not args.skip_build:
+            started = time.perf_counter()
+            made = shopgen.build_shop(server, size)
+            db = "postgresql" if server is engine else "mariadb"
+            report.figure("shop_build_s", time.perf_counter() - started, "s", database=db, **made)
     schema = bind_schema(engine, SchemaMapping())
+    shops = [(engine, schema)]
+    if mariadb is not None:
+        shops.append((mariadb, bind_schema(mariadb, SchemaMapping())))
 
     # Detection runs against the generated backlog, with Laravel's default indexes only, then with ours.
     shopgen.drop_indexes(engine)
@@ -601,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_detection(report, engine, schema, repeat, "")
 
     q = args.quick
-    bench_throughput(report, engine, schema, orders=500 if q else 5000, repeat=repeat)
+    bench_throughput(report, shops, orders=500 if q else 5000, repeat=3)
     bench_end_to_end(report, engine, args.url, repeat=2 if q else 3, backlog=200 if q else 10_000)
     bench_memory(
         report,
@@ -613,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench_scale_out(report, engine, args.url, orders=500 if q else 100_000, repeat=2 if q else 3)
     engine.dispose()
+    if mariadb is not None:
+        mariadb.dispose()
+    report.note(f"the benchmark took {time.perf_counter() - began:.0f} s")
     return 0
 
 

@@ -1,19 +1,16 @@
-"""The regularization of orphaned orders: a run, and one order at a time.
+"""The regularization of orphaned orders: a run.
 
 A run surveys the shop (orphans, inconsistencies), then decides up to ``limit``
 orders, either one transaction per order (the original's pace, ``sleep``
-seconds apart) or ``batch_size`` orders per transaction
-(:mod:`~regularization_pipeline.core.decisions.batching`). Each order's decision:
+seconds apart; :mod:`~regularization_pipeline.core.decisions.one_order`: lock,
+re-read, verify, write, commit) or ``batch_size`` orders per transaction
+(:mod:`~regularization_pipeline.core.decisions.batching`), falling back to one
+order at a time when a batch fails. Both write through
+:func:`regularization_pipeline.core.decisions.writes.write_decisions`: the
+compare-and-set flip, the outbox row, the attempts and audit rows.
 
-1. lock the order row (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL and
-   MariaDB/MySQL; on SQLite the transaction began ``IMMEDIATE`` and holds the
-   database's write lock), and re-read it and its payments under the lock;
-2. verify (:func:`regularization_pipeline.core.decisions.verification.verify`, pure);
-3. write it (:func:`regularization_pipeline.core.decisions.writes.write_decisions`): the
-   compare-and-set flip, the outbox row, the attempts and audit rows; commit.
-
-A late webhook that completed the order first makes step 2 or 3 find it
-completed: the order is skipped and no event is written. Any exception rolls
+A late webhook that completed the order first makes the re-read or the flip find
+it completed: the order is skipped and no event is written. Any exception rolls
 the whole order back; the failure is then counted
 (:mod:`~regularization_pipeline.core.decisions.attempts`) and, after ``max_attempts``,
 the order is quarantined.
@@ -32,43 +29,30 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.decisions import attempts, batching, pending_payments
-from regularization_pipeline.core.decisions.audit import Decision
 from regularization_pipeline.core.decisions.context import (
-    LOCKED_ELSEWHERE,
     FaultHook,
     OrderOutcome,
     RunContext,
     no_fault,
 )
-from regularization_pipeline.core.decisions.orders import OrderStatements, same_order_id
+from regularization_pipeline.core.decisions.one_order import OneOrder
+from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.decisions.provider_health import (
     DEFAULT_OUTAGE_AFTER,
     ProviderHealth,
 )
 from regularization_pipeline.core.decisions.tracker import audit_new_inconsistencies, open_report
-from regularization_pipeline.core.decisions.verification import (
-    Verdict,
-    apply_provider_answer,
-    provider_hold,
-    verify,
-)
-from regularization_pipeline.core.decisions.writes import write_decisions
 from regularization_pipeline.core.delivery.laravel_queue import TransactionalDelivery
 from regularization_pipeline.core.delivery.publishers import expand_publishers
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_orders
 from regularization_pipeline.core.detection.shop_rules import require_sound_shop
-from regularization_pipeline.core.errors import ConfigurationError, describe_error, is_deadlock
+from regularization_pipeline.core.errors import ConfigurationError, describe_error
 from regularization_pipeline.core.provider.answers import (
-    HoldReason,
     PaymentVerifier,
-    ProviderAnswer,
     ProviderError,
-    ProviderRejectedError,
-    ProviderUnavailableError,
 )
 from regularization_pipeline.core.run import ProgressHook, RunOptions, RunSummary
 from regularization_pipeline.core.shop import run_lock
@@ -80,13 +64,6 @@ from regularization_pipeline.core.shop.migrations import require_migrated
 __all__ = ["OrderOutcome", "Regularizer", "RunOptions", "RunSummary"]
 
 log = logging.getLogger("regularization_pipeline.regularizer")
-
-DEADLOCK_RETRIES = 2
-DEADLOCK_BACKOFF_SECONDS = 0.05
-ASKED_ABOUT_ANOTHER = "transaction changed since the provider was asked: left for the next run"
-
-# (transaction id, what the provider said about it), asked before the order's lock is taken.
-ProviderWord = tuple[Any, ProviderAnswer]
 
 
 @dataclass
@@ -152,6 +129,7 @@ class Regularizer:
         self.clock = clock
         self.sleeper = sleeper
         self.fault = fault
+        self.one = OneOrder(verifier, sleeper)
 
     def context(self, run_id: str, options: RunOptions, window: d.ScanWindow) -> RunContext:
         """What the steps of one run (or one operator action) share."""
@@ -286,7 +264,7 @@ class Regularizer:
                     return
                 if rest_before_next and pace.options.sleep:
                     self.sleeper(pace.options.sleep)
-                outcome = self._regularize(ctx, order_id, health)
+                outcome = self.one.regularize(ctx, order_id, health)
                 rest_before_next = outcome is None or outcome.acted
                 if outcome is None:  # a provider error: this order's, or an outage?
                     if health.outage:
@@ -326,7 +304,7 @@ class Regularizer:
                 for order_id in attempts.without_quarantined(ctx, page):
                     if pace.lock_held is not None:
                         pace.lock_held()
-                    outcomes.append(self._regularize(ctx, order_id))
+                    outcomes.append(self.one.regularize(ctx, order_id))
                 scanned_to = page[-1] if page else None
             if scanned_to is None:  # no pending order left to look at
                 return
@@ -344,127 +322,7 @@ class Regularizer:
     ) -> OrderOutcome:
         """Decide one order in its own transaction; a failure is counted, never raised."""
         ctx = self.context(run_id, options, window or options.window(self.clock()))
-        return self._regularize(ctx, order_id)
-
-    def _regularize(
-        self, ctx: RunContext, order_id: Any, health: ProviderHealth | None = None
-    ) -> OrderOutcome | None:
-        """The order's outcome; None when ``health`` is given and the provider could not answer
-        (the run decides, with the next orders, whether that was this order's failure)."""
-        try:
-            # Outside any transaction: a test can play the late webhook here, between the scan and the claim.
-            self.fault("before_claim", order_id)
-            if health is not None:
-                health.answered_last = False
-            answer = self._ask_provider(ctx, order_id, health) if self.verifier else None
-            outcome = self._decide_retrying_deadlocks(ctx, order_id, answer)
-        except ProviderRejectedError as exc:
-            if health is None or not health.answered:
-                raise  # a bad token or URL: every order would fail the same way, so the run stops
-            # Our credentials work (the provider answered this run): refused about this one.
-            words = "provider refused the request about this transaction, having answered others"
-            hold = provider_hold(
-                Verdict(verdicts.SKIPPED, words), HoldReason.REQUEST_REFUSED, words
-            )
-            log.info("order %s: %s", order_id, describe_error(exc))
-            return attempts.hold_for_provider(ctx, order_id, hold)
-        except ProviderUnavailableError as exc:
-            if health is None:
-                return attempts.left_for_next_run(ctx, order_id, exc)
-            log.warning("order %s: provider error: %s", order_id, describe_error(exc))
-            health.note_error(order_id, exc)
-            return None
-        except sa.exc.DataError as exc:
-            if self._is_order_key(order_id):
-                return attempts.record_failure(ctx, order_id, exc)
-            # Not even a value of the orders' key ("abc" for an integer id, PostgreSQL): no such
-            # order, as SQLite and MariaDB answer; not a failure to count, nor to quarantine.
-            with self.engine.begin() as conn:
-                not_found = Decision(order_id, Verdict(verdicts.SKIPPED, "order not found"))
-                return write_decisions(ctx, conn, [not_found])[0]
-        except Exception as exc:  # one bad order never stops the run
-            return attempts.record_failure(ctx, order_id, exc)
-        if outcome.reason != LOCKED_ELSEWHERE:
-            log.info("order %s: %s (%s)", order_id, outcome.action, outcome.reason)
-        return outcome
-
-    def _is_order_key(self, order_id: Any) -> bool:
-        """Whether the database takes ``order_id`` as a value of the orders' key at all."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(self.statements.exists, {"p_order": order_id})
-        except sa.exc.DataError:
-            return False
-        return True
-
-    def _decide_retrying_deadlocks(
-        self, ctx: RunContext, order_id: Any, answer: ProviderWord | None
-    ) -> OrderOutcome:
-        """The order's transaction, tried again when the database chose it as a deadlock victim.
-
-        A deadlock (or serialization failure) rolled the whole transaction back, so trying
-        again is safe, and the other side (often the application's own webhook) has moved on.
-        A lock wait timeout is not retried: someone holds the row, and waiting again would
-        only hold up the run.
-        """
-        for attempt in range(DEADLOCK_RETRIES + 1):
-            try:
-                with self.engine.begin() as conn:
-                    return self._decide(ctx, conn, order_id, answer)
-            except sa.exc.DBAPIError as exc:
-                if attempt == DEADLOCK_RETRIES or not is_deadlock(exc):
-                    raise
-                log.info(
-                    "order %s: deadlock victim, trying again (%d/%d)",
-                    order_id,
-                    attempt + 1,
-                    DEADLOCK_RETRIES,
-                )
-                self.sleeper(DEADLOCK_BACKOFF_SECONDS * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _decide(
-        self, ctx: RunContext, conn: sa.Connection, order_id: Any, answer: ProviderWord | None
-    ) -> OrderOutcome:
-        """Lock, re-read and verify one order, then write the decision, in ``conn``'s transaction."""
-        order = self.statements.load_order(conn, order_id, lock=True)
-        if order is None:
-            found = conn.execute(self.statements.exists, {"p_order": order_id}).first()
-            if found is not None and same_order_id(found[0], order_id):
-                return OrderOutcome(order_id, verdicts.SKIPPED, LOCKED_ELSEWHERE)
-            not_found = Decision(order_id, Verdict(verdicts.SKIPPED, "order not found"))
-            return write_decisions(ctx, conn, [not_found])[0]
-        self.fault("after_lock", order_id)
-        payments = self.statements.payments(conn, order_id)
-        verdict = verify(order, payments, self.schema.statuses, ctx.window)
-        if verdict.action == verdicts.REGULARIZED and self.verifier is not None:
-            if answer is None or answer[0] != verdict.transaction.id:
-                verdict = Verdict(verdicts.SKIPPED, ASKED_ABOUT_ANOTHER)
-            else:
-                verdict = apply_provider_answer(verdict, answer[1], order)
-        return write_decisions(ctx, conn, [Decision(order_id, verdict, order)])[0]
-
-    def _ask_provider(
-        self, ctx: RunContext, order_id: Any, health: ProviderHealth | None = None
-    ) -> ProviderWord | None:
-        """Ask the provider before taking the row lock, so no lock waits on the network.
-
-        Returns (transaction id, answer) when the database alone would
-        regularize the order; the locked decision then checks that the same
-        transaction is still the completed one.
-        """
-        with self.engine.connect() as conn:
-            order = self.statements.load_order(conn, order_id, lock=False)
-            if order is None:
-                return None
-            payments = self.statements.payments(conn, order_id)
-        verdict = verify(order, payments, self.schema.statuses, ctx.window)
-        if verdict.action != verdicts.REGULARIZED:
-            return None
-        answer = self.verifier.check(order, verdict.transaction)
-        if health is not None:
-            health.note_answer()
-        return verdict.transaction.id, answer
+        return self.one.regularize(ctx, order_id)
 
     # --- operator tools ------------------------------------------------------------------
 

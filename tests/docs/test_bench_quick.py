@@ -10,11 +10,24 @@ import sys
 import pytest
 
 from tests.support import ROOT
-from tests.support.databases import throwaway_postgres_database
+from tests.support.databases import (
+    MYSQL_ADMIN_URL,
+    throwaway_database,
+    throwaway_postgres_database,
+)
 
 # A benchmark at quick size still takes about a minute: make test runs it, test-fast does not.
 pytestmark = pytest.mark.slow
 
+THROUGHPUT = {
+    "throughput_per_order",
+    "throughput_batched",
+    "throughput_original_baseline",
+    "throughput_set_based_sql",
+    "per_order_vs_baseline",
+    "batched_vs_baseline",
+    "batched_vs_set_based_sql",
+}
 EXPECTED = {
     "shop_build_s",
     "detection_orphan_stats_ms",
@@ -40,13 +53,7 @@ EXPECTED = {
             "detection_inconsistency_refresh_ms",
         )
     ),
-    "throughput_per_order",
-    "throughput_batched",
-    "throughput_original_baseline",
-    "throughput_set_based_sql",
-    "per_order_vs_baseline",
-    "batched_vs_baseline",
-    "batched_vs_set_based_sql",
+    *THROUGHPUT,
     "job_empty_backlog_wall_s",
     "job_empty_backlog_rss_mib",
     "job_backlog_wall_s",
@@ -61,7 +68,10 @@ EXPECTED = {
 @pytest.mark.timeout(900)  # the subprocess's own limit below, not pytest's default
 def test_quick_benchmark_prints_every_figure(tmp_path):
     out = tmp_path / "figures.jsonl"
-    with throwaway_postgres_database("regbench_quick") as bench_url:
+    with (
+        throwaway_postgres_database("regbench_quick") as bench_url,
+        throwaway_database("regbench_quick", MYSQL_ADMIN_URL) as mariadb_url,
+    ):
         proc = subprocess.run(
             [
                 sys.executable,
@@ -70,6 +80,8 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
                 "--quick",
                 "--url",
                 bench_url.render_as_string(hide_password=False),
+                "--mariadb-url",
+                mariadb_url.render_as_string(hide_password=False),
                 "--out",
                 str(out),
             ],
@@ -84,10 +96,13 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
     names = {f["name"] for f in printed}
     assert EXPECTED <= names, f"missing figures: {sorted(EXPECTED - names)}"
     for figure in printed:
-        assert figure["value"] > 0 and figure["database"] == "postgresql" and figure["commit"], (
-            figure
-        )
-        assert "PostgreSQL" in figure["machine"], figure
+        assert figure["value"] > 0 and figure["commit"], figure
+        assert figure["database"] in ("postgresql", "mariadb"), figure
+        assert "PostgreSQL" in figure["machine"] and "MariaDB" in figure["machine"], figure
+    # Every throughput figure and ratio for both servers, from the one run.
+    on_mariadb = {f["name"] for f in printed if f["database"] == "mariadb"}
+    assert THROUGHPUT <= on_mariadb, f"missing on MariaDB: {sorted(THROUGHPUT - on_mariadb)}"
+    assert "the benchmark took" in proc.stderr
     plans = [line for line in proc.stderr.splitlines() if line.startswith("# plan")]
     assert any("pipeline first page" in line for line in plans), proc.stderr[-2000:]
     scale = [f for f in printed if f["name"] == "scale_out_orders_per_s"]

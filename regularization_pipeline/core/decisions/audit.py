@@ -7,7 +7,6 @@ what did not commit.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -47,13 +46,13 @@ def write_audit(
     ctx: RunContext, conn: sa.Connection, decisions: list[Decision]
 ) -> list[OrderOutcome]:
     """Audit each decision in the caller's transaction; returns their outcomes."""
-    now = ctx.clock()
-    insert_many(conn, ctx.tables.audit, [audit_row(ctx, decision, now) for decision in decisions])
+    rows = [audit_row(ctx, decision) for decision in decisions]
+    insert_many(conn, ctx.tables.audit, rows, shared={"created_at": ctx.clock()})
     return [decision.outcome() for decision in decisions]
 
 
-def audit_row(ctx: RunContext, decision: Decision, now: dt.datetime) -> dict[str, Any]:
-    """The audit insert for one decision; every value fits its column."""
+def audit_row(ctx: RunContext, decision: Decision) -> dict[str, Any]:
+    """The audit insert for one decision but its time; every value fits its column."""
     order, tx = decision.order, decision.verdict.transaction
     if tx is not None and tx.currency:
         currency = tx.currency
@@ -73,7 +72,6 @@ def audit_row(ctx: RunContext, decision: Decision, now: dt.datetime) -> dict[str
             transaction_amount=_money(tx.amount) if tx else None,
             currency=currency,
             transaction_completed_at=tx.completed_at if tx else None,
-            created_at=now,
         ),
     )
 

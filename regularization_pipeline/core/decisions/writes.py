@@ -19,7 +19,7 @@ from regularization_pipeline.core.decisions.attempts import note_attempt, reset_
 from regularization_pipeline.core.decisions.audit import Decision, dry_run_of, write_audit
 from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
 from regularization_pipeline.core.decisions.verification import Verdict
-from regularization_pipeline.core.delivery.events import new_event, outbox_row
+from regularization_pipeline.core.delivery.events import new_event, outbox_fields, outbox_times
 from regularization_pipeline.core.delivery.laravel_queue import write_in_transaction
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.shop.engine import insert_many
@@ -81,7 +81,8 @@ def _write_events(ctx: RunContext, conn: sa.Connection, flipped: list[Decision])
     """One OrderCompleted outbox row per flipped order (and its in-transaction jobs), attempts reset."""
     now = ctx.clock()
     events = [_event(ctx, x, now) for x in flipped]
-    insert_many(conn, ctx.tables.outbox, [outbox_row(event, now) for event in events])
+    rows = [outbox_fields(event) for event in events]
+    insert_many(conn, ctx.tables.outbox, rows, shared=outbox_times(now))
     # Publishers writing into the shop's own database (Laravel's jobs table) commit with the flip.
     write_in_transaction(conn, ctx.tables, ctx.transactional, events, now)
     ids = [decision.order_id for decision in flipped]

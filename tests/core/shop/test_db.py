@@ -19,6 +19,7 @@ AWKWARD_REASONS = [
     'a "quoted", comma-separated\nmulti-line reason',
     "Zahlung bestätigt — 支払い済み",
     "\\N and \\t are text, not escapes",
+    "100% paid, %s and %(x)s are text, not placeholders; it's O'Brien's \\' too",
 ]
 
 
@@ -51,8 +52,8 @@ def test_insert_many_round_trips_nulls_quotes_newlines_and_times(shop):
     with shop.engine.connect() as conn:
         stored = conn.execute(sa.select(audit).order_by(audit.c.attempt)).mappings().all()
     assert [r["reason"] for r in stored] == AWKWARD_REASONS
-    assert [r["transaction_id"] for r in stored] == ["tx-0", None, "tx-2", None]
-    assert [r["currency"] for r in stored] == [None] * 4
+    assert [r["transaction_id"] for r in stored] == ["tx-0", None, "tx-2", None, "tx-4"]
+    assert [r["currency"] for r in stored] == [None] * 5
     assert stored[0]["order_amount"] is None and stored[1]["order_amount"] == Decimal("49.90")
     assert {r["transaction_amount"] for r in stored} == {Decimal("-0.000001")}
     assert stored[0]["transaction_completed_at"] is None
@@ -61,6 +62,24 @@ def test_insert_many_round_trips_nulls_quotes_newlines_and_times(shop):
         dt.datetime(2026, 11, 25, 10, 30, 15, 123456)
     }
     assert {r["created_at"] for r in stored} == {naive}
+
+
+def test_insert_many_writes_shared_values_once_for_every_row(shop):
+    """The decision's time, given once for the statement, is every row's; the rest per row."""
+    audit = owned(shop).audit
+    when = dt.datetime(2026, 11, 25, 10, 30, 15, 123456, tzinfo=dt.UTC)
+    rows = [
+        dict(run_id="r", order_id=str(n), action="regularized", reason=reason, attempt=n)
+        for n, reason in enumerate(AWKWARD_REASONS * 300)  # more than one statement's worth
+    ]
+    with shop.engine.begin() as conn:
+        insert_many(conn, audit, rows, shared={"created_at": when})
+        insert_many(conn, audit, rows[:1], shared={"created_at": when})  # one row: an INSERT
+    with shop.engine.connect() as conn:
+        stored = conn.execute(sa.select(audit).order_by(audit.c.id)).mappings().all()
+    assert [r["reason"] for r in stored] == [r["reason"] for r in rows] + [AWKWARD_REASONS[0]]
+    assert [r["order_id"] for r in stored[: len(rows)]] == [str(n) for n in range(len(rows))]
+    assert {r["created_at"] for r in stored} == {when.replace(tzinfo=None)}
 
 
 def test_insert_many_is_part_of_the_callers_transaction(shop):
