@@ -26,7 +26,7 @@ defs = dg.Definitions(
         assets.regularization_audit,
     ],
     asset_checks=[checks.no_orphaned_pending_orders, checks.transactions_consistent],
-    jobs=[jobs.regularize_completed_orders, *operator_jobs.OPERATOR_JOBS],
+    jobs=[jobs.regularize_completed_orders, *operator_jobs.OPERATOR_JOBS, *alerts.ALERT_JOBS],
     schedules=[jobs.regularize_completed_orders_every_5_minutes],
     sensors=[jobs.regularize_on_orphan_alert, *alerts.ALERT_SENSORS],
     resources={

@@ -26,6 +26,7 @@ from regularization_pipeline.cli.arguments import (
     utc_time,
     whole_number,
 )
+from regularization_pipeline.core.alerting.alert import SEVERITIES
 from regularization_pipeline.core.errors import (
     DEBUG_TERMINAL,
     BusyError,
@@ -184,6 +185,21 @@ COMMANDS: tuple[Subcommand, ...] = (
             ),
             flag(
                 "--dry-run", action="store_true", help="count what would be pruned, delete nothing"
+            ),
+        ),
+    ),
+    Subcommand(
+        "send-test-alert",
+        "send a test alert to every alert channel, through its real format and address",
+        "Opens and resolves a test incident on each channel of the alert routes "
+        "(REGULARIZATION_ALERT_*; the routes file). With --severity, only the channels that "
+        "take it, as a real alert is routed. Exits 1 when a channel did not take it.",
+        ops.cmd_send_test_alert,
+        (
+            flag(
+                "--severity",
+                choices=SEVERITIES,
+                help="only the channels taking this severity (default: every channel)",
             ),
         ),
     ),
