@@ -113,6 +113,20 @@ COMMANDS: tuple[Subcommand, ...] = (
         ),
     ),
     Subcommand(
+        "explain",
+        "say what a run would do with one order, and why (read-only)",
+        "The order's status, total and currency, each completed transaction's id, amount, "
+        "currency and time (UTC), and the decision a run would take on it now: regularize, "
+        "leave, hold for a human, or skip a quarantine. Changes nothing.",
+        ops.cmd_explain,
+        (
+            flag(
+                "--order-id", required=True, type=order_id, help="the order's id in the application"
+            ),
+            min_age("grace period left to the webhook (default 10)"),
+        ),
+    ),
+    Subcommand(
         "release",
         "lift an order's quarantine so the next run retries it",
         "Reset the failure count of a quarantined order and audit the release.",
@@ -131,7 +145,9 @@ COMMANDS: tuple[Subcommand, ...] = (
         "list-inconsistencies",
         "list what the pipeline reports and never fixes (read-only)",
         "Amount or currency mismatches, double charges, payments on cancelled "
-        "or missing orders: one row per kind and order.",
+        "or missing orders, quarantined orders: one row per kind, order and completed payment, "
+        "with the figures to settle it (order status, total and currency; the payment's id, "
+        "amount, currency and completion time, UTC).",
         ops.cmd_list_inconsistencies,
         (time_filter("payments completed"), add_format),
     ),

@@ -217,3 +217,23 @@ def cmd_send_test_alert(args: argparse.Namespace, parser: argparse.ArgumentParse
     for line in lines:
         print(line)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        options = RunOptions.parse(
+            **({} if args.min_age is None else {"min_age_minutes": args.min_age})
+        )
+    except ConfigurationError as exc:
+        parser.error(str(exc).replace("min_age_minutes", "--min-age"))
+    window = options.window(utcnow())
+    found = read_only(
+        parser,
+        lambda conn, schema: operator_tools.explain_order(conn, schema, args.order_id, window),
+    )
+    verifier = payment_verifier()
+    if verifier is not None:
+        verifier.close()
+    for line in found.lines(asks_provider=verifier is not None):
+        print(line)
+    return EXIT_OK
