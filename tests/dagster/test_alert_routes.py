@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from regularization_pipeline import cli
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs import alerts
 from regularization_pipeline.defs.resources import AlertResource, AppDatabaseResource
@@ -196,3 +197,25 @@ def test_send_test_alert_from_the_cli_and_the_ui_job_reaches_both_receivers(
         resources={"alerts": AlertResource.from_env()}, raise_on_error=False
     )
     assert not failed.success
+
+
+def test_the_held_orders_alert_advises_a_release_only_when_an_order_is_quarantined(routed, ticks):
+    _pager, chat, _path = routed
+    t, shop = ticks
+    mismatch = shop.orphan(amount="90.00")
+    with shop.engine.begin() as conn:  # as the tracker records an open amount mismatch
+        conn.execute(
+            owned(shop)
+            .inconsistencies.insert()
+            .values(order_id=str(mismatch), kind="amount_mismatch", first_seen_at=utcnow())
+        )
+    assert t.tick("alert_on_held_orders") == "alert firing: orders_held"
+    quarantine(shop, shop.orphan())
+    assert t.tick("alert_on_held_orders") == "alert firing: orders_held"  # 1 -> 2: grew
+    only_inconsistent, both = (b["text"].split("\n")[0] for b in _bodies(chat))
+    assert only_inconsistent.endswith(
+        f"1 amount_mismatch (order {mismatch}); inconsistent: settle the payment "
+        "(`regularize-completed-orders list-inconsistencies`)"
+    )
+    assert "release --order-id" not in only_inconsistent
+    assert "quarantined: fix the cause, then `regularize-completed-orders release" in both
