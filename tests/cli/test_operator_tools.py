@@ -231,7 +231,7 @@ def test_list_orphans_filters_by_time_and_writes_csv_without_changing_anything(s
     lines = everything.strip().splitlines()
     assert (
         lines[0]
-        == "order_id,order_status,transaction_id,payment_reference,completed_at,age_minutes"
+        == "order_id,order_status,transaction_id,payment_reference,completed_at_utc,age_minutes"
     )
     assert [line.split(",")[0] for line in lines[1:]] == [
         str(old),
@@ -256,7 +256,7 @@ def test_list_orphans_filters_by_time_and_writes_csv_without_changing_anything(s
         "order_status",
         "transaction_id",
         "payment_reference",
-        "completed_at",
+        "completed_at_utc",
         "age_minutes",
     ]
     assert "2 orphaned order(s)" in err

@@ -119,7 +119,7 @@ class OrphanRow:
         "order_status",
         "transaction_id",
         "payment_reference",
-        "completed_at",
+        "completed_at_utc",
         "age_minutes",
     )
 
