@@ -34,6 +34,8 @@ from regularization_pipeline.defs.jobs import JOB_NAME
 from regularization_pipeline.defs.resources import AlertResource
 
 ALERT_INTERVAL_SECONDS = 60
+# The asset whose events timeline shows each alert a sensor raised (the shop's orders).
+ALERTED_ASSET = dg.AssetKey("app_orders")
 
 
 def alert_sensor(
@@ -76,15 +78,34 @@ def alert_sensor(
             )
         settings = f" [alert settings: {'; '.join(warnings)}]" if warnings else ""
         if alert is not None:
-            return dg.SkipReason(
-                f"alert {alert.state}: {alert.incident}"
+            # A tick that raised an alert must not look like an idle one: it also records an
+            # observation of app_orders (its events timeline) saying what was sent where.
+            return dg.SensorResult(
+                skip_reason=f"alert {alert.state}: {alert.incident}"
                 + ("" if channels else " (logged only: no channel configured)")
-                + settings
+                + settings,
+                asset_events=[_alert_observation(name, alert, channels, errors)],
             )
         state = "open" if book.open else "none open"  # one incident per sensor
         return dg.SkipReason(f"no change ({state}){settings}")
 
     return _sensor
+
+
+def _alert_observation(sensor: str, alert, channels, errors: list[str]) -> dg.AssetObservation:
+    taking = [c.name for c in channels if alert.severity in c.severities]
+    return dg.AssetObservation(
+        asset_key=ALERTED_ASSET,
+        description=alert.text,
+        metadata={
+            "alert_sensor": sensor,
+            "alert_incident": alert.incident,
+            "alert_state": alert.state,
+            "alert_severity": alert.severity,
+            "alert_channels": ", ".join(taking) or "none (logged only)",
+            "alert_undelivered": len(errors),
+        },
+    )
 
 
 ALERT_SENSORS = [

@@ -71,6 +71,7 @@ class Ticks:
         ) as context:
             data = sensor.evaluate_tick(context)
         self.cursors[name] = data.cursor
+        self.last = data
         return data.skip_message or ""
 
 
@@ -219,3 +220,26 @@ def test_the_held_orders_alert_advises_a_release_only_when_an_order_is_quarantin
     )
     assert "release --order-id" not in only_inconsistent
     assert "quarantined: fix the cause, then `regularize-completed-orders release" in both
+
+
+def test_a_tick_that_raised_an_alert_records_an_observation_an_idle_one_does_not(routed, ticks):
+    _pager, chat, _path = routed
+    t, shop = ticks
+    assert t.tick("alert_on_held_orders") == "no change (none open)"
+    assert list(t.last.asset_events) == []
+    quarantine(shop, shop.orphan())
+    assert t.tick("alert_on_held_orders") == "alert firing: orders_held"
+    (observation,) = t.last.asset_events
+    assert observation.asset_key == dg.AssetKey("app_orders")
+    assert {k: v.value for k, v in observation.metadata.items()} == {
+        "alert_sensor": "alert_on_held_orders",
+        "alert_incident": "orders_held",
+        "alert_state": "firing",
+        "alert_severity": "warning",
+        "alert_channels": "chat",
+        "alert_undelivered": 0,
+    }
+    assert observation.description.startswith("[regularization_pipeline] FIRING: orders_held")
+    assert t.tick("alert_on_held_orders") == "no change (open)"
+    assert list(t.last.asset_events) == []
+    assert len(chat.snapshot()) == 1
