@@ -39,6 +39,7 @@ defs = dg.Definitions(
         delivery_jobs.deliver_order_completed_events,
         check_jobs.check_app_orders,
         *operator_jobs.OPERATOR_JOBS,
+        *alerts.ALERT_JOBS,
     ],
     schedules=[
         jobs.regularize_completed_orders_every_5_minutes,

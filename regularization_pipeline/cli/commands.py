@@ -27,6 +27,7 @@ from regularization_pipeline.cli.arguments import (
     whole_number,
 )
 from regularization_pipeline.cli.environment import select_shop
+from regularization_pipeline.core.alerting.alert import SEVERITIES
 from regularization_pipeline.core.errors import (
     DEBUG_TERMINAL,
     BusyError,
@@ -113,6 +114,20 @@ COMMANDS: tuple[Subcommand, ...] = (
         ),
     ),
     Subcommand(
+        "explain",
+        "say what a run would do with one order, and why (read-only)",
+        "The order's status, total and currency, each completed transaction's id, amount, "
+        "currency and time (UTC), and the decision a run would take on it now: regularize, "
+        "leave, hold for a human, or skip a quarantine. Changes nothing.",
+        ops.cmd_explain,
+        (
+            flag(
+                "--order-id", required=True, type=order_id, help="the order's id in the application"
+            ),
+            min_age("grace period left to the webhook (default 10)"),
+        ),
+    ),
+    Subcommand(
         "release",
         "lift an order's quarantine so the next run retries it",
         "Reset the failure count of a quarantined order and audit the release.",
@@ -131,7 +146,9 @@ COMMANDS: tuple[Subcommand, ...] = (
         "list-inconsistencies",
         "list what the pipeline reports and never fixes (read-only)",
         "Amount or currency mismatches, double charges, payments on cancelled "
-        "or missing orders: one row per kind and order.",
+        "or missing orders, quarantined orders: one row per kind, order and completed payment, "
+        "with the figures to settle it (order status, total and currency; the payment's id, "
+        "amount, currency and completion time, UTC).",
         ops.cmd_list_inconsistencies,
         (time_filter("payments completed"), add_format),
     ),
@@ -193,6 +210,21 @@ COMMANDS: tuple[Subcommand, ...] = (
             ),
             flag(
                 "--dry-run", action="store_true", help="count what would be pruned, delete nothing"
+            ),
+        ),
+    ),
+    Subcommand(
+        "send-test-alert",
+        "send a test alert to every alert channel, through its real format and address",
+        "Opens and resolves a test incident on each channel of the alert routes "
+        "(REGULARIZATION_ALERT_*; the routes file). With --severity, only the channels that "
+        "take it, as a real alert is routed. Exits 1 when a channel did not take it.",
+        ops.cmd_send_test_alert,
+        (
+            flag(
+                "--severity",
+                choices=SEVERITIES,
+                help="only the channels taking this severity (default: every channel)",
             ),
         ),
     ),

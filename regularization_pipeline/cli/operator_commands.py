@@ -281,3 +281,39 @@ def cmd_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"{verb} history before {summary.cutoff.isoformat(sep=' ', timespec='seconds')} UTC:")
     print(format_table(list(summary.as_metrics().items())))
     return EXIT_OK
+
+
+def cmd_send_test_alert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from regularization_pipeline.core.alerting.routes import NO_CHANNEL, report_test_alert
+    from regularization_pipeline.defs.resources import AlertResource
+
+    # The resource the sensors use, its EnvVar fields resolved as a tick resolves them.
+    alerts = AlertResource.from_env().process_config_and_initialize()
+    for warning in alerts.warnings():
+        print(f"warning: alert setting: {warning}", file=sys.stderr)
+    lines, ok = report_test_alert(alerts.channels(), args.severity)
+    if lines == [NO_CHANNEL]:
+        parser.exit(EXIT_USAGE, f"error: {NO_CHANNEL}\n")
+    for line in lines:
+        print(line)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        options = RunOptions.parse(
+            **({} if args.min_age is None else {"min_age_minutes": args.min_age})
+        )
+    except ConfigurationError as exc:
+        parser.error(str(exc).replace("min_age_minutes", "--min-age"))
+    window = options.window(utcnow())
+    found = read_only(
+        parser,
+        lambda conn, schema: operator_tools.explain_order(conn, schema, args.order_id, window),
+    )
+    verifier = payment_verifier()
+    if verifier is not None:
+        verifier.close()
+    for line in found.lines(asks_provider=verifier is not None):
+        print(line)
+    return EXIT_OK

@@ -22,6 +22,7 @@ from regularization_pipeline.core.detection.orphans import INCONSISTENCY_KINDS
 from regularization_pipeline.core.errors import RegularizationError, describe_error
 from regularization_pipeline.core.operations.reports import outbox_backlog
 from regularization_pipeline.core.redaction import redact
+from regularization_pipeline.core.verdicts import QUARANTINED
 from regularization_pipeline.defs.jobs import IN_FLIGHT_STATUSES, JOB_NAME
 from regularization_pipeline.defs.resources import AlertResource, AppDatabaseResource
 
@@ -279,12 +280,25 @@ def observe_held_orders(look: Look) -> Observation | None:
         more = f" and {len(ids) - HELD_ID_SAMPLE} more" if len(ids) > HELD_ID_SAMPLE else ""
         parts.append(f"{len(ids)} {reason} (order {shown}{more})")
     detail = (
-        f"{total} paid order(s) held back from regularization: {'; '.join(parts)}; quarantined: fix the "
-        "cause, then `regularize-completed-orders release --order-id`; the others: settle the payment"
+        f"{total} paid order(s) held back from regularization: {'; '.join(parts)}; {_held_advice(held)}"
         if total
         else "no paid order is held back"
     )
     return Observation("orders_held", total > 0, detail, size=total, severity="warning")
+
+
+def _held_advice(held: dict[str, list]) -> str:
+    """What to do, for the reasons present only: no release advice without a quarantine."""
+    advice = []
+    if held.get(QUARANTINED):
+        advice.append(
+            "quarantined: fix the cause, then `regularize-completed-orders release --order-id`"
+        )
+    if any(ids for reason, ids in held.items() if reason != QUARANTINED):
+        advice.append(
+            "inconsistent: settle the payment (`regularize-completed-orders list-inconsistencies`)"
+        )
+    return "; ".join(advice)
 
 
 def _ping_heartbeat(look: Look, run_id: str) -> None:

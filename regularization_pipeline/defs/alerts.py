@@ -9,13 +9,14 @@ so they run by default; with no channel configured they only log. A setting that
 read never stops them: each tick reports it and uses the default.
 """
 
-from __future__ import annotations
-
 import time
 
 import dagster as dg
+from pydantic import Field
 
-from regularization_pipeline.core.alerting.incidents import IncidentBook, deliver
+from regularization_pipeline.core.alerting.alert import SEVERITIES
+from regularization_pipeline.core.alerting.incidents import IncidentBook
+from regularization_pipeline.core.alerting.routes import deliver, report_test_alert
 from regularization_pipeline.defs.alert_observers import (
     Look,
     Observe,
@@ -33,6 +34,8 @@ from regularization_pipeline.defs.jobs import JOB_NAME
 from regularization_pipeline.defs.resources import AlertResource
 
 ALERT_INTERVAL_SECONDS = 60
+# The asset whose events timeline shows each alert a sensor raised (the shop's orders).
+ALERTED_ASSET = dg.AssetKey("app_orders")
 
 
 def alert_sensor(
@@ -67,7 +70,7 @@ def alert_sensor(
         if alert is not None:
             (context.log.warning if alert.state == "firing" else context.log.info)(alert.text)
         channels = alerts.channels()
-        errors = deliver(book, [alert] if alert else [], channels) if channels else []
+        errors = deliver(book, [alert] if alert else [], channels, now) if channels else []
         context.update_cursor(book.to_cursor())
         if errors:
             context.log.error(
@@ -75,15 +78,34 @@ def alert_sensor(
             )
         settings = f" [alert settings: {'; '.join(warnings)}]" if warnings else ""
         if alert is not None:
-            return dg.SkipReason(
-                f"alert {alert.state}: {alert.incident}"
+            # A tick that raised an alert must not look like an idle one: it also records an
+            # observation of app_orders (its events timeline) saying what was sent where.
+            return dg.SensorResult(
+                skip_reason=f"alert {alert.state}: {alert.incident}"
                 + ("" if channels else " (logged only: no channel configured)")
-                + settings
+                + settings,
+                asset_events=[_alert_observation(name, alert, channels, errors)],
             )
         state = "open" if book.open else "none open"  # one incident per sensor
         return dg.SkipReason(f"no change ({state}){settings}")
 
     return _sensor
+
+
+def _alert_observation(sensor: str, alert, channels, errors: list[str]) -> dg.AssetObservation:
+    taking = [c.name for c in channels if alert.severity in c.severities]
+    return dg.AssetObservation(
+        asset_key=ALERTED_ASSET,
+        description=alert.text,
+        metadata={
+            "alert_sensor": sensor,
+            "alert_incident": alert.incident,
+            "alert_state": alert.state,
+            "alert_severity": alert.severity,
+            "alert_channels": ", ".join(taking) or "none (logged only)",
+            "alert_undelivered": len(errors),
+        },
+    )
 
 
 ALERT_SENSORS = [
@@ -144,3 +166,36 @@ ALERT_SENSORS = [
         observe_watchdog,
     ),
 ]
+
+
+class AlertTestConfig(dg.Config):
+    severity: str | None = Field(
+        default=None,
+        pattern="^(" + "|".join(SEVERITIES) + ")$",
+        description="Send to the channels that take this severity only (as a real alert is "
+        "routed); every channel when unset.",
+    )
+
+
+@dg.op(tags={"regularization/kind": "operator"})
+def send_test_alert_to_channels(
+    context: dg.OpExecutionContext, config: AlertTestConfig, alerts: AlertResource
+) -> None:
+    """Open and resolve a test incident on each alert channel, through its real format and address."""
+    for warning in alerts.warnings():
+        context.log.error(f"alert setting: {warning}")
+    lines, ok = report_test_alert(alerts.channels(), config.severity)
+    for line in lines:
+        (context.log.info if ok else context.log.error)(line)
+    if not ok:
+        raise dg.Failure(description="; ".join(lines), allow_retries=False)
+
+
+@dg.job(tags={"regularization/kind": "operator"})
+def send_test_alert():
+    """Send a test alert to every alert channel (or those taking one severity): the CLI's
+    `send-test-alert`."""
+    send_test_alert_to_channels()
+
+
+ALERT_JOBS = [send_test_alert]

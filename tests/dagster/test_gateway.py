@@ -99,7 +99,8 @@ def test_a_payment_the_provider_calls_refunded_is_held_reported_and_asked_again_
     assert (asked_first, asked_again, asked_after_release) == (1, 0, 1)
     assert not check.passed and check.metadata["inconsistent_provider_failed"].value == 1
     with engine.connect() as conn:
-        assert ("provider_failed", refunded) in inconsistency_rows(conn, shop.schema, None)
+        rows = inconsistency_rows(conn, shop.schema, None)
+        assert ("provider_failed", refunded) in [row[:2] for row in rows]
     assert shop.status_of(refunded) == "pending"
     reasons = [row.reason for row in audit_of(shop, refunded) if row.action == "inconsistent"]
     assert len(reasons) == 2 and all(

@@ -86,9 +86,9 @@ def test_compose_file_is_valid_for_docker_compose(profile):
     args = [*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE)]
     if profile:
         args += ["--profile", profile]
-    result = subprocess.run(
-        [*args, "config"], capture_output=True, text=True, cwd=REPO, env=_without_compose_env()
-    )
+    # The password the deployer chooses (.env.example leaves it empty, so compose refuses).
+    env = {**_without_compose_env(), "DAGSTER_POSTGRES_PASSWORD": "a-long-random-one"}
+    result = subprocess.run([*args, "config"], capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     services = resolved["services"]
@@ -115,6 +115,20 @@ def test_compose_refuses_to_start_without_the_required_secrets(tmp_path):
     empty_env.write_text("")
     result = subprocess.run(
         [*compose_command(), "--env-file", str(empty_env), "-f", str(COMPOSE_FILE), "config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_without_compose_env(),
+    )
+    assert result.returncode != 0
+    assert "set DAGSTER_POSTGRES_PASSWORD in .env" in result.stderr + result.stdout
+
+
+def test_env_example_as_copied_never_starts_with_a_known_password():
+    # `cp .env.example .env` and `docker compose up`: refused until a password is chosen.
+    assert env_example()["DAGSTER_POSTGRES_PASSWORD"] == ""
+    result = subprocess.run(
+        [*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "config"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -29,10 +29,21 @@ class AlertLinks:
             return None
         return f"{self.ui_url.rstrip('/')}/runs/{alert.run_id}"
 
+    def ui_link(self, alert: Alert) -> str | None:
+        """The run's page when the alert names a run, else the UI itself: where to look first."""
+        return self.run_url(alert) or (self.ui_url.rstrip("/") if self.ui_url else None)
+
     def runbook(self, alert: Alert) -> str | None:
         return (
             f"{self.runbook_url}#{alert.incident.replace('_', '-')}" if self.runbook_url else None
         )
+
+    def labelled(self, alert: Alert) -> list[tuple[str, str]]:
+        """(address, label) of every link the alert carries, for the formats that show links."""
+        ui = self.ui_link(alert)
+        found = [(ui, "Dagster run" if self.run_url(alert) else "Dagster UI")] if ui else []
+        runbook = self.runbook(alert)
+        return found + ([(runbook, "Runbook")] if runbook else [])
 
 
 def dedup_key(alert: Alert, links: AlertLinks) -> str:
@@ -49,7 +60,7 @@ def _iso(epoch: float) -> str:
 def render(alert: Alert, fmt: str, links: AlertLinks) -> Any:
     """The JSON body of ``alert`` in one of FORMATS."""
     renderers = {
-        "slack": lambda: {"text": alert.text},
+        "slack": lambda: _slack_message(alert, links),
         "json": lambda: _json_event(alert, links),
         "pagerduty": lambda: _pagerduty_event(alert, links),
         "alertmanager": lambda: _alertmanager_alerts(alert, links),
@@ -57,6 +68,23 @@ def render(alert: Alert, fmt: str, links: AlertLinks) -> Any:
     if fmt not in renderers:
         raise ValueError(f"unknown alert format {fmt!r}; one of {', '.join(FORMATS)}")
     return renderers[fmt]()
+
+
+def _slack_escape(text: str) -> str:
+    """Slack's three control characters in message text (its "Formatting text" guide)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_message(alert: Alert, links: AlertLinks) -> dict[str, Any]:
+    """Slack's incoming-webhook body: the text, then its links as ``<address|label>``."""
+    shown = " | ".join(f"<{href}|{label}>" for href, label in links.labelled(alert))
+    return {"text": _slack_escape(alert.text) + (f"\n{shown}" if shown else "")}
+
+
+def plain_text(alert: Alert, links: AlertLinks) -> str:
+    """An e-mail's body: the text, then one ``label: address`` line per link."""
+    lines = [alert.text, *(f"{label}: {href}" for href, label in links.labelled(alert))]
+    return "\n".join(lines) + "\n"
 
 
 def _details(alert: Alert) -> dict[str, Any]:
@@ -78,7 +106,11 @@ def _json_event(alert: Alert, links: AlertLinks) -> dict[str, Any]:
         "source": SOURCE,
         "summary": alert.text,
         "details": _details(alert),
-        "links": {"run": links.run_url(alert), "runbook": links.runbook(alert)},
+        "links": {
+            "run": links.run_url(alert),
+            "ui": links.ui_link(alert),
+            "runbook": links.runbook(alert),
+        },
         "timestamp": _iso(alert.at),
     }
 
@@ -102,18 +134,13 @@ def _pagerduty_event(alert: Alert, links: AlertLinks) -> dict[str, Any]:
         "group": links.environment,
         "custom_details": _details(alert),
     }
-    run_url, runbook = links.run_url(alert), links.runbook(alert)
-    body["links"] = [
-        {"href": href, "text": text}
-        for href, text in ((run_url, "Dagster run"), (runbook, "Runbook"))
-        if href
-    ]
+    body["links"] = [{"href": href, "text": text} for href, text in links.labelled(alert)]
     return body
 
 
 def _alertmanager_alerts(alert: Alert, links: AlertLinks) -> list[dict[str, Any]]:
     """Alertmanager's POST /api/v2/alerts: a list of postable alerts."""
-    runbook, run_url = links.runbook(alert), links.run_url(alert)
+    runbook, run_url = links.runbook(alert), links.ui_link(alert)
     item: dict[str, Any] = {
         "labels": {
             "alertname": alert.incident,

@@ -35,16 +35,14 @@ import httpx
 from regularization_pipeline.core.alerting.alert import (
     FIRING,
     RESOLVED,
+    SEVERITIES,
     Alert,
     Observation,
 )
-from regularization_pipeline.core.alerting.formats import AlertLinks, render
+from regularization_pipeline.core.alerting.formats import AlertLinks, plain_text, render
 from regularization_pipeline.core.delivery.signing import SIGNATURE_HEADER, signature_header
 
 log = logging.getLogger("regularization_pipeline.alerting")
-
-# A receiver down for days must not grow the cursor without bound: the oldest undelivered messages go first.
-MAX_UNDELIVERED = 100
 
 
 @dataclass(frozen=True)
@@ -84,6 +82,8 @@ class IncidentBook:
     )  # {"channel": name, "alert": {...}}
     since: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # a sensor's own small memory
+    # incident -> the channels told it opened, for the incidents this tick closed (not stored)
+    closed: dict[str, list[str] | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_cursor(cls, cursor: str | None, now: float | None = None) -> IncidentBook:
@@ -132,10 +132,13 @@ class IncidentBook:
                 "size": o.size,
                 "opened_at": now,
                 "notified_at": now,
+                "severity": o.severity,
+                "run_id": o.run_id,
+                "told": [],  # the channels it was sent to (routes.deliver keeps it)
             }
             return alert(FIRING, o.detail)
         if not o.firing and state is not None:
-            del self.open[o.incident]
+            self.closed[o.incident] = self.open.pop(o.incident).get("told")
             return alert(RESOLVED, o.detail)
         if state is None:
             return None
@@ -146,12 +149,15 @@ class IncidentBook:
             note = f"still open after {minutes} min"
         else:
             return None
-        state.update(size=o.size, notified_at=now, detail=o.detail)
+        state.update(size=o.size, notified_at=now, detail=o.detail, run_id=o.run_id)
         return alert(FIRING, f"{note}: {o.detail}")
 
 
 class Channel(Protocol):
+    """Where alerts go: a name (unique among the routes) and the severities it takes."""
+
     name: str
+    severities: tuple[str, ...]
 
     def send(self, alert: Alert) -> None: ...
 
@@ -175,6 +181,7 @@ class WebhookChannel:
     fmt: str = "slack"
     links: AlertLinks = field(default_factory=AlertLinks)
     secret: str | None = None
+    severities: tuple[str, ...] = SEVERITIES
 
     def send(self, alert: Alert) -> None:
         body = json.dumps(render(alert, self.fmt, self.links), sort_keys=True).encode("utf-8")
@@ -210,6 +217,8 @@ class EmailChannel:
     timeout_seconds: float = 10.0
     name: str = "email"
     ca_file: str | None = None
+    links: AlertLinks = field(default_factory=AlertLinks)
+    severities: tuple[str, ...] = SEVERITIES
 
     @property
     def uses_starttls(self) -> bool:
@@ -222,7 +231,7 @@ class EmailChannel:
         message["To"] = ", ".join(self.recipients)
         message["Date"] = formatdate(alert.at or None, usegmt=True)
         message["Message-ID"] = make_msgid(domain=self.sender.rpartition("@")[2] or None)
-        message.set_content(alert.text + "\n")
+        message.set_content(plain_text(alert, self.links))
         return message
 
     def send(self, alert: Alert) -> None:
@@ -243,34 +252,3 @@ class EmailChannel:
             code = getattr(exc, "smtp_code", None)
             status = f" (SMTP {code})" if isinstance(code, int) else ""
             raise AlertDeliveryError(f"{self.name}: {type(exc).__name__}{status}") from None
-
-
-def deliver(book: IncidentBook, alerts: Sequence[Alert], channels: Sequence[Channel]) -> list[str]:
-    """Send earlier undelivered messages, then ``alerts``, to every channel; returns the errors.
-
-    A message a channel refused stays in ``book.undelivered`` for that channel
-    only: the next call retries it there and nowhere else.
-    """
-    queue = list(book.undelivered) + [
-        {"channel": c.name, "alert": a.to_json()} for a in alerts for c in channels
-    ]
-    by_name = {c.name: c for c in channels}
-    left, errors = [], []
-    for item in queue:
-        channel = by_name.get(str(item["channel"]))
-        if channel is None:  # the channel was switched off meanwhile
-            continue
-        alert = Alert(**item["alert"])  # type: ignore[arg-type]
-        try:
-            channel.send(alert)
-        except AlertDeliveryError as exc:
-            errors.append(str(exc))
-            log.warning(
-                "alert %s (%s) not delivered: %s; retried on the next tick",
-                alert.incident,
-                alert.state,
-                exc,
-            )
-            left.append(item)
-    book.undelivered = left[-MAX_UNDELIVERED:]
-    return errors

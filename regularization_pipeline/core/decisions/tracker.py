@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.decisions.attempts import note_attempt
-from regularization_pipeline.core.decisions.audit import Decision, write_audit
+from regularization_pipeline.core.decisions.audit import Decision, orders_and_payments, write_audit
 from regularization_pipeline.core.decisions.context import RunContext
 from regularization_pipeline.core.decisions.verification import Verdict
 from regularization_pipeline.core.detection.scans import (
@@ -236,7 +236,6 @@ def audit_new_inconsistencies(ctx: RunContext, report: InconsistencyReport) -> N
 
 def _audit_first_seen(ctx: RunContext, kind: str, ids: list) -> None:
     au = ctx.tables.audit
-    verdict = Verdict(verdicts.INCONSISTENT, f"{kind}: reported, not fixed")
     with ctx.engine.begin() as conn:
         seen = set(
             conn.execute(
@@ -248,6 +247,18 @@ def _audit_first_seen(ctx: RunContext, kind: str, ids: list) -> None:
             ).scalars()
         )
         new = [order_id for order_id in ids if str(order_id) not in seen]
+        # The figures a human settles it with ride on the row: the order's total and currency,
+        # the payment's id, amount, currency and time (every payment's id when there are more).
+        orders, payments = orders_and_payments(conn, ctx.statements, new) if new else ({}, {})
+        decisions = []
         for order_id in new:
+            paid = payments.get(str(order_id), [])
+            also = f" (transactions {', '.join(str(p.id) for p in paid)})" if len(paid) > 1 else ""
+            verdict = Verdict(
+                verdicts.INCONSISTENT,
+                f"{kind}: reported, not fixed{also}",
+                paid[0] if paid else None,
+            )
             note_attempt(ctx, conn, order_id, verdict, failed=False)
-        write_audit(ctx, conn, [Decision(order_id, verdict) for order_id in new])
+            decisions.append(Decision(order_id, verdict, orders.get(str(order_id))))
+        write_audit(ctx, conn, decisions)

@@ -73,11 +73,11 @@ def _provider_amount_mismatch(
         order.currency if order is not None else None
     )
     theirs = answer.currency
-    if ours and theirs and ours.strip().upper() != theirs.strip().upper():
+    if ours and theirs and d.currency_code(ours) != d.currency_code(theirs):
         return provider_hold(
             verdict, HoldReason.CURRENCY_MISMATCH, "provider captured another currency"
         )
-    currency = (ours or theirs or "").strip().upper()
+    currency = d.currency_code(ours) or d.currency_code(theirs) or ""
     due = money.to_minor(order.total if order is not None else tx.amount, currency)
     if answer.amount_minor is None or due is None or answer.amount_minor != due:
         captured = (
@@ -160,10 +160,9 @@ def payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
 
 
 def _currencies_differ(paid_in, due_in) -> bool:
-    """Both set and different: codes case-insensitively, ids (integers) as their text."""
-    if paid_in is None or due_in is None or paid_in == "" or due_in == "":
-        return False
-    return str(paid_in).strip().upper() != str(due_in).strip().upper()
+    """Both set and different, read as the scan's SQL reads them (``orphans.currency_code``)."""
+    paid, due = d.currency_code(paid_in), d.currency_code(due_in)
+    return paid is not None and due is not None and paid != due
 
 
 def _timing(tx: TransactionRow, window: d.ScanWindow) -> Verdict:

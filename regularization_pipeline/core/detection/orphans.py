@@ -97,12 +97,23 @@ def order_is_pending(s: AppSchema) -> list[sa.ColumnElement[bool]]:
     return [*order_in_pending_status(s), *order_guard_conditions(s)]
 
 
+def currency_code(value: Any) -> str | None:
+    """A currency as every comparison reads it (this, and :func:`currencies_differ` in SQL):
+    surrounding spaces are padding (a CHAR column's; MariaDB ignores them anyway), case does
+    not matter, and an empty code is no currency. ``"EUR "`` is EUR, for the check, the run
+    and ``regularize-order`` alike."""
+    if value is None:
+        return None
+    return str(value).strip(" ").upper() or None
+
+
 def currencies_differ(
     s: AppSchema, paid_in: sa.ColumnElement, due_in: sa.ColumnElement
 ) -> sa.ColumnElement[bool]:
-    """Two set currencies differ: text codes case-insensitively, ids (integers) as they are."""
+    """Two set currencies differ: text codes as :func:`currency_code` reads them, ids as they are."""
     if s.currency_is_text:
-        return sa.func.upper(paid_in) != sa.func.upper(due_in)
+        paid, due = sa.func.upper(sa.func.trim(paid_in)), sa.func.upper(sa.func.trim(due_in))
+        return sa.and_(paid != "", due != "", paid != due)
     return paid_in != due_in
 
 

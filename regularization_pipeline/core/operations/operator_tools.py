@@ -15,9 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import as_naive_utc, utcnow
-from regularization_pipeline.core.decisions.orders import same_order_id
-from regularization_pipeline.core.decisions.verification import verify
+from regularization_pipeline.core.decisions.audit import orders_and_payments
+from regularization_pipeline.core.decisions.orders import OrderStatements, same_order_id
 from regularization_pipeline.core.delivery.outbox import OutboxDispatcher
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import quarantined_order_ids
@@ -26,6 +27,12 @@ from regularization_pipeline.core.detection.scans import (
     with_provider_failures,
 )
 from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.operations.explain import (
+    FIGURE_COLUMNS,
+    Explanation,
+    explain,
+    figure_rows,
+)
 from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.binding import AppSchema
@@ -61,43 +68,41 @@ def existing_order_id(conn: sa.Connection, schema: AppSchema, order_id: str) -> 
 def regularize_order(
     regularizer: Regularizer, order_id: str, options: RunOptions, run_id: str
 ) -> OrderOutcome:
-    """Regularize one named order, if and only if it is an orphan now (outside the grace period).
+    """Regularize one named order, if and only if a run would regularize it now.
 
-    The order is then decided exactly like in a run (lock, re-verify, compare-and-set
-    flip, one outbox row, one audit row): a late webhook or an overlapping run
-    still wins cleanly. An unknown order, a quarantined one or one that is not an
-    orphan is refused before anything is written.
+    The gate is the run's own decision (:func:`explain`: the scan's conditions, then the
+    verdict on its rows), so an order a run leaves or holds is refused here too, before
+    anything is written. The order is then decided exactly like in a run (lock,
+    re-verify, compare-and-set flip, one outbox row, one audit row): a late webhook or an
+    overlapping run still wins cleanly.
     """
-    schema = regularizer.schema
     window = options.window(utcnow())
-    attempts = regularizer.tables.attempts
     with regularizer.engine.connect() as conn:
-        key = existing_order_id(conn, schema, order_id)
-        held = conn.execute(
-            sa.select(attempts.c.last_reason).where(
-                attempts.c.order_id == str(key), attempts.c.quarantined_at.is_not(None)
-            )
-        ).first()
-        if held is not None:
-            # A run skips it; one by hand is a decision to try again, so it goes through release.
-            raise ConfigurationError(
-                f"order {key} is quarantined (last: {held.last_reason}): lift it with "
-                f"`regularize-completed-orders release --order-id {key}` first"
-            )
-        orphan = conn.execute(
-            sa.select(sa.literal(1)).where(
-                schema.o("id") == key, d.orphan_condition(schema, window)
-            )
-        ).first()
-        if orphan is None:
-            # Why not, in the words of the decision a run would take on it.
-            order = regularizer.statements.load_order(conn, key, lock=False)
-            payments = regularizer.statements.payments(conn, key)
-            verdict = verify(order, payments, schema.statuses, window)
-            raise ConfigurationError(
-                f"order {key} is not an orphan ({verdict.reason}): nothing to regularize"
-            )
+        key = existing_order_id(conn, regularizer.schema, order_id)
+        found = explain(conn, regularizer.statements, key, window)
+    if found is None:
+        raise ConfigurationError(f"order {order_id} does not exist")
+    if found.quarantine is not None:
+        # A run skips it; one by hand is a decision to try again, so it goes through release.
+        raise ConfigurationError(
+            f"order {key} is quarantined (last: {found.quarantine}): lift it with "
+            f"`regularize-completed-orders release --order-id {key}` first"
+        )
+    if not found.would_regularize:
+        raise ConfigurationError(f"order {key} {_refusal(found)}: nothing to regularize")
     return regularizer.regularize_one(key, run_id, options, window)
+
+
+def _refusal(found: Explanation) -> str:
+    """Why not, in the words of the decision a run would take on it."""
+    verdict = found.verdict
+    if verdict.action == verdicts.REGULARIZED:
+        return "is not an orphan a run would fix (the scan does not take it)"
+    if verdict.action == verdicts.INCONSISTENT and not verdict.reason.startswith(
+        f"{d.PAID_BUT_CLOSED}:"
+    ):
+        return f"is held for a human, a run never fixes it ({verdict.reason})"
+    return f"is not an orphan ({verdict.reason})"
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class OrphanRow:
         "order_status",
         "transaction_id",
         "payment_reference",
-        "completed_at",
+        "completed_at_utc",
         "age_minutes",
     )
 
@@ -158,26 +163,35 @@ def orphan_rows(
     return rows
 
 
-INCONSISTENCY_COLUMNS = ("kind", "order_id")
+INCONSISTENCY_COLUMNS = ("kind", "order_id", *FIGURE_COLUMNS)
 
 
 def inconsistency_rows(
     conn: sa.Connection, schema: AppSchema, window: d.ScanWindow | None
-) -> list[tuple[str, Any]]:
-    """(reason, order id) for every order the pipeline holds and never fixes: each kind of
-    inconsistency, and the orders quarantined after repeated failures."""
+) -> list[tuple]:
+    """For every order the pipeline holds and never fixes (each kind of inconsistency, and the
+    orders quarantined after repeated failures): its kind, id and the figures to settle it,
+    one row per completed payment (order status, total and currency; the payment's id,
+    amount, currency and completion time in UTC)."""
     report = inconsistency_report(conn, schema, window, sample_size=None)
     quarantined: list = []
     attempts = tb.owned_tables(schema.mapping.table_prefix).attempts
     if sa.inspect(conn).has_table(attempts.name):  # read-only before migrate too
         report = with_provider_failures(conn, schema, report)
         quarantined = quarantined_order_ids(conn, schema)
-    rows = [
+    held = [
         (kind, order_id)
         for kind in d.INCONSISTENCY_KINDS
         for order_id in report.order_ids.get(kind, [])
     ]
-    return rows + [(QUARANTINED, order_id) for order_id in quarantined]
+    held += [(QUARANTINED, order_id) for order_id in quarantined]
+    statements = OrderStatements(conn.engine, schema, tb.owned_tables(schema.mapping.table_prefix))
+    orders, payments = orders_and_payments(conn, statements, [i for _k, i in held])
+    return [
+        (kind, order_id, *figures)
+        for kind, order_id in held
+        for figures in figure_rows(orders.get(str(order_id)), payments.get(str(order_id), []))
+    ]
 
 
 def dead_event_ids(
@@ -239,3 +253,16 @@ def redeliver_dead_events(
     return sum(
         dispatcher.redeliver(event_ids=chosen[i : i + 500]) for i in range(0, len(chosen), 500)
     )
+
+
+def explain_order(
+    conn: sa.Connection, schema: AppSchema, order_id: str, window: d.ScanWindow
+) -> Explanation:
+    """What a run with ``window`` would do with the named order, read-only; ConfigurationError
+    when there is no such order."""
+    key = existing_order_id(conn, schema, order_id)
+    statements = OrderStatements(conn.engine, schema, tb.owned_tables(schema.mapping.table_prefix))
+    found = explain(conn, statements, key, window)
+    if found is None:
+        raise ConfigurationError(f"order {order_id} does not exist")
+    return found

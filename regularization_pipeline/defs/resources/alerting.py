@@ -1,13 +1,14 @@
-"""The alert channels (webhook in a chosen format, e-mail), the thresholds and the links every
-message carries."""
+"""The alert routes (webhooks in their formats, e-mail, each taking its severities), the
+thresholds and the links every message carries."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from regularization_pipeline.core.alerting.alert import SEVERITIES
 from regularization_pipeline.core.alerting.formats import FORMATS, AlertLinks
 from regularization_pipeline.core.alerting.incidents import (
     Channel,
@@ -15,6 +16,8 @@ from regularization_pipeline.core.alerting.incidents import (
     Renotify,
     WebhookChannel,
 )
+from regularization_pipeline.core.alerting.routes import read_routes_file, webhook_of
+from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.defs.resources.environment import (
     boolean_from_env,
     build_leniently,
@@ -62,6 +65,17 @@ ALERT_WEBHOOK_SECRET_ENV = "REGULARIZATION_ALERT_WEBHOOK_SECRET"  # noqa: S105 -
 
 
 ALERT_PAGERDUTY_ROUTING_KEY_ENV = "REGULARIZATION_ALERT_PAGERDUTY_ROUTING_KEY"
+
+
+# More channels, each with its format and severities (core/alerting/routes.py); the severities
+# the single webhook and e-mail take (comma-separated, all while unset).
+ALERT_ROUTES_FILE_ENV = "REGULARIZATION_ALERT_ROUTES_FILE"
+
+
+ALERT_WEBHOOK_SEVERITIES_ENV = "REGULARIZATION_ALERT_WEBHOOK_SEVERITIES"
+
+
+ALERT_SMTP_SEVERITIES_ENV = "REGULARIZATION_ALERT_SMTP_SEVERITIES"
 
 
 ALERT_ENVIRONMENT_ENV = "REGULARIZATION_ALERT_ENVIRONMENT"
@@ -124,6 +138,16 @@ class AlertResource(dg.ConfigurableResource):
         default=None,
         description="HMAC secret signing each webhook body like OrderCompleted's (REGULARIZATION_ALERT_WEBHOOK_SECRET).",
     )
+    webhook_severities: list[str] = Field(
+        default=list(SEVERITIES),
+        description="Severities the webhook takes (REGULARIZATION_ALERT_WEBHOOK_SEVERITIES, "
+        "comma-separated): e.g. critical for a pager, error,warning for a chat channel.",
+    )
+    routes_file: str | None = Field(
+        default=None,
+        description="YAML file of more webhook routes, each with its name, format, address and "
+        "severities (REGULARIZATION_ALERT_ROUTES_FILE; docs/monitoring.md).",
+    )
     pagerduty_routing_key: str | None = Field(
         default=None,
         description="PagerDuty integration key (REGULARIZATION_ALERT_PAGERDUTY_ROUTING_KEY, via dg.EnvVar).",
@@ -176,6 +200,10 @@ class AlertResource(dg.ConfigurableResource):
     smtp_password: str | None = Field(
         default=None,
         description="SMTP password (REGULARIZATION_ALERT_SMTP_PASSWORD, via dg.EnvVar).",
+    )
+    smtp_severities: list[str] = Field(
+        default=list(SEVERITIES),
+        description="Severities e-mail takes (REGULARIZATION_ALERT_SMTP_SEVERITIES, comma-separated).",
     )
     timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="Connect and read timeout of each channel."
@@ -238,6 +266,14 @@ class AlertResource(dg.ConfigurableResource):
             routing_key=self.pagerduty_routing_key,
         )
 
+    @field_validator("webhook_severities", "smtp_severities")
+    @classmethod
+    def _known_severities(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in SEVERITIES]
+        if unknown or not value:
+            raise ValueError(f"severities are {', '.join(SEVERITIES)}; got {', '.join(value)}")
+        return value
+
     def warnings(self) -> list[str]:
         """What is wrong with the settings: unreadable variables, and channels left off by a gap."""
         found = list(self.problems)
@@ -254,10 +290,14 @@ class AlertResource(dg.ConfigurableResource):
                 f"{ALERT_WEBHOOK_FORMAT_ENV}=pagerduty needs {ALERT_PAGERDUTY_ROUTING_KEY_ENV}: "
                 "PagerDuty will refuse every event"
             )
-        return found
+        return found + self.routes()[1]
 
     def channels(self) -> list[Channel]:
-        """The channels that are on."""
+        """The channels that are on, each with the severities of its route."""
+        return self.routes()[0]
+
+    def routes(self) -> tuple[list[Channel], list[str]]:
+        """The channels that are on, and what keeps a route of the routes file off."""
         found: list[Channel] = []
         if self.webhook_url:
             found.append(
@@ -267,6 +307,7 @@ class AlertResource(dg.ConfigurableResource):
                     fmt=self.webhook_format,
                     links=self.links(),
                     secret=self.webhook_secret,
+                    severities=tuple(self.webhook_severities),
                 )
             )
         if self.smtp_host and self.smtp_to:
@@ -281,9 +322,31 @@ class AlertResource(dg.ConfigurableResource):
                     password=self.smtp_password,
                     timeout_seconds=self.timeout_seconds,
                     ca_file=self.smtp_ca_file,
+                    links=self.links(),
+                    severities=tuple(self.smtp_severities),
                 )
             )
-        return found
+        return self._file_routes(found)
+
+    def _file_routes(self, found: list[Channel]) -> tuple[list[Channel], list[str]]:
+        if not self.routes_file:
+            return found, []
+        try:
+            specs = read_routes_file(self.routes_file)
+        except ConfigurationError as exc:
+            return found, [f"{exc}: its routes are off"]
+        problems = []
+        for spec in specs:
+            if spec.name in {c.name for c in found}:
+                problems.append(
+                    f"alert route {spec.name!r} is the name of a channel set by variables: it is off"
+                )
+                continue
+            try:
+                found.append(webhook_of(spec, self.links(), self.timeout_seconds))
+            except ConfigurationError as exc:
+                problems.append(f"{exc}: the route is off")
+        return found, problems
 
     @classmethod
     def from_env(cls) -> AlertResource:
@@ -295,6 +358,8 @@ class AlertResource(dg.ConfigurableResource):
             "smtp_port": ALERT_SMTP_PORT_ENV,
             "smtp_starttls": ALERT_SMTP_STARTTLS_ENV,
             "webhook_format": ALERT_WEBHOOK_FORMAT_ENV,
+            "webhook_severities": ALERT_WEBHOOK_SEVERITIES_ENV,
+            "smtp_severities": ALERT_SMTP_SEVERITIES_ENV,
         }
         fmt = setting_from_env(ALERT_WEBHOOK_FORMAT_ENV)
         values: dict[str, Any] = {
@@ -305,6 +370,9 @@ class AlertResource(dg.ConfigurableResource):
             webhook_url=secret_from_env(ALERT_WEBHOOK_URL_ENV),
             webhook_format=fmt.lower() if fmt else None,
             webhook_secret=secret_from_env(ALERT_WEBHOOK_SECRET_ENV),
+            webhook_severities=[v.lower() for v in list_from_env(ALERT_WEBHOOK_SEVERITIES_ENV)]
+            or None,
+            routes_file=setting_from_env(ALERT_ROUTES_FILE_ENV),
             pagerduty_routing_key=secret_from_env(ALERT_PAGERDUTY_ROUTING_KEY_ENV),
             environment=setting_from_env(ALERT_ENVIRONMENT_ENV),
             ui_url=setting_from_env(ALERT_UI_URL_ENV),
@@ -318,5 +386,6 @@ class AlertResource(dg.ConfigurableResource):
             smtp_ca_file=setting_from_env(ALERT_SMTP_CA_FILE_ENV),
             smtp_username=setting_from_env(ALERT_SMTP_USERNAME_ENV),
             smtp_password=secret_from_env(ALERT_SMTP_PASSWORD_ENV),
+            smtp_severities=[v.lower() for v in list_from_env(ALERT_SMTP_SEVERITIES_ENV)] or None,
         )
         return build_leniently(cls, values, env_of, problems)

@@ -15,8 +15,8 @@ from regularization_pipeline.core.alerting.incidents import (
     IncidentBook,
     Renotify,
     WebhookChannel,
-    deliver,
 )
+from regularization_pipeline.core.alerting.routes import deliver
 from regularization_pipeline.core.delivery.signing import SIGNATURE_HEADER, verify_signature
 from tests.support.http_stubs import ReceivingApp, Reply
 from tests.support.smtp import SmtpServer
@@ -194,6 +194,7 @@ def test_the_generic_json_event_is_signed_like_order_completed():
     assert event["summary"] == FIRED.text and event["details"]["detail"] == "3 event(s)"
     assert event["links"] == {
         "run": "https://dagster.example.org/runs/run-1",
+        "ui": "https://dagster.example.org/runs/run-1",
         "runbook": "https://docs.example.org/monitoring#dead-events",
     }
 
