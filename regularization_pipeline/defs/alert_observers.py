@@ -231,7 +231,7 @@ def observe_stale_orphan(look: Look) -> Observation | None:
     limit = look.alerts.stale_orphan_minutes
     stale = age > limit
     detail = (
-        f"the oldest of {count} fixable orphaned order(s) was paid {age:g} min ago (limit {limit:g}) "
+        f"the oldest of {count} fixable orphaned order(s) was paid {age:.0f} min ago (limit {limit:g}) "
         f"and is still pending: runs are not fixing it (run {run_id})"
         if stale
         else f"no fixable orphan older than {limit:g} min (run {run_id})"

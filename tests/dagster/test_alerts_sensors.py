@@ -107,7 +107,10 @@ class Harness:
 
 
 @pytest.fixture
-def harness(request, tmp_path):
+def harness(request, tmp_path, monkeypatch):
+    # A run reads only the mapping files its deployment allows: here, those in tmp_path (the
+    # missing one some tests point a run at, to make it fail).
+    monkeypatch.setenv("REGULARIZATION_MAPPINGS_DIR", str(tmp_path))
     sensor = {s.name: s for s in alerts.ALERT_SENSORS}[request.param]
     with dg.instance_for_test() as instance, ReceivingApp() as app, SmtpServer() as smtp:
         h = Harness(tmp_path, instance, app, smtp, sensor)

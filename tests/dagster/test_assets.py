@@ -217,7 +217,7 @@ def test_checks_pass_on_a_healthy_shop(shop, handlers_db, instance):
 
 def test_app_orders_observation_counts_orders_by_status(shop, handlers_db, instance):
     shop.orphans(3)
-    shop.order(status="completed")
+    shop.payment(shop.order(status="completed"))  # a paid order its webhook completed
 
     result = materialize_all(handlers_db, instance, dry_run=True)
 

@@ -189,6 +189,15 @@ def _widen(shop, column: str, table: str, length: int) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table} MODIFY {column} varchar({length}) {null}"))
 
 
+def _reported(shop, order_id, kind: str) -> bool:
+    """An ``inconsistent`` audit row for the order, of ``kind`` (its reason may go on with the
+    figures to settle it, e.g. a double charge's transaction ids)."""
+    return any(
+        action == INCONSISTENT and reason.startswith(f"{kind}: reported, not fixed")
+        for action, reason in _actions(shop, order_id)
+    )
+
+
 def _actions(shop, order_id) -> list[tuple[str, str]]:
     return [(row.action, row.reason) for row in audit_of(shop, order_id)]
 
@@ -227,7 +236,7 @@ def test_bad_rows_are_reported_with_a_reason_and_never_flipped(shop, mode):
         missing_order: d.MISSING_ORDER,
     }
     for order_id, kind in expected.items():
-        assert (INCONSISTENT, f"{kind}: reported, not fixed") in _actions(shop, order_id), order_id
+        assert _reported(shop, order_id, kind), (order_id, _actions(shop, order_id))
         assert summary.inconsistent_by_kind[kind] >= 1
     assert summary.inconsistent_by_kind[d.DOUBLE_CHARGE] == 1
     assert summary.inconsistent_by_kind[d.MISSING_ORDER] == 1
@@ -313,7 +322,7 @@ def test_a_completed_payment_on_a_cancelled_order_is_reported_not_flipped(shop):
     summary = _run(shop)
     assert summary.regularized == 0 and summary.inconsistent_by_kind[d.PAID_BUT_CLOSED] == 1
     assert shop.status_of(cancelled) == "cancelled"
-    assert (INCONSISTENT, f"{d.PAID_BUT_CLOSED}: reported, not fixed") in _actions(shop, cancelled)
+    assert _reported(shop, cancelled, d.PAID_BUT_CLOSED), _actions(shop, cancelled)
     ob = owned_tables().outbox
     with shop.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ob)).scalar_one() == 0
