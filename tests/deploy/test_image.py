@@ -655,5 +655,6 @@ def test_phase_times_fit_the_ci_budget(image, deployment, first_scheduled_run, c
         )
     # CI's budget: about 10 minutes warm, 15 cold, for this module (measured: 1.5 and 3).
     assert sum(PHASES.values()) < 15 * 60, phase_summary()
-    # What docker/Dockerfile adds to its base (the runtime lock and the code): 374 MB at 1.13.27.
-    assert own_mb < 500, f"the layers above the base grew to {own_mb:.0f} MB"
+    # What docker/Dockerfile adds to its base (the runtime lock and the code): 374 MB at 1.13.27,
+    # 503 MB with dagster-k8s and its Kubernetes client (the launcher a Kubernetes run needs).
+    assert own_mb < 560, f"the layers above the base grew to {own_mb:.0f} MB"
