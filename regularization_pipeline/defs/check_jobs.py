@@ -15,7 +15,7 @@ import os
 import dagster as dg
 
 from regularization_pipeline.defs import checks
-from regularization_pipeline.defs.jobs import CHECKS_KIND_TAG, JOB_NAME, in_flight_run
+from regularization_pipeline.defs.jobs import CHECKS_KIND_TAG, JOB_NAME, skip_while_in_flight
 from regularization_pipeline.defs.shops import SHOPS
 
 CHECKS_JOB_NAME = "check_app_orders"
@@ -48,13 +48,7 @@ def check_app_orders_every_2_minutes(context: dg.ScheduleEvaluationContext):
     """A run request (one per shop with a shops file), or a skip naming the run in flight."""
     if SHOPS is not None:
         return dg.SkipReason(MANY_SHOPS)
-    running = in_flight_run(context.instance, CHECKS_JOB_NAME)
-    if running is not None:
-        return dg.SkipReason(
-            f"run {running.dagster_run.run_id} of {CHECKS_JOB_NAME} is "
-            f"{running.dagster_run.status.value}: skipping this tick"
-        )
-    return dg.RunRequest()
+    return skip_while_in_flight(context.instance, CHECKS_JOB_NAME) or dg.RunRequest()
 
 
 # Dagster 1.13 gives a job that selects checks only no partitions (it infers them from the

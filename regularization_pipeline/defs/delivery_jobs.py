@@ -21,8 +21,8 @@ from regularization_pipeline.defs import assets
 from regularization_pipeline.defs.jobs import (
     JOB_NAME,
     MAX_RUNTIME_SECONDS,
-    in_flight_run,
     shop_run_requests,
+    skip_while_in_flight,
 )
 from regularization_pipeline.defs.resources import AppDatabaseResource
 from regularization_pipeline.defs.shops import SHOP_PARTITIONS, SHOPS
@@ -66,12 +66,9 @@ def deliver_order_completed_events_every_minute(
             wanted=lambda name: _has_due_events(context, app_db, name),
         )
     for job_name in (DELIVERY_JOB_NAME, JOB_NAME):
-        running = in_flight_run(context.instance, job_name)
-        if running is not None:
-            run = running.dagster_run
-            return dg.SkipReason(
-                f"run {run.run_id} of {job_name} is {run.status.value}: it delivers; skipping this tick"
-            )
+        skip = skip_while_in_flight(context.instance, job_name, ": it delivers")
+        if skip is not None:
+            return skip
     try:
         due = count_due(app_db.get_engine(), app_db.owned_tables())
     except (RegularizationError, sa.exc.SQLAlchemyError) as exc:

@@ -76,6 +76,19 @@ def in_flight_run(
     return records[0] if records else None
 
 
+def skip_while_in_flight(
+    instance: dg.DagsterInstance, job_name: str, why: str = ""
+) -> dg.SkipReason | None:
+    """The skip every schedule gives while a run of ``job_name`` is queued or in progress."""
+    running = in_flight_run(instance, job_name)
+    if running is None:
+        return None
+    run = running.dagster_run
+    return dg.SkipReason(
+        f"run {run.run_id} of {job_name} is {run.status.value}{why}: skipping this tick"
+    )
+
+
 def shops_in_flight(
     instance: dg.DagsterInstance, job_names: tuple[str, ...] = (JOB_NAME,)
 ) -> dict[str, str]:
@@ -137,12 +150,7 @@ def regularize_completed_orders_every_5_minutes(context: dg.ScheduleEvaluationCo
     """A run request (one per shop with a shops file), or a skip naming the run still in flight."""
     if SHOPS is not None:
         return shop_run_requests(context, SHOPS)
-    running = in_flight_run(context.instance)
-    if running is not None:
-        return dg.SkipReason(
-            f"run {running.dagster_run.run_id} of {JOB_NAME} is {running.dagster_run.status.value}: skipping this tick"
-        )
-    return dg.RunRequest()
+    return skip_while_in_flight(context.instance, JOB_NAME) or dg.RunRequest()
 
 
 # AssetCheckExecutionRecordStatus is not part of Dagster's public API; its value is stable.
