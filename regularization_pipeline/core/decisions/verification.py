@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core import verdicts as d
+from regularization_pipeline.core.detection.window import ScanWindow
 from regularization_pipeline.core.provider import money
 from regularization_pipeline.core.provider.answers import HoldReason, ProviderAnswer, ProviderStatus
 from regularization_pipeline.core.shop.mapping import StatusMapping
-from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow, to_decimal
+from regularization_pipeline.core.shop.rows import (
+    OrderRow,
+    TransactionRow,
+    currency_code,
+    to_decimal,
+)
 from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED, SKIPPED
 
 
@@ -73,11 +79,11 @@ def _provider_amount_mismatch(
         order.currency if order is not None else None
     )
     theirs = answer.currency
-    if ours and theirs and d.currency_code(ours) != d.currency_code(theirs):
+    if ours and theirs and currency_code(ours) != currency_code(theirs):
         return provider_hold(
             verdict, HoldReason.CURRENCY_MISMATCH, "provider captured another currency"
         )
-    currency = d.currency_code(ours) or d.currency_code(theirs) or ""
+    currency = currency_code(ours) or currency_code(theirs) or ""
     due = money.to_minor(order.total if order is not None else tx.amount, currency)
     if answer.amount_minor is None or due is None or answer.amount_minor != due:
         captured = (
@@ -96,7 +102,7 @@ def verify(
     order: OrderRow,
     transactions: list[TransactionRow],
     statuses: StatusMapping,
-    window: d.ScanWindow,
+    window: ScanWindow,
 ) -> Verdict:
     """The decision on one order, from its row and its payments as read under its lock."""
     completed = [t for t in transactions if t.status in statuses.transaction_completed]
@@ -156,11 +162,11 @@ def payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
 
 def _currencies_differ(paid_in, due_in) -> bool:
     """Both set and different, read as the scan's SQL reads them (``orphans.currency_code``)."""
-    paid, due = d.currency_code(paid_in), d.currency_code(due_in)
+    paid, due = currency_code(paid_in), currency_code(due_in)
     return paid is not None and due is not None and paid != due
 
 
-def _timing(tx: TransactionRow, window: d.ScanWindow) -> Verdict:
+def _timing(tx: TransactionRow, window: ScanWindow) -> Verdict:
     """Regularized when the payment completed inside the window; left alone otherwise."""
     if tx.completed_at is None:
         return Verdict(SKIPPED, "completed transaction has no completion time", tx)
