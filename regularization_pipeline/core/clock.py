@@ -6,6 +6,8 @@ the application's zone (``APP_TIMEZONE``), and a PostgreSQL ``timestamptz``
 column hands back aware times. :func:`from_shop` turns either into naive UTC
 before anything compares it, and :func:`to_shop` turns our times back into the
 shop's zone and type before they are bound into a statement on its tables.
+:func:`parse_retry_after` reads the time a provider or a receiver asks us to wait
+(both the gateway and the webhook publisher honour it).
 """
 
 from __future__ import annotations
