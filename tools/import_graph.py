@@ -3,8 +3,10 @@
     python -m tools.import_graph regularization_pipeline/core [--packages]
 
 prints the number of modules, import arrows between them, the longest chain (levels) and
-every circle; ``--packages`` draws one node per subpackage (or top-level module). Imports inside functions count too (they are still a dependency); imports under
-``if TYPE_CHECKING:`` do not. tests/docs/test_architecture.py holds core to its layering with it.
+every circle; ``--packages`` draws one node per subpackage (or top-level module). Every import
+counts: inside a function (still a dependency) and under ``if TYPE_CHECKING:`` (a circle the
+type checker sees is one a reader must untangle too). ``--chains`` prints the longest chain of
+each module. tests/docs/test_architecture.py holds core to its layering with it.
 """
 
 from __future__ import annotations
@@ -27,20 +29,12 @@ def module_name(path: Path, root: Path) -> str:
 
 def _imports(tree: ast.AST) -> set[str]:
     found: set[str] = set()
-
-    def visit(node: ast.AST, typing_only: bool) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            typing_only = True
-        if not typing_only:
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module)
-                found.update(f"{node.module}.{alias.name}" for alias in node.names)
-        for child in ast.iter_child_nodes(node):
-            visit(child, typing_only)
-
-    visit(tree, False)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
 

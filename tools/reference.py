@@ -133,7 +133,8 @@ def _type_name(annotation: Any) -> str:
 def run_config_section() -> list[str]:
     from regularization_pipeline.cli import RUN_FLAGS
     from regularization_pipeline.core.run import RunOptions
-    from regularization_pipeline.defs.config import DEFAULT_OVERRIDES, bounds_of
+    from regularization_pipeline.defs.config import DEFAULT_OVERRIDES
+    from regularization_pipeline.defs.config_fields import bounds_of
 
     rows = [
         [
@@ -141,7 +142,7 @@ def run_config_section() -> list[str]:
             _code(RUN_FLAGS.get(name)),
             _code(_type_name(field.annotation)),
             _code(DEFAULT_OVERRIDES.get(name, field.default)),
-            bounds_of(name),
+            bounds_of(name, RunOptions),
             field.description,
         ]
         for name, field in RunOptions.model_fields.items()

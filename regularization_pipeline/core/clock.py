@@ -6,11 +6,15 @@ the application's zone (``APP_TIMEZONE``), and a PostgreSQL ``timestamptz``
 column hands back aware times. :func:`from_shop` turns either into naive UTC
 before anything compares it, and :func:`to_shop` turns our times back into the
 shop's zone and type before they are bound into a statement on its tables.
+:func:`parse_retry_after` reads the time a provider or a receiver asks us to wait
+(both the gateway and the webhook publisher honour it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
+import math
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -71,3 +75,30 @@ def to_shop(value: dt.datetime, zone: ZoneInfo, *, aware: bool) -> dt.datetime:
     """Naive UTC ``value`` as the shop's column stores it: aware UTC, or naive wall time in ``zone``."""
     instant = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
     return instant.astimezone(dt.UTC) if aware else instant.astimezone(zone).replace(tzinfo=None)
+
+
+def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent or invalid."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        now = now or dt.datetime.now(dt.UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=dt.UTC)
+        return max((when - now).total_seconds(), 0.0)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(seconds, 0.0)

@@ -15,7 +15,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.exceptions import ConfigurationError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -12,37 +12,20 @@ from collections.abc import Callable
 
 from sqlalchemy import exc as sa_exc
 
+# The exceptions themselves live in the leaf below (the mapping and the config files raise
+# them without importing the redaction); they are named here too, where every layer looks.
+from regularization_pipeline.core.exceptions import BusyError as BusyError
+from regularization_pipeline.core.exceptions import ConfigurationError as ConfigurationError
+from regularization_pipeline.core.exceptions import (
+    DatabaseUnavailableError as DatabaseUnavailableError,
+)
+from regularization_pipeline.core.exceptions import (
+    MigrationsMissingError as MigrationsMissingError,
+)
+from regularization_pipeline.core.exceptions import RegularizationError as RegularizationError
+from regularization_pipeline.core.exceptions import RunLockLostError as RunLockLostError
+from regularization_pipeline.core.exceptions import SchemaMismatchError as SchemaMismatchError
 from regularization_pipeline.core.redaction import redact
-
-
-class RegularizationError(Exception):
-    """Base class for errors that stop a run before it changes anything."""
-
-
-class ConfigurationError(RegularizationError, ValueError):
-    """Invalid run options or schema mapping; names the offending field."""
-
-
-class SchemaMismatchError(RegularizationError):
-    """The schema mapping names a table or column the database does not have."""
-
-
-class MigrationsMissingError(RegularizationError):
-    """This project's own tables are absent or behind; run `regularize-completed-orders migrate`."""
-
-
-class DatabaseUnavailableError(RegularizationError):
-    """The application database cannot be reached."""
-
-
-class BusyError(RegularizationError):
-    """Another run holds this shop's run lock, or is queued or in progress: nothing was changed."""
-
-
-class RunLockLostError(BusyError):
-    """The run's lock went away under it (the server dropped its session): the run stopped before
-    deciding another order, since another run may now be deciding them."""
-
 
 # --- describing and classifying errors ---------------------------------------------------
 

@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import as_naive_utc
 from regularization_pipeline.core.config_files import validate_or_explain
-from regularization_pipeline.core.decisions.context import OrderOutcome
-from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_metadata
+from regularization_pipeline.core.detection.window import DEFAULT_MIN_AGE_MINUTES, ScanWindow
+from regularization_pipeline.core.verdicts import OrderOutcome
 
 # A run keeps counts and the first outcomes only, never a record per order (``limit`` allows
 # 10,000,000); every decision is in the audit trail, and a progress hook sees each outcome.
@@ -54,7 +54,7 @@ class RunOptions(BaseModel):
         description="Only payments completed within this many hours; older orphans are counted as aged out, not dropped silently.",
     )
     min_age_minutes: float = Field(
-        d.DEFAULT_MIN_AGE_MINUTES,
+        DEFAULT_MIN_AGE_MINUTES,
         ge=0,
         le=525_600,
         allow_inf_nan=False,
@@ -114,8 +114,8 @@ class RunOptions(BaseModel):
         """Whether a lookback, ``since`` or ``until`` leaves part of the payment history out."""
         return self.lookback_hours is not None or self.since is not None or self.until is not None
 
-    def window(self, now: dt.datetime) -> d.ScanWindow:
-        return d.ScanWindow(
+    def window(self, now: dt.datetime) -> ScanWindow:
+        return ScanWindow(
             now=now,
             min_age_minutes=self.min_age_minutes,
             lookback_hours=self.lookback_hours,
@@ -160,9 +160,9 @@ class RunSummary:
             verdicts.INCONSISTENT: "inconsistent",
         }[outcome.action]
         setattr(self, counter, getattr(self, counter) + 1)
-        if outcome.action == verdicts.INCONSISTENT and outcome.kind == d.PROVIDER_FAILED:
-            self.inconsistent_by_kind[d.PROVIDER_FAILED] = (
-                self.inconsistent_by_kind.get(d.PROVIDER_FAILED, 0) + 1
+        if outcome.action == verdicts.INCONSISTENT and outcome.kind == verdicts.PROVIDER_FAILED:
+            self.inconsistent_by_kind[verdicts.PROVIDER_FAILED] = (
+                self.inconsistent_by_kind.get(verdicts.PROVIDER_FAILED, 0) + 1
             )
 
     @property
@@ -187,7 +187,7 @@ class RunSummary:
             "error_rate": self.error_rate,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
         }
-        for kind in d.INCONSISTENCY_KINDS:
+        for kind in verdicts.INCONSISTENCY_KINDS:
             metrics[f"inconsistent_{kind}"] = self.inconsistent_by_kind.get(kind, 0)
         metrics.update(held_metadata(self.held))
         metrics["orphans_beyond_limit"] = self.beyond_limit

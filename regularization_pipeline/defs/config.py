@@ -10,19 +10,13 @@ the field.
 
 from __future__ import annotations
 
-import datetime as dt
-import types
-import typing
 from typing import Any
 
-import annotated_types as at
 import dagster as dg
 import pydantic
-from pydantic import Field
 
 from regularization_pipeline.core.regularizer import RunOptions
-
-_BOUND_SYMBOLS = {at.Ge: (">=", "ge"), at.Gt: (">", "gt"), at.Le: ("<=", "le"), at.Lt: ("<", "lt")}
+from regularization_pipeline.defs.config_fields import fields_like
 
 # The two run-time limits, one story. Soft: a run stops taking new orders after this long,
 # finishes the order in hand and ends normally, so the next 5-minute tick finds the slot free.
@@ -37,37 +31,9 @@ MAX_RUNTIME_NOTE = (
     f"({HARD_MAX_RUNTIME_SECONDS} s) is the hard limit: run monitoring fails a run still going "
     "then (hung, not slow)."
 )
+
 # Where the job's defaults differ from RunOptions' (core's API keeps its own).
 DEFAULT_OVERRIDES: dict[str, Any] = {"max_runtime_seconds": DEFAULT_MAX_RUNTIME_SECONDS}
-
-
-def bounds_of(name: str) -> str:
-    """RunOptions' bounds on a field as text, e.g. ``>= 1, <= 10000000``."""
-    parts = []
-    for meta in RunOptions.model_fields[name].metadata:
-        for kind, (symbol, attr) in _BOUND_SYMBOLS.items():
-            if isinstance(meta, kind):
-                parts.append(f"{symbol} {getattr(meta, attr)}")
-    return ", ".join(parts)
-
-
-def dagster_config_type(annotation: Any) -> Any:
-    """RunOptions' type of a field as a Dagster config type: datetimes become ISO 8601 strings."""
-    if annotation is dt.datetime:
-        return str
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and dt.datetime in args:
-        return str | None
-    return annotation
-
-
-def _field_like_run_options(name: str) -> Any:
-    info = RunOptions.model_fields[name]
-    bounds = bounds_of(name)
-    description = (info.description or name) + (f" Must be {bounds}." if bounds else "")
-    if name == "max_runtime_seconds":
-        description += MAX_RUNTIME_NOTE
-    return Field(default=DEFAULT_OVERRIDES.get(name, info.default), description=description)
 
 
 class _RegularizeConfigBase(dg.Config):
@@ -85,8 +51,9 @@ RegularizeConfig = pydantic.create_model(
     __base__=_RegularizeConfigBase,
     __module__=__name__,
     __doc__=_RegularizeConfigBase.__doc__,
-    **{
-        name: (dagster_config_type(info.annotation), _field_like_run_options(name))
-        for name, info in RunOptions.model_fields.items()
-    },
+    **fields_like(
+        RunOptions,
+        defaults=DEFAULT_OVERRIDES,
+        notes={"max_runtime_seconds": MAX_RUNTIME_NOTE},
+    ),
 )

@@ -9,12 +9,8 @@ import sqlalchemy as sa
 from regularization_pipeline.core.regularizer import RunOptions
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.definitions import defs
-from regularization_pipeline.defs.config import (
-    DEFAULT_MAX_RUNTIME_SECONDS,
-    RegularizeConfig,
-    bounds_of,
-    dagster_config_type,
-)
+from regularization_pipeline.defs.config import DEFAULT_MAX_RUNTIME_SECONDS, RegularizeConfig
+from regularization_pipeline.defs.config_fields import bounds_of, dagster_config_type
 from tests.support.dagster import materialize_all
 from tests.support.rows import outbox_states
 
@@ -33,7 +29,7 @@ def test_config_fields_mirror_run_options():
         config_fields["since"].annotation == str | None
     )  # ISO strings: Dagster config has no datetime
     assert "Must be >= 1, <= 10000000." in config_fields["limit"].description
-    assert bounds_of("sleep") == ">= 0, <= 3600"
+    assert bounds_of("sleep", RunOptions) == ">= 0, <= 3600"
 
 
 def test_the_job_exposes_every_field_with_its_description():

@@ -12,10 +12,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-
 from regularization_pipeline.core import verdicts
+
+# The rows themselves are counted one level down, where the write step counts them too.
+from regularization_pipeline.core.decisions.attempt_rows import note_attempt as note_attempt
+from regularization_pipeline.core.decisions.attempt_rows import (
+    reset_after_regularization as reset_after_regularization,
+)
+from regularization_pipeline.core.decisions.attempt_rows import (
+    without_quarantined as without_quarantined,
+)
 from regularization_pipeline.core.decisions.audit import Decision, write_audit
 from regularization_pipeline.core.decisions.context import (
     PROVIDER_UNAVAILABLE,
@@ -27,97 +33,6 @@ from regularization_pipeline.core.errors import ConfigurationError, describe_err
 from regularization_pipeline.core.shop.engine import check_reachable
 
 log = logging.getLogger("regularization_pipeline.regularizer")
-
-
-def note_attempt(
-    ctx: RunContext,
-    conn: sa.Connection,
-    order_id: Any,
-    verdict: Verdict,
-    *,
-    failed: bool,
-    hold: bool = False,
-) -> tuple[int, bool]:
-    """Count an attempt on the order; returns (total attempts, quarantined now).
-
-    ``hold`` quarantines the order whatever its failures: runs skip it until ``release``.
-    """
-    at, now, key = ctx.tables.attempts, ctx.clock(), str(order_id)
-    # Create the row if absent, then lock it: "select, insert when missing" let two
-    # overlapping workers both insert (one failure lost to a unique violation) and, on
-    # InnoDB, deadlock on the gap lock of the missing row.
-    _ensure_row(conn, at, key, verdict.action, now)
-    query = sa.select(at.c.failures, at.c.total_attempts).where(at.c.order_id == key)
-    if ctx.statements.skip_locked:
-        query = query.with_for_update()
-    current = conn.execute(query).one()
-    failures = current.failures + (1 if failed else 0)
-    quarantine = failed and failures >= ctx.max_attempts
-    values = dict(
-        failures=failures,
-        total_attempts=current.total_attempts + 1,
-        last_outcome=verdict.action,
-        last_reason=verdict.reason[:500],
-        hold_kind=verdict.kind if hold else None,
-        last_run_id=ctx.run_id,
-        updated_at=now,
-    )
-    if quarantine or hold:
-        values["quarantined_at"] = now
-    conn.execute(at.update().where(at.c.order_id == key).values(**values))
-    return current.total_attempts + 1, quarantine
-
-
-def _ensure_row(conn: sa.Connection, at: sa.Table, key: str, outcome: str, now) -> None:
-    values = dict(order_id=key, failures=0, total_attempts=0, last_outcome=outcome, updated_at=now)
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        stmt = (
-            postgresql.insert(at)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=[at.c.order_id])
-        )
-    elif dialect in ("mysql", "mariadb"):
-        # A no-op update rather than INSERT IGNORE: it takes the row's exclusive lock at
-        # once, where IGNORE's shared lock would deadlock with the FOR UPDATE that follows.
-        stmt = mysql.insert(at).values(values).on_duplicate_key_update(order_id=at.c.order_id)
-    else:  # SQLite: the transaction already holds the database's write lock
-        stmt = (
-            sqlite.insert(at).values(values).on_conflict_do_nothing(index_elements=[at.c.order_id])
-        )
-    conn.execute(stmt)
-
-
-def reset_after_regularization(ctx: RunContext, conn: sa.Connection, order_ids: list) -> None:
-    """A regularized order's failures are forgotten; its row, if it has one, says so."""
-    at = ctx.tables.attempts
-    conn.execute(
-        at.update()
-        .where(at.c.order_id.in_([str(i) for i in order_ids]))
-        .values(
-            failures=0,
-            total_attempts=at.c.total_attempts + 1,
-            last_outcome=verdicts.REGULARIZED,
-            last_reason="completed transaction verified",
-            hold_kind=None,
-            last_run_id=ctx.run_id,
-            updated_at=ctx.clock(),
-        )
-    )
-
-
-def without_quarantined(ctx: RunContext, page: list) -> list:
-    """``page`` less the orders a run must leave alone."""
-    at = ctx.tables.attempts
-    with ctx.engine.connect() as conn:
-        held = set(
-            conn.execute(
-                sa.select(at.c.order_id).where(
-                    at.c.order_id.in_([str(i) for i in page]), at.c.quarantined_at.is_not(None)
-                )
-            ).scalars()
-        )
-    return [i for i in page if str(i) not in held]
 
 
 def record_failure(ctx: RunContext, order_id: Any, exc: Exception) -> OrderOutcome:

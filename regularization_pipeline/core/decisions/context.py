@@ -1,5 +1,5 @@
-"""What every step of a decision shares: the run context, an order's outcome, and the fault
-points the crash tests use."""
+"""What every step of a decision shares: the run context, and the fault points the crash
+tests use (an order's outcome, ``verdicts.OrderOutcome``, is named here too)."""
 
 from __future__ import annotations
 
@@ -10,33 +10,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.delivery.laravel_queue import TransactionalDelivery
-from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.detection.window import ScanWindow
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.binding import AppSchema
 
-LOCKED_ELSEWHERE = "order is locked by another worker"
-
-
-PROVIDER_UNAVAILABLE = "provider unavailable: left for the next run"
-
-
-@dataclass(frozen=True)
-class OrderOutcome:
-    order_id: Any
-    action: str
-    reason: str
-    transaction_id: Any = None
-    attempt: int = 0
-    kind: str | None = None  # the inconsistency kind of an INCONSISTENT outcome, when known
-    hold_reason: str | None = None  # why the provider's answer holds the order (HoldReason)
-
-    @property
-    def acted(self) -> bool:
-        """Whether this outcome counts against the run's limit (a lock held elsewhere does not)."""
-        return not (self.action == verdicts.SKIPPED and self.reason == LOCKED_ELSEWHERE)
+# An order's outcome is a word of the run's count, defined with the others; named here too.
+from regularization_pipeline.core.verdicts import LOCKED_ELSEWHERE as LOCKED_ELSEWHERE
+from regularization_pipeline.core.verdicts import PROVIDER_UNAVAILABLE as PROVIDER_UNAVAILABLE
+from regularization_pipeline.core.verdicts import OrderOutcome as OrderOutcome
 
 
 class Fault(Exception):
@@ -63,7 +46,7 @@ class RunContext:
     clock: Callable[[], dt.datetime]
     fault: FaultHook
     run_id: str
-    window: d.ScanWindow
+    window: ScanWindow
     dry_run: bool = False
     max_attempts: int = 5
     # Publishers that enqueue in the flip's own transaction (Laravel's database queue).

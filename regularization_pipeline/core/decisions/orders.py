@@ -13,9 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core.detection.orphans import order_is_pending
 from regularization_pipeline.core.shop import tables as tb
-from regularization_pipeline.core.shop.binding import AppSchema
+from regularization_pipeline.core.shop.binding import AppSchema, order_is_pending
 from regularization_pipeline.core.shop.engine import supports_skip_locked
 from regularization_pipeline.core.shop.guards import guard_blockers, repair_times, repair_values
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow

@@ -15,13 +15,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
-from regularization_pipeline.core.decisions.attempts import note_attempt, reset_after_regularization
+from regularization_pipeline.core.decisions.attempt_rows import (
+    note_attempt,
+    reset_after_regularization,
+)
 from regularization_pipeline.core.decisions.audit import Decision, dry_run_of, write_audit
 from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
 from regularization_pipeline.core.decisions.verification import Verdict
 from regularization_pipeline.core.delivery.events import new_event, outbox_fields, outbox_times
 from regularization_pipeline.core.delivery.laravel_queue import write_in_transaction
-from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.shop.engine import insert_many
 
 LATE_WEBHOOK = "order changed before the flip (late webhook)"
@@ -57,7 +59,7 @@ def write_decisions(
             if decision.verdict.action == verdicts.INCONSISTENT:
                 # The provider says the payment failed or was refunded: a human decides, so
                 # the order is held instead of asked about (and audited) every five minutes.
-                held = decision.verdict.kind == d.PROVIDER_FAILED
+                held = decision.verdict.kind == verdicts.PROVIDER_FAILED
                 note_attempt(
                     ctx, conn, decision.order_id, decision.verdict, failed=False, hold=held
                 )

@@ -15,6 +15,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from regularization_pipeline.core.clock import parse_retry_after
 from regularization_pipeline.core.delivery.events import (
     EVENT_ID_HEADER,
     EVENT_TYPE,
@@ -26,7 +27,6 @@ from regularization_pipeline.core.delivery.events import (
 )
 from regularization_pipeline.core.delivery.signing import SIGNATURE_HEADER, signature_header
 from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.provider.ratelimit import parse_retry_after
 from regularization_pipeline.core.redaction import redact
 
 

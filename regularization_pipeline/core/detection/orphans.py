@@ -18,93 +18,31 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from regularization_pipeline.core.clock import as_naive_utc
-from regularization_pipeline.core.shop.binding import AppSchema
-from regularization_pipeline.core.shop.guards import order_guard_conditions
-
-DEFAULT_MIN_AGE_MINUTES = 10
-
-# Kinds of inconsistency, each a stable key for metadata and alerts.
-AMOUNT_MISMATCH = "amount_mismatch"
-CURRENCY_MISMATCH = "currency_mismatch"
-INVALID_AMOUNT = "invalid_amount"
-DOUBLE_CHARGE = "double_charge"
-PAID_BUT_CLOSED = "paid_but_cancelled"
-MISSING_ORDER = "missing_order"
-UNDATED_PAYMENT = "undated_payment"  # completed, but no completion time: no grace period can apply
-PROVIDER_FAILED = "provider_failed"  # only known by asking the provider, never by SQL
-INCONSISTENCY_KINDS = (
-    AMOUNT_MISMATCH,
-    CURRENCY_MISMATCH,
-    INVALID_AMOUNT,
-    DOUBLE_CHARGE,
-    PAID_BUT_CLOSED,
-    MISSING_ORDER,
-    UNDATED_PAYMENT,
-    PROVIDER_FAILED,
+# Re-exported here, where the scans use them, from the low modules that own them: the kinds
+# (verdicts), the window (detection.window), what may be flipped (shop.binding), a currency
+# as read (shop.rows).
+from regularization_pipeline.core.detection.window import (
+    DEFAULT_MIN_AGE_MINUTES as DEFAULT_MIN_AGE_MINUTES,
 )
-
-
-@dataclass(frozen=True)
-class ScanWindow:
-    """Which payments a scan considers, by when they completed.
-
-    ``not_after`` is the grace cutoff (``now - min_age_minutes``, or ``until``
-    when earlier); ``not_before`` is ``now - lookback_hours`` or ``since``,
-    whichever is later, or unbounded. The values come validated from
-    :class:`~regularization_pipeline.core.run.RunOptions`.
-    """
-
-    now: dt.datetime
-    min_age_minutes: float = DEFAULT_MIN_AGE_MINUTES
-    lookback_hours: float | None = None
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-
-    @property
-    def not_after(self) -> dt.datetime:
-        cutoff = self.now - dt.timedelta(minutes=self.min_age_minutes)
-        return min(cutoff, as_naive_utc(self.until)) if self.until else cutoff
-
-    @property
-    def not_before(self) -> dt.datetime | None:
-        bounds = []
-        if self.lookback_hours is not None:
-            bounds.append(self.now - dt.timedelta(hours=self.lookback_hours))
-        if self.since:
-            bounds.append(as_naive_utc(self.since))
-        return max(bounds) if bounds else None
-
+from regularization_pipeline.core.detection.window import ScanWindow as ScanWindow
+from regularization_pipeline.core.shop.binding import AppSchema
+from regularization_pipeline.core.shop.binding import (
+    order_in_pending_status as order_in_pending_status,
+)
+from regularization_pipeline.core.shop.binding import order_is_live as order_is_live
+from regularization_pipeline.core.shop.binding import order_is_pending as order_is_pending
+from regularization_pipeline.core.shop.rows import currency_code as currency_code
+from regularization_pipeline.core.verdicts import AMOUNT_MISMATCH as AMOUNT_MISMATCH
+from regularization_pipeline.core.verdicts import CURRENCY_MISMATCH as CURRENCY_MISMATCH
+from regularization_pipeline.core.verdicts import DOUBLE_CHARGE as DOUBLE_CHARGE
+from regularization_pipeline.core.verdicts import INCONSISTENCY_KINDS as INCONSISTENCY_KINDS
+from regularization_pipeline.core.verdicts import INVALID_AMOUNT as INVALID_AMOUNT
+from regularization_pipeline.core.verdicts import MISSING_ORDER as MISSING_ORDER
+from regularization_pipeline.core.verdicts import PAID_BUT_CLOSED as PAID_BUT_CLOSED
+from regularization_pipeline.core.verdicts import PROVIDER_FAILED as PROVIDER_FAILED
+from regularization_pipeline.core.verdicts import UNDATED_PAYMENT as UNDATED_PAYMENT
 
 # --- predicates shared by the counts, the candidate pages and the reports -----------
-
-
-def order_is_live(s: AppSchema) -> list[sa.ColumnElement[bool]]:
-    return [s.o("deleted_at").is_(None)] if s.has_o("deleted_at") else []
-
-
-def order_in_pending_status(s: AppSchema) -> list[sa.ColumnElement[bool]]:
-    """Pending by its status column and live, whatever the guards say."""
-    return [s.o("status").in_(s.statuses.order_pending), *order_is_live(s)]
-
-
-def order_is_pending(s: AppSchema) -> list[sa.ColumnElement[bool]]:
-    """An order the pipeline may flip: pending, live, and let through by every guard of the mapping.
-
-    Every orphan, fixable and regularizable condition, the batch claim and the flip's
-    compare-and-set are built on it, so a guard holds everywhere an order is chosen or moved.
-    """
-    return [*order_in_pending_status(s), *order_guard_conditions(s)]
-
-
-def currency_code(value: Any) -> str | None:
-    """A currency as every comparison reads it (this, and :func:`currencies_differ` in SQL):
-    surrounding spaces are padding (a CHAR column's; MariaDB ignores them anyway), case does
-    not matter, and an empty code is no currency. ``"EUR "`` is EUR, for the check, the run
-    and ``regularize-order`` alike."""
-    if value is None:
-        return None
-    return str(value).strip(" ").upper() or None
 
 
 def currencies_differ(

@@ -6,17 +6,13 @@ run would complete such an order now."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from regularization_pipeline.core.detection import orphans as d
+from regularization_pipeline.core.operations.doctor_report import DoctorReport
 from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.shop.guards import ColumnCondition
-
-if TYPE_CHECKING:
-    from regularization_pipeline.core.operations.doctor import DoctorReport
-
 
 # Values of another order column that say the order is over, whatever its payment state says.
 CLOSED_ORDER = re.compile(

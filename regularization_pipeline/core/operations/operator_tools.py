@@ -1,6 +1,6 @@
 """What the operator tools do (CLI and the UI's ops jobs): one order at a time, read-only lists, redelivery.
 
-Every write goes through the guarantees of :class:`Regularizer` and
+Every write goes through the guarantees of ``regularizer.Regularizer`` and
 :class:`OutboxDispatcher`; the functions here only check the operator's input
 first, so that a wrong id is refused with a clear :class:`ConfigurationError`
 and changes nothing.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -33,10 +33,10 @@ from regularization_pipeline.core.operations.explain import (
     explain,
     figure_rows,
 )
-from regularization_pipeline.core.regularizer import OrderOutcome, Regularizer, RunOptions
+from regularization_pipeline.core.run import RunOptions
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.binding import AppSchema
-from regularization_pipeline.core.verdicts import QUARANTINED
+from regularization_pipeline.core.verdicts import QUARANTINED, OrderOutcome
 
 
 def parse_utc_time(text: str) -> dt.datetime:
@@ -65,8 +65,21 @@ def existing_order_id(conn: sa.Connection, schema: AppSchema, order_id: str) -> 
     return found[0]
 
 
+class OneOrderRegularizer(Protocol):
+    """What :func:`regularize_order` needs of ``regularizer.Regularizer``: its database and its
+    one-order decision (named by what it does, so the operator tools sit beside the run, not on it)."""
+
+    engine: sa.Engine
+    schema: AppSchema
+    statements: OrderStatements
+
+    def regularize_one(
+        self, order_id: Any, run_id: str, options: RunOptions, window: d.ScanWindow | None = None
+    ) -> OrderOutcome: ...
+
+
 def regularize_order(
-    regularizer: Regularizer, order_id: str, options: RunOptions, run_id: str
+    regularizer: OneOrderRegularizer, order_id: str, options: RunOptions, run_id: str
 ) -> OrderOutcome:
     """Regularize one named order, if and only if a run would regularize it now.
 
@@ -98,9 +111,7 @@ def _refusal(found: Explanation) -> str:
     verdict = found.verdict
     if verdict.action == verdicts.REGULARIZED:
         return "is not an orphan a run would fix (the scan does not take it)"
-    if verdict.action == verdicts.INCONSISTENT and not verdict.reason.startswith(
-        f"{d.PAID_BUT_CLOSED}:"
-    ):
+    if verdict.action == verdicts.INCONSISTENT and verdict.kind != d.PAID_BUT_CLOSED:
         return f"is held for a human, a run never fixes it ({verdict.reason})"
     return f"is not an orphan ({verdict.reason})"
 

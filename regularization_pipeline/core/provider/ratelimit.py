@@ -16,12 +16,13 @@ answers yes/no on wall time; aiolimiter is asyncio-only. See docs/decisions.md.
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
 import math
 import threading
 import time
 from collections.abc import Callable
+
+# Read off a header like any other time; named here too, where the limiter's callers look.
+from regularization_pipeline.core.clock import parse_retry_after as parse_retry_after
 
 _EPSILON = 1e-9
 
@@ -112,30 +113,3 @@ class RateLimiter:
             if now < self._hold_until:
                 return self._hold_until - now
             return 0.0 if self._tokens >= 1 - _EPSILON else (1 - self._tokens) / self.rate
-
-
-def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent or invalid."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        now = now or dt.datetime.now(dt.UTC)
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=dt.UTC)
-        return max((when - now).total_seconds(), 0.0)
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(seconds, 0.0)

@@ -14,7 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import from_shop, shop_zone, to_shop
-from regularization_pipeline.core.errors import SchemaMismatchError
+from regularization_pipeline.core.exceptions import SchemaMismatchError
+from regularization_pipeline.core.shop.guards import order_guard_conditions
 from regularization_pipeline.core.shop.mapping import (
     CurrencyTableMapping,
     SchemaMapping,
@@ -293,3 +294,24 @@ def _check_table(inspector, name: str, columns: list[str]) -> None:
             f"table {name!r} lacks column(s) {', '.join(repr(m) for m in missing)} "
             "named in the schema mapping"
         )
+
+
+# --- what may be flipped: shared by the orphan scans, the batch claim and the flip ----------
+
+
+def order_is_live(s: AppSchema) -> list[sa.ColumnElement[bool]]:
+    return [s.o("deleted_at").is_(None)] if s.has_o("deleted_at") else []
+
+
+def order_in_pending_status(s: AppSchema) -> list[sa.ColumnElement[bool]]:
+    """Pending by its status column and live, whatever the guards say."""
+    return [s.o("status").in_(s.statuses.order_pending), *order_is_live(s)]
+
+
+def order_is_pending(s: AppSchema) -> list[sa.ColumnElement[bool]]:
+    """An order the pipeline may flip: pending, live, and let through by every guard of the mapping.
+
+    Every orphan, fixable and regularizable condition, the batch claim and the flip's
+    compare-and-set are built on it, so a guard holds everywhere an order is chosen or moved.
+    """
+    return [*order_in_pending_status(s), *order_guard_conditions(s)]

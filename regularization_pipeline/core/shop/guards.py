@@ -16,15 +16,13 @@ doubt, hold), and a NULL never matches a do-not-touch ``in`` list.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from regularization_pipeline.core.shop.identifiers import check_identifier
-
-if TYPE_CHECKING:  # the mapping imports this module for its models
-    from regularization_pipeline.core.shop.binding import AppSchema
 
 # A value a guard compares with: the shop's status words, or numbers and flags.
 GuardValue = str | int | bool
@@ -156,7 +154,17 @@ def check_repairs(repairs: dict[str, Repair], status: str, updated_at: str | Non
 # --- SQL ------------------------------------------------------------------------------
 
 
-def order_guard_conditions(s: AppSchema) -> list[sa.ColumnElement[bool]]:
+class BoundOrders(Protocol):
+    """What the statements below read of the mapping bound to the database
+    (``shop.binding.AppSchema``, which imports this module through the mapping)."""
+
+    mapping: Any  # shop.mapping.SchemaMapping: its guards and repairs
+    orders: sa.TableClause
+
+    def shop_time(self, column: sa.ColumnClause, value: dt.datetime) -> dt.datetime: ...
+
+
+def order_guard_conditions(s: BoundOrders) -> list[sa.ColumnElement[bool]]:
     """What must hold of an order row for the guards to let it be flipped (none: no guards)."""
     guards = s.mapping.guards
     return [c.matches(s.orders.c[c.column]) for c in guards.require] + [
@@ -164,7 +172,7 @@ def order_guard_conditions(s: AppSchema) -> list[sa.ColumnElement[bool]]:
     ]
 
 
-def guard_blockers(s: AppSchema) -> list[tuple[str, sa.ColumnElement[bool]]]:
+def guard_blockers(s: BoundOrders) -> list[tuple[str, sa.ColumnElement[bool]]]:
     """(description, true when it keeps the order from being flipped), one per guard."""
     guards = s.mapping.guards
     return [
@@ -175,13 +183,13 @@ def guard_blockers(s: AppSchema) -> list[tuple[str, sa.ColumnElement[bool]]]:
     ]
 
 
-def guarded_out(s: AppSchema) -> sa.ColumnElement[bool] | None:
+def guarded_out(s: BoundOrders) -> sa.ColumnElement[bool] | None:
     """True for an order a guard keeps from being flipped; None when the mapping has no guards."""
     blockers = [expr for _, expr in guard_blockers(s)]
     return sa.or_(*blockers) if blockers else None
 
 
-def repair_values(s: AppSchema) -> dict[str, sa.ColumnElement]:
+def repair_values(s: BoundOrders) -> dict[str, sa.ColumnElement]:
     """The SET clause entries of the repairs; times are bound as ``p_repair_<column>``."""
     values: dict[str, sa.ColumnElement] = {}
     for column, repair in s.mapping.repairs.items():
@@ -194,7 +202,7 @@ def repair_values(s: AppSchema) -> dict[str, sa.ColumnElement]:
     return values
 
 
-def repair_times(s: AppSchema, now) -> dict:
+def repair_times(s: BoundOrders, now) -> dict:
     """The bound times of the ``now`` repairs: naive UTC ``now`` as each column stores times."""
     return {
         f"p_repair_{column}": s.shop_time(s.orders.c[column], now)

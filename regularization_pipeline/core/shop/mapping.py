@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from regularization_pipeline.core.clock import shop_zone
 from regularization_pipeline.core.config_files import read_yaml_mapping, validate_or_explain
-from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.exceptions import ConfigurationError
 from regularization_pipeline.core.shop.guards import (
     ColumnCondition,
     OrderGuards,

@@ -39,3 +39,13 @@ def to_decimal(value: Any) -> Decimal | None:
     except (InvalidOperation, ValueError):
         return None
     return amount if amount.is_finite() else None
+
+
+def currency_code(value: Any) -> str | None:
+    """A currency as every comparison reads it (this, and ``detection.orphans.currencies_differ`` in SQL):
+    surrounding spaces are padding (a CHAR column's; MariaDB ignores them anyway), case does
+    not matter, and an empty code is no currency. ``"EUR "`` is EUR, for the check, the run
+    and ``regularize-order`` alike."""
+    if value is None:
+        return None
+    return str(value).strip(" ").upper() or None

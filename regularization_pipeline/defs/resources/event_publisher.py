@@ -6,27 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+import pydantic
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
-from regularization_pipeline.core.delivery.laravel_queue import (
-    DEFAULT_JOB_CLASS,
-    DEFAULT_QUEUE,
-    DEFAULT_REDIS_PREFIX,
-    DEFAULT_TABLE,
-)
 from regularization_pipeline.core.delivery.outbox import (
     DEFAULT_BUDGET_SECONDS,
     OutboxDispatcher,
     RetryPolicy,
 )
-from regularization_pipeline.core.delivery.publishers import (
-    HANDLER_ENTRY_POINT_GROUP,
-    PublisherSettings,
-    build_publishers,
-)
+from regularization_pipeline.core.delivery.publishers import PublisherSettings, build_publishers
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop import tables as tb
+from regularization_pipeline.defs.config_fields import fields_like
 from regularization_pipeline.defs.resources.environment import (
     build_leniently,
     integer_from_env,
@@ -90,80 +82,44 @@ DELIVERY_ENVS = {
     "delivery_budget_seconds": DELIVERY_BUDGET_ENV,
 }
 
+# The resource's name of a PublisherSettings field, where it differs.
+RESOURCE_NAMES = {"kinds": "publishers"}
 
-class EventPublisherResource(ShopAware, dg.ConfigurableResource):
+# PublisherSettings fields read through dg.EnvVar at run time (URLs may carry a password):
+# the UI shows the variable's name, never its value.
+SECRET_ENVS = {
+    "webhook_url": WEBHOOK_URL_ENV,
+    "webhook_secret": WEBHOOK_SECRET_ENV,
+    "webhook_secret_previous": WEBHOOK_SECRET_PREVIOUS_ENV,
+    "laravel_redis_url": LARAVEL_REDIS_URL_ENV,
+    "rabbitmq_url": RABBITMQ_URL_ENV,
+}
+
+# PublisherSettings fields read as comma-separated lists.
+LIST_ENVS = {"kinds": PUBLISHERS_ENV, "python_handlers": PYTHON_HANDLERS_ENV}
+
+# Every PublisherSettings field an environment variable sets; the others keep their default.
+SETTINGS_ENVS = {**LIST_ENVS, **SECRET_ENVS, **LARAVEL_ENVS, **RABBITMQ_ENVS}
+
+
+def _named(env_of: dict[str, str]) -> dict[str, str]:
+    """The variable, said in the field's description where core's words do not name it."""
+    core = PublisherSettings.model_fields
+    return {
+        field: f" Read from {env}."
+        for field, env in env_of.items()
+        if env not in (core[field].description or "")
+    }
+
+
+class _EventPublisherResourceBase(ShopAware, dg.ConfigurableResource):
     """Who receives each OrderCompleted event, and how delivery is retried.
 
-    Validated and built by core's PublisherSettings; the webhook secret comes
-    from REGULARIZATION_WEBHOOK_SECRET through dg.EnvVar, never from run config.
+    The publisher fields are core's PublisherSettings, field by field (generated, so one added
+    to core reaches the resource), validated by it when a run starts; the secrets and the URLs
+    come from their variables through dg.EnvVar, never from run config.
     """
 
-    publishers: list[str] = Field(
-        default=["outbox"],
-        description="Publishers by name: 'outbox' (the default: the application reads the outbox "
-        "table itself), 'webhook' (signed HTTP POST to webhook_url), 'python' (handlers installed "
-        "under the entry-point group or named in python_handlers), 'laravel-database' (a job in "
-        "the shop's jobs table, in the flip's transaction), 'laravel-redis' (Laravel's Redis queue), "
-        "'rabbitmq' (AMQP with publisher confirms).",
-    )
-    webhook_url: str | None = Field(
-        default=None, description="Where the webhook publisher POSTs (REGULARIZATION_WEBHOOK_URL)."
-    )
-    webhook_secret: str | None = Field(
-        default=None,
-        description="HMAC signing secret of the webhook publisher (REGULARIZATION_WEBHOOK_SECRET).",
-    )
-    webhook_secret_previous: str | None = Field(
-        default=None,
-        description="The secret being replaced, while a rotation lasts: each request then carries "
-        "a second v1= signature (REGULARIZATION_WEBHOOK_SECRET_PREVIOUS).",
-    )
-    laravel_job_class: str = Field(
-        default=DEFAULT_JOB_CLASS,
-        description="The shop's job class the Laravel worker calls, Class@method "
-        "(REGULARIZATION_LARAVEL_JOB_CLASS).",
-    )
-    laravel_queue: str = Field(
-        default=DEFAULT_QUEUE, description="The Laravel queue name (REGULARIZATION_LARAVEL_QUEUE)."
-    )
-    laravel_jobs_table: str = Field(
-        default=DEFAULT_TABLE,
-        description="The shop's jobs table, for laravel-database (REGULARIZATION_LARAVEL_JOBS_TABLE).",
-    )
-    laravel_connection: str = Field(
-        default="",
-        description="The shop's Laravel queue connection name, shown in where events went "
-        "(REGULARIZATION_LARAVEL_CONNECTION).",
-    )
-    laravel_redis_url: str | None = Field(
-        default=None,
-        description="The shop's Redis for laravel-redis, redis://host:port/db "
-        "(REGULARIZATION_LARAVEL_REDIS_URL).",
-    )
-    laravel_redis_prefix: str = Field(
-        default=DEFAULT_REDIS_PREFIX,
-        description="The shop's Redis key prefix (REGULARIZATION_LARAVEL_REDIS_PREFIX).",
-    )
-    rabbitmq_url: str | None = Field(
-        default=None,
-        description="The broker of the rabbitmq publisher (REGULARIZATION_RABBITMQ_URL).",
-    )
-    rabbitmq_exchange: str = Field(
-        default="",
-        description="The exchange; empty is the default exchange (REGULARIZATION_RABBITMQ_EXCHANGE).",
-    )
-    rabbitmq_routing_key: str = Field(
-        default="order-completed",
-        description="The routing key (REGULARIZATION_RABBITMQ_ROUTING_KEY).",
-    )
-    connect_timeout_seconds: float = Field(default=3.0, description="Webhook connect timeout.")
-    read_timeout_seconds: float = Field(default=10.0, description="Webhook read timeout.")
-    total_timeout_seconds: float | None = Field(
-        default=None,
-        description="Webhook total deadline per request (connect, send, receive), which a receiver "
-        "trickling its answer cannot stretch; by default the connect and read timeouts, twice each. "
-        "The lease must exceed it.",
-    )
     delivery_budget_seconds: float = Field(
         default=DEFAULT_BUDGET_SECONDS,
         gt=0,
@@ -171,22 +127,23 @@ class EventPublisherResource(ShopAware, dg.ConfigurableResource):
         description="A run's delivery step stops after this long, well inside the job's 900 s limit; "
         "what is left waits for the next run (REGULARIZATION_DELIVERY_BUDGET_SECONDS).",
     )
-    handler_entry_point_group: str = Field(
-        default=HANDLER_ENTRY_POINT_GROUP,
-        description="Entry-point group the python handlers are loaded from.",
-    )
-    python_handlers: list[str] = Field(
-        default=[],
-        description="More python handlers, each as module:function (REGULARIZATION_PYTHON_HANDLERS).",
-    )
     max_attempts: int = Field(
-        default=8, ge=1, le=100, description="Delivery attempts before an event is dead-lettered."
+        default=RetryPolicy.max_attempts,
+        ge=1,
+        le=100,
+        description="Delivery attempts before an event is dead-lettered.",
     )
     base_delay_seconds: float = Field(
-        default=30.0, ge=0, le=86_400, description="First retry delay; doubles per attempt."
+        default=RetryPolicy.base_delay_seconds,
+        ge=0,
+        le=86_400,
+        description="First retry delay; doubles per attempt.",
     )
     max_delay_seconds: float = Field(
-        default=3600.0, ge=0, le=86_400, description="Upper bound of the retry delay."
+        default=RetryPolicy.max_delay_seconds,
+        ge=0,
+        le=86_400,
+        description="Upper bound of the retry delay.",
     )
     lease_seconds: float = Field(
         default=120.0,
@@ -213,29 +170,14 @@ class EventPublisherResource(ShopAware, dg.ConfigurableResource):
         """Raises ConfigurationError naming the offending fields (never the secret's value)."""
         if self.problems:
             raise ConfigurationError("; ".join(self.problems))
-        return PublisherSettings.parse(**{**self._own_settings(), **self.shop_overrides()})
+        return PublisherSettings.parse(**{**self.own_settings(), **self.shop_overrides()})
 
-    def _own_settings(self) -> dict[str, Any]:
-        return dict(
-            kinds=self.publishers,
-            webhook_url=self.webhook_url,
-            webhook_secret=self.webhook_secret,
-            webhook_secret_previous=self.webhook_secret_previous,
-            connect_timeout_seconds=self.connect_timeout_seconds,
-            read_timeout_seconds=self.read_timeout_seconds,
-            total_timeout_seconds=self.total_timeout_seconds,
-            handler_entry_point_group=self.handler_entry_point_group,
-            python_handlers=self.python_handlers,
-            laravel_job_class=self.laravel_job_class,
-            laravel_queue=self.laravel_queue,
-            laravel_jobs_table=self.laravel_jobs_table,
-            laravel_connection=self.laravel_connection,
-            laravel_redis_url=self.laravel_redis_url,
-            laravel_redis_prefix=self.laravel_redis_prefix,
-            rabbitmq_url=self.rabbitmq_url,
-            rabbitmq_exchange=self.rabbitmq_exchange,
-            rabbitmq_routing_key=self.rabbitmq_routing_key,
-        )
+    def own_settings(self) -> dict[str, Any]:
+        """This resource's values of every PublisherSettings field, by core's names."""
+        return {
+            name: getattr(self, RESOURCE_NAMES.get(name, name))
+            for name in PublisherSettings.model_fields
+        }
 
     def build_publishers(self, engine: sa.Engine | None = None) -> list[Any]:
         """The configured publishers (``engine``: the shop's database, where laravel-database
@@ -274,43 +216,40 @@ class EventPublisherResource(ShopAware, dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> EventPublisherResource:
-        """REGULARIZATION_PUBLISHERS (outbox when unset), REGULARIZATION_PYTHON_HANDLERS, the
-        webhook's URL and secret (read at run time), the Laravel queue's REGULARIZATION_LARAVEL_*, the broker's REGULARIZATION_RABBITMQ_*, the retry settings and the
-        budget, REGULARIZATION_DELIVERY_*: a bad one fails the runs, naming it."""
+        """Every PublisherSettings field its variable sets (SETTINGS_ENVS: REGULARIZATION_PUBLISHERS,
+        outbox when unset, REGULARIZATION_PYTHON_HANDLERS, the webhook's URL and secret read at run
+        time, the Laravel queue's REGULARIZATION_LARAVEL_*, the broker's REGULARIZATION_RABBITMQ_*),
+        then the retry settings and the budget, REGULARIZATION_DELIVERY_*: a bad one fails the
+        runs, naming it."""
         problems: list[str] = []
         retry = {
-            "max_attempts": read_setting(integer_from_env, DELIVERY_ENVS["max_attempts"], problems),
-            "base_delay_seconds": read_setting(
-                number_from_env, DELIVERY_ENVS["base_delay_seconds"], problems
-            ),
-            "max_delay_seconds": read_setting(
-                number_from_env, DELIVERY_ENVS["max_delay_seconds"], problems
-            ),
-            "delivery_budget_seconds": read_setting(
-                number_from_env, DELIVERY_ENVS["delivery_budget_seconds"], problems
-            ),
+            field: read_setting(
+                integer_from_env if field == "max_attempts" else number_from_env, env, problems
+            )
+            for field, env in DELIVERY_ENVS.items()
         }
-        resource = build_leniently(
-            cls,
-            {
-                **retry,
-                "publishers": list_from_env(PUBLISHERS_ENV) or ["outbox"],
-                "python_handlers": list_from_env(PYTHON_HANDLERS_ENV),
-                "webhook_url": secret_from_env(WEBHOOK_URL_ENV),
-                "webhook_secret": secret_from_env(WEBHOOK_SECRET_ENV),
-                "webhook_secret_previous": secret_from_env(WEBHOOK_SECRET_PREVIOUS_ENV),
-                "laravel_redis_url": secret_from_env(LARAVEL_REDIS_URL_ENV),
-                **{field: setting_from_env(env) for field, env in LARAVEL_ENVS.items()},
-                "rabbitmq_url": secret_from_env(RABBITMQ_URL_ENV),
-                **{field: setting_from_env(env) for field, env in RABBITMQ_ENVS.items()},
-            },
-            {
-                **DELIVERY_ENVS,
-                **LARAVEL_ENVS,
-                **RABBITMQ_ENVS,
-                "laravel_redis_url": LARAVEL_REDIS_URL_ENV,
-                "rabbitmq_url": RABBITMQ_URL_ENV,
-            },
-            problems,
-        )
-        return resource
+        values = {RESOURCE_NAMES.get(f, f): _from_env(f, env) for f, env in SETTINGS_ENVS.items()}
+        env_of = {RESOURCE_NAMES.get(f, f): env for f, env in SETTINGS_ENVS.items()}
+        return build_leniently(cls, {**retry, **values}, {**DELIVERY_ENVS, **env_of}, problems)
+
+
+def _from_env(field: str, env: str) -> Any:
+    """A PublisherSettings field's value from its variable, None while it is unset."""
+    if field in SECRET_ENVS:
+        return secret_from_env(env)
+    if field in LIST_ENVS:
+        return list_from_env(env) or None
+    return setting_from_env(env)
+
+
+# One field per PublisherSettings field, generated so that a field added to core reaches the
+# resource (and the UI) without a second list to keep in step.
+EventPublisherResource = pydantic.create_model(
+    "EventPublisherResource",
+    __base__=_EventPublisherResourceBase,
+    __module__=__name__,
+    __doc__=_EventPublisherResourceBase.__doc__,
+    **fields_like(
+        PublisherSettings, renames=RESOURCE_NAMES, notes=_named({**SECRET_ENVS, **LIST_ENVS})
+    ),
+)

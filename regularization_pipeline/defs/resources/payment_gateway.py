@@ -22,6 +22,12 @@ PROVIDER_TOKEN_ENV = "REGULARIZATION_PROVIDER_TOKEN"  # noqa: S105 - the variabl
 
 PROVIDER_SETTINGS_ENV = "REGULARIZATION_PROVIDER_SETTINGS"
 
+# GatewaySettings fields that come from the environment, not from the settings file.
+FROM_ENVIRONMENT = ("base_url",)
+# The settings file holds every other GatewaySettings field: named from the model, so a field
+# added to core is documented here (and in the UI) without a second list to keep in step.
+FILE_SETTINGS = tuple(name for name in GatewaySettings.model_fields if name not in FROM_ENVIRONMENT)
+
 
 class PaymentGatewayResource(ShopAware, dg.ConfigurableResource):
     """Optional verification of each payment with the provider's API, rate-limited; off unless base_url is set.
@@ -36,7 +42,8 @@ class PaymentGatewayResource(ShopAware, dg.ConfigurableResource):
 
     base_url: str | None = Field(
         default=None,
-        description="Provider API base URL (REGULARIZATION_PROVIDER_URL); verification is off when unset.",
+        description=f"{GatewaySettings.model_fields['base_url'].description} "
+        "Read from REGULARIZATION_PROVIDER_URL; verification is off when unset.",
     )
     token: str | None = Field(
         default=None,
@@ -44,9 +51,8 @@ class PaymentGatewayResource(ShopAware, dg.ConfigurableResource):
     )
     settings_file: str | None = Field(
         default=None,
-        description="YAML file with the rest of the provider settings: provider (stripe, mollie, paypal or generic), "
-        "api_version, path_template, status_path, the status values, amount_path, currency_path, outage_after, "
-        "max_requests_per_second, burst, timeouts, retries (REGULARIZATION_PROVIDER_SETTINGS); see docs/providers.md.",
+        description="YAML file with the rest of the provider settings (REGULARIZATION_PROVIDER_SETTINGS): "
+        f"{', '.join(FILE_SETTINGS)}; see docs/providers.md.",
     )
 
     _shop_name: str | None = PrivateAttr(default=None)
