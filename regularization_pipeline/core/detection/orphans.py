@@ -198,16 +198,16 @@ def regularizable_condition(s: AppSchema, window: ScanWindow) -> sa.ColumnElemen
     payment_problems = dict(amount_problems(s))
     payment_problems[INVALID_AMOUNT] = sa.or_(s.t("amount").is_(None), s.t("amount") < 0)
     payment_problems[AMOUNT_MISMATCH] = s.t("amount") != total
-    clean = [
-        ~exists_payment(s, *completed_payment_of_order(s), problem)
-        for problem in payment_problems.values()
-    ]
+    # One NOT EXISTS for every problem, not one each: each of them alone, uncorrelated but for
+    # the order id, MariaDB materialized by reading every completed payment (0.5 s per claim
+    # on a million payments); with the order's total inside it stays a probe per order.
+    clean = ~exists_payment(s, *completed_payment_of_order(s), sa.or_(*payment_problems.values()))
     return sa.and_(
         orphan_condition(s, window),
         total.is_not(None),
         total >= 0,
         completed_payment_count(s) == 1,
-        *clean,
+        clean,
     )
 
 
