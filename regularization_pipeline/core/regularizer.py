@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +65,10 @@ __all__ = ["OrderOutcome", "Regularizer", "RunOptions", "RunSummary"]
 
 log = logging.getLogger("regularization_pipeline.regularizer")
 
+# The most orders a run reads from its queue at a time: each page is one pass over the
+# pending orders' payments, so a large backlog is read in a few passes, not one per batch.
+QUEUE_PAGE = 10_000
+
 
 @dataclass
 class _Pace:
@@ -76,6 +80,8 @@ class _Pace:
     deadline: float | None
     # Raises RunLockLostError when the shop's run lock is gone; None when the run holds none.
     lock_held: Callable[[], None] | None = None
+    # The survey's figures, whose sample is the first page of the run's queue.
+    head: d.OrphanStats | None = None
 
     def out_of_time(self) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -180,9 +186,9 @@ class Regularizer:
     ) -> RunSummary:
         started = time.monotonic()
         ctx = self.context(run_id, options, options.window(self.clock()))
-        summary = self._survey(ctx, options)
+        summary, head = self._survey(ctx, options)
         deadline = started + options.max_runtime_seconds if options.max_runtime_seconds else None
-        pace = _Pace(options, summary, progress, deadline, lock_held)
+        pace = _Pace(options, summary, progress, deadline, lock_held, head)
         if self._batched(options):
             self._run_batches(ctx, pace)
         else:
@@ -190,12 +196,18 @@ class Regularizer:
         summary.elapsed_seconds = time.monotonic() - started
         return summary
 
-    def _survey(self, ctx: RunContext, options: RunOptions) -> RunSummary:
-        """The run's starting figures; each inconsistency seen for the first time is audited."""
+    def _survey(self, ctx: RunContext, options: RunOptions) -> tuple[RunSummary, d.OrphanStats]:
+        """The run's starting figures, and the first page of its queue; each inconsistency seen
+        for the first time is audited."""
         report = open_report(ctx, options.bounds_history())
         with self.engine.connect() as conn:
+            # The queue's first page rides on the count: one pass over the backlog for both.
             stats = d.orphan_stats(
-                conn, self.schema, ctx.window, sample_size=0, attempts=self.tables.attempts
+                conn,
+                self.schema,
+                ctx.window,
+                sample_size=_queue_page(options),
+                attempts=self.tables.attempts,
             )
             held = held_orders(conn, self.schema, report)
         if not options.dry_run:
@@ -207,7 +219,7 @@ class Regularizer:
             sum(held.values()),
             options.limit,
         )
-        return RunSummary(
+        summary = RunSummary(
             run_id=ctx.run_id,
             dry_run=options.dry_run,
             limit=options.limit,
@@ -217,6 +229,7 @@ class Regularizer:
             oldest_orphan_age_minutes=stats.oldest_age_minutes,
             inconsistent_by_kind=dict(report.counts),
         )
+        return summary, stats
 
     def _batched(self, options: RunOptions) -> bool:
         if options.mode == "auto":
@@ -254,11 +267,20 @@ class Regularizer:
                 return  # asked again next run; the orphans came first
             pace.record(outcome)
 
+    def _queue(self, ctx: RunContext, pace: _Pace) -> Iterator[list]:
+        """The run's orders, oldest payment first, the survey's sample as the first page."""
+        return d.fixable_pages(
+            self.engine,
+            self.schema,
+            ctx.window,
+            _queue_page(pace.options),
+            attempts=self.tables.attempts,
+            head=pace.head,
+        )
+
     def _per_order(self, ctx: RunContext, pace: _Pace, health: ProviderHealth) -> None:
         rest_before_next = False
-        for page in d.candidate_pages(
-            self.engine, self.schema, ctx.window, pace.options.batch_size
-        ):
+        for page in self._queue(ctx, pace):
             for order_id in attempts.without_quarantined(ctx, page):
                 if not pace.has_room(pending=len(health.streak)):
                     return
@@ -282,38 +304,39 @@ class Regularizer:
                 pace.record(outcome)
 
     def _run_batches(self, ctx: RunContext, pace: _Pace) -> None:
-        options, last = pace.options, None
-        slice_size = options.batch_size * batching.CLAIM_SCAN_FACTOR
-        while pace.has_room():
-            size = min(options.batch_size, options.limit - pace.summary.processed)
-            try:
-                with self.engine.begin() as conn:
-                    outcomes, scanned_to = batching.decide_batch(ctx, conn, last, size, slice_size)
-                _log_batch(ctx.run_id, outcomes)
-            except Exception as exc:  # the batch rolled back whole: decide its orders one by one
-                log.warning(
-                    "run %s: batch after order %s failed (%s): falling back to one order at a time",
-                    ctx.run_id,
-                    last,
-                    describe_error(exc),
-                )
-                page = next(
-                    d.candidate_pages(self.engine, self.schema, ctx.window, size, after=last), []
-                )
-                outcomes = []
-                for order_id in attempts.without_quarantined(ctx, page):
-                    if pace.lock_held is not None:
-                        pace.lock_held()
-                    outcomes.append(self.one.regularize(ctx, order_id))
-                scanned_to = page[-1] if page else None
-            if scanned_to is None:  # no pending order left to look at
-                return
-            last = scanned_to
-            slice_size = batching.next_slice_size(size, slice_size, len(outcomes))
-            for outcome in outcomes:
-                pace.record(outcome)
-            if options.sleep and pace.summary.processed < options.limit:
-                self.sleeper(options.sleep)
+        options = pace.options
+        for page in self._queue(ctx, pace):
+            while page:
+                if not pace.has_room():
+                    return
+                size = min(options.batch_size, options.limit - pace.summary.processed)
+                ids, page = page[:size], page[size:]
+                for outcome in self._batch(ctx, pace, ids):
+                    pace.record(outcome)
+                if options.sleep and pace.summary.processed < options.limit:
+                    self.sleeper(options.sleep)
+
+    def _batch(self, ctx: RunContext, pace: _Pace, ids: list) -> list[OrderOutcome]:
+        """The outcomes of one batch; a batch that fails rolls back whole, and its orders are
+        then decided one by one."""
+        try:
+            with self.engine.begin() as conn:
+                outcomes = batching.decide_batch(ctx, conn, ids)
+            _log_batch(ctx.run_id, outcomes)
+            return outcomes
+        except Exception as exc:
+            log.warning(
+                "run %s: batch from order %s failed (%s): falling back to one order at a time",
+                ctx.run_id,
+                ids[0],
+                describe_error(exc),
+            )
+        outcomes = []
+        for order_id in attempts.without_quarantined(ctx, ids):
+            if pace.lock_held is not None:
+                pace.lock_held()
+            outcomes.append(self.one.regularize(ctx, order_id))
+        return outcomes
 
     # --- one order -----------------------------------------------------------------------
 
@@ -330,6 +353,11 @@ class Regularizer:
         """Lift an order's quarantine and reset its failure count."""
         options = RunOptions()
         attempts.release(self.context(run_id, options, options.window(self.clock())), order_id)
+
+
+def _queue_page(options: RunOptions) -> int:
+    """How many orders a run reads from its queue at a time: what it may take, within bounds."""
+    return min(QUEUE_PAGE, max(options.limit, options.batch_size))
 
 
 def _log_batch(run_id: str, outcomes: list[OrderOutcome]) -> None:

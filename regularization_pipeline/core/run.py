@@ -37,7 +37,7 @@ class RunOptions(BaseModel):
         50,
         ge=1,
         le=10_000_000,
-        description="Maximum number of orders to act on in this run (the original --limit).",
+        description="Maximum number of orders to act on in this run (the original --limit); the orders whose payment completed first come first.",
     )
     sleep: float = Field(
         2.0,
@@ -68,7 +68,7 @@ class RunOptions(BaseModel):
         50,
         ge=1,
         le=10_000,
-        description="How many candidate order ids are read per page of the scan.",
+        description="How many orders one batch claims, verifies and flips in one transaction (batched mode).",
     )
     max_attempts: int = Field(
         5,
@@ -192,6 +192,32 @@ class RunSummary:
         metrics.update(held_metadata(self.held))
         metrics["orphans_beyond_limit"] = self.beyond_limit
         return metrics
+
+    def headline(self) -> str:
+        """The run in one line, only the figures that are not zero: what a reader of the
+        materialization wants first, above the stable numeric keys the plots need."""
+        acted = [
+            f"{n} {word}"
+            for n, word in (
+                (self.regularized, "regularized"),
+                (self.would_regularize, "would be regularized (dry run)"),
+                (self.skipped, "skipped"),
+                (self.failed, "failed"),
+                (self.quarantined, "quarantined"),
+            )
+            if n
+        ]
+        line = f"{', '.join(acted) or 'nothing done'} of {self.found} orphan(s) found"
+        if self.found:
+            line += f", the oldest paid {self.oldest_orphan_age_minutes:.0f} min before the run"
+        extra = [f"{self.beyond_limit} left beyond the limit"] if self.beyond_limit else []
+        extra += [f"{self.aged_out} aged out of the window"] if self.aged_out else []
+        held = {reason: n for reason, n in self.held.items() if n}
+        if held:
+            extra.append(
+                "held: " + ", ".join(f"{n} {reason}" for reason, n in sorted(held.items()))
+            )
+        return "; ".join([line, *extra])
 
     @property
     def beyond_limit(self) -> int:

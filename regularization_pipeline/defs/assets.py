@@ -198,10 +198,7 @@ def regularized_orders(
             close_publishers(publishers)
             if verifier is not None:
                 verifier.close()
-    context.log.info(
-        f"{summary.regularized} regularized, {summary.would_regularize} would be (dry run), {summary.skipped} skipped, "
-        f"{summary.failed} failed, {summary.quarantined} quarantined, of {summary.found} orphan(s) found"
-    )
+    context.log.info(summary.headline())
     if summary.stopped_by_deadline:
         context.log.warning(
             f"stopped after {options.max_runtime_seconds} s; the rest waits for the next run"
@@ -210,7 +207,9 @@ def regularized_orders(
         context.log.warning(
             "the payment provider is unavailable: stopped; the rest waits for the next run"
         )
-    metadata: dict[str, float | int] = {
+    metadata: dict[str, object] = {
+        # First in the UI: the figures that are not zero, in words; the numeric keys follow.
+        "summary": dg.MetadataValue.text(summary.headline()),
         **summary.as_metrics(),
         "stopped_by_deadline": int(summary.stopped_by_deadline),
         "stopped_by_provider": int(summary.stopped_by_provider),

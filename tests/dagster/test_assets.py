@@ -78,6 +78,11 @@ def test_whole_selection_regularizes_delivers_and_audits(shop, handlers_db, inst
     assert regularized["inconsistent_amount_mismatch"] == 1
     assert regularized["inconsistent_double_charge"] == 1
     assert regularized["failed"] == 0
+    # The headline comes first and names only what is not zero.
+    assert list(regularized)[0] == "summary"
+    assert regularized["summary"].startswith("4 regularized of 4 orphan(s) found, the oldest paid")
+    assert regularized["summary"].endswith("held: 1 amount_mismatch, 1 double_charge")
+    assert "failed" not in regularized["summary"]
 
     events = materialization_metadata(result, "order_completed_events")
     assert events["delivered"] == 4 and events["dead"] == 0 and events["retried"] == 0

@@ -101,9 +101,11 @@ def test_the_checks_job_schedule_and_sensor_are_registered():
     schedule = defs.resolve_schedule_def("check_app_orders_every_2_minutes")
     assert schedule.cron_schedule == "*/2 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    # The observation of app_orders with its checks: it gives the job the shops' partitions.
     assert sorted(n.name for n in job.nodes) == [
         "app_orders_no_orphaned_pending_orders",
         "app_orders_transactions_consistent",
+        "observe_app_orders",
     ]
     sensor = defs.resolve_sensor_def("check_app_orders_after_each_run")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

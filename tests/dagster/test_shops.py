@@ -91,14 +91,19 @@ def test_one_tick_fixes_each_shops_orphans_once_and_a_shop_down_fails_only_its_o
 
     outcome = run_tick(tmp_path, shops, env)
     others = outcome.pop("_other_schedules")
+    checked = outcome.pop("_checks")
 
     assert set(outcome) == {"lite", "pg", "maria", "down"}  # "manual" is not scheduled
     # The delivery schedule serves each shop: a run per shop with an event due (no publisher
     # is configured here, so each shop's three events wait); the down shop's outbox cannot be
-    # read and is skipped, not an error. The checks run inside each shop's run, so their own
-    # schedule skips.
+    # read and is skipped, not an error. The checks job runs once per shop, for its partition.
     assert others["deliver_order_completed_events_every_minute"] == ["lite", "maria", "pg"]
-    assert others["check_app_orders_every_2_minutes"] == []
+    assert others["check_app_orders_every_2_minutes"] == ["down", "lite", "maria", "pg"]
+    # Each shop's checks read that shop: none is left with an orphan; the down shop's fail.
+    assert checked == {
+        **{name: {"no_orphaned_pending_orders": 0} for name in seeded},
+        "down": {"success": False},
+    }
     for name, (shop, orphans) in seeded.items():
         assert outcome[name]["success"], (name, outcome[name]["failures"])
         assert [shop.status_of(order) for order in orphans] == ["completed"] * 3

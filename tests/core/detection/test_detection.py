@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+import pytest
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
@@ -143,13 +144,28 @@ def test_since_and_until_select_a_slice_of_payments(shop):
     ]
 
 
-def test_candidate_pages_walk_every_regularizable_orphan_once(shop):
-    ids = shop.orphans(7)
+def test_fixable_pages_walk_every_fixable_orphan_once_oldest_payment_first(shop):
+    # Ids and payment times disagree on purpose: the queue follows the payments.
+    paid_ago = [15, 3798, 112, 209, 45, 3000, 600]
+    ids = [shop.orphan(paid_minutes_ago=minutes) for minutes in paid_ago]
+    tied = [shop.orphan(paid_minutes_ago=500) for _ in range(2)]  # same time: id order
     bad = shop.order(total="1.00")
     shop.payment(bad, amount="2.00")
-    pages = list(d.candidate_pages(shop.engine, shop.schema, RUN.window(utcnow()), page_size=3))
-    assert [len(p) for p in pages] == [3, 3, 1]
-    assert [i for p in pages for i in p] == ids
+    pages = list(d.fixable_pages(shop.engine, shop.schema, RUN.window(utcnow()), page_size=3))
+    oldest_first = [i for _, i in sorted(zip(paid_ago, ids, strict=True), reverse=True)]
+    expected = oldest_first[:3] + tied + oldest_first[3:]
+    assert [len(p) for p in pages] == [3, 3, 3]
+    assert [i for p in pages for i in p] == expected
+
+
+@pytest.mark.parametrize("mode", ["per_order", "batched"])
+def test_a_run_with_a_limit_fixes_the_customers_who_waited_longest(shop, mode):
+    paid_ago = {shop.orphan(paid_minutes_ago=minutes): minutes for minutes in (15, 112, 209, 3798)}
+    summary = run(shop, limit=3, mode=mode, batch_size=2)
+    assert summary.regularized == 3
+    left = [order_id for order_id in paid_ago if shop.status_of(order_id) == "pending"]
+    assert [paid_ago[i] for i in left] == [15]
+    assert outbox_per_order(shop) == {str(i): 1 for i in paid_ago if i not in left}
 
 
 def test_every_inconsistent_order_is_audited_not_only_the_first_hundred(shop):
