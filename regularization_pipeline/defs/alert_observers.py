@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import httpx
 import sqlalchemy as sa
 from dagster._core.event_api import PartitionKeyFilter  # the check history's partition filter
 
@@ -333,6 +332,8 @@ def _ping_heartbeat(look: Look, run_id: str) -> None:
     url, note = look.alerts.heartbeat_url, incident_key("heartbeat_run", look.shop)
     if not url or look.book.notes.get(note) == run_id:
         return
+    import httpx  # only where a heartbeat is configured
+
     try:
         response = httpx.get(url, timeout=look.alerts.timeout_seconds)
         response.raise_for_status()

@@ -30,8 +30,6 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
-import httpx
-
 from regularization_pipeline.core.alerting.alert import (
     FIRING,
     RESOLVED,
@@ -186,6 +184,8 @@ class WebhookChannel:
     severities: tuple[str, ...] = SEVERITIES
 
     def send(self, alert: Alert) -> None:
+        import httpx  # loaded when an alert is sent, not by every process loading the sensors
+
         body = json.dumps(render(alert, self.fmt, self.links), sort_keys=True).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self.secret:
