@@ -332,7 +332,7 @@ def _run_grace_minutes(context: dg.AssetExecutionContext) -> float:
     deps=[order_completed_events],
     group_name=GROUP,
     owners=OWNERS,
-    kinds={"pandas", "sql"},
+    kinds={"sql"},
     retry_policy=TRANSIENT_DB_RETRY,
     partitions_def=SHOP_PARTITIONS,
 )
