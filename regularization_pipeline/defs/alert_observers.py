@@ -25,7 +25,7 @@ from regularization_pipeline.core.redaction import redact
 from regularization_pipeline.core.verdicts import QUARANTINED
 from regularization_pipeline.defs.jobs import IN_FLIGHT_STATUSES, JOB_NAME
 from regularization_pipeline.defs.resources import AlertResource, AppDatabaseResource
-from regularization_pipeline.defs.shops import PARTITION_TAG
+from regularization_pipeline.defs.shops import PARTITION_TAG, shop_of
 
 CONSISTENCY_CHECK = dg.AssetCheckKey(dg.AssetKey("app_orders"), "transactions_consistent")
 ORPHAN_CHECK = dg.AssetCheckKey(dg.AssetKey("app_orders"), "no_orphaned_pending_orders")
@@ -343,8 +343,10 @@ def _ping_heartbeat(look: Look, run_id: str) -> None:
     look.book.notes[note] = run_id
 
 
-def observe_watchdog(look: Look) -> Observation:
+def observe_watchdog(look: Look) -> Observation | None:
     """No successful run for no_success_minutes: schedule stopped, daemon down, runs stuck or failing."""
+    if look.shop is not None and not shop_of(look.shop).scheduled:
+        return None  # launched by hand only: no schedule to watch
     succeeded = look.runs([dg.DagsterRunStatus.SUCCESS], limit=1)
     last = succeeded[0] if succeeded else None
     if last is not None:

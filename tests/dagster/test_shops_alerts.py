@@ -20,6 +20,7 @@ from tests.support.rows import quarantine
 from tests.support.shop_tick import run_tick
 
 SENSORS = ["alert_on_failed_run", "alert_on_held_orders", "alert_on_dead_events"]
+WATCHDOG = "alert_on_no_successful_run"
 
 
 def test_each_shop_alerts_under_its_own_key_and_a_shop_down_never_silences_the_others(tmp_path):
@@ -33,6 +34,7 @@ def test_each_shop_alerts_under_its_own_key_and_a_shop_down_never_silences_the_o
         {"name": name, "database_url": {"env": f"SHOP_{name.upper()}_URL"}, "run": {"sleep": 0}}
         for name in ("a", "b", "down")
     ]
+    listed.append({"name": "manual", "database_url": {"env": "SHOP_DOWN_URL"}, "scheduled": False})
     cursors = str(tmp_path / "cursors.json")
     with ReceivingApp() as receiver:
         env = {
@@ -41,18 +43,29 @@ def test_each_shop_alerts_under_its_own_key_and_a_shop_down_never_silences_the_o
             "SHOP_DOWN_URL": DOWN_URL,
             "REGULARIZATION_ALERT_WEBHOOK_URL": receiver.url + "/alerts",
             "REGULARIZATION_ALERT_WEBHOOK_FORMAT": "json",
+            # The watchdog at once: a success is older than this by the next process's tick.
+            "REGULARIZATION_ALERT_NO_SUCCESS_MINUTES": "0.001",
         }
         ran = run_tick(tmp_path, listed, env)
         assert [ran[name]["success"] for name in ("a", "b", "down")] == [True, True, False]
-        first = run_tick(tmp_path, listed, env, "shop_alerts", cursors, *SENSORS)
+        first = run_tick(tmp_path, listed, env, "shop_alerts", cursors, *SENSORS, WATCHDOG)
 
         regularizer = Regularizer(engines["a"], AppDatabaseResource(url=urls["a"]).bind())
         regularizer.release(held)  # what `regularize-completed-orders release` does
-        second = run_tick(tmp_path, listed, env, "shop_alerts", cursors, *SENSORS)
-        events = [json.loads(r.body) for r in receiver.snapshot()]
+        second = run_tick(tmp_path, listed, env, "shop_alerts", cursors, *SENSORS, WATCHDOG)
+        received = [json.loads(r.body) for r in receiver.snapshot()]
+    watchdog = [e for e in received if e["details"]["incident"] == "no_successful_run"]
+    events = [e for e in received if e not in watchdog]
 
     # The down shop's run failed: its own incident, with the reason. Shop a's held order: its
     # own incident, raised although the down shop's database could not be read on that tick.
+    # The watchdog per shop too: the shops that succeeded a while ago at once, the down shop once
+    # its first tick is that old, the shop launched by hand only never.
+    assert first.pop(WATCHDOG) == (
+        "alert firing: a/no_successful_run; alert firing: b/no_successful_run"
+    )
+    assert second.pop(WATCHDOG) == "alert firing: down/no_successful_run"
+    assert {e["details"]["shop"] for e in watchdog} == {"a", "b", "down"}
     assert first == {
         "alert_on_failed_run": "alert firing: down/run_failed",
         "alert_on_held_orders": "alert firing: a/orders_held",
