@@ -7,6 +7,11 @@ failed check never fails its run, so run-failure sensors cannot see ``transactio
 the observers read the check evaluations themselves. The sensors only read and send messages,
 so they run by default; with no channel configured they only log. A setting that cannot be
 read never stops them: each tick reports it and uses the default.
+
+With a shops file each sensor observes every shop in turn (its partition's runs, checks and
+materializations, its own database) and keeps one incident per shop, named ``<shop>/<condition>``
+(``core.alerting.alert.incident_key``); a shop that cannot be read is logged and the others go
+on. Without one, the incidents keep the names they always had.
 """
 
 import time
