@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv demo demo-reset test test-fast lint format dev migrate bench reference clean
+.PHONY: venv demo demo-reset test test-fast lint format dev migrate bench bench-shops bench-startup reference clean
 
 venv: $(STAMP)
 
@@ -71,6 +71,14 @@ dev: venv $(DAGSTER_HOME)/dagster.yaml
 # Not part of `make test`, which runs it at --quick size so it cannot rot.
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Many shops (50 PostgreSQL databases of 1,000 orphans, one tick, 1, 2 and 4 runs at a time)
+# and start-up (loading the code location, an empty run beside a trivial Dagster job).
+bench-shops: venv
+	$(BIN)/python -m bench.shops $(BENCH_ARGS)
+
+bench-startup: venv
+	$(BIN)/python -m bench.startup $(BENCH_ARGS)
 
 # docs/reference.md from the code (CLI, run config, variables, definitions, metadata keys);
 # tests/docs/test_reference.py fails until it is regenerated after a change.

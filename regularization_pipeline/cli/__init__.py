@@ -37,7 +37,16 @@ from regularization_pipeline.cli.arguments import (
     run_config_from_args,
 )
 from regularization_pipeline.cli.commands import COMMANDS, DEFAULT_COMMAND, build_parser, main
-from regularization_pipeline.cli.launching import launch_job, print_report
+
+
+def __getattr__(name: str):
+    """``launch_job`` and ``print_report`` (the launcher loads Dagster's instance): on first use."""
+    if name in ("launch_job", "print_report"):
+        from regularization_pipeline.cli import launching
+
+        return getattr(launching, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COMMANDS",

@@ -1,5 +1,8 @@
 """The CLI's contract: exit codes, --debug, the flag types, and the run options read from flags
-(validated by the job's own config, a bad one named by its flag)."""
+(validated by the job's own config, a bad one named by its flag).
+
+Parsing loads nothing heavy: pydantic, SQLAlchemy and the core modules are imported by the
+function that needs them, so a usage error answers before any of them is loaded."""
 
 from __future__ import annotations
 
@@ -7,11 +10,6 @@ import argparse
 import datetime as dt
 import math
 from typing import Any
-
-from pydantic import ValidationError
-
-from regularization_pipeline.core.errors import ConfigurationError
-from regularization_pipeline.core.operations import operator_tools
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
@@ -59,6 +57,8 @@ def number(text: str) -> float:
 
 
 def utc_time(text: str) -> dt.datetime:
+    from regularization_pipeline.core.operations import operator_tools
+
     try:
         return operator_tools.parse_utc_time(text)
     except (ValueError, OverflowError):
@@ -145,6 +145,7 @@ def run_config_from_args(
     args: argparse.Namespace, parser: argparse.ArgumentParser
 ) -> dict[str, Any]:
     """The options given, validated by the job's own config; a bad one is a usage error naming its flag."""
+    from regularization_pipeline.core.errors import ConfigurationError
     from regularization_pipeline.defs.config import RegularizeConfig
 
     attrs = {field: flag.lstrip("-").replace("-", "_") for field, flag in RUN_FLAGS.items()}
@@ -160,7 +161,9 @@ def run_config_from_args(
     return values
 
 
-def _name_flags(exc: ConfigurationError) -> str:
+def _name_flags(exc: Exception) -> str:
+    from pydantic import ValidationError
+
     cause = exc.__cause__
     if not isinstance(cause, ValidationError):
         return str(exc)

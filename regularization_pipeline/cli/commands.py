@@ -1,17 +1,19 @@
 """The command table: every sub-command declared once (its name, help, options and handler),
-the parser built from it, and ``main``, which runs a command under one error contract."""
+the parser built from it, and ``main``, which runs a command under one error contract.
+
+Each handler's module is imported when its command runs: building the parser and refusing a
+usage error load neither Dagster, SQLAlchemy, Alembic nor pydantic."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from regularization_pipeline.cli import operator_commands as ops
-from regularization_pipeline.cli import run_commands
 from regularization_pipeline.cli.arguments import (
     DEBUG,
     EXIT_BUSY,
@@ -26,20 +28,22 @@ from regularization_pipeline.cli.arguments import (
     utc_time,
     whole_number,
 )
-from regularization_pipeline.cli.environment import select_shop
 from regularization_pipeline.core.alerting.alert import SEVERITIES
-from regularization_pipeline.core.errors import (
-    DEBUG_TERMINAL,
-    BusyError,
-    RegularizationError,
-    describe_error,
-)
-from regularization_pipeline.core.operations.retention import DEFAULT_RETENTION_DAYS
-from regularization_pipeline.logging_json import quiet_http_client_loggers
+from regularization_pipeline.core.operations.retention_period import DEFAULT_RETENTION_DAYS
 
 Command = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 Options = Callable[[argparse.ArgumentParser], None]
 DEFAULT_COMMAND = "run"
+
+
+def handler(module: str, name: str) -> Command:
+    """``name`` of ``regularization_pipeline.cli.<module>``, imported when the command runs."""
+
+    def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+        commands = importlib.import_module(f"regularization_pipeline.cli.{module}")
+        return getattr(commands, name)(args, parser)
+
+    return run
 
 
 def flag(*names: str, **kwargs) -> Options:
@@ -80,21 +84,21 @@ COMMANDS: tuple[Subcommand, ...] = (
         "run",
         "run the regularization job once (the default)",
         "Run the Dagster job once against $DAGSTER_HOME's instance.",
-        run_commands.cmd_run,
+        handler("run_commands", "cmd_run"),
         (add_run_options,),
     ),
     Subcommand(
         "migrate",
         "create or upgrade this project's tables in REGULARIZATION_DATABASE_URL",
         "Alembic `upgrade head` for the audit, outbox and attempts tables.",
-        run_commands.cmd_migrate,
+        handler("run_commands", "cmd_migrate"),
     ),
     Subcommand(
         "regularize-order",
         "regularize one orphaned order now, with every guarantee of a run",
         "Lock, re-verify and complete one order, writing its outbox and audit rows. "
         "Refuses (exit 2, nothing changed) an unknown order or one that is not an orphan.",
-        ops.cmd_regularize_order,
+        handler("operator_commands", "cmd_regularize_order"),
         (
             flag(
                 "--order-id", required=True, type=order_id, help="the order's id in the application"
@@ -119,7 +123,7 @@ COMMANDS: tuple[Subcommand, ...] = (
         "The order's status, total and currency, each completed transaction's id, amount, "
         "currency and time (UTC), and the decision a run would take on it now: regularize, "
         "leave, hold for a human, or skip a quarantine. Changes nothing.",
-        ops.cmd_explain,
+        handler("operator_commands", "cmd_explain"),
         (
             flag(
                 "--order-id", required=True, type=order_id, help="the order's id in the application"
@@ -131,7 +135,7 @@ COMMANDS: tuple[Subcommand, ...] = (
         "release",
         "lift an order's quarantine so the next run retries it",
         "Reset the failure count of a quarantined order and audit the release.",
-        ops.cmd_release,
+        handler("operator_commands", "cmd_release"),
         (flag("--order-id", required=True, type=order_id, help="the quarantined order's id"),),
     ),
     Subcommand(
@@ -139,7 +143,7 @@ COMMANDS: tuple[Subcommand, ...] = (
         "list orphaned orders (read-only)",
         "Pending orders with a completed payment older than the grace period, "
         "oldest payment first. Times are UTC.",
-        ops.cmd_list_orphans,
+        handler("operator_commands", "cmd_list_orphans"),
         (time_filter("payments completed"), min_age("grace period (default 10)"), add_format),
     ),
     Subcommand(
@@ -149,7 +153,7 @@ COMMANDS: tuple[Subcommand, ...] = (
         "or missing orders, quarantined orders: one row per kind, order and completed payment, "
         "with the figures to settle it (order status, total and currency; the payment's id, "
         "amount, currency and completion time, UTC).",
-        ops.cmd_list_inconsistencies,
+        handler("operator_commands", "cmd_list_inconsistencies"),
         (time_filter("payments completed"), add_format),
     ),
     Subcommand(
@@ -158,14 +162,14 @@ COMMANDS: tuple[Subcommand, ...] = (
         "What the job deliver_order_completed_events does: new events, retries that are due and "
         "redelivered ones, to the configured publishers, each with its idempotency key. Exits 1 "
         "when every delivery failed.",
-        ops.cmd_deliver,
+        handler("operator_commands", "cmd_deliver"),
     ),
     Subcommand(
         "redeliver",
         "put dead-lettered OrderCompleted events back in the queue and deliver them",
         "Dead events become pending with a fresh attempt count, then the outbox is delivered "
         "at once (as `deliver`), each event with its idempotency key.",
-        ops.cmd_redeliver,
+        handler("operator_commands", "cmd_redeliver"),
         (
             one_of(
                 flag(
@@ -199,7 +203,7 @@ COMMANDS: tuple[Subcommand, ...] = (
         "delete audit rows and settled outbox events older than the retention",
         "Audit rows (inconsistency reports excepted) and delivered or dead events "
         "with their delivery rows; pending events are never pruned.",
-        ops.cmd_prune,
+        handler("operator_commands", "cmd_prune"),
         (
             flag(
                 "--older-than-days",
@@ -219,7 +223,7 @@ COMMANDS: tuple[Subcommand, ...] = (
         "Opens and resolves a test incident on each channel of the alert routes "
         "(REGULARIZATION_ALERT_*; the routes file). With --severity, only the channels that "
         "take it, as a real alert is routed. Exits 1 when a channel did not take it.",
-        ops.cmd_send_test_alert,
+        handler("operator_commands", "cmd_send_test_alert"),
         (
             flag(
                 "--severity",
@@ -234,7 +238,7 @@ COMMANDS: tuple[Subcommand, ...] = (
         "Every order and transaction status with how the mapping classifies it, "
         "the mapping's dangerous combinations, the recommended indexes, the server, the time "
         "zone, and what a run would do now. Exits 2 when the mapping would act wrongly.",
-        ops.cmd_doctor,
+        handler("operator_commands", "cmd_doctor"),
     ),
 )
 
@@ -294,7 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     DEBUG.on = "--debug" in args_list
     args_list = [arg for arg in args_list if arg != "--debug"]
     shop, args_list = _take_shop(args_list)
-    quiet_http_client_loggers()
     if not DEBUG.on:
         # Dagster's beta and deprecation warnings are noise on an operator's terminal.
         warnings.filterwarnings("ignore")
@@ -302,6 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0] not in commands and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, DEFAULT_COMMAND)
     args = parser.parse_args(args_list)
+    # Past the usage errors: what every command needs.
+    from regularization_pipeline.cli.environment import select_shop
+    from regularization_pipeline.core.errors import (
+        DEBUG_TERMINAL,
+        BusyError,
+        RegularizationError,
+        describe_error,
+    )
+    from regularization_pipeline.logging_json import quiet_http_client_loggers
+
+    quiet_http_client_loggers()
     command_parser, command = commands[args.command]
     # --debug shows a database's own message on this terminal, and nowhere else: not in the
     # audit, the attempts table, the outbox, the event log or a log file (describe_error).

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import httpx
 import sqlalchemy as sa
+from dagster._core.event_api import PartitionKeyFilter  # the check history's partition filter
 
-from regularization_pipeline.core.alerting.alert import Observation
+from regularization_pipeline.core.alerting.alert import Observation, incident_key
 from regularization_pipeline.core.alerting.incidents import IncidentBook
 from regularization_pipeline.core.detection.held import held_order_ids
 from regularization_pipeline.core.detection.orphans import INCONSISTENCY_KINDS
@@ -25,6 +25,7 @@ from regularization_pipeline.core.redaction import redact
 from regularization_pipeline.core.verdicts import QUARANTINED
 from regularization_pipeline.defs.jobs import IN_FLIGHT_STATUSES, JOB_NAME
 from regularization_pipeline.defs.resources import AlertResource, AppDatabaseResource
+from regularization_pipeline.defs.shops import PARTITION_TAG, shop_of
 
 CONSISTENCY_CHECK = dg.AssetCheckKey(dg.AssetKey("app_orders"), "transactions_consistent")
 ORPHAN_CHECK = dg.AssetCheckKey(dg.AssetKey("app_orders"), "no_orphaned_pending_orders")
@@ -48,6 +49,30 @@ class Look:
     now: float
     log: Any
     app_db: AppDatabaseResource | None = None
+    # The shop of the shops file observed (its app_db is that shop's); None: the single shop.
+    shop: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What a line about this shop starts with ("" for the single shop)."""
+        return f"shop {self.shop}: " if self.shop is not None else ""
+
+    def runs(self, statuses, limit: int) -> list[dg.RunRecord]:
+        """The job's latest runs in ``statuses`` (of this shop: its partition)."""
+        tags = {PARTITION_TAG: self.shop} if self.shop is not None else None
+        return list(
+            self.instance.get_run_records(
+                filters=dg.RunsFilter(job_name=JOB_NAME, statuses=statuses, tags=tags), limit=limit
+            )
+        )
+
+    def records(self, asset: str, after: float | None = None, limit: int = 1):
+        """The asset's latest materializations (of this shop's partition), newest first."""
+        partitions = [self.shop] if self.shop is not None else None
+        records_filter = dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), asset_partitions=partitions, after_timestamp=after
+        )
+        return self.instance.fetch_materializations(records_filter, limit=limit).records
 
 
 Observe = Callable[[Look], Observation | None]
@@ -57,20 +82,22 @@ def _numbers(metadata) -> dict[str, float]:
     return {k: v.value for k, v in metadata.items() if isinstance(v.value, int | float)}
 
 
-def _latest_metadata(instance: dg.DagsterInstance, asset: str) -> tuple[str, dict, float] | None:
-    """(run id, numeric metadata, timestamp) of the asset's latest materialization."""
-    records = instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
+def _latest_metadata(look: Look, asset: str) -> tuple[str, dict, float] | None:
+    """(run id, numeric metadata, timestamp) of the asset's latest materialization (the shop's)."""
+    records = look.records(asset)
     if not records:
         return None
     record = records[0]
     return record.run_id, _numbers(record.asset_materialization.metadata), record.timestamp
 
 
-def _latest_check(
-    instance: dg.DagsterInstance, key: dg.AssetCheckKey
-) -> tuple[bool, dict, str, float] | None:
-    """(passed, metadata, run id, timestamp) of the check's latest evaluation with a result."""
-    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=CHECK_HISTORY)
+def _latest_check(look: Look, key: dg.AssetCheckKey) -> tuple[bool, dict, str, float] | None:
+    """(passed, metadata, run id, timestamp) of the check's latest evaluation with a result
+    (on the shop's partition)."""
+    partition = PartitionKeyFilter(key=look.shop) if look.shop is not None else None
+    history = look.instance.event_log_storage.get_asset_check_execution_history(
+        key, limit=CHECK_HISTORY, partition_filter=partition
+    )
     record = next(
         (r for r in history if r.status.value in WITH_RESULT and r.event is not None), None
     )
@@ -95,7 +122,7 @@ def _failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
             error = getattr(data, "error", None)
             text = (
                 (failure.description if failure is not None else None)
-                or (error.message if error is not None else None)
+                or _raised_message(error)
                 or event.message
                 or ""
             )
@@ -106,13 +133,16 @@ def _failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
     return "no reason recorded"
 
 
+def _raised_message(error) -> str | None:
+    """The message of what the step raised (a shop's database refusing the connection, in our
+    words), not of the error Dagster wraps it in ("Error occurred while executing op")."""
+    while error is not None and error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    return error.message if error is not None else None
+
+
 def observe_failed_run(look: Look) -> Observation | None:
-    records = look.instance.get_run_records(
-        filters=dg.RunsFilter(
-            job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
-        ),
-        limit=1,
-    )
+    records = look.runs([dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE], limit=1)
     if not records:
         return None
     run = records[0].dagster_run
@@ -124,7 +154,7 @@ def observe_failed_run(look: Look) -> Observation | None:
 
 
 def observe_error_rate(look: Look) -> Observation | None:
-    latest = _latest_metadata(look.instance, "regularized_orders")
+    latest = _latest_metadata(look, "regularized_orders")
     if latest is None or "error_rate" not in latest[1]:
         return None
     run_id, m, _at = latest
@@ -143,7 +173,7 @@ def observe_error_rate(look: Look) -> Observation | None:
 
 
 def observe_inconsistencies(look: Look) -> Observation | None:
-    latest = _latest_check(look.instance, CONSISTENCY_CHECK)
+    latest = _latest_check(look, CONSISTENCY_CHECK)
     if latest is None:
         return None
     passed, m, run_id, _at = latest
@@ -177,7 +207,7 @@ def _outbox(look: Look) -> dict[str, int] | None:
     try:
         return outbox_backlog(look.app_db.get_engine(), look.app_db.owned_tables())
     except (sa.exc.SQLAlchemyError, RegularizationError) as exc:
-        look.log.error(f"outbox not read, state kept: {describe_error(exc)}")
+        look.log.error(f"{look.label}outbox not read, state kept: {describe_error(exc)}")
         return None
 
 
@@ -215,8 +245,8 @@ def observe_stale_orphan(look: Look) -> Observation | None:
     The audit counts what the run left, after its fix; the check inside a run may
     have looked before the fix.
     """
-    check = _latest_check(look.instance, ORPHAN_CHECK)
-    audit = _latest_metadata(look.instance, "regularization_audit")
+    check = _latest_check(look, ORPHAN_CHECK)
+    audit = _latest_metadata(look, "regularization_audit")
     sources = []
     if check is not None:
         _passed, m, run_id, at = check
@@ -241,11 +271,7 @@ def observe_stale_orphan(look: Look) -> Observation | None:
 
 def observe_webhook_path(look: Look) -> Observation | None:
     """Orphans the job regularized in the last hour: each one is a payment webhook that was lost."""
-    since = look.now - 3600
-    records = look.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("regularized_orders"), after_timestamp=since),
-        limit=1000,
-    ).records
+    records = look.records("regularized_orders", after=look.now - 3600, limit=1000)
     if not records:
         return None
     fixed = sum(
@@ -268,10 +294,10 @@ def observe_held_orders(look: Look) -> Observation | None:
         with look.app_db.get_engine().connect() as conn:
             held = held_order_ids(conn, look.app_db.bind())
     except sa.exc.SQLAlchemyError as exc:
-        look.log.error(f"held orders not read, state kept: {type(exc).__name__}")
+        look.log.error(f"{look.label}held orders not read, state kept: {describe_error(exc)}")
         return None
     except RegularizationError as exc:  # the URL not set, the mapping refused: our one line
-        look.log.error(f"held orders not read, state kept: {exc}")
+        look.log.error(f"{look.label}held orders not read, state kept: {exc}")
         return None
     total = sum(len(ids) for ids in held.values())
     parts = []
@@ -303,23 +329,25 @@ def _held_advice(held: dict[str, list]) -> str:
 
 def _ping_heartbeat(look: Look, run_id: str) -> None:
     """Tell the external dead-man's switch about a new successful run, once per run."""
-    url = look.alerts.heartbeat_url
-    if not url or look.book.notes.get("heartbeat_run") == run_id:
+    url, note = look.alerts.heartbeat_url, incident_key("heartbeat_run", look.shop)
+    if not url or look.book.notes.get(note) == run_id:
         return
+    import httpx  # only where a heartbeat is configured
+
     try:
         response = httpx.get(url, timeout=look.alerts.timeout_seconds)
         response.raise_for_status()
     except httpx.HTTPError as exc:
         look.log.warning(f"heartbeat not sent, retried next tick: {type(exc).__name__}")
         return
-    look.book.notes["heartbeat_run"] = run_id
+    look.book.notes[note] = run_id
 
 
-def observe_watchdog(look: Look) -> Observation:
+def observe_watchdog(look: Look) -> Observation | None:
     """No successful run for no_success_minutes: schedule stopped, daemon down, runs stuck or failing."""
-    succeeded = look.instance.get_run_records(
-        filters=dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1
-    )
+    if look.shop is not None and not shop_of(look.shop).scheduled:
+        return None  # launched by hand only: no schedule to watch
+    succeeded = look.runs([dg.DagsterRunStatus.SUCCESS], limit=1)
     last = succeeded[0] if succeeded else None
     if last is not None:
         _ping_heartbeat(look, last.dagster_run.run_id)
@@ -328,9 +356,7 @@ def observe_watchdog(look: Look) -> Observation:
         at = look.book.since or look.now
     minutes = (look.now - at) / 60
     limit = look.alerts.no_success_minutes
-    waiting = look.instance.get_run_records(
-        filters=dg.RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT_STATUSES), limit=100
-    )
+    waiting = look.runs(IN_FLIGHT_STATUSES, limit=100)
     queued = sum(1 for r in waiting if r.dagster_run.status == dg.DagsterRunStatus.QUEUED)
     since = (
         f"last success: run {last.dagster_run.run_id}, {minutes:.0f} min ago"

@@ -7,16 +7,24 @@ failed check never fails its run, so run-failure sensors cannot see ``transactio
 the observers read the check evaluations themselves. The sensors only read and send messages,
 so they run by default; with no channel configured they only log. A setting that cannot be
 read never stops them: each tick reports it and uses the default.
+
+With a shops file each sensor observes every shop in turn (its partition's runs, checks and
+materializations, its own database) and keeps one incident per shop, named ``<shop>/<condition>``
+(``core.alerting.alert.incident_key``); a shop that cannot be read is logged and the others go
+on. Without one, the incidents keep the names they always had.
 """
 
 import time
+from dataclasses import replace
 
 import dagster as dg
 from pydantic import Field
 
-from regularization_pipeline.core.alerting.alert import SEVERITIES
+from regularization_pipeline.core.alerting.alert import SEVERITIES, Alert
 from regularization_pipeline.core.alerting.incidents import IncidentBook
 from regularization_pipeline.core.alerting.routes import deliver, report_test_alert
+from regularization_pipeline.core.errors import describe_error
+from regularization_pipeline.defs import shops
 from regularization_pipeline.defs.alert_observers import (
     Look,
     Observe,
@@ -41,7 +49,8 @@ ALERTED_ASSET = dg.AssetKey("app_orders")
 def alert_sensor(
     name: str, description: str, observe: Observe, reads_database: bool = False
 ) -> dg.SensorDefinition:
-    """A sensor raising one alert per incident of ``observe``'s condition, and one when it clears."""
+    """A sensor raising one alert per incident of ``observe``'s condition, and one when it
+    clears: per shop with a shops file (each shop's incident its own), in one cursor."""
 
     @dg.sensor(
         name=name,
@@ -57,46 +66,76 @@ def alert_sensor(
         warnings = alerts.warnings()
         for warning in warnings:
             context.log.error(f"alert setting: {warning}")
-        look = Look(
-            context.instance,
-            alerts,
-            book,
-            now,
-            context.log,
-            context.resources.app_db if reads_database else None,
-        )
-        observation = observe(look)
-        alert = book.observe(observation, now, alerts.renotify()) if observation else None
-        if alert is not None:
-            (context.log.warning if alert.state == "firing" else context.log.info)(alert.text)
+        app_db = context.resources.app_db if reads_database else None
+        raised = []
+        for shop in list(shops.SHOPS) if shops.SHOPS is not None else [None]:
+            look = Look(context.instance, alerts, book, now, context.log, app_db, shop)
+            alert = _observe_shop(context, look, observe)
+            if alert is not None:
+                raised.append(alert)
         channels = alerts.channels()
-        errors = deliver(book, [alert] if alert else [], channels, now) if channels else []
+        errors = deliver(book, raised, channels, now) if channels else []
         context.update_cursor(book.to_cursor())
         if errors:
             context.log.error(
                 f"{len(errors)} alert message(s) not delivered, retried next tick: {'; '.join(errors)}"
             )
         settings = f" [alert settings: {'; '.join(warnings)}]" if warnings else ""
-        if alert is not None:
+        if raised:
             # A tick that raised an alert must not look like an idle one: it also records an
             # observation of app_orders (its events timeline) saying what was sent where.
             return dg.SensorResult(
-                skip_reason=f"alert {alert.state}: {alert.incident}"
+                skip_reason="; ".join(f"alert {alert.state}: {alert.key}" for alert in raised)
                 + ("" if channels else " (logged only: no channel configured)")
                 + settings,
-                asset_events=[_alert_observation(name, alert, channels, errors)],
+                asset_events=[
+                    _alert_observation(name, alert, channels, errors) for alert in raised
+                ],
             )
-        state = "open" if book.open else "none open"  # one incident per sensor
+        state = "open" if book.open else "none open"
         return dg.SkipReason(f"no change ({state}){settings}")
 
     return _sensor
 
 
-def _alert_observation(sensor: str, alert, channels, errors: list[str]) -> dg.AssetObservation:
+def _observe_shop(
+    context: dg.SensorEvaluationContext, look: Look, observe: Observe
+) -> Alert | None:
+    """The alert one shop's observation raises. A shop that cannot be read (down, misconfigured)
+    keeps its incidents as they are and is logged by name; the other shops go on."""
+    if look.app_db is not None and look.shop is not None:
+        look.app_db.for_shop(look.shop)
+    try:
+        observation = observe(look)
+    except Exception as exc:
+        if look.shop is None:
+            raise
+        # One shop's surprise never silences the others' alerts.
+        context.log.error(f"{look.label}not observed, state kept: {describe_error(exc)}")
+        return None
+    finally:
+        if look.app_db is not None and look.shop is not None:
+            look.app_db.teardown_after_execution(None)  # one engine per shop, closed at once
+    if observation is None:
+        return None
+    if look.shop is not None:
+        observation = replace(
+            observation, shop=look.shop, detail=f"{look.label}{observation.detail}"
+        )
+    alert = look.book.observe(observation, look.now, look.alerts.renotify())
+    if alert is not None:
+        (context.log.warning if alert.state == "firing" else context.log.info)(alert.text)
+    return alert
+
+
+def _alert_observation(
+    sensor: str, alert: Alert, channels, errors: list[str]
+) -> dg.AssetObservation:
     taking = [c.name for c in channels if alert.severity in c.severities]
     return dg.AssetObservation(
         asset_key=ALERTED_ASSET,
         description=alert.text,
+        partition=alert.shop,  # the shop's partition of app_orders, with a shops file
         metadata={
             "alert_sensor": sensor,
             "alert_incident": alert.incident,

@@ -331,7 +331,7 @@ def _run_grace_minutes(context: dg.AssetExecutionContext) -> float:
     deps=[order_completed_events],
     group_name=GROUP,
     owners=OWNERS,
-    kinds={"pandas", "sql"},
+    kinds={"sql"},
     retry_policy=TRANSIENT_DB_RETRY,
     partitions_def=SHOP_PARTITIONS,
 )
@@ -370,7 +370,12 @@ def regularization_audit(
     hidden = sum(counts.values()) - len(shown)
     note = f"\n\n{hidden} more row(s) not shown." if hidden > 0 else ""
     metadata["preview"] = dg.MetadataValue.md(
-        (shown.to_markdown(index=False) if len(shown) else "No audit rows in this run.") + note
+        (
+            reports.markdown_table(reports.AUDIT_COLUMNS, shown)
+            if shown
+            else "No audit rows in this run."
+        )
+        + note
     )
     context.log_event(
         dg.AssetObservation(asset_key="app_orders", metadata=orders_by_status(app_db))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import dagster as dg
 import pytest
@@ -243,3 +244,47 @@ def test_a_tick_that_raised_an_alert_records_an_observation_an_idle_one_does_not
     assert t.tick("alert_on_held_orders") == "no change (open)"
     assert list(t.last.asset_events) == []
     assert len(chat.snapshot()) == 1
+
+
+def test_without_a_shops_file_incidents_keep_their_keys_and_an_open_one_resolves_under_it(
+    ticks, monkeypatch
+):
+    t, shop = ticks
+    now = time.time()
+    # An incident opened before shops existed, its cursor as that version wrote it.
+    t.cursors["alert_on_held_orders"] = json.dumps(
+        {
+            "open": {
+                "orders_held": {
+                    "detail": "1 paid order(s) held back from regularization",
+                    "size": 1,
+                    "opened_at": now - 600,
+                    "notified_at": now - 600,
+                    "severity": "warning",
+                    "run_id": None,
+                    "told": ["webhook"],
+                }
+            },
+            "undelivered": [],
+            "since": now - 600,
+            "notes": {},
+        }
+    )
+    with ReceivingApp() as receiver:
+        for name in list(os.environ):
+            if name.startswith("REGULARIZATION_ALERT_"):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("REGULARIZATION_ALERT_WEBHOOK_URL", receiver.url + "/alerts")
+        monkeypatch.setenv("REGULARIZATION_ALERT_WEBHOOK_FORMAT", "json")
+        assert t.tick("alert_on_held_orders") == "alert resolved: orders_held"  # none held now
+        quarantine(shop, shop.orphan())
+        assert t.tick("alert_on_held_orders") == "alert firing: orders_held"
+        events = _bodies(receiver)
+
+    assert [(e["dedup_key"], e["action"]) for e in events] == [
+        ("regularization_pipeline/production/orders_held", "resolve"),
+        ("regularization_pipeline/production/orders_held", "trigger"),
+    ]
+    assert all("shop" not in e["details"] for e in events)
+    assert events[1]["summary"].startswith("[regularization_pipeline] FIRING: orders_held: 1 paid")
+    assert list(json.loads(t.cursors["alert_on_held_orders"])["open"]) == ["orders_held"]

@@ -7,19 +7,14 @@ of its own (tests/support/shop_tick.py), as every Dagster process loads the defi
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from regularization_pipeline.core.shop.engine import create_app_engine
-from tests.support import ROOT
 from tests.support.databases import clean_url, migrated_shop
 from tests.support.rows import outbox_per_order, owned
+from tests.support.shop_tick import run_tick
 
 # A PostgreSQL port nothing listens on: the shop whose server is down.
 DOWN_URL = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2"
@@ -31,32 +26,6 @@ def regularized_audit_rows(shop) -> int:
         return conn.execute(
             sa.select(sa.func.count()).where(audit.c.action == "regularized")
         ).scalar_one()
-
-
-def run_tick(tmp_path, shops: list[dict], env: dict[str, str]) -> dict:
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    shops_file = tmp_path / "shops.yaml"
-    shops_file.write_text(yaml.safe_dump({"shops": shops}))
-    child_env = {
-        **os.environ,
-        **env,
-        "DAGSTER_HOME": str(home),
-        "REGULARIZATION_SHOPS_FILE": str(shops_file),
-    }
-    child_env.pop("REGULARIZATION_DATABASE_URL", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.support.shop_tick"],
-        cwd=ROOT,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture

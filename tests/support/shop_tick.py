@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
+import subprocess
 import sys
 
 import dagster as dg
+import yaml
+
+from tests.support import ROOT
 
 
 def main() -> int:
@@ -75,6 +81,36 @@ def _checks_runs(defs, instance, tick) -> dict:
             if "orphaned_orders" in e.metadata
         } or {"success": result.success}
     return found
+
+
+def run_tick(
+    tmp_path, shops: list[dict], env: dict[str, str], module: str = "shop_tick", *args
+) -> dict:
+    """Write ``shops`` as the shops file, run ``tests.support.<module>`` (this tick, by default)
+    in a child process with ``env`` and a Dagster home in ``tmp_path``; its JSON line."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shops_file = tmp_path / "shops.yaml"
+    shops_file.write_text(yaml.safe_dump({"shops": shops}))
+    child_env = {
+        **os.environ,
+        **env,
+        "DAGSTER_HOME": str(home),
+        "REGULARIZATION_SHOPS_FILE": str(shops_file),
+    }
+    child_env.pop("REGULARIZATION_DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", f"tests.support.{module}", *args],
+        cwd=ROOT,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _other_schedules(defs, instance, tick) -> dict:

@@ -47,8 +47,9 @@ class AlertLinks:
 
 
 def dedup_key(alert: Alert, links: AlertLinks) -> str:
-    """One key per incident and environment: a re-notification updates it, RESOLVED closes it."""
-    return f"{SOURCE}/{links.environment}/{alert.incident}"
+    """One key per incident, environment and shop: a re-notification updates it, RESOLVED
+    closes it. A single-shop installation's keys name no shop, as they always did."""
+    return f"{SOURCE}/{links.environment}/{alert.key}"
 
 
 def _iso(epoch: float) -> str:
@@ -88,8 +89,10 @@ def plain_text(alert: Alert, links: AlertLinks) -> str:
 
 
 def _details(alert: Alert) -> dict[str, Any]:
+    shop = {"shop": alert.shop} if alert.shop is not None else {}
     return {
         "incident": alert.incident,
+        **shop,
         "state": alert.state,
         "detail": alert.detail,
         "run_id": alert.run_id,
@@ -147,6 +150,8 @@ def _alertmanager_alerts(alert: Alert, links: AlertLinks) -> list[dict[str, Any]
             "severity": alert.severity,
             "environment": links.environment,
             "service": SOURCE,
+            # Alertmanager groups and deduplicates by labels: the shop makes each shop's its own.
+            **({"shop": alert.shop} if alert.shop is not None else {}),
         },
         "annotations": {
             "summary": alert.text,

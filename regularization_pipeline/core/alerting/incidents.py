@@ -30,8 +30,6 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
-import httpx
-
 from regularization_pipeline.core.alerting.alert import (
     FIRING,
     RESOLVED,
@@ -75,7 +73,7 @@ class IncidentBook:
     """The state kept in a sensor's cursor: open incidents, messages a channel has yet to take,
     and when the sensor first looked (the watchdog's clock before any run)."""
 
-    # incident -> {"detail", "size", "opened_at", "notified_at"}
+    # incident key (alert.incident_key) -> {"detail", "size", "opened_at", "notified_at", ...}
     open: dict[str, dict[str, Any]] = field(default_factory=dict)
     undelivered: list[dict[str, object]] = field(
         default_factory=list
@@ -121,13 +119,13 @@ class IncidentBook:
         now = time.time() if now is None else now
         renotify = renotify or Renotify()
         o = observation
-        state = self.open.get(o.incident)
+        state = self.open.get(o.key)
 
         def alert(status: str, detail: str) -> Alert:
-            return Alert(o.incident, status, detail, o.severity, o.run_id, now)
+            return Alert(o.incident, status, detail, o.severity, o.run_id, now, o.shop)
 
         if o.firing and state is None:
-            self.open[o.incident] = {
+            self.open[o.key] = {
                 "detail": o.detail,
                 "size": o.size,
                 "opened_at": now,
@@ -135,10 +133,12 @@ class IncidentBook:
                 "severity": o.severity,
                 "run_id": o.run_id,
                 "told": [],  # the channels it was sent to (routes.deliver keeps it)
+                # A shop's incident is kept under its key (<shop>/<condition>): the parts, apart.
+                **({"incident": o.incident, "shop": o.shop} if o.shop is not None else {}),
             }
             return alert(FIRING, o.detail)
         if not o.firing and state is not None:
-            self.closed[o.incident] = self.open.pop(o.incident).get("told")
+            self.closed[o.key] = self.open.pop(o.key).get("told")
             return alert(RESOLVED, o.detail)
         if state is None:
             return None
@@ -184,6 +184,8 @@ class WebhookChannel:
     severities: tuple[str, ...] = SEVERITIES
 
     def send(self, alert: Alert) -> None:
+        import httpx  # loaded when an alert is sent, not by every process loading the sensors
+
         body = json.dumps(render(alert, self.fmt, self.links), sort_keys=True).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self.secret:

@@ -128,7 +128,7 @@ def _catch_up(book: IncidentBook, channels: Sequence[Channel], now: float) -> li
     """The open incidents a channel that takes them was never sent: once each, as they stand."""
     names = {c.name for c in channels}
     items = []
-    for incident, state in book.open.items():
+    for key, state in book.open.items():
         if "told" not in state:  # opened by an older version: it told the channels of its day
             state["told"] = sorted(names)
             continue
@@ -140,7 +140,8 @@ def _catch_up(book: IncidentBook, channels: Sequence[Channel], now: float) -> li
             if channel.name in told or not _takes(channel, severity):
                 continue
             detail = f"open for {minutes} min: {state['detail']}"
-            alert = Alert(incident, FIRING, detail, severity, state.get("run_id"), now)
+            incident, shop = state.get("incident", key), state.get("shop")
+            alert = Alert(incident, FIRING, detail, severity, state.get("run_id"), now, shop)
             items.append(_item(channel, alert))
             told.append(channel.name)
         state["told"] = told
@@ -151,14 +152,14 @@ def _routed(book: IncidentBook, alerts: Sequence[Alert], channels: Sequence[Chan
     """Each alert for each channel that takes its severity; a resolution only where it was told."""
     items = []
     for alert in alerts:
-        told = book.closed.get(alert.incident)
+        told = book.closed.get(alert.key)
         for channel in channels:
             if not _takes(channel, alert.severity):
                 continue
             if alert.state == RESOLVED and told is not None and channel.name not in told:
                 continue
             items.append(_item(channel, alert))
-            state = book.open.get(alert.incident)
+            state = book.open.get(alert.key)
             if alert.state == FIRING and state is not None:
                 state.setdefault("told", [])
                 if channel.name not in state["told"]:
@@ -194,7 +195,7 @@ def deliver(
             errors.append(str(exc))
             log.warning(
                 "alert %s (%s) not delivered: %s; retried on the next tick",
-                alert.incident,
+                alert.key,
                 alert.state,
                 exc,
             )

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from regularization_pipeline.core.delivery.events import OrderCompleted
-from regularization_pipeline.core.delivery.webhook import RetryableDeliveryError
+from regularization_pipeline.core.delivery.outcomes import RetryableDeliveryError
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop.tables import DELIVERED, OwnedTables
 

@@ -27,8 +27,8 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.delivery.events import OrderCompleted
+from regularization_pipeline.core.delivery.outcomes import PermanentDeliveryError
 from regularization_pipeline.core.delivery.publishers import expand_publishers
-from regularization_pipeline.core.delivery.webhook import PermanentDeliveryError
 from regularization_pipeline.core.errors import ConfigurationError, describe_error
 from regularization_pipeline.core.shop.engine import supports_skip_locked
 from regularization_pipeline.core.shop.tables import DEAD, DELIVERED, PENDING, OwnedTables

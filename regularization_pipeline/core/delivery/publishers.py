@@ -31,7 +31,6 @@ from regularization_pipeline.core.delivery.laravel_queue import (
     LaravelRedisQueue,
 )
 from regularization_pipeline.core.delivery.rabbitmq import DEFAULT_ROUTING_KEY, RabbitMQPublisher
-from regularization_pipeline.core.delivery.webhook import WebhookPublisher
 from regularization_pipeline.core.errors import ConfigurationError
 
 HANDLER_ENTRY_POINT_GROUP = "regularization_pipeline.order_completed"
@@ -266,6 +265,22 @@ class PublisherSettings(BaseModel):
         return validate_or_explain(cls, values, "publisher settings")
 
 
+def _webhook_publisher(settings: PublisherSettings) -> Publisher:
+    # Its HTTP client (httpx, httpcore) is loaded only where a webhook is sent.
+    from regularization_pipeline.core.delivery.webhook import WebhookPublisher
+
+    return WebhookPublisher(
+        settings.webhook_url or "",
+        settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
+        previous_secret=settings.webhook_secret_previous.get_secret_value()
+        if settings.webhook_secret_previous
+        else None,
+        connect_timeout_seconds=settings.connect_timeout_seconds,
+        read_timeout_seconds=settings.read_timeout_seconds,
+        total_timeout_seconds=settings.total_timeout_seconds,
+    )
+
+
 def build_publishers(
     settings: PublisherSettings,
     handlers: Mapping[str, Callable[[OrderCompleted], None]] | None = None,
@@ -308,18 +323,7 @@ def build_publishers(
                 )
             )
         elif kind == "webhook":
-            built.append(
-                WebhookPublisher(
-                    settings.webhook_url or "",
-                    settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
-                    previous_secret=settings.webhook_secret_previous.get_secret_value()
-                    if settings.webhook_secret_previous
-                    else None,
-                    connect_timeout_seconds=settings.connect_timeout_seconds,
-                    read_timeout_seconds=settings.read_timeout_seconds,
-                    total_timeout_seconds=settings.total_timeout_seconds,
-                )
-            )
+            built.append(_webhook_publisher(settings))
         elif kind == "python":
             found = handlers if handlers is not None else _python_handlers(settings)
             built.append(PythonHandlersPublisher(dict(found)))

@@ -18,7 +18,7 @@ from regularization_pipeline.core.delivery.events import (
     OrderCompleted,
     webhook_body,
 )
-from regularization_pipeline.core.delivery.webhook import RetryableDeliveryError
+from regularization_pipeline.core.delivery.outcomes import RetryableDeliveryError
 
 DEFAULT_ROUTING_KEY = "order-completed"
 

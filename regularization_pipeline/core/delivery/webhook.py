@@ -2,7 +2,8 @@
 
 Outcomes a publisher reports: it returns (delivered), raises
 :class:`RetryableDeliveryError` (tried again later, honouring ``Retry-After``) or
-:class:`PermanentDeliveryError` (dead-lettered at once).
+:class:`PermanentDeliveryError` (dead-lettered at once); both live in ``outcomes.py``, so
+only a deployment that sends webhooks imports this module and its HTTP client.
 """
 
 from __future__ import annotations
@@ -25,21 +26,15 @@ from regularization_pipeline.core.delivery.events import (
     OrderCompleted,
     webhook_body,
 )
+from regularization_pipeline.core.delivery.outcomes import (  # re-exported: older imports
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from regularization_pipeline.core.delivery.signing import SIGNATURE_HEADER, signature_header
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.redaction import redact
 
-
-class PermanentDeliveryError(Exception):
-    """The consumer refused the event for good (e.g. HTTP 400): dead-letter it, do not retry."""
-
-
-class RetryableDeliveryError(Exception):
-    """A transient failure; ``retry_after`` (seconds) overrides the backoff when the consumer asked."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+__all__ = ["PermanentDeliveryError", "RetryableDeliveryError", "WebhookPublisher"]
 
 
 def _snippet(text: str, limit: int = 200) -> str:

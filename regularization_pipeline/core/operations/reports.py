@@ -64,14 +64,14 @@ def audit_action_counts(engine: sa.Engine, tables: tb.OwnedTables, run_id: str) 
         return {action: int(n) for action, n in rows}
 
 
-def audit_preview(engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: int):
-    """The first ``rows`` audit rows of this run, in the order they were written, as a DataFrame.
+def audit_preview(
+    engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: int
+) -> list[tuple[str, ...]]:
+    """The first ``rows`` audit rows of this run, in the order they were written, as text cells.
 
     Only the preview is loaded: a run over a large backlog writes one row per order.
-    A value the row does not have (no payment, no amount) is blank, not ``nan`` or ``NaT``.
+    A value the row does not have (no payment, no amount) is blank.
     """
-    import pandas as pd  # only this step needs it: kept off the code location's import time
-
     au = tables.audit
     query = (
         sa.select(*(au.c[name] for name in AUDIT_COLUMNS))
@@ -80,5 +80,17 @@ def audit_preview(engine: sa.Engine, tables: tb.OwnedTables, run_id: str, rows: 
         .limit(rows)
     )
     with engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).all(), columns=list(AUDIT_COLUMNS))
-    return frame.astype(object).where(frame.notna(), "")
+        found = conn.execute(query).all()
+    return [tuple("" if value is None else str(value) for value in row) for row in found]
+
+
+def markdown_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """``rows`` as a Markdown table, as the UI renders a metadata value. Drawn here rather than by
+    pandas: a 50-row preview is not worth loading pandas and numpy in every run."""
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)

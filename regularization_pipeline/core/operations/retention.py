@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.errors import ConfigurationError
+from regularization_pipeline.core.operations.retention_period import DEFAULT_RETENTION_DAYS
 from regularization_pipeline.core.shop import tables as tb
 
-DEFAULT_RETENTION_DAYS = 90
 MAX_RETENTION_DAYS = 36_500
 BATCH = 500
 

@@ -31,8 +31,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:  # loaded when a verifier is built: a shop without a provider never needs it
+    import httpx
 
 from regularization_pipeline.core.provider.adapter import Request
 from regularization_pipeline.core.provider.answers import (
@@ -74,6 +76,8 @@ class GatewayVerifier:
             settings.max_requests_per_second, settings.burst, sleeper=sleeper
         )
         self._token = token
+        import httpx
+
         self.timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
             read=settings.read_timeout_seconds,
@@ -113,6 +117,8 @@ class GatewayVerifier:
 
     def _paypal_access_token(self, credentials: str) -> str:
         """PayPal's OAuth client-credentials exchange (``client_id:client_secret``), once per verifier."""
+        import httpx
+
         client_id, _, secret = credentials.partition(":")
         try:
             self.limiter.acquire(max_wait=self.settings.max_wait_seconds)
@@ -148,6 +154,8 @@ class GatewayVerifier:
     def _get(
         self, url: str, transaction: TransactionRow, request: Request | None = None
     ) -> httpx.Response:
+        import httpx
+
         s = self.settings
         headers = self._credentials()
         params = request.params if request is not None else []
@@ -197,6 +205,8 @@ class GatewayVerifier:
     def _bounded_get(self, url: str, params, headers: dict[str, str]) -> httpx.Response:
         """The provider's answer with at most ``MAX_ANSWER_BYTES`` of its body read: a provider
         (or anything at its address) sending gigabytes costs one buffer, not the memory."""
+        import httpx
+
         request = self.client.build_request(
             "GET", url, params=params, headers=headers, timeout=self.timeout
         )

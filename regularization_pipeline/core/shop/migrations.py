@@ -1,11 +1,13 @@
 """Apply and check the migrations of the tables this project owns.
 
 Alembic is imported where it is used, not at load: the code location and a CLI usage
-error do not need it, and the head revision is read from the scripts once per process.
+error do not need it. A run only checks the revision (the version table against the scripts'
+head, both read without Alembic); Alembic is loaded to upgrade.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,18 +32,43 @@ def _config() -> Config:
 
 @functools.cache
 def head_revision() -> str:
-    from alembic.script import ScriptDirectory
+    """The newest revision of our scripts, read from their ``revision`` and ``down_revision``
+    lines: every run checks it, and Alembic's own reading loads Alembic and imports each script
+    (tests/core/shop/test_migrations.py holds the two readings equal)."""
+    revisions, parents = set(), set()
+    for script in sorted((_SCRIPTS / "versions").glob("*.py")):
+        names = _assigned(script)
+        revisions.add(names.get("revision"))
+        down = names.get("down_revision")
+        parents.update(down if isinstance(down, tuple) else (down,))
+    heads = revisions - parents - {None}
+    if len(heads) == 1:
+        return str(heads.pop())
+    from alembic.script import ScriptDirectory  # several heads, or none: Alembic says which
 
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
-def current_revision(engine: sa.Engine, prefix: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
+def _assigned(script: Path) -> dict[str, object]:
+    """The constants a migration script assigns at its top level (it is not imported)."""
+    found = {}
+    for node in ast.parse(script.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant | ast.Tuple):
+                found[target.id] = ast.literal_eval(node.value)
+    return found
 
+
+def current_revision(engine: sa.Engine, prefix: str) -> str | None:
+    """The revision our tables are at (None: never migrated), read from Alembic's version table."""
+    table = f"{prefix}alembic_version"
     with engine.connect() as conn:
-        return MigrationContext.configure(
-            conn, opts={"version_table": f"{prefix}alembic_version"}
-        ).get_current_revision()
+        if not sa.inspect(conn).has_table(table):
+            return None
+        found = conn.execute(sa.select(sa.column("version_num")).select_from(sa.table(table)))
+        versions = sorted(str(row[0]) for row in found)
+    return ",".join(versions) or None
 
 
 def upgrade(engine: sa.Engine, prefix: str, revision: str = "head") -> str:

@@ -39,6 +39,28 @@ def test_run_refuses_until_migrated_and_changes_nothing(engine):
     assert regularizer.run(RunOptions(sleep=0)).regularized == 1
 
 
+def test_the_revisions_a_run_checks_are_alembics_own(engine):
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    def alembics_current() -> str | None:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"version_table": "regularization_alembic_version"}
+            )
+            return context.get_current_revision()
+
+    assert (
+        migrations.head_revision()
+        == ScriptDirectory.from_config(migrations._config()).get_current_head()
+    )
+    assert migrations.current_revision(engine, "regularization_") is None is alembics_current()
+    migrations.upgrade(engine, "regularization_", "0002")
+    assert migrations.current_revision(engine, "regularization_") == "0002" == alembics_current()
+    migrations.upgrade(engine, "regularization_")
+    assert migrations.current_revision(engine, "regularization_") == alembics_current()
+
+
 def test_upgrade_creates_what_the_code_uses_and_is_idempotent(engine):
     head = migrations.head_revision()
     assert migrations.current_revision(engine, "regularization_") is None
