@@ -97,6 +97,7 @@ def audit_row(ctx: RunContext, decision: Decision) -> dict[str, Any]:
             transaction_id=None if tx is None else str(tx.id),
             action=decision.verdict.action,
             reason=decision.verdict.reason,
+            kind=decision.verdict.kind,
             attempt=decision.attempt,
             order_status=None if order is None else order.status,
             order_amount=_money(order.total) if order else None,

@@ -35,7 +35,7 @@ from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.decisions.attempts import note_attempt
 from regularization_pipeline.core.decisions.audit import Decision, orders_and_payments, write_audit
 from regularization_pipeline.core.decisions.context import RunContext
-from regularization_pipeline.core.decisions.verification import Verdict
+from regularization_pipeline.core.decisions.verification import inconsistent
 from regularization_pipeline.core.detection.scans import (
     InconsistencyReport,
     inconsistency_report,
@@ -242,7 +242,7 @@ def _audit_first_seen(ctx: RunContext, kind: str, ids: list) -> None:
                 sa.select(au.c.order_id).where(
                     au.c.order_id.in_([str(i) for i in ids]),
                     au.c.action == verdicts.INCONSISTENT,
-                    au.c.reason.startswith(f"{kind}:", autoescape=True),
+                    au.c.kind == kind,
                 )
             ).scalars()
         )
@@ -254,11 +254,7 @@ def _audit_first_seen(ctx: RunContext, kind: str, ids: list) -> None:
         for order_id in new:
             paid = payments.get(str(order_id), [])
             also = f" (transactions {', '.join(str(p.id) for p in paid)})" if len(paid) > 1 else ""
-            verdict = Verdict(
-                verdicts.INCONSISTENT,
-                f"{kind}: reported, not fixed{also}",
-                paid[0] if paid else None,
-            )
+            verdict = inconsistent(kind, f"reported, not fixed{also}", paid[0] if paid else None)
             note_attempt(ctx, conn, order_id, verdict, failed=False)
             decisions.append(Decision(order_id, verdict, orders.get(str(order_id))))
         write_audit(ctx, conn, decisions)

@@ -9,7 +9,7 @@ and currency match the order's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.provider import money
@@ -24,19 +24,19 @@ class Verdict:
     action: str  # REGULARIZED, SKIPPED or INCONSISTENT
     reason: str  # for people: the audit trail's words
     transaction: TransactionRow | None = None
-    kind: str | None = None  # the inconsistency kind of an INCONSISTENT verdict, when known
+    kind: str | None = None  # the inconsistency kind of an INCONSISTENT verdict (audit.kind)
     hold_reason: str | None = None  # why the provider's answer holds the order (HoldReason)
+
+
+def inconsistent(kind: str, words: str, transaction: TransactionRow | None = None) -> Verdict:
+    """An INCONSISTENT verdict: ``kind`` as the field readers key on, and in front of the words."""
+    return Verdict(INCONSISTENT, f"{kind}: {words}", transaction, kind=kind)
 
 
 def provider_hold(verdict: Verdict, reason: str, words: str) -> Verdict:
     """The order held as ``provider_failed``, with ``reason`` as its machine-readable field."""
-    return Verdict(
-        INCONSISTENT,
-        f"{d.PROVIDER_FAILED}: {words} ({reason})",
-        verdict.transaction,
-        kind=d.PROVIDER_FAILED,
-        hold_reason=reason,
-    )
+    held = inconsistent(d.PROVIDER_FAILED, f"{words} ({reason})", verdict.transaction)
+    return replace(held, hold_reason=reason)
 
 
 def apply_provider_answer(
@@ -106,8 +106,8 @@ def verify(
     if not completed:
         return Verdict(SKIPPED, "order has no completed transaction")
     if len(completed) > 1:
-        reason = f"{d.DOUBLE_CHARGE}: {len(completed)} completed transactions"
-        return Verdict(INCONSISTENT, reason, completed[0])
+        words = f"{len(completed)} completed transactions"
+        return inconsistent(d.DOUBLE_CHARGE, words, completed[0])
     tx = completed[0]
     return payment_mismatch(order, tx) or _timing(tx, window)
 
@@ -122,21 +122,19 @@ def _order_refused(
         return Verdict(SKIPPED, "order is already completed (its webhook arrived)")
     if order.status in statuses.order_do_not_touch:
         if completed:
-            reason = (
-                f"{d.PAID_BUT_CLOSED}: order is {order.status!r} but has a completed transaction"
-            )
-            return Verdict(INCONSISTENT, reason, completed[0])
+            words = f"order is {order.status!r} but has a completed transaction"
+            return inconsistent(d.PAID_BUT_CLOSED, words, completed[0])
         return Verdict(SKIPPED, f"order status {order.status!r} is not to be touched")
     if order.status not in statuses.order_pending:
         return Verdict(SKIPPED, f"order status {order.status!r} is not a pending status")
     if order.guard_failures:
         guards = "; ".join(order.guard_failures)
         if completed:
-            reason = (
-                f"{d.PAID_BUT_CLOSED}: a guard of the mapping holds the order ({guards}) "
+            words = (
+                f"a guard of the mapping holds the order ({guards}) "
                 "but it has a completed transaction"
             )
-            return Verdict(INCONSISTENT, reason, completed[0])
+            return inconsistent(d.PAID_BUT_CLOSED, words, completed[0])
         return Verdict(SKIPPED, f"a guard of the mapping holds the order ({guards})")
     return None
 
@@ -145,17 +143,14 @@ def payment_mismatch(order: OrderRow, tx: TransactionRow) -> Verdict | None:
     """Why the one completed payment does not pay for this order (amount, currency), or None."""
     paid, due = to_decimal(tx.amount), to_decimal(order.total)
     if paid is None or due is None or paid < 0 or due < 0:
-        reason = (
-            f"{d.INVALID_AMOUNT}: order total or transaction amount is missing, "
-            "not a number or negative"
-        )
-        return Verdict(INCONSISTENT, reason, tx)
+        words = "order total or transaction amount is missing, not a number or negative"
+        return inconsistent(d.INVALID_AMOUNT, words, tx)
     if paid != due:
-        reason = f"{d.AMOUNT_MISMATCH}: transaction amount {paid} differs from order total {due}"
-        return Verdict(INCONSISTENT, reason, tx)
+        words = f"transaction amount {paid} differs from order total {due}"
+        return inconsistent(d.AMOUNT_MISMATCH, words, tx)
     if _currencies_differ(tx.currency, order.currency):
-        reason = f"{d.CURRENCY_MISMATCH}: transaction currency differs from the order's"
-        return Verdict(INCONSISTENT, reason, tx)
+        words = "transaction currency differs from the order's"
+        return inconsistent(d.CURRENCY_MISMATCH, words, tx)
     return None
 
 

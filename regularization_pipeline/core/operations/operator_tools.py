@@ -98,9 +98,7 @@ def _refusal(found: Explanation) -> str:
     verdict = found.verdict
     if verdict.action == verdicts.REGULARIZED:
         return "is not an orphan a run would fix (the scan does not take it)"
-    if verdict.action == verdicts.INCONSISTENT and not verdict.reason.startswith(
-        f"{d.PAID_BUT_CLOSED}:"
-    ):
+    if verdict.action == verdicts.INCONSISTENT and verdict.kind != d.PAID_BUT_CLOSED:
         return f"is held for a human, a run never fixes it ({verdict.reason})"
     return f"is not an orphan ({verdict.reason})"
 

@@ -60,6 +60,9 @@ def _audit_table(prefix: str, md: sa.MetaData) -> sa.Table:
         sa.Column("transaction_id", sa.String(64)),
         sa.Column("action", sa.String(20), nullable=False),
         sa.Column("reason", sa.String(500), nullable=False),
+        # The inconsistency kind of an ``inconsistent`` row (e.g. double_charge), as a field:
+        # readers key on it, never on the reason's words. NULL for every other action.
+        sa.Column("kind", sa.String(32)),
         sa.Column("attempt", sa.Integer, nullable=False, default=0),
         sa.Column("order_status", sa.String(64)),
         sa.Column("order_amount", MONEY),

@@ -307,7 +307,8 @@ def test_second_payment_arriving_before_the_claim_is_reported_not_fixed(shop):
     assert shop.status_of(order_id) == "pending"
     assert outbox_per_order(shop) == {}
     [row] = audit_of(shop, order_id)
-    assert (row.action, row.reason.split(":")[0]) == ("inconsistent", d.DOUBLE_CHARGE)
+    assert (row.action, row.kind) == ("inconsistent", d.DOUBLE_CHARGE)
+    assert row.reason.startswith(f"{d.DOUBLE_CHARGE}: ")
     assert attempts_of(shop, order_id).last_outcome == "inconsistent"
 
 

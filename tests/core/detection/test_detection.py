@@ -2,12 +2,21 @@
 
 import datetime as dt
 
+import sqlalchemy as sa
+
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
 from regularization_pipeline.core.verdicts import INCONSISTENT, REGULARIZED
-from tests.support.rows import attempts_of, audit_of, audit_per_order, no_sleep, outbox_per_order
+from tests.support.rows import (
+    attempts_of,
+    audit_of,
+    audit_per_order,
+    no_sleep,
+    outbox_per_order,
+    owned,
+)
 from tests.support.seeds import seed_inconsistencies
 
 RUN = RunOptions(sleep=0)
@@ -60,6 +69,13 @@ def test_standing_inconsistencies_are_audited_once_not_every_run(shop):
             kinds_of[str(i)] += 1
     kinds_of[str(both)] = 2  # amount_mismatch and currency_mismatch, each audited once
     assert audited == kinds_of
+    # The kind is the row's field (what the next run looks for), and the words agree with it.
+    rows = _inconsistent_rows(shop)
+    assert sorted((row.order_id, row.kind) for row in rows) == sorted(
+        [(str(i), kind) for kind, ids in expected.items() for i in ids]
+        + [(str(both), d.AMOUNT_MISMATCH), (str(both), d.CURRENCY_MISMATCH)]
+    )
+    assert all(row.reason.startswith(f"{row.kind}: reported, not fixed") for row in rows)
     assert attempts_of(shop, both).last_outcome == INCONSISTENT
 
 
@@ -70,12 +86,14 @@ def test_inconsistency_that_appears_later_is_audited_when_it_appears(shop):
     shop.payment(order_id, amount="10.00", completed_minutes_ago=20)  # now also a double charge
     run(shop)
     run(shop)
-    rows = _audit_reasons(shop, order_id)
-    assert sorted(r.split(":")[0] for r in rows) == [d.AMOUNT_MISMATCH, d.DOUBLE_CHARGE]
+    rows = [r for r in audit_of(shop, order_id) if r.action == INCONSISTENT]
+    assert sorted(r.kind for r in rows) == [d.AMOUNT_MISMATCH, d.DOUBLE_CHARGE]
 
 
-def _audit_reasons(shop, order_id):
-    return [r.reason for r in audit_of(shop, order_id) if r.action == INCONSISTENT]
+def _inconsistent_rows(shop):
+    au = owned(shop).audit
+    with shop.engine.connect() as conn:
+        return conn.execute(sa.select(au).where(au.c.action == INCONSISTENT)).all()
 
 
 def test_soft_deleted_orders_are_ignored(shop):
