@@ -19,10 +19,17 @@ from regularization_pipeline.core.decisions.attempts import note_attempt, reset_
 from regularization_pipeline.core.decisions.audit import Decision, dry_run_of, write_audit
 from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
 from regularization_pipeline.core.decisions.verification import Verdict
-from regularization_pipeline.core.delivery.events import new_event, outbox_fields, outbox_times
+from regularization_pipeline.core.delivery.events import (
+    event_values,
+    new_event,
+    occurred_at,
+    outbox_fields,
+    outbox_insert,
+    outbox_times,
+)
 from regularization_pipeline.core.delivery.laravel_queue import write_in_transaction
 from regularization_pipeline.core.detection import orphans as d
-from regularization_pipeline.core.shop.engine import insert_many
+from regularization_pipeline.core.shop.engine import insert_many, rows_as_json
 
 LATE_WEBHOOK = "order changed before the flip (late webhook)"
 
@@ -78,11 +85,23 @@ def _flip(ctx: RunContext, conn: sa.Connection, flip: list[Decision]) -> bool:
 
 
 def _write_events(ctx: RunContext, conn: sa.Connection, flipped: list[Decision]) -> None:
-    """One OrderCompleted outbox row per flipped order (and its in-transaction jobs), attempts reset."""
+    """One OrderCompleted outbox row per flipped order (and its in-transaction jobs), attempts reset.
+
+    A batch's outbox rows are rendered by the database from the events' fields
+    (:func:`~regularization_pipeline.core.delivery.events.outbox_insert`); one order's row in Python.
+    """
     now = ctx.clock()
     events = [_event(ctx, x, now) for x in flipped]
-    rows = [outbox_fields(event) for event in events]
-    insert_many(conn, ctx.tables.outbox, rows, shared=outbox_times(now))
+    if len(events) > 1:
+        params = {
+            "p_events": rows_as_json([event_values(event) for event in events]),
+            "p_run": ctx.run_id,
+            "p_occurred_at": occurred_at(now),
+            "p_now": now,
+        }
+        conn.execute(outbox_insert(ctx.tables.outbox, conn.dialect), params)
+    else:
+        insert_many(conn, ctx.tables.outbox, [outbox_fields(events[0])], shared=outbox_times(now))
     # Publishers writing into the shop's own database (Laravel's jobs table) commit with the flip.
     write_in_transaction(conn, ctx.tables, ctx.transactional, events, now)
     ids = [decision.order_id for decision in flipped]

@@ -13,7 +13,9 @@ database is put in WAL mode, where a reader never blocks the writer's commit.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import io
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -239,6 +241,62 @@ def _csv_field(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace('"', '""') + '"'
     return str(_naive_utc(value))
+
+
+def json_rowset(
+    dialect: sa.engine.Dialect, columns: Sequence[tuple[str, Any]], param: str, name: str = "v"
+) -> sa.Subquery:
+    """Rows sent as one JSON array of arrays in the bound parameter ``param``, as a table.
+
+    ``columns``: (name, SQLAlchemy type) of each position of a row. A batch's rows go as one
+    ``json.dumps`` of short lists, one escaped string the database expands (PostgreSQL's
+    ``json_array_elements``, MariaDB's ``JSON_TABLE``, SQLite's ``json_each``): no value is
+    encoded row by row in Python. Strings come out as text, a JSON ``null`` as NULL, other
+    values cast to their type (SQLite keeps text, which its column affinity converts as the
+    driver's values would be).
+    """
+    if dialect.name == "postgresql":
+        select = ", ".join(
+            f"CAST(value->>{i} AS {_sql_type(dialect, kind)}) AS {column}"
+            for i, (column, kind) in enumerate(columns)
+        )
+        sql = f"SELECT {select} FROM json_array_elements(CAST(:{param} AS json)) AS r(value)"  # noqa: S608 - our names
+    elif dialect.name in ("mysql", "mariadb"):
+        paths = ", ".join(
+            f"{column} {_sql_type(dialect, kind)} PATH '$[{i}]'"
+            for i, (column, kind) in enumerate(columns)
+        )
+        names = ", ".join(column for column, _ in columns)
+        sql = f"SELECT {names} FROM JSON_TABLE(:{param}, '$[*]' COLUMNS ({paths})) AS r"  # noqa: S608 - our names
+    else:
+        select = ", ".join(
+            f"json_extract(value, '$[{i}]') AS {column}" for i, (column, _) in enumerate(columns)
+        )
+        sql = f"SELECT {select} FROM json_each(:{param})"  # noqa: S608 - our names
+    typed = [sa.column(column, kind) for column, kind in columns]
+    return sa.text(sql).columns(*typed).subquery(name)
+
+
+def _sql_type(dialect: sa.engine.Dialect, kind: Any) -> str:
+    if isinstance(kind, sa.String):
+        # Text of any length: a value too long for its column is cut by the statement itself.
+        return "LONGTEXT" if dialect.name in ("mysql", "mariadb") else "TEXT"
+    if isinstance(kind, sa.DateTime) and dialect.name in ("mysql", "mariadb"):
+        return "DATETIME(6)"  # the fraction reaches the column, which keeps what it keeps
+    return kind.compile(dialect=dialect)
+
+
+def rows_as_json(rows: Sequence[Sequence[Any]]) -> str:
+    """The parameter of :func:`json_rowset`: times as naive UTC text, decimals as text."""
+    return json.dumps(rows, default=_json_value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return _naive_utc(value).isoformat(sep=" ", timespec="microseconds")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a rowset value")
 
 
 def supports_skip_locked(engine_or_conn: sa.Engine | sa.Connection) -> bool:
