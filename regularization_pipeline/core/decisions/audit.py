@@ -18,7 +18,7 @@ from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
 from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.decisions.verification import Verdict
-from regularization_pipeline.core.shop.engine import insert_many, json_rowset, rows_as_json
+from regularization_pipeline.core.shop.engine import insert_row, json_rowset, rows_as_json
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow, to_decimal
 
 
@@ -86,8 +86,8 @@ def write_audit(
         params = {"p_rows": rows_as_json(values), "p_run": ctx.run_id, "p_now": ctx.clock()}
         conn.execute(audit_insert(ctx.tables.audit, conn.dialect), params)
     elif decisions:
-        insert_many(
-            conn, ctx.tables.audit, [audit_row(ctx, decisions[0])], {"created_at": ctx.clock()}
+        insert_row(
+            conn, ctx.tables.audit, audit_row(ctx, decisions[0]), {"created_at": ctx.clock()}
         )
     return [decision.outcome() for decision in decisions]
 

@@ -40,7 +40,7 @@ from regularization_pipeline.core.delivery.events import (
 )
 from regularization_pipeline.core.delivery.laravel_queue import write_in_transaction
 from regularization_pipeline.core.detection import orphans as d
-from regularization_pipeline.core.shop.engine import insert_many, rows_as_json
+from regularization_pipeline.core.shop.engine import insert_row, rows_as_json
 from regularization_pipeline.core.shop.tables import OwnedTables
 
 LATE_WEBHOOK = "order changed before the flip (late webhook)"
@@ -131,7 +131,7 @@ def _write_events(
     elif len(events) > 1:
         conn.execute(outbox_insert(ctx.tables.outbox, conn.dialect), params)
     else:
-        insert_many(conn, ctx.tables.outbox, [outbox_fields(events[0])], shared=outbox_times(now))
+        insert_row(conn, ctx.tables.outbox, outbox_fields(events[0]), outbox_times(now))
     # Publishers writing into the shop's own database (Laravel's jobs table) commit with the flip.
     write_in_transaction(conn, ctx.tables, ctx.transactional, events, now)
     ctx.fault_each("after_outbox", ids)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import io
 import json
 import os
 import re
@@ -146,83 +145,19 @@ class _SqliteConnection(sa.Connection):
             self.autobegun = False
 
 
-def insert_many(
+def insert_row(
     conn: sa.Connection,
     table: sa.Table,
-    rows: Sequence[Mapping[str, Any]],
+    row: Mapping[str, Any],
     shared: Mapping[str, Any] | None = None,
 ) -> None:
-    """Insert rows that all have the same keys, in one round trip, inside the caller's transaction.
+    """Insert one row (``shared``: more of its columns, a decision's times) in the caller's transaction.
 
-    ``shared``: columns with the same value in every row (the decision's time): encoded
-    once per statement, not once per row (a batch's outbox rows carried three escaped
-    times each). On PostgreSQL through psycopg2, more than one row is a ``COPY``: for a
-    batch's outbox and audit rows it takes about half the time of a multi-row ``INSERT``.
-    Through PyMySQL, more than one row is one multi-row ``INSERT ... VALUES`` per megabyte,
-    each value escaped by the driver's own escaping, the shared ones once. One row (an
-    order decided on its own) stays an ``INSERT``: its errors reach the per-order path
-    wrapped by SQLAlchemy, as it classifies them (deadlocks, data errors, a lost
-    connection). Every column the rows leave out takes the table's server default (NULL
-    here), as with an ``INSERT``. A time with a zone is stored as naive UTC on every
-    backend, the convention of our tables.
+    A batch's rows are rendered by the database instead (:func:`json_rowset`). A time with a
+    zone is stored as naive UTC on every backend, the convention of our tables.
     """
-    if not rows:
-        return
-    shared = {k: _naive_utc(v) for k, v in (shared or {}).items()}
-    driver = conn.dialect.driver
-    if len(rows) > 1 and conn.dialect.name == "postgresql" and driver == "psycopg2":
-        _copy_rows(conn, table, rows, shared)
-    elif len(rows) > 1 and driver == "pymysql":
-        _multi_row_insert(conn, table, rows, shared)
-    else:
-        conn.execute(
-            table.insert(),
-            [{**{k: _naive_utc(v) for k, v in row.items()}, **shared} for row in rows],
-        )
-
-
-def _column_list(conn: sa.Connection, table: sa.Table, columns: list[str]) -> str:
-    quote = conn.dialect.identifier_preparer
-    return f"{quote.format_table(table)} ({', '.join(quote.quote(c) for c in columns)})"
-
-
-def _copy_rows(
-    conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], shared: dict
-) -> None:
-    columns = list(rows[0])
-    sql = f"COPY {_column_list(conn, table, columns + list(shared))} FROM STDIN WITH (FORMAT csv)"
-    tail = "".join("," + _csv_field(v) for v in shared.values()) + "\n"
-    data = io.StringIO(
-        "".join(",".join(_csv_field(row[c]) for c in columns) + tail for row in rows)
-    )
-    with conn.connection.dbapi_connection.cursor() as cursor:
-        cursor.copy_expert(sql, data)
-
-
-# PyMySQL's own limit for the statements its executemany builds.
-_MAX_INSERT_BYTES = 1_000_000
-# Sent as cursor.execute(sql) with no parameters, so a "%" in a value is not a placeholder.
-_AS_TEXT = {"no_parameters": True}
-
-
-def _multi_row_insert(
-    conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], shared: dict
-) -> None:
-    """Multi-row INSERTs built with PyMySQL's escaping, sent as text without parameters."""
-    columns = list(rows[0])
-    escape = conn.connection.dbapi_connection.escape
-    head = f"INSERT INTO {_column_list(conn, table, columns + list(shared))} VALUES "  # noqa: S608 - quoted names, escaped values
-    tail = "".join("," + escape(v) for v in shared.values()) + ")"
-    values: list[str] = []
-    size = len(head)
-    for row in rows:
-        one = "(" + ",".join(escape(_naive_utc(row[c])) for c in columns) + tail
-        if values and size + len(one) + 1 > _MAX_INSERT_BYTES:
-            conn.exec_driver_sql(head + ",".join(values), execution_options=_AS_TEXT)
-            values, size = [], len(head)
-        values.append(one)
-        size += len(one) + 1
-    conn.exec_driver_sql(head + ",".join(values), execution_options=_AS_TEXT)
+    values = {**row, **(shared or {})}
+    conn.execute(table.insert(), {k: _naive_utc(v) for k, v in values.items()})
 
 
 def _naive_utc(value: Any) -> Any:
@@ -231,16 +166,6 @@ def _naive_utc(value: Any) -> Any:
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
         return value.astimezone(dt.UTC).replace(tzinfo=None)
     return value
-
-
-def _csv_field(value: Any) -> str:
-    # COPY's CSV format: an unquoted empty field is NULL; a quoted one is the text itself,
-    # commas, quotes and newlines included. Numbers and times print none of those.
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return '"' + value.replace('"', '""') + '"'
-    return str(_naive_utc(value))
 
 
 def json_rowset(

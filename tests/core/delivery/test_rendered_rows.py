@@ -27,7 +27,7 @@ from regularization_pipeline.core.delivery.events import (
 )
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.regularizer import Regularizer, RunOptions
-from regularization_pipeline.core.shop.engine import insert_many, rows_as_json
+from regularization_pipeline.core.shop.engine import insert_row, rows_as_json
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
 from tests.support.rows import owned
 
@@ -73,7 +73,7 @@ def test_a_batch_outbox_row_rendered_by_the_database_is_the_one_python_renders(s
 
     def one_at_a_time(conn):  # the per-order path
         for event in events:
-            insert_many(conn, ob, [outbox_row(event, NOW)])
+            insert_row(conn, ob, outbox_row(event, NOW))
 
     by_python = _written(shop.engine, ob, one_at_a_time)
     assert set(by_sql) == set(by_python) == {e.event_id for e in events}
