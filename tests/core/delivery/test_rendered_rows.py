@@ -14,6 +14,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
+from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.decisions.audit import Decision, write_audit
 from regularization_pipeline.core.decisions.verification import Verdict, inconsistent
 from regularization_pipeline.core.delivery.events import (
@@ -123,3 +124,33 @@ def test_a_batch_audit_row_rendered_by_the_database_is_the_one_python_renders(sh
     assert by_sql[0]["order_amount"] == Decimal("19.90")
     assert by_sql[1]["kind"] == d.AMOUNT_MISMATCH
     assert len(by_sql[1]["reason"]) == au.c.reason.type.length
+
+
+def test_an_order_has_the_same_rows_whichever_mode_wrote_them(shop):
+    """Per-order mode (one statement after the flip on PostgreSQL, rows rendered in Python
+    elsewhere) and batched mode (rows rendered by the database) leave the same rows."""
+    first, *batch = shop.orphans(3)
+    now = utcnow()  # one time for both runs: every row's times are the same
+    regularizer = Regularizer(shop.engine, shop.schema, clock=lambda: now, sleeper=lambda _s: None)
+    alone = regularizer.run(RunOptions(mode="per_order", sleep=0, limit=1))
+    batched = regularizer.run(RunOptions(mode="batched", sleep=0, batch_size=10))
+    assert (alone.regularized, batched.regularized) == (1, 2)
+    tables = owned(shop)
+    with shop.engine.connect() as conn:
+        events = {r.order_id: r for r in conn.execute(sa.select(tables.outbox))}
+        audits = {r.order_id: r for r in conn.execute(sa.select(tables.audit))}
+    varying = ("id", "event_id", "order_id", "idempotency_key", "run_id", "transaction_id")
+
+    def event(order_id) -> dict:
+        row = _without_id(events[str(order_id)])
+        payload = json.loads(row.pop("payload"))
+        return {k: v for k, v in {**row, **payload}.items() if k not in varying}
+
+    def audit(order_id) -> dict:
+        return {k: v for k, v in _without_id(audits[str(order_id)]).items() if k not in varying}
+
+    for order_id in batch:
+        assert event(order_id) == event(first)
+        assert audit(order_id) == audit(first)
+    assert audit(first)["action"] == verdicts.REGULARIZED
+    assert Decimal(event(first)["amount"]) == audit(first)["transaction_amount"] == Decimal("49.90")
