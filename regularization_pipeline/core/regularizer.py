@@ -37,7 +37,7 @@ from regularization_pipeline.core.decisions.context import (
     RunContext,
     no_fault,
 )
-from regularization_pipeline.core.decisions.one_order import OneOrder
+from regularization_pipeline.core.decisions.one_order import OneOrder, OrderConnection
 from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.decisions.provider_health import (
     DEFAULT_OUTAGE_AFTER,
@@ -245,7 +245,8 @@ class Regularizer:
     def _run_per_order(self, ctx: RunContext, pace: _Pace) -> None:
         health = ProviderHealth(getattr(self.verifier, "outage_after", DEFAULT_OUTAGE_AFTER))
         # A bad token raises out of here and changes nothing, the errors before it included.
-        self._per_order(ctx, pace, health)
+        with OrderConnection(self.engine) as shared:
+            self._per_order(ctx, pace, health, shared)
         # Errors in a row fewer than an outage, at the end of the run: each order's own.
         for order_id, exc in health.take_streak():
             pace.record(attempts.record_failure(ctx, order_id, exc))
@@ -278,7 +279,9 @@ class Regularizer:
             head=pace.head,
         )
 
-    def _per_order(self, ctx: RunContext, pace: _Pace, health: ProviderHealth) -> None:
+    def _per_order(
+        self, ctx: RunContext, pace: _Pace, health: ProviderHealth, shared: OrderConnection
+    ) -> None:
         rest_before_next = False
         for page in self._queue(ctx, pace):
             for order_id in attempts.without_quarantined(ctx, page):
@@ -286,7 +289,7 @@ class Regularizer:
                     return
                 if rest_before_next and pace.options.sleep:
                     self.sleeper(pace.options.sleep)
-                outcome = self.one.regularize(ctx, order_id, health)
+                outcome = self.one.regularize(ctx, order_id, health, shared)
                 rest_before_next = outcome is None or outcome.acted
                 if outcome is None:  # a provider error: this order's, or an outage?
                     if health.outage:

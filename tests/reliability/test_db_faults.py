@@ -30,7 +30,8 @@ def rerun(shop) -> None:
 
 
 def test_connection_killed_while_the_run_sleeps_between_orders_costs_nothing(server_shop):
-    """The pool's pre-ping replaces the dead connection: no order fails."""
+    """The next order finds the shared connection dead at its first statement and starts again
+    on a fresh one: no order fails."""
     shop = server_shop
     ids = shop.orphans(12)
     admin = second_engine(shop.engine)

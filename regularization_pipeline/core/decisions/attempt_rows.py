@@ -8,6 +8,7 @@ Below the audit trail: the one write step counts here in the flip's transaction,
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -79,18 +80,25 @@ def _ensure_row(conn: sa.Connection, at: sa.Table, key: str, outcome: str, now) 
 
 def reset_after_regularization(ctx: RunContext, conn: sa.Connection, order_ids: list) -> None:
     """A regularized order's failures are forgotten; its row, if it has one, says so."""
-    at = ctx.tables.attempts
-    conn.execute(
+    params = {"p_keys": [str(i) for i in order_ids], "p_run": ctx.run_id, "p_now": ctx.clock()}
+    conn.execute(regularized_reset(ctx.tables.attempts), params)
+
+
+@lru_cache(maxsize=64)
+def regularized_reset(at: sa.Table) -> sa.Update:
+    """The reset of :func:`reset_after_regularization`, for the orders keyed ``p_keys``
+    (their ids as text), by run ``p_run`` at ``p_now``."""
+    return (
         at.update()
-        .where(at.c.order_id.in_([str(i) for i in order_ids]))
+        .where(at.c.order_id.in_(sa.bindparam("p_keys", expanding=True)))
         .values(
             failures=0,
             total_attempts=at.c.total_attempts + 1,
             last_outcome=verdicts.REGULARIZED,
             last_reason="completed transaction verified",
             hold_kind=None,
-            last_run_id=ctx.run_id,
-            updated_at=ctx.clock(),
+            last_run_id=sa.bindparam("p_run", type_=sa.String),
+            updated_at=sa.bindparam("p_now", type_=at.c.updated_at.type),
         )
     )
 

@@ -17,6 +17,9 @@ from regularization_pipeline.core import verdicts
 # The rows themselves are counted one level down, where the write step counts them too.
 from regularization_pipeline.core.decisions.attempt_rows import note_attempt as note_attempt
 from regularization_pipeline.core.decisions.attempt_rows import (
+    regularized_reset as regularized_reset,
+)
+from regularization_pipeline.core.decisions.attempt_rows import (
     reset_after_regularization as reset_after_regularization,
 )
 from regularization_pipeline.core.decisions.attempt_rows import (

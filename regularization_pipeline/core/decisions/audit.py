@@ -18,7 +18,7 @@ from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
 from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.decisions.verification import Verdict
-from regularization_pipeline.core.shop.engine import insert_many
+from regularization_pipeline.core.shop.engine import insert_row, json_rowset, rows_as_json
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow, to_decimal
 
 
@@ -76,36 +76,86 @@ def orders_and_payments(
 def write_audit(
     ctx: RunContext, conn: sa.Connection, decisions: list[Decision]
 ) -> list[OrderOutcome]:
-    """Audit each decision in the caller's transaction; returns their outcomes."""
-    rows = [audit_row(ctx, decision) for decision in decisions]
-    insert_many(conn, ctx.tables.audit, rows, shared={"created_at": ctx.clock()})
+    """Audit each decision in the caller's transaction; returns their outcomes.
+
+    One decision is one row rendered in Python; a batch's rows are rendered by the database
+    from the decisions' values (:func:`audit_insert`), the same row for the same decision.
+    """
+    if len(decisions) > 1:
+        values = [audit_values(decision) for decision in decisions]
+        params = {"p_rows": rows_as_json(values), "p_run": ctx.run_id, "p_now": ctx.clock()}
+        conn.execute(audit_insert(ctx.tables.audit, conn.dialect), params)
+    elif decisions:
+        insert_row(
+            conn, ctx.tables.audit, audit_row(ctx, decisions[0]), {"created_at": ctx.clock()}
+        )
     return [decision.outcome() for decision in decisions]
 
 
-def audit_row(ctx: RunContext, decision: Decision) -> dict[str, Any]:
-    """The audit insert for one decision but its time; every value fits its column."""
+# An audit row's columns that come from its decision, in the order audit_values gives them;
+# the others are the run's (run_id) and the time of writing (created_at).
+DECISION_COLUMNS = (
+    "order_id",
+    "transaction_id",
+    "action",
+    "reason",
+    "kind",
+    "attempt",
+    "order_status",
+    "order_amount",
+    "transaction_amount",
+    "currency",
+    "transaction_completed_at",
+)
+
+
+def audit_values(decision: Decision) -> tuple:
+    """The values of the decision's audit row, as :data:`DECISION_COLUMNS` names them."""
     order, tx = decision.order, decision.verdict.transaction
     if tx is not None and tx.currency:
         currency = tx.currency
     else:
         currency = order.currency if order else None
-    return fit_to_columns(
-        ctx.tables.audit,
-        dict(
-            run_id=ctx.run_id,
-            order_id=str(decision.order_id),
-            transaction_id=None if tx is None else str(tx.id),
-            action=decision.verdict.action,
-            reason=decision.verdict.reason,
-            kind=decision.verdict.kind,
-            attempt=decision.attempt,
-            order_status=None if order is None else order.status,
-            order_amount=_money(order.total) if order else None,
-            transaction_amount=_money(tx.amount) if tx else None,
-            currency=currency,
-            transaction_completed_at=tx.completed_at if tx else None,
-        ),
+    return (
+        str(decision.order_id),
+        None if tx is None else str(tx.id),
+        decision.verdict.action,
+        decision.verdict.reason,
+        decision.verdict.kind,
+        decision.attempt,
+        None if order is None else order.status,
+        _money(order.total) if order else None,
+        _money(tx.amount) if tx else None,
+        currency,
+        tx.completed_at if tx else None,
     )
+
+
+def audit_row(ctx: RunContext, decision: Decision) -> dict[str, Any]:
+    """The audit insert for one decision but its time; every value fits its column."""
+    values = dict(zip(DECISION_COLUMNS, audit_values(decision), strict=True))
+    return fit_to_columns(ctx.tables.audit, {"run_id": ctx.run_id, **values})
+
+
+@lru_cache(maxsize=64)
+def audit_insert(table: sa.Table, dialect: sa.engine.Dialect) -> sa.Insert:
+    """A batch's audit rows, rendered by the database as :func:`audit_row` renders one.
+
+    Parameters: ``p_rows`` (:func:`rows_as_json` of :func:`audit_values` of each decision),
+    ``p_run`` and ``p_now``. Strings are cut to their column's length in the statement, as
+    :func:`fit_to_columns` cuts them.
+    """
+    v = json_rowset(dialect, [(name, table.c[name].type) for name in DECISION_COLUMNS], "p_rows")
+    lengths = _string_lengths(table)
+
+    def fit(name: str, value: sa.ColumnElement) -> sa.ColumnElement:
+        length = lengths.get(name)
+        return value if length is None else sa.func.substr(value, 1, length, type_=sa.String)
+
+    row = {"run_id": fit("run_id", sa.bindparam("p_run", type_=sa.String))}
+    row.update({name: fit(name, v.c[name]) for name in DECISION_COLUMNS})
+    row["created_at"] = sa.bindparam("p_now", type_=table.c.created_at.type)
+    return table.insert().from_select(list(row), sa.select(*row.values()).select_from(v))
 
 
 def fit_to_columns(table: sa.Table, values: dict[str, Any]) -> dict[str, Any]:

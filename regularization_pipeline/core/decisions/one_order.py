@@ -12,14 +12,19 @@ Any exception rolls the order back whole; it is then counted
 (:mod:`~regularization_pipeline.core.decisions.attempts`), never raised, except a provider
 that refuses our credentials (every order would fail the same way).
 
-Each order takes its connection from the pool, pre-pinged: a connection killed between two
-orders costs neither of them a failure.
+Consecutive orders of a run share one pooled connection (:class:`OrderConnection`): taking
+it from the pool for each order cost a pre-ping and a reset, two of the order's round trips.
+A connection that died while idle between two orders (killed, or timed out by the server) is
+found by the next order's first statement, before that order wrote anything: the order then
+starts again on a fresh connection, so the dead session costs it nothing. A connection whose
+transaction failed at any later point is dropped and the order fails as it would have.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +66,42 @@ ASKED_ABOUT_ANOTHER = "transaction changed since the provider was asked: left fo
 ProviderWord = tuple[Any, ProviderAnswer]
 
 
+class StaleConnectionError(Exception):
+    """The order's first statement found its reused connection dead: nothing was written."""
+
+
+class OrderConnection:
+    """One pooled connection for the transactions of consecutive orders (see the module)."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        self._conn: sa.Connection | None = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A transaction on the shared connection: committed, or rolled back on any exception,
+        the connection then dropped so the next order starts on another."""
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        try:
+            with self._conn.begin():
+                yield self._conn
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    def __enter__(self) -> OrderConnection:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
 @dataclass
 class OneOrder:
     """Decides one order at a time for a run (``verifier``: the provider, when configured)."""
@@ -73,6 +114,7 @@ class OneOrder:
         ctx: RunContext,
         order_id: Any,
         health: ProviderHealth | None = None,
+        shared: OrderConnection | None = None,
     ) -> OrderOutcome | None:
         """The order's outcome; None when ``health`` is given and the provider could not answer
         (the run decides, with the next orders, whether that was this order's failure)."""
@@ -82,7 +124,7 @@ class OneOrder:
             if health is not None:
                 health.answered_last = False
             answer = self._ask_provider(ctx, order_id, health) if self.verifier else None
-            outcome = self._decide_retrying_deadlocks(ctx, order_id, answer)
+            outcome = self._decide_retrying_deadlocks(ctx, order_id, answer, shared)
         except ProviderRejectedError as exc:
             if health is None or not health.answered:
                 raise  # a bad token or URL: every order would fail the same way, so the run stops
@@ -118,36 +160,49 @@ class OneOrder:
         ctx: RunContext,
         order_id: Any,
         answer: ProviderWord | None,
+        shared: OrderConnection | None = None,
     ) -> OrderOutcome:
-        """The order's transaction, tried again when the database chose it as a deadlock victim.
+        """The order's transaction, tried again when the database chose it as a deadlock victim,
+        or found its connection dead at the first statement (:class:`OrderConnection`).
 
         A deadlock (or serialization failure) rolled the whole transaction back, so trying
         again is safe, and the other side (often the application's own webhook) has moved on.
         A lock wait timeout is not retried: someone holds the row, and waiting again would
         only hold up the run.
         """
-        for attempt in range(DEADLOCK_RETRIES + 1):
+        stale_retried = False
+        attempt = 0
+        while True:
             try:
-                with ctx.engine.begin() as conn:
+                with shared.transaction() if shared else ctx.engine.begin() as conn:
                     return self._decide(ctx, conn, order_id, answer)
+            except StaleConnectionError as stale:
+                if stale_retried:
+                    raise stale.__cause__ from None
+                stale_retried = True  # nothing was written: start again on a fresh connection
             except sa.exc.DBAPIError as exc:
                 if attempt == DEADLOCK_RETRIES or not is_deadlock(exc):
                     raise
+                attempt += 1
                 log.info(
                     "order %s: deadlock victim, trying again (%d/%d)",
                     order_id,
-                    attempt + 1,
+                    attempt,
                     DEADLOCK_RETRIES,
                 )
-                self.sleeper(DEADLOCK_BACKOFF_SECONDS * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+                self.sleeper(DEADLOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
 
     def _decide(
         self, ctx: RunContext, conn: sa.Connection, order_id: Any, answer: ProviderWord | None
     ) -> OrderOutcome:
         """Lock, re-read and verify one order, then write the decision, in ``conn``'s transaction."""
         statements = ctx.statements
-        order = statements.load_order(conn, order_id, lock=True)
+        try:
+            order = statements.load_order(conn, order_id, lock=True)
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:  # dead before this order sent anything
+                raise StaleConnectionError() from exc
+            raise
         if order is None:
             found = conn.execute(statements.exists, {"p_order": order_id}).first()
             if found is not None and same_order_id(found[0], order_id):

@@ -15,8 +15,12 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+import sqlalchemy as sa
+
+from regularization_pipeline.core.shop.engine import json_rowset
 from regularization_pipeline.core.shop.tables import PENDING
 
 EVENT_TYPE = "OrderCompleted"
@@ -28,8 +32,11 @@ EVENT_TYPE_HEADER = "X-Regularization-Event-Type"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+IDEMPOTENCY_PREFIX = "order-completed:"
+
+
 def idempotency_key(order_id: Any) -> str:
-    return f"order-completed:{order_id}"
+    return f"{IDEMPOTENCY_PREFIX}{order_id}"
 
 
 @dataclass(frozen=True)
@@ -49,19 +56,7 @@ class OrderCompleted:
         return idempotency_key(self.order_id)
 
     def payload(self) -> dict[str, Any]:
-        return {
-            "version": PAYLOAD_VERSION,
-            "type": EVENT_TYPE,
-            "event_id": self.event_id,
-            "idempotency_key": self.idempotency_key,
-            "order_id": self.order_id,
-            "transaction_id": self.transaction_id,
-            "amount": self.amount,
-            "currency": self.currency,
-            "occurred_at": self.occurred_at,
-            "source": SOURCE,
-            "run_id": self.run_id,
-        }
+        return payload_of(PythonForm(self))
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any]) -> OrderCompleted:
@@ -94,6 +89,93 @@ class OrderCompleted:
         return cls.from_payload(data)
 
 
+# The payload and the outbox row are defined once, below, over a *form*: the values of one
+# event in Python (:class:`PythonForm`, for an order decided on its own), or the columns of a
+# batch's rows in SQL (:class:`SqlForm`, the database renders every row of a batch).
+
+
+def payload_of(form: Any) -> dict[str, Any]:
+    """The event's versioned payload, in ``form``'s terms."""
+    return {
+        "version": form.const(PAYLOAD_VERSION),
+        "type": form.const(EVENT_TYPE),
+        "event_id": form.field("event_id"),
+        "idempotency_key": form.prefixed(IDEMPOTENCY_PREFIX, form.field("order_id")),
+        "order_id": form.field("order_id"),
+        "transaction_id": form.field("transaction_id"),
+        "amount": form.field("amount"),
+        "currency": form.field("currency"),
+        "occurred_at": form.field("occurred_at"),
+        "source": form.const(SOURCE),
+        "run_id": form.field("run_id"),
+    }
+
+
+def outbox_fields_of(form: Any) -> dict[str, Any]:
+    """The event's outbox row but its times, in ``form``'s terms."""
+    return {
+        "event_id": form.field("event_id"),
+        "event_type": form.const(EVENT_TYPE),
+        "idempotency_key": form.prefixed(IDEMPOTENCY_PREFIX, form.field("order_id")),
+        "order_id": form.field("order_id"),
+        "run_id": form.field("run_id"),
+        "payload": form.document(payload_of(form)),
+        "state": form.const(PENDING),
+        "attempts": form.const(0),
+    }
+
+
+# The fields of OrderCompleted, in the order a batch's rows carry those that vary by order.
+EVENT_FIELDS = ("event_id", "order_id", "transaction_id", "amount", "currency")
+
+
+class PythonForm:
+    """One event's values: the payload as Python renders it."""
+
+    def __init__(self, event: OrderCompleted):
+        self.event = event
+
+    def field(self, name: str) -> Any:
+        return getattr(self.event, name)
+
+    def const(self, value: Any) -> Any:
+        return value
+
+    def prefixed(self, prefix: str, value: str) -> str:
+        return prefix + value
+
+    def document(self, parts: dict[str, Any]) -> str:
+        return json.dumps(parts, sort_keys=True)
+
+
+class SqlForm:
+    """The payload as the database renders it, from SQL expressions of the event's fields.
+
+    Its JSON text is not byte for byte Python's (PostgreSQL writes ``"key" : value``, SQLite
+    no spaces): it parses to the same document, which is what every reader does. The bytes
+    a webhook signs are rendered from the parsed payload (:func:`webhook_body`), never the
+    stored text.
+    """
+
+    def __init__(self, dialect: sa.engine.Dialect, fields: dict[str, sa.ColumnElement]):
+        self.dialect, self.fields = dialect, fields
+
+    def field(self, name: str) -> sa.ColumnElement:
+        return self.fields[name]
+
+    def const(self, value: Any) -> sa.ColumnElement:
+        return sa.literal(value)
+
+    def prefixed(self, prefix: str, value: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.literal(prefix, sa.String) + sa.type_coerce(value, sa.String)
+
+    def document(self, parts: dict[str, sa.ColumnElement]) -> sa.ColumnElement:
+        pairs = [x for key in sorted(parts) for x in (sa.literal(key, sa.String), parts[key])]
+        if self.dialect.name == "postgresql":
+            return sa.cast(sa.func.json_build_object(*pairs), sa.Text)
+        return sa.func.json_object(*pairs, type_=sa.Text)
+
+
 def outbox_row(event: OrderCompleted, now: dt.datetime) -> dict[str, Any]:
     """The outbox insert for ``event``, due at once."""
     return {**outbox_fields(event), **outbox_times(now)}
@@ -101,21 +183,43 @@ def outbox_row(event: OrderCompleted, now: dt.datetime) -> dict[str, Any]:
 
 def outbox_fields(event: OrderCompleted) -> dict[str, Any]:
     """The outbox insert for ``event`` but its times (:func:`outbox_times`, one for a whole batch)."""
-    return {
-        "event_id": event.event_id,
-        "event_type": EVENT_TYPE,
-        "idempotency_key": event.idempotency_key,
-        "order_id": event.order_id,
-        "run_id": event.run_id,
-        "payload": json.dumps(event.payload(), sort_keys=True),
-        "state": PENDING,
-        "attempts": 0,
-    }
+    return outbox_fields_of(PythonForm(event))
 
 
 def outbox_times(now: dt.datetime) -> dict[str, Any]:
     """An outbox row's times: due at once, created and updated ``now``."""
     return {"next_attempt_at": now, "created_at": now, "updated_at": now}
+
+
+def occurred_at(now: dt.datetime) -> str:
+    """An event's time as its payload gives it (naive UTC ``now``, marked UTC)."""
+    return now.replace(tzinfo=dt.UTC).isoformat()
+
+
+@lru_cache(maxsize=64)
+def outbox_insert(
+    outbox: sa.Table, dialect: sa.engine.Dialect, param: str = "p_events"
+) -> sa.Insert:
+    """The outbox rows of a batch, rendered by the database from the events in ``param``.
+
+    ``param``: :func:`~regularization_pipeline.core.shop.engine.rows_as_json` of
+    :func:`event_values` of each event; ``p_run``, ``p_occurred_at`` and ``p_now`` are
+    the batch's run id, event time (:func:`occurred_at`) and naive UTC time.
+    """
+    text = sa.String()
+    v = json_rowset(dialect, [(name, text) for name in EVENT_FIELDS], param)
+    fields = {name: v.c[name] for name in EVENT_FIELDS}
+    fields["run_id"] = sa.bindparam("p_run", type_=text)
+    fields["occurred_at"] = sa.bindparam("p_occurred_at", type_=text)
+    row = outbox_fields_of(SqlForm(dialect, fields))
+    now = sa.bindparam("p_now", type_=outbox.c.created_at.type)
+    row.update({name: now for name in outbox_times(dt.datetime.min)})
+    return outbox.insert().from_select(list(row), sa.select(*row.values()).select_from(v))
+
+
+def event_values(event: OrderCompleted) -> tuple:
+    """What a batch's outbox statement needs of ``event``: its fields that vary by order."""
+    return tuple(getattr(event, name) for name in EVENT_FIELDS)
 
 
 def new_event(
@@ -132,7 +236,7 @@ def new_event(
         transaction_id=None if transaction_id is None else str(transaction_id),
         amount=None if amount is None else str(amount),
         currency=currency,
-        occurred_at=now.replace(tzinfo=dt.UTC).isoformat(),
+        occurred_at=occurred_at(now),
         run_id=run_id,
     )
 

@@ -13,7 +13,8 @@ database is put in WAL mode, where a reader never blocks the writer's commit.
 from __future__ import annotations
 
 import datetime as dt
-import io
+import decimal
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -144,83 +145,19 @@ class _SqliteConnection(sa.Connection):
             self.autobegun = False
 
 
-def insert_many(
+def insert_row(
     conn: sa.Connection,
     table: sa.Table,
-    rows: Sequence[Mapping[str, Any]],
+    row: Mapping[str, Any],
     shared: Mapping[str, Any] | None = None,
 ) -> None:
-    """Insert rows that all have the same keys, in one round trip, inside the caller's transaction.
+    """Insert one row (``shared``: more of its columns, a decision's times) in the caller's transaction.
 
-    ``shared``: columns with the same value in every row (the decision's time): encoded
-    once per statement, not once per row (a batch's outbox rows carried three escaped
-    times each). On PostgreSQL through psycopg2, more than one row is a ``COPY``: for a
-    batch's outbox and audit rows it takes about half the time of a multi-row ``INSERT``.
-    Through PyMySQL, more than one row is one multi-row ``INSERT ... VALUES`` per megabyte,
-    each value escaped by the driver's own escaping, the shared ones once. One row (an
-    order decided on its own) stays an ``INSERT``: its errors reach the per-order path
-    wrapped by SQLAlchemy, as it classifies them (deadlocks, data errors, a lost
-    connection). Every column the rows leave out takes the table's server default (NULL
-    here), as with an ``INSERT``. A time with a zone is stored as naive UTC on every
-    backend, the convention of our tables.
+    A batch's rows are rendered by the database instead (:func:`json_rowset`). A time with a
+    zone is stored as naive UTC on every backend, the convention of our tables.
     """
-    if not rows:
-        return
-    shared = {k: _naive_utc(v) for k, v in (shared or {}).items()}
-    driver = conn.dialect.driver
-    if len(rows) > 1 and conn.dialect.name == "postgresql" and driver == "psycopg2":
-        _copy_rows(conn, table, rows, shared)
-    elif len(rows) > 1 and driver == "pymysql":
-        _multi_row_insert(conn, table, rows, shared)
-    else:
-        conn.execute(
-            table.insert(),
-            [{**{k: _naive_utc(v) for k, v in row.items()}, **shared} for row in rows],
-        )
-
-
-def _column_list(conn: sa.Connection, table: sa.Table, columns: list[str]) -> str:
-    quote = conn.dialect.identifier_preparer
-    return f"{quote.format_table(table)} ({', '.join(quote.quote(c) for c in columns)})"
-
-
-def _copy_rows(
-    conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], shared: dict
-) -> None:
-    columns = list(rows[0])
-    sql = f"COPY {_column_list(conn, table, columns + list(shared))} FROM STDIN WITH (FORMAT csv)"
-    tail = "".join("," + _csv_field(v) for v in shared.values()) + "\n"
-    data = io.StringIO(
-        "".join(",".join(_csv_field(row[c]) for c in columns) + tail for row in rows)
-    )
-    with conn.connection.dbapi_connection.cursor() as cursor:
-        cursor.copy_expert(sql, data)
-
-
-# PyMySQL's own limit for the statements its executemany builds.
-_MAX_INSERT_BYTES = 1_000_000
-# Sent as cursor.execute(sql) with no parameters, so a "%" in a value is not a placeholder.
-_AS_TEXT = {"no_parameters": True}
-
-
-def _multi_row_insert(
-    conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], shared: dict
-) -> None:
-    """Multi-row INSERTs built with PyMySQL's escaping, sent as text without parameters."""
-    columns = list(rows[0])
-    escape = conn.connection.dbapi_connection.escape
-    head = f"INSERT INTO {_column_list(conn, table, columns + list(shared))} VALUES "  # noqa: S608 - quoted names, escaped values
-    tail = "".join("," + escape(v) for v in shared.values()) + ")"
-    values: list[str] = []
-    size = len(head)
-    for row in rows:
-        one = "(" + ",".join(escape(_naive_utc(row[c])) for c in columns) + tail
-        if values and size + len(one) + 1 > _MAX_INSERT_BYTES:
-            conn.exec_driver_sql(head + ",".join(values), execution_options=_AS_TEXT)
-            values, size = [], len(head)
-        values.append(one)
-        size += len(one) + 1
-    conn.exec_driver_sql(head + ",".join(values), execution_options=_AS_TEXT)
+    values = {**row, **(shared or {})}
+    conn.execute(table.insert(), {k: _naive_utc(v) for k, v in values.items()})
 
 
 def _naive_utc(value: Any) -> Any:
@@ -231,14 +168,60 @@ def _naive_utc(value: Any) -> Any:
     return value
 
 
-def _csv_field(value: Any) -> str:
-    # COPY's CSV format: an unquoted empty field is NULL; a quoted one is the text itself,
-    # commas, quotes and newlines included. Numbers and times print none of those.
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return '"' + value.replace('"', '""') + '"'
-    return str(_naive_utc(value))
+def json_rowset(
+    dialect: sa.engine.Dialect, columns: Sequence[tuple[str, Any]], param: str, name: str = "v"
+) -> sa.Subquery:
+    """Rows sent as one JSON array of arrays in the bound parameter ``param``, as a table.
+
+    ``columns``: (name, SQLAlchemy type) of each position of a row. A batch's rows go as one
+    ``json.dumps`` of short lists, one escaped string the database expands (PostgreSQL's
+    ``json_array_elements``, MariaDB's ``JSON_TABLE``, SQLite's ``json_each``): no value is
+    encoded row by row in Python. Strings come out as text, a JSON ``null`` as NULL, other
+    values cast to their type (SQLite keeps text, which its column affinity converts as the
+    driver's values would be).
+    """
+    if dialect.name == "postgresql":
+        select = ", ".join(
+            f"CAST(value->>{i} AS {_sql_type(dialect, kind)}) AS {column}"
+            for i, (column, kind) in enumerate(columns)
+        )
+        sql = f"SELECT {select} FROM json_array_elements(CAST(:{param} AS json)) AS r(value)"  # noqa: S608 - our names
+    elif dialect.name in ("mysql", "mariadb"):
+        paths = ", ".join(
+            f"{column} {_sql_type(dialect, kind)} PATH '$[{i}]'"
+            for i, (column, kind) in enumerate(columns)
+        )
+        names = ", ".join(column for column, _ in columns)
+        sql = f"SELECT {names} FROM JSON_TABLE(:{param}, '$[*]' COLUMNS ({paths})) AS r"  # noqa: S608 - our names
+    else:
+        select = ", ".join(
+            f"json_extract(value, '$[{i}]') AS {column}" for i, (column, _) in enumerate(columns)
+        )
+        sql = f"SELECT {select} FROM json_each(:{param})"  # noqa: S608 - our names
+    typed = [sa.column(column, kind) for column, kind in columns]
+    return sa.text(sql).columns(*typed).subquery(name)
+
+
+def _sql_type(dialect: sa.engine.Dialect, kind: Any) -> str:
+    if isinstance(kind, sa.String):
+        # Text of any length: a value too long for its column is cut by the statement itself.
+        return "LONGTEXT" if dialect.name in ("mysql", "mariadb") else "TEXT"
+    if isinstance(kind, sa.DateTime) and dialect.name in ("mysql", "mariadb"):
+        return "DATETIME(6)"  # the fraction reaches the column, which keeps what it keeps
+    return kind.compile(dialect=dialect)
+
+
+def rows_as_json(rows: Sequence[Sequence[Any]]) -> str:
+    """The parameter of :func:`json_rowset`: times as naive UTC text, decimals as text."""
+    return json.dumps(rows, default=_json_value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return _naive_utc(value).isoformat(sep=" ", timespec="microseconds")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a rowset value")
 
 
 def supports_skip_locked(engine_or_conn: sa.Engine | sa.Connection) -> bool:

@@ -1,4 +1,5 @@
-"""insert_many: what a batch writes comes back exactly, on every backend (COPY on PostgreSQL).
+"""A batch's rows, rendered by the database from one JSON parameter, come back exactly, on every
+backend; one row's insert is part of the caller's transaction.
 SQLite: reads never take the write lock, writes do."""
 
 import datetime as dt
@@ -9,8 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from regularization_pipeline.core.clock import utcnow
+from regularization_pipeline.core.decisions.audit import DECISION_COLUMNS, audit_insert
 from regularization_pipeline.core.detection import orphans as d
-from regularization_pipeline.core.shop.engine import create_app_engine, insert_many
+from regularization_pipeline.core.shop.engine import create_app_engine, insert_row, rows_as_json
 from tests.support.databases import migrated_shop
 from tests.support.rows import owned
 
@@ -23,13 +25,20 @@ AWKWARD_REASONS = [
 ]
 
 
-def test_insert_many_round_trips_nulls_quotes_newlines_and_times(shop):
+def _write_batch(shop, rows: list[dict], now: dt.datetime) -> None:
+    audit = owned(shop).audit
+    values = [tuple(row.get(name) for name in DECISION_COLUMNS) for row in rows]
+    with shop.engine.begin() as conn:
+        params = {"p_rows": rows_as_json(values), "p_run": "r", "p_now": now}
+        conn.execute(audit_insert(audit, conn.dialect), params)
+
+
+def test_a_batch_round_trips_nulls_quotes_newlines_and_times(shop):
     audit = owned(shop).audit
     naive = dt.datetime(2026, 11, 25, 10, 30, 15, 123456)
     aware = dt.datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     rows = [
         dict(
-            run_id="r",
             order_id=str(n),
             transaction_id=None if n % 2 else f"tx-{n}",
             action="regularized",
@@ -40,14 +49,10 @@ def test_insert_many_round_trips_nulls_quotes_newlines_and_times(shop):
             transaction_amount=Decimal("-0.000001"),
             currency=None,
             transaction_completed_at=aware if n else None,
-            created_at=naive,
         )
         for n, reason in enumerate(AWKWARD_REASONS)
     ]
-
-    with shop.engine.begin() as conn:
-        insert_many(conn, audit, rows)
-        insert_many(conn, audit, [])  # nothing to do: no statement, no error
+    _write_batch(shop, rows, naive)
 
     with shop.engine.connect() as conn:
         stored = conn.execute(sa.select(audit).order_by(audit.c.attempt)).mappings().all()
@@ -62,27 +67,25 @@ def test_insert_many_round_trips_nulls_quotes_newlines_and_times(shop):
         dt.datetime(2026, 11, 25, 10, 30, 15, 123456)
     }
     assert {r["created_at"] for r in stored} == {naive}
+    assert {r["run_id"] for r in stored} == {"r"}
 
 
-def test_insert_many_writes_shared_values_once_for_every_row(shop):
-    """The decision's time, given once for the statement, is every row's; the rest per row."""
+def test_a_batch_of_1500_rows_is_one_statement_with_its_time_given_once(shop):
     audit = owned(shop).audit
-    when = dt.datetime(2026, 11, 25, 10, 30, 15, 123456, tzinfo=dt.UTC)
+    when = dt.datetime(2026, 11, 25, 10, 30, 15, 123456)
     rows = [
-        dict(run_id="r", order_id=str(n), action="regularized", reason=reason, attempt=n)
-        for n, reason in enumerate(AWKWARD_REASONS * 300)  # more than one statement's worth
+        dict(order_id=str(n), action="regularized", reason=reason, attempt=n)
+        for n, reason in enumerate(AWKWARD_REASONS * 300)
     ]
-    with shop.engine.begin() as conn:
-        insert_many(conn, audit, rows, shared={"created_at": when})
-        insert_many(conn, audit, rows[:1], shared={"created_at": when})  # one row: an INSERT
+    _write_batch(shop, rows, when)
     with shop.engine.connect() as conn:
         stored = conn.execute(sa.select(audit).order_by(audit.c.id)).mappings().all()
-    assert [r["reason"] for r in stored] == [r["reason"] for r in rows] + [AWKWARD_REASONS[0]]
-    assert [r["order_id"] for r in stored[: len(rows)]] == [str(n) for n in range(len(rows))]
-    assert {r["created_at"] for r in stored} == {when.replace(tzinfo=None)}
+    assert [r["reason"] for r in stored] == [r["reason"] for r in rows]
+    assert [r["order_id"] for r in stored] == [str(n) for n in range(len(rows))]
+    assert {r["created_at"] for r in stored} == {when}
 
 
-def test_insert_many_is_part_of_the_callers_transaction(shop):
+def test_insert_row_is_part_of_the_callers_transaction(shop):
     audit = owned(shop).audit
     row = dict(
         run_id="r",
@@ -94,7 +97,7 @@ def test_insert_many_is_part_of_the_callers_transaction(shop):
     )
     try:
         with shop.engine.begin() as conn:
-            insert_many(conn, audit, [row])
+            insert_row(conn, audit, row)
             raise RuntimeError("the batch fails after its inserts")
     except RuntimeError:
         pass
