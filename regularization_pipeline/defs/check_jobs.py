@@ -12,7 +12,9 @@ materialization to react to (``app_orders`` is observed, never materialized).
 The job selects the observation of ``app_orders`` with its checks: the orders-by-status counts
 are refreshed with them, and with a shops file the job has the shops as partitions (Dagster
 infers a job's partitions from its assets; a job of checks alone has none), so each shop's
-checks run on their own, one run per shop, like every other job.
+checks run on their own, one run per shop, like every other job. With many shops the schedule
+asks a checks run only for the shops whose last fix run failed: the others were checked at
+the end of that run, at most five minutes ago.
 """
 
 import os
@@ -26,7 +28,13 @@ from regularization_pipeline.defs.jobs import (
     shop_run_requests,
     skip_while_in_flight,
 )
-from regularization_pipeline.defs.shops import SHOPS, shop_name_of, shop_tags
+from regularization_pipeline.defs.shops import PARTITION_TAG, SHOPS, shop_name_of, shop_tags
+
+FINISHED_STATUSES = [
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+]
 
 CHECKS_JOB_NAME = "check_app_orders"
 CHECKS_CRON_ENV = "REGULARIZATION_CHECKS_CRON"
@@ -51,13 +59,39 @@ check_app_orders = dg.define_asset_job(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description=f"Runs {CHECKS_JOB_NAME} every two minutes ({CHECKS_CRON_ENV}) so the checks on "
     "app_orders are never more than a few minutes stale; skips the tick while a run of it is "
-    "still queued or in progress.",
+    f"still queued or in progress. With a shops file, one run per shop whose last {JOB_NAME} "
+    "run failed (the others were checked at the end of it).",
 )
 def check_app_orders_every_2_minutes(context: dg.ScheduleEvaluationContext):
-    """A run request (one per shop with a shops file), or a skip naming the run in flight."""
-    if SHOPS is not None:
-        return shop_run_requests(context, SHOPS, job_names=(CHECKS_JOB_NAME,))
-    return skip_while_in_flight(context.instance, CHECKS_JOB_NAME) or dg.RunRequest()
+    """A run request, or a skip naming the run in flight; with a shops file, one per shop whose
+    last fix run did not succeed."""
+    if SHOPS is None:
+        return skip_while_in_flight(context.instance, CHECKS_JOB_NAME) or dg.RunRequest()
+    unchecked = shops_left_unchecked(context.instance)
+    requests = shop_run_requests(
+        context, SHOPS, job_names=(CHECKS_JOB_NAME,), wanted=unchecked.__contains__
+    )
+    if isinstance(requests, dg.SkipReason) and not unchecked:
+        return dg.SkipReason(f"every shop's checks ran in its last {JOB_NAME} run")
+    return requests
+
+
+def shops_left_unchecked(instance: dg.DagsterInstance) -> set[str]:
+    """The shops whose last finished fix run did not succeed: its checks, which run last in it,
+    were skipped. A shop whose fix run succeeded was checked then, at most five minutes ago, so
+    with many shops the schedule launches no checks run for it (a run per shop every two
+    minutes would cost fifty shops a run launch every few seconds)."""
+    unchecked = set()
+    for name in SHOPS or {}:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=JOB_NAME, statuses=FINISHED_STATUSES, tags={PARTITION_TAG: name}
+            ),
+            limit=1,
+        )
+        if records and records[0].dagster_run.status != dg.DagsterRunStatus.SUCCESS:
+            unchecked.add(name)
+    return unchecked
 
 
 # Its own checks run last already; the checks job itself would loop.

@@ -20,6 +20,7 @@ from tests.support.databases import migrated_shop
 from tests.support.http_stubs import ReceivingApp
 from tests.support.rows import owned
 from tests.support.rows import quarantine as _quarantine
+from tests.support.smtp import SmtpServer
 
 SENSORS = {s.name: s for s in alerts.ALERT_SENSORS}
 
@@ -288,3 +289,54 @@ def test_without_a_shops_file_incidents_keep_their_keys_and_an_open_one_resolves
     assert all("shop" not in e["details"] for e in events)
     assert events[1]["summary"].startswith("[regularization_pipeline] FIRING: orders_held: 1 paid")
     assert list(json.loads(t.cursors["alert_on_held_orders"])["open"]) == ["orders_held"]
+
+
+def test_email_routes_of_the_routes_file_reach_their_recipients_by_severity(
+    tmp_path, ticks, monkeypatch
+):
+    """Finance reads the held-order warnings by e-mail, on-call the critical ones: two e-mail
+    routes of the file through the one SMTP server of the variables, a real one here."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "routes:\n"
+        "  - {name: finance, format: email, to: [payments@shop.test], severities: [warning]}\n"
+        "  - {name: oncall, format: email, to: [oncall@shop.test], severities: [critical]}\n"
+    )
+    for name in list(os.environ):
+        if name.startswith("REGULARIZATION_ALERT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REGULARIZATION_ALERT_ROUTES_FILE", str(path))
+    t, shop = ticks
+    assert AlertResource.from_env().warnings() == [
+        "alert route 'finance': REGULARIZATION_ALERT_SMTP_HOST is not set: the route is off",
+        "alert route 'oncall': REGULARIZATION_ALERT_SMTP_HOST is not set: the route is off",
+    ]
+    with SmtpServer() as smtp:
+        monkeypatch.setenv("REGULARIZATION_ALERT_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("REGULARIZATION_ALERT_SMTP_PORT", str(smtp.port))
+        monkeypatch.setenv("REGULARIZATION_ALERT_NO_SUCCESS_MINUTES", "0.0001")
+        assert [c.name for c in AlertResource.from_env().channels()] == ["finance", "oncall"]
+        assert t.tick("alert_on_no_successful_run") == "no change (none open)"
+        quarantine(shop, shop.orphan())
+        assert t.tick("alert_on_held_orders") == "alert firing: orders_held"
+        assert t.tick("alert_on_no_successful_run") == "alert firing: no_successful_run"
+        sent = [(to, message["Subject"]) for to, message, _auth in smtp.messages()]
+    assert len(sent) == 2
+    assert sent[0][0] == ["payments@shop.test"] and "orders_held" in sent[0][1]
+    assert sent[1][0] == ["oncall@shop.test"] and "no_successful_run" in sent[1][1]
+
+
+@pytest.mark.parametrize(
+    "route, problem",
+    [
+        ("{name: m, format: email}", "an email route needs `to`"),
+        ("{name: m, format: email, to: [a@b.c], url: 'http://x'}", "an email route takes `to`"),
+        ("{name: m, format: slack, url: 'http://x', to: [a@b.c]}", "`to` is for email routes"),
+    ],
+)
+def test_an_email_route_written_wrong_is_named_and_off(tmp_path, monkeypatch, route, problem):
+    path = tmp_path / "routes.yaml"
+    path.write_text(f"routes:\n  - {route}\n")
+    monkeypatch.setenv("REGULARIZATION_ALERT_ROUTES_FILE", str(path))
+    (warning,) = [w for w in AlertResource.from_env().warnings() if "routes file" in w]
+    assert problem in warning and warning.endswith("its routes are off")

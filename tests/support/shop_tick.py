@@ -54,28 +54,23 @@ def main() -> int:
                 "failures": failures,
             }
         outcome["_other_schedules"] = _other_schedules(defs, instance, tick)
-        outcome["_checks"] = _checks_runs(defs, instance, tick)
+        outcome["_checks"] = _checks_runs(defs, instance)
     print(json.dumps(outcome))
     return 0
 
 
-def _checks_runs(defs, instance, tick) -> dict:
-    """The checks schedule's runs at the tick, executed: shop -> its orphan check's figures."""
+def _checks_runs(defs, instance) -> dict:
+    """The checks job run for each shop, after the tick's runs: shop -> its orphan check's figures."""
     from regularization_pipeline.defs import check_jobs
+    from regularization_pipeline.defs.shops import SHOPS, shop_tags
 
     job = defs.resolve_job_def(check_jobs.CHECKS_JOB_NAME)
-    context = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
-    )
     found = {}
-    for request in check_jobs.check_app_orders_every_2_minutes.evaluate_tick(context).run_requests:
+    for name in SHOPS:
         result = job.execute_in_process(
-            instance=instance,
-            partition_key=request.partition_key,
-            tags=request.tags,
-            raise_on_error=False,
+            instance=instance, partition_key=name, tags=shop_tags(name), raise_on_error=False
         )
-        found[request.partition_key] = {
+        found[name] = {
             e.check_name: e.metadata["orphaned_orders"].value
             for e in result.get_asset_check_evaluations()
             if "orphaned_orders" in e.metadata

@@ -6,7 +6,9 @@ channels that were told it opened. A channel added while an incident is open is 
 incident once, on the next tick, and then follows it like the others.
 
 Routes come from a routes file (YAML, ``routes:`` a list of webhooks, each with its name,
-format, address and severities) and from the single-channel variables (one route each):
+format, address and severities, and of e-mail routes, each with its recipients, sent through
+the SMTP server of the ``REGULARIZATION_ALERT_SMTP_*`` variables) and from the single-channel
+variables (one route each):
 
     routes:
       - name: pager
@@ -18,6 +20,10 @@ format, address and severities) and from the single-channel variables (one route
         format: slack
         url_env: SLACK_ALERT_WEBHOOK_URL
         severities: [error, warning]
+      - name: finance
+        format: email
+        to: [payments@example.com]
+        severities: [warning]
 
 An address or key that embeds a token is better named by its variable (``*_env``) than
 written in the file. Plain Python: no Dagster here.
@@ -50,12 +56,15 @@ log = logging.getLogger("regularization_pipeline.alerting")
 MAX_UNDELIVERED = 100
 TEST_INCIDENT = "test_alert"
 
+# A route of this format is e-mail: its recipients, through the variables' SMTP server.
+EMAIL = "email"
+
 Severity = Literal[SEVERITIES]  # type: ignore[valid-type]
-Format = Literal[FORMATS]  # type: ignore[valid-type]
+Format = Literal[(*FORMATS, EMAIL)]  # type: ignore[valid-type]
 
 
 class RouteSpec(BaseModel):
-    """One webhook route of the routes file."""
+    """One route of the routes file: a webhook (``url`` or ``url_env``) or e-mail (``to``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,11 +74,21 @@ class RouteSpec(BaseModel):
     url_env: str | None = None
     secret_env: str | None = None
     routing_key_env: str | None = None
+    to: tuple[str, ...] = ()
     severities: tuple[Severity, ...] = SEVERITIES  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _one_address(self) -> RouteSpec:
-        if bool(self.url) == bool(self.url_env):
+        if self.format == EMAIL:
+            if self.url or self.url_env or self.secret_env or self.routing_key_env:
+                raise ValueError(
+                    "an email route takes `to`, not url, url_env, secret_env or routing_key_env"
+                )
+            if not self.to or not all("@" in address for address in self.to):
+                raise ValueError("an email route needs `to`: its recipients' addresses")
+        elif self.to:
+            raise ValueError("`to` is for email routes; a webhook takes url or url_env")
+        elif bool(self.url) == bool(self.url_env):
             raise ValueError("give exactly one of url and url_env")
         if not self.severities:
             raise ValueError("severities is empty: the route would take nothing")

@@ -16,7 +16,7 @@ from regularization_pipeline.core.alerting.incidents import (
     Renotify,
     WebhookChannel,
 )
-from regularization_pipeline.core.alerting.routes import read_routes_file, webhook_of
+from regularization_pipeline.core.alerting.routes import EMAIL, read_routes_file, webhook_of
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.defs.resources.environment import (
     boolean_from_env,
@@ -115,13 +115,11 @@ ALERT_NUMBER_ENVS = {
 class AlertResource(dg.ConfigurableResource):
     """Where the alert sensors send their messages, in which format, and the thresholds they alert on.
 
-    Channels: a webhook (REGULARIZATION_ALERT_WEBHOOK_URL, via dg.EnvVar) in
-    the format of REGULARIZATION_ALERT_WEBHOOK_FORMAT, signed with
-    REGULARIZATION_ALERT_WEBHOOK_SECRET, and e-mail over SMTP
-    (REGULARIZATION_ALERT_SMTP_*; the password via dg.EnvVar). A channel without
-    its address is off; with both off, alerts are only written to the sensor's
-    log. A variable that cannot be read is listed in ``problems`` and its
-    default used: every alert sensor reports it on each tick.
+    Channels: a webhook (REGULARIZATION_ALERT_WEBHOOK_*, the URL via dg.EnvVar), e-mail over
+    SMTP (REGULARIZATION_ALERT_SMTP_*, the password via dg.EnvVar) and the routes file's
+    webhooks and e-mail recipients. A channel without its address is off; with none, alerts
+    are only logged. A variable that cannot be read is listed in ``problems`` and its default
+    used: every alert sensor reports it on each tick.
     """
 
     webhook_url: str | None = Field(
@@ -145,8 +143,8 @@ class AlertResource(dg.ConfigurableResource):
     )
     routes_file: str | None = Field(
         default=None,
-        description="YAML file of more webhook routes, each with its name, format, address and "
-        "severities (REGULARIZATION_ALERT_ROUTES_FILE; docs/monitoring.md).",
+        description="YAML file of more routes: webhooks (name, format, address, severities) and "
+        "e-mail (name, recipients, severities) (REGULARIZATION_ALERT_ROUTES_FILE; docs/monitoring.md).",
     )
     pagerduty_routing_key: str | None = Field(
         default=None,
@@ -277,7 +275,8 @@ class AlertResource(dg.ConfigurableResource):
     def warnings(self) -> list[str]:
         """What is wrong with the settings: unreadable variables, and channels left off by a gap."""
         found = list(self.problems)
-        if self.smtp_host and not self.smtp_to:
+        channels, off = self.routes()
+        if self.smtp_host and not any(isinstance(c, EmailChannel) for c in channels):
             found.append(
                 f"{ALERT_SMTP_HOST_ENV} is set but {ALERT_SMTP_TO_ENV} is empty: e-mail alerts are off"
             )
@@ -290,7 +289,7 @@ class AlertResource(dg.ConfigurableResource):
                 f"{ALERT_WEBHOOK_FORMAT_ENV}=pagerduty needs {ALERT_PAGERDUTY_ROUTING_KEY_ENV}: "
                 "PagerDuty will refuse every event"
             )
-        return found + self.routes()[1]
+        return found + off
 
     def channels(self) -> list[Channel]:
         """The channels that are on, each with the severities of its route."""
@@ -311,21 +310,7 @@ class AlertResource(dg.ConfigurableResource):
                 )
             )
         if self.smtp_host and self.smtp_to:
-            found.append(
-                EmailChannel(
-                    self.smtp_host,
-                    self.smtp_port,
-                    self.smtp_from,
-                    list(self.smtp_to),
-                    starttls=self.smtp_starttls,
-                    username=self.smtp_username,
-                    password=self.smtp_password,
-                    timeout_seconds=self.timeout_seconds,
-                    ca_file=self.smtp_ca_file,
-                    links=self.links(),
-                    severities=tuple(self.smtp_severities),
-                )
-            )
+            found.append(self._email(self.smtp_to, "email", self.smtp_severities))
         return self._file_routes(found)
 
     def _file_routes(self, found: list[Channel]) -> tuple[list[Channel], list[str]]:
@@ -343,10 +328,34 @@ class AlertResource(dg.ConfigurableResource):
                 )
                 continue
             try:
-                found.append(webhook_of(spec, self.links(), self.timeout_seconds))
+                found.append(self._route(spec))
             except ConfigurationError as exc:
                 problems.append(f"{exc}: the route is off")
         return found, problems
+
+    def _route(self, spec) -> Channel:
+        """The channel of a route of the routes file; e-mail goes through the variables' server."""
+        if spec.format != EMAIL:
+            return webhook_of(spec, self.links(), self.timeout_seconds)
+        if not self.smtp_host:
+            raise ConfigurationError(f"alert route {spec.name!r}: {ALERT_SMTP_HOST_ENV} is not set")
+        return self._email(spec.to, spec.name, spec.severities)
+
+    def _email(self, recipients, name: str, severities) -> EmailChannel:
+        return EmailChannel(
+            self.smtp_host or "",
+            self.smtp_port,
+            self.smtp_from,
+            list(recipients),
+            starttls=self.smtp_starttls,
+            username=self.smtp_username,
+            password=self.smtp_password,
+            timeout_seconds=self.timeout_seconds,
+            name=name,
+            ca_file=self.smtp_ca_file,
+            links=self.links(),
+            severities=tuple(severities),
+        )
 
     @classmethod
     def from_env(cls) -> AlertResource:
