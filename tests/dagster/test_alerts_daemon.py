@@ -11,7 +11,6 @@ schedule interval (60 s), the run, one sensor interval (60 s), with margin.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,10 +21,9 @@ from regularization_pipeline.core.shop import migrations
 from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import SCHEDULE_CRON_ENV
 from regularization_pipeline.demo.shop import ShopWriter
-from tests.support import ROOT
 from tests.support.dagster import instance_env
 from tests.support.http_stubs import Received, ReceivingApp
-from tests.support.processes import BIN
+from tests.support.processes import running_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -90,23 +88,11 @@ def daemon(tmp_path):
             }
         )
         log_path = tmp_path / "daemon.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-                env=env,
-                cwd=tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
+        try:
+            with running_daemon(env, tmp_path, log_path):
                 yield shop, Alerts(receiver, log_path)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                engine.dispose()
+        finally:
+            engine.dispose()
 
 
 def _update(shop: ShopWriter, table: sa.Table, key: sa.Column, value, **values) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 
 import dagster as dg
@@ -25,7 +24,7 @@ from regularization_pipeline.defs.jobs import JOB_NAME, SCHEDULE_CRON_ENV
 from tests.support import ROOT
 from tests.support.databases import migrated_shop
 from tests.support.http_stubs import ReceivingApp
-from tests.support.processes import BIN
+from tests.support.processes import running_daemon
 from tests.support.rows import outbox_per_order, outbox_states
 
 pytestmark = pytest.mark.slow
@@ -102,22 +101,8 @@ def test_twenty_shops_run_side_by_side_never_two_runs_of_one_shop_every_orphan_f
         daemon_env.pop("REGULARIZATION_DATABASE_URL", None)
         log_path = tmp_path / "daemon.log"
         started = time.monotonic()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-                env=daemon_env,
-                cwd=tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                records = _wait_for_ticks(home, log_path, started)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        with running_daemon(daemon_env, tmp_path, log_path):
+            records = _wait_for_ticks(home, log_path, started)
         wall = time.monotonic() - started
         delivered = [r.event_id for r in receiver.accepted()]
 

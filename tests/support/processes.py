@@ -7,11 +7,36 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
 
 BIN = Path(sys.executable).parent
+WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
+
+
+@contextmanager
+def running_daemon(env: dict[str, str], cwd: Path, log_path: Path) -> Iterator[subprocess.Popen]:
+    """A real ``dagster-daemon`` on the project's workspace, its output in ``log_path``;
+    stopped (killed after 30 s) when the block ends."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def run_demo(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
