@@ -46,7 +46,10 @@ def _shops(tmp_path) -> tuple[list[dict], dict[str, str], dict]:
         url = f"sqlite:///{tmp_path / f'{name}.db'}"
         shop = migrated_shop(create_app_engine(url))
         seeded[name] = (shop, {shop.orphan(paid_minutes_ago=90 + n) for n in range(3 + i % 3)})
-        listed.append({"name": name, "database_url": {"env": variable}, "run": {"sleep": 0}})
+        # The original's pace, a second between orders: each run lasts a few seconds, as a
+        # real shop's does, so the queue has runs of several shops in flight at once. Without
+        # it, on a quiet machine, each run ended before the queue launched the next.
+        listed.append({"name": name, "database_url": {"env": variable}, "run": {"sleep": 1}})
         env[variable] = url
     return listed, env, seeded
 
