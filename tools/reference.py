@@ -217,8 +217,7 @@ def _snapshot() -> dict[tuple[type, str], Any]:
     for cls in _resources():
         resource = cls.from_env()
         for field in cls.model_fields:
-            if field != "problems":
-                values[(cls, field)] = getattr(resource, field)
+            values[(cls, field)] = getattr(resource, field)
     return values
 
 
@@ -265,7 +264,8 @@ def environment_section() -> list[str]:
         "",
         "Every variable the code location and the CLI read (module constants ending in `_ENV`),",
         "with its default while unset and the setting it fills. A value that cannot be read",
-        "is reported by the resource (`problems`) and its default is used.",
+        "leaves the default in use and is named in one line: a delivery setting fails the runs,",
+        "an alert setting is reported by every alert sensor's tick.",
         "",
         *_table(["variable", "default", "sets", "meaning"], rows),
     ]

@@ -4,10 +4,12 @@ from code or from its variable; the gateway resource names every GatewaySettings
 
 from __future__ import annotations
 
+import dagster as dg
 import pytest
 from pydantic import SecretStr
 
 from regularization_pipeline.core.delivery.publishers import PublisherSettings
+from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.provider.settings import GatewaySettings
 from regularization_pipeline.defs.resources import EventPublisherResource, PaymentGatewayResource
 from regularization_pipeline.defs.resources.event_publisher import RESOURCE_NAMES, SETTINGS_ENVS
@@ -62,7 +64,7 @@ def test_every_publisher_variable_reaches_core_through_the_environment(monkeypat
         value = VALUES[field]
         monkeypatch.setenv(env, ",".join(value) if isinstance(value, list) else str(value))
     resource = EventPublisherResource.from_env()
-    assert resource.problems == []
+    assert resource.unread_variables() == []
     # A secret stays the variable's name until the resource is initialized for a run.
     assert resource.webhook_secret == "REGULARIZATION_WEBHOOK_SECRET"
     settings = resource.process_config_and_initialize().settings()
@@ -88,3 +90,35 @@ def test_every_gateway_setting_is_a_resource_field_or_named_for_the_settings_fil
             assert fields[name].description.startswith(info.description), name
         else:
             assert f" {name}," in described or f" {name};" in described, name
+
+
+def _max_attempts_seen_by_a_run(resource, run_config: dict) -> int | str:
+    """What a run's step reads from the resource, as the Launchpad's config reaches it."""
+
+    @dg.op
+    def deliver(event_publisher: EventPublisherResource):
+        try:
+            return event_publisher.settings() and event_publisher.max_attempts
+        except ConfigurationError as exc:
+            return str(exc)
+
+    job = dg.GraphDefinition(name="delivery", node_defs=[deliver]).to_job(
+        resource_defs={"event_publisher": resource}
+    )
+    return job.execute_in_process(run_config=run_config).output_for_node("deliver")
+
+
+def test_an_unreadable_variable_is_named_by_the_run_and_is_no_launchpad_field(monkeypatch):
+    monkeypatch.setenv("REGULARIZATION_DELIVERY_MAX_ATTEMPTS", "three")
+    resource = EventPublisherResource.from_env()  # the code location still loads
+    # The Launchpad shows the resource's config fields: settings, nothing the code found wrong.
+    shown = set(resource.get_resource_definition().config_schema.config_type.fields)
+    assert "max_attempts" in shown and not shown - set(EventPublisherResource.model_fields)
+    assert not {"problems", "unread"} & shown
+    # The run is rebuilt from that config and still refuses, naming the variable.
+    assert _max_attempts_seen_by_a_run(resource, {}) == (
+        "REGULARIZATION_DELIVERY_MAX_ATTEMPTS must be a whole number, got 'three'"
+    )
+    # A value typed into the Launchpad stands in for the variable it replaces.
+    given = {"resources": {"event_publisher": {"config": {"max_attempts": 4}}}}
+    assert _max_attempts_seen_by_a_run(resource, given) == 4

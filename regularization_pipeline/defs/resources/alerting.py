@@ -19,6 +19,7 @@ from regularization_pipeline.core.alerting.incidents import (
 from regularization_pipeline.core.alerting.routes import EMAIL, read_routes_file, webhook_of
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.defs.resources.environment import (
+    ReadFromEnvironment,
     boolean_from_env,
     build_leniently,
     integer_from_env,
@@ -112,14 +113,14 @@ ALERT_NUMBER_ENVS = {
 }
 
 
-class AlertResource(dg.ConfigurableResource):
+class AlertResource(ReadFromEnvironment, dg.ConfigurableResource):
     """Where the alert sensors send their messages, in which format, and the thresholds they alert on.
 
     Channels: a webhook (REGULARIZATION_ALERT_WEBHOOK_*, the URL via dg.EnvVar), e-mail over
     SMTP (REGULARIZATION_ALERT_SMTP_*, the password via dg.EnvVar) and the routes file's
     webhooks and e-mail recipients. A channel without its address is off; with none, alerts
-    are only logged. A variable that cannot be read is listed in ``problems`` and its default
-    used: every alert sensor reports it on each tick.
+    are only logged. A variable that cannot be read leaves its default in use, and every alert
+    sensor names it on each tick.
     """
 
     webhook_url: str | None = Field(
@@ -248,10 +249,6 @@ class AlertResource(dg.ConfigurableResource):
         ge=0,
         description="Remind of an open incident this long after its last message (0: never).",
     )
-    problems: list[str] = Field(
-        default=[],
-        description="Alert variables that could not be read (their defaults are used); every sensor reports them.",
-    )
 
     def renotify(self) -> Renotify:
         return Renotify(self.renotify_factor, self.renotify_step, self.remind_minutes * 60)
@@ -274,7 +271,7 @@ class AlertResource(dg.ConfigurableResource):
 
     def warnings(self) -> list[str]:
         """What is wrong with the settings: unreadable variables, and channels left off by a gap."""
-        found = list(self.problems)
+        found = self.unread_variables()
         channels, off = self.routes()
         if self.smtp_host and not any(isinstance(c, EmailChannel) for c in channels):
             found.append(
@@ -358,10 +355,10 @@ class AlertResource(dg.ConfigurableResource):
         )
 
     @classmethod
-    def from_env(cls) -> AlertResource:
+    def read_env(cls) -> tuple[AlertResource, dict[str, str]]:
         """REGULARIZATION_ALERT_*: the URLs (they embed tokens), secrets and the SMTP password are
         read at run time through EnvVar; the rest is plain settings, read here, leniently."""
-        problems: list[str] = []
+        unread: dict[str, str] = {}
         env_of = {
             **ALERT_NUMBER_ENVS,
             "smtp_port": ALERT_SMTP_PORT_ENV,
@@ -372,7 +369,7 @@ class AlertResource(dg.ConfigurableResource):
         }
         fmt = setting_from_env(ALERT_WEBHOOK_FORMAT_ENV)
         values: dict[str, Any] = {
-            field: read_setting(number_from_env, name, problems)
+            field: read_setting(number_from_env, name, field, unread)
             for field, name in ALERT_NUMBER_ENVS.items()
         }
         values.update(
@@ -388,13 +385,15 @@ class AlertResource(dg.ConfigurableResource):
             runbook_url=setting_from_env(ALERT_RUNBOOK_URL_ENV),
             heartbeat_url=secret_from_env(ALERT_HEARTBEAT_URL_ENV),
             smtp_host=setting_from_env(ALERT_SMTP_HOST_ENV),
-            smtp_port=read_setting(integer_from_env, ALERT_SMTP_PORT_ENV, problems),
+            smtp_port=read_setting(integer_from_env, ALERT_SMTP_PORT_ENV, "smtp_port", unread),
             smtp_from=setting_from_env(ALERT_SMTP_FROM_ENV),
             smtp_to=list_from_env(ALERT_SMTP_TO_ENV),
-            smtp_starttls=read_setting(boolean_from_env, ALERT_SMTP_STARTTLS_ENV, problems),
+            smtp_starttls=read_setting(
+                boolean_from_env, ALERT_SMTP_STARTTLS_ENV, "smtp_starttls", unread
+            ),
             smtp_ca_file=setting_from_env(ALERT_SMTP_CA_FILE_ENV),
             smtp_username=setting_from_env(ALERT_SMTP_USERNAME_ENV),
             smtp_password=secret_from_env(ALERT_SMTP_PASSWORD_ENV),
             smtp_severities=[v.lower() for v in list_from_env(ALERT_SMTP_SEVERITIES_ENV)] or None,
         )
-        return build_leniently(cls, values, env_of, problems)
+        return build_leniently(cls, values, env_of, unread)

@@ -60,30 +60,59 @@ def build_leniently(
     cls: type[dg.ConfigurableResource],
     values: dict[str, Any],
     env_of: dict[str, str],
-    problems: list[str],
-) -> Any:
-    """``cls(**values, problems=...)``, leaving out (with a problem naming its variable) each value
-    the resource refuses: a bad setting must never stop the code location from loading."""
+    unread: dict[str, str],
+) -> tuple[Any, dict[str, str]]:
+    """``cls(**values)`` and what could not be read, by field: each value the resource refuses
+    is left out (its default used) with a line naming its variable, so a bad setting never
+    stops the code location from loading."""
     values = {k: v for k, v in values.items() if v is not None}
     while True:
         try:
-            return cls(**values, problems=problems)
+            return cls(**values), unread
         except ValidationError as exc:
             refused = [e for e in exc.errors() if e["loc"] and e["loc"][0] in values]
             if not refused:
                 raise
             for error in refused:
                 field = str(error["loc"][0])
-                problems.append(
+                unread[field] = (
                     f"{env_of.get(field, field)}={values.pop(field, None)!r} refused "
                     f"({error['msg']})"
                 )
 
 
-def read_setting(parse, name: str, problems: list[str]) -> Any:
-    """``parse(name)``; a value it refuses becomes a problem (and the default), never a crash."""
+def read_setting(parse, name: str, field: str, unread: dict[str, str]) -> Any:
+    """``parse(name)``; a value it refuses is noted under ``field`` (its default used then),
+    never a crash."""
     try:
         return parse(name)
     except ValueError as exc:
-        problems.append(str(exc))
+        unread[field] = str(exc)
         return None
+
+
+class ReadFromEnvironment:
+    """A resource built from its variables (``read_env``), which names, whenever it is asked,
+    the variables it could not read.
+
+    The lines are not a field: a field is config the Launchpad shows and lets one edit. They
+    are read again from the environment instead (the code location and each run load the same
+    one), and only for the fields still at their default: a value set in the Launchpad stands
+    in for the variable it replaces."""
+
+    @classmethod
+    def read_env(cls) -> tuple[Any, dict[str, str]]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_env(cls) -> Any:
+        return cls.read_env()[0]
+
+    def unread_variables(self) -> list[str]:
+        """One line per variable set but not readable, naming it (a secret's value never)."""
+        fields = type(self).model_fields  # type: ignore[attr-defined]
+        return [
+            line
+            for field, line in self.read_env()[1].items()
+            if getattr(self, field) == fields[field].get_default(call_default_factory=True)
+        ]

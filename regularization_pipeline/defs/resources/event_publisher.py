@@ -20,6 +20,7 @@ from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.defs.config_fields import fields_like
 from regularization_pipeline.defs.resources.environment import (
+    ReadFromEnvironment,
     build_leniently,
     integer_from_env,
     list_from_env,
@@ -112,7 +113,7 @@ def _named(env_of: dict[str, str]) -> dict[str, str]:
     }
 
 
-class _EventPublisherResourceBase(ShopAware, dg.ConfigurableResource):
+class _EventPublisherResourceBase(ShopAware, ReadFromEnvironment, dg.ConfigurableResource):
     """Who receives each OrderCompleted event, and how delivery is retried.
 
     The publisher fields are core's PublisherSettings, field by field (generated, so one added
@@ -151,10 +152,6 @@ class _EventPublisherResourceBase(ShopAware, dg.ConfigurableResource):
         le=86_400,
         description="How long a claimed event is reserved for this run.",
     )
-    problems: list[str] = Field(
-        default=[],
-        description="Delivery variables (REGULARIZATION_DELIVERY_*) that could not be read: a run refuses to start.",
-    )
 
     _shop_name: str | None = PrivateAttr(default=None)
 
@@ -168,8 +165,8 @@ class _EventPublisherResourceBase(ShopAware, dg.ConfigurableResource):
 
     def settings(self) -> PublisherSettings:
         """Raises ConfigurationError naming the offending fields (never the secret's value)."""
-        if self.problems:
-            raise ConfigurationError("; ".join(self.problems))
+        if unread := self.unread_variables():
+            raise ConfigurationError("; ".join(unread))
         return PublisherSettings.parse(**{**self.own_settings(), **self.shop_overrides()})
 
     def own_settings(self) -> dict[str, Any]:
@@ -215,22 +212,22 @@ class _EventPublisherResourceBase(ShopAware, dg.ConfigurableResource):
         )
 
     @classmethod
-    def from_env(cls) -> EventPublisherResource:
+    def read_env(cls) -> tuple[EventPublisherResource, dict[str, str]]:
         """Every PublisherSettings field its variable sets (SETTINGS_ENVS: REGULARIZATION_PUBLISHERS,
         outbox when unset, REGULARIZATION_PYTHON_HANDLERS, the webhook's URL and secret read at run
         time, the Laravel queue's REGULARIZATION_LARAVEL_*, the broker's REGULARIZATION_RABBITMQ_*),
         then the retry settings and the budget, REGULARIZATION_DELIVERY_*: a bad one fails the
         runs, naming it."""
-        problems: list[str] = []
+        unread: dict[str, str] = {}
         retry = {
             field: read_setting(
-                integer_from_env if field == "max_attempts" else number_from_env, env, problems
+                integer_from_env if field == "max_attempts" else number_from_env, env, field, unread
             )
             for field, env in DELIVERY_ENVS.items()
         }
         values = {RESOURCE_NAMES.get(f, f): _from_env(f, env) for f, env in SETTINGS_ENVS.items()}
         env_of = {RESOURCE_NAMES.get(f, f): env for f, env in SETTINGS_ENVS.items()}
-        return build_leniently(cls, {**retry, **values}, {**DELIVERY_ENVS, **env_of}, problems)
+        return build_leniently(cls, {**retry, **values}, {**DELIVERY_ENVS, **env_of}, unread)
 
 
 def _from_env(field: str, env: str) -> Any:
