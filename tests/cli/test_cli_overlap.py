@@ -6,7 +6,6 @@ blocks nothing; two first starts on one fresh instance leave it usable."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,9 +17,8 @@ import sqlalchemy as sa
 from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME
 from tests.cli.test_cli import CLI
-from tests.support import ROOT
 from tests.support.databases import migrated_shop
-from tests.support.processes import table_value
+from tests.support.processes import dagster_home, table_value
 from tests.support.reliability import figures, url_of
 from tests.support.rows import assert_flip_iff_event, audit_rows, outbox_per_order
 
@@ -28,10 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def instance_home(tmp_path) -> str:
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    return str(home)
+    return str(dagster_home(tmp_path))
 
 
 def env_for(url: str, home: str) -> dict[str, str]:

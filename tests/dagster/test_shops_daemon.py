@@ -12,7 +12,6 @@ shop at the same time, runs of different shops side by side. The figures are pri
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import dagster as dg
@@ -21,10 +20,9 @@ import yaml
 
 from regularization_pipeline.core.shop.engine import create_app_engine
 from regularization_pipeline.defs.jobs import JOB_NAME, SCHEDULE_CRON_ENV
-from tests.support import ROOT
 from tests.support.databases import migrated_shop
 from tests.support.http_stubs import ReceivingApp
-from tests.support.processes import running_daemon
+from tests.support.processes import dagster_home, running_daemon
 from tests.support.rows import outbox_per_order, outbox_states
 
 pytestmark = pytest.mark.slow
@@ -85,9 +83,7 @@ def test_twenty_shops_run_side_by_side_never_two_runs_of_one_shop_every_orphan_f
     tmp_path,
 ):
     listed, env, seeded = _shops(tmp_path)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    home = dagster_home(tmp_path)
     shops_file = tmp_path / "shops.yaml"
     shops_file.write_text(yaml.safe_dump({"shops": listed}))
     with ReceivingApp(secret="a-secret-of-24-characters") as receiver:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +14,7 @@ from regularization_pipeline.defs.resources import (
     PaymentGatewayResource,
 )
 from regularization_pipeline.demo.handlers import DEMO_PUBLISHER_ENV
-from tests.support import ROOT
+from tests.support.processes import dagster_home
 
 ALL_ASSETS = [
     assets.app_orders,
@@ -34,9 +33,7 @@ DEMO_HANDLERS = DEMO_PUBLISHER_ENV["REGULARIZATION_PYTHON_HANDLERS"].split(",")
 def instance_env(directory: Path) -> dict[str, str]:
     """The environment of Dagster's commands on a fresh instance in ``directory``: a DAGSTER_HOME
     with the repository's dagster.yaml, and the shop in ``directory``/shop.db (SQLite)."""
-    home = directory / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    home = dagster_home(directory)
     url = f"sqlite:///{directory / 'shop.db'}"
     return {**os.environ, "DAGSTER_HOME": str(home), "REGULARIZATION_DATABASE_URL": url}
 

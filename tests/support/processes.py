@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +15,24 @@ from pathlib import Path
 import sqlalchemy as sa
 
 BIN = Path(sys.executable).parent
-WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+WORKSPACE = ROOT / "workspace.yaml"
+
+
+def dagster_home(directory: Path) -> Path:
+    """``directory``/dagster_home with the repository's dagster.yaml and its storage created.
+
+    Dagster creates its SQLite storage when an instance first opens it; a daemon, a webserver
+    and a CLI started together on a fresh home race to, and may stamp two Alembic heads (the
+    code location then fails to load in one of them)."""
+    import dagster as dg
+
+    home = directory / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
+    return home
 
 
 @contextmanager

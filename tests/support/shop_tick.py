@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ import dagster as dg
 import yaml
 
 from tests.support import ROOT
+from tests.support.processes import dagster_home
 
 
 def main() -> int:
@@ -83,9 +83,7 @@ def run_tick(
 ) -> dict:
     """Write ``shops`` as the shops file, run ``tests.support.<module>`` (this tick, by default)
     in a child process with ``env`` and a Dagster home in ``tmp_path``; its JSON line."""
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    home = dagster_home(tmp_path)
     shops_file = tmp_path / "shops.yaml"
     shops_file.write_text(yaml.safe_dump({"shops": shops}))
     child_env = {
