@@ -40,7 +40,7 @@ from regularization_pipeline.core.regularizer import (
     RunSummary,
 )
 from regularization_pipeline.core.shop.migrations import require_migrated
-from regularization_pipeline.defs.config import RegularizeConfig
+from regularization_pipeline.defs.config import CONCURRENCY_TAG, JOB_NAME, RegularizeConfig
 from regularization_pipeline.defs.resources import (
     AppDatabaseResource,
     EventPublisherResource,
@@ -158,6 +158,17 @@ def _progress_logger(context: dg.AssetExecutionContext, clock=time.monotonic):
 POOL = "regularization" if SHOP_PARTITIONS is None else None
 
 
+def _take_the_concurrency_tag(context: dg.AssetExecutionContext) -> None:
+    """A run launched without the job's tag takes it as the fix starts (one shop only).
+
+    ``dagster asset materialize`` runs in its own process, past the queue, and a Materialize
+    click carries no job tag: from here on the queue holds every other run of the job behind
+    this one, as it does behind the job's own runs. Until here, the shop's run lock answers
+    a second run ``busy``, changing nothing."""
+    if SHOP_PARTITIONS is None and CONCURRENCY_TAG not in context.run.tags:
+        context.instance.add_run_tags(context.run_id, {CONCURRENCY_TAG: JOB_NAME})
+
+
 @dg.asset(
     deps=["app_orders"],
     group_name=GROUP,
@@ -181,6 +192,7 @@ def regularized_orders(
     orders (amount or currency mismatch, double charge, paid but cancelled) are
     reported, never fixed. Up to `limit` orders, `sleep` seconds apart.
     """
+    _take_the_concurrency_tag(context)
     with permanent_errors_fail_without_retry():
         options = config.to_run_options()
         schema = app_db.bind()

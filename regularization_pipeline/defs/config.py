@@ -24,6 +24,14 @@ DEFAULT_MAX_RUNTIME_SECONDS = 240.0
 # Hard: the job's `dagster/max_runtime` tag (defs/jobs.py); run monitoring fails a run still
 # going after it (hung, not slow) and frees its slot.
 HARD_MAX_RUNTIME_SECONDS = 900
+JOB_NAME = "regularize_completed_orders"
+# dagster.yaml limits runs carrying this tag to one at a time: it is what stops
+# manual launches (UI, CLI, GraphQL) overlapping, which the schedule cannot see. A run of
+# regularized_orders launched without it (a Materialize, `dagster asset materialize`) takes it
+# when the asset starts (defs/assets.py).
+# With many shops the job does not carry it (it would run one shop at a time): the limit is then
+# one run per value of `dagster/partition`, the shop (dagster.yaml, applyLimitPerUniqueValue).
+CONCURRENCY_TAG = "regularization/concurrency"
 # Said in the Launchpad field itself: the tag is shown beside it, not explained.
 MAX_RUNTIME_NOTE = (
     f" In the job: {DEFAULT_MAX_RUNTIME_SECONDS:g} s by default, the soft limit (the run finishes "

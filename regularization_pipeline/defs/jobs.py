@@ -8,8 +8,10 @@ import dagster as dg
 
 from regularization_pipeline.defs import assets, checks
 from regularization_pipeline.defs.config import (
+    CONCURRENCY_TAG,
     DEFAULT_MAX_RUNTIME_SECONDS,
     HARD_MAX_RUNTIME_SECONDS,
+    JOB_NAME,
 )
 from regularization_pipeline.defs.shops import (
     PARTITION_TAG,
@@ -19,15 +21,9 @@ from regularization_pipeline.defs.shops import (
     shop_tags,
 )
 
-JOB_NAME = "regularize_completed_orders"
 # The schedule's cron, read when the code location loads (a test fires it every minute).
 SCHEDULE_CRON_ENV = "REGULARIZATION_SCHEDULE_CRON"
 DEFAULT_SCHEDULE_CRON = "*/5 * * * *"
-# dagster.yaml limits runs carrying this tag to one at a time: it is what stops
-# manual launches (UI, CLI, GraphQL) overlapping, which the schedule cannot see.
-# With many shops the job does not carry it (it would run one shop at a time): the limit is then
-# one run per value of `dagster/partition`, the shop (dagster.yaml, applyLimitPerUniqueValue).
-CONCURRENCY_TAG = "regularization/concurrency"
 # Run monitoring fails a run that has not finished after this long, freeing the slot; the
 # run's own soft limit (max_runtime_seconds, 240 s) ends a slow run well before it.
 MAX_RUNTIME_SECONDS = HARD_MAX_RUNTIME_SECONDS

@@ -50,8 +50,8 @@ mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
 
 
 class Services:
-    def __init__(self, home: Path, shop: ShopWriter, port: int, logs: Path):
-        self.home, self.shop, self.port, self.logs = home, shop, port, logs
+    def __init__(self, home: Path, shop: ShopWriter, port: int, logs: Path, env: dict[str, str]):
+        self.home, self.shop, self.port, self.logs, self.env = home, shop, port, logs, env
 
     def client(self) -> DagsterGraphQLClient:
         """A client per caller: its transport is not safe to share between threads."""
@@ -162,7 +162,7 @@ def services(tmp_path_factory):
                 subprocess.Popen(args, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
             )
         wait_for_http(f"http://127.0.0.1:{port}/server_info", processes)
-        yield Services(home, shop, port, tmp)
+        yield Services(home, shop, port, tmp, env)
     finally:
         for proc in processes:
             proc.terminate()
@@ -302,3 +302,55 @@ def test_a_materialize_click_waits_in_the_queue_while_the_job_runs(services):
             )
     # No order flipped twice: one outbox row per completed order, none completed without one.
     assert_flip_iff_event(services.shop)
+
+
+def test_dagster_asset_materialize_takes_the_jobs_tag_and_the_queue_waits_behind_it(services):
+    services.shop.orphans(12)
+    config = {"ops": {"regularized_orders": {"config": {"limit": 12, "sleep": 0.5}}}}  # ~6 s
+    cli = subprocess.Popen(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "regularization_pipeline.definitions"]
+        + ["--select", "regularized_orders", "--config-json", json.dumps(config)],
+        env=services.env,
+        cwd=services.logs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # The in-process run, once its fix has started, carries the job's tag.
+        deadline = time.monotonic() + 60
+        while not (tagged := _asset_job_runs_tagged(services)):
+            assert cli.poll() is None, cli.stdout.read() if cli.stdout else ""
+            assert time.monotonic() < deadline, "the CLI run never took the tag"
+            time.sleep(0.2)
+        (cli_run,) = tagged
+        queued = services.submit(limit=5, sleep=0, marker="behind-cli")
+        seen: set[dg.DagsterRunStatus] = set()
+        while services.statuses([cli_run])[cli_run] == dg.DagsterRunStatus.STARTED:
+            seen.add(services.statuses([queued])[queued])
+            time.sleep(0.2)
+        assert seen == {dg.DagsterRunStatus.QUEUED}, seen
+        assert cli.wait(timeout=60) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    first, second = services.wait_finished([cli_run, queued])
+    assert (
+        first.dagster_run.run_id == cli_run and first.dagster_run.tags[CONCURRENCY_TAG] == JOB_NAME
+    )
+    assert second.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    assert first.end_time <= second.start_time
+    assert_flip_iff_event(services.shop)
+
+
+def _asset_job_runs_tagged(services: Services) -> list[str]:
+    """In-progress runs of the implicit asset job (a CLI or Materialize launch) with the job's tag."""
+    with services.instance() as instance:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name="__ASSET_JOB",
+                statuses=[dg.DagsterRunStatus.STARTED],
+                tags={CONCURRENCY_TAG: JOB_NAME},
+            )
+        )
+    return [r.dagster_run.run_id for r in records]
