@@ -37,6 +37,7 @@ class OrderStatements:
         self.schema = schema
         self.tables = tables
         self.skip_locked = supports_skip_locked(engine)
+        self.reads_locked_together = engine.dialect.name == "postgresql"
 
     @cached_property
     def order_columns(self) -> list:
@@ -83,9 +84,10 @@ class OrderStatements:
         return sa.select(s.o("id")).where(s.o("id") == sa.bindparam("p_order"))
 
     @cached_property
-    def _payments(self) -> sa.Select:
+    def _payment_columns(self) -> list:
+        """The columns of a :class:`TransactionRow` after its order's id (see :meth:`_payment`)."""
         s = self.schema
-        columns = [
+        return [
             s.t("order_id"),
             s.t("id"),
             s.t("status"),
@@ -94,10 +96,38 @@ class OrderStatements:
             s.tx_completed_at,
             s.t("reference") if s.has_t("reference") else sa.null(),
         ]
+
+    def _payment(self, row) -> TransactionRow:
+        """A :class:`TransactionRow` from the values of :attr:`_payment_columns`."""
+        paid_at = self.schema.read_time(row[5])
+        return TransactionRow(row[1], row[2], row[3], row[4], paid_at, row[6])
+
+    @cached_property
+    def _payments(self) -> sa.Select:
+        s = self.schema
         return (
-            sa.select(*columns)
+            sa.select(*self._payment_columns)
             .where(s.t("order_id").in_(sa.bindparam("p_orders", expanding=True)))
             .order_by(s.t("order_id"), s.t("id"))
+        )
+
+    @cached_property
+    def _locked_with_payments(self) -> sa.Select:
+        """PostgreSQL: the order under its row lock and its payments, one row per payment.
+
+        ``FOR UPDATE OF`` locks the order's row alone, as :attr:`_locked_order` does; the
+        payments are read in the locked transaction without a lock, as :attr:`_payments`
+        reads them. (MariaDB locks every row such a join reads, and ``SKIP LOCKED`` would
+        then leave out a payment another transaction holds: it reads them apart.)
+        """
+        s = self.schema
+        paid = s.orders.outerjoin(s.transactions, s.t("order_id") == s.o("id"))
+        return (
+            sa.select(*self.order_columns, *self._payment_columns)
+            .select_from(paid)
+            .where(s.o("id") == sa.bindparam("p_order"))
+            .order_by(s.t("id"))
+            .with_for_update(of=s.orders, skip_locked=True)
         )
 
     @cached_property
@@ -106,7 +136,7 @@ class OrderStatements:
         s = self.schema
         values = {s.mapping.orders.status: s.statuses.order_completed}
         if s.has_o("updated_at"):
-            values[s.mapping.orders.updated_at] = sa.bindparam("p_now")
+            values[s.mapping.orders.updated_at] = sa.bindparam("p_order_now")
         values.update(repair_values(s))
         # The guards are part of the compare-and-set: a guard that changed since the
         # re-read (an order cancelled meanwhile) leaves the row unmoved.
@@ -121,7 +151,7 @@ class OrderStatements:
         s = self.schema
         # The application's own columns: written in the shop's zone and type, as it writes them.
         when = s.shop_time(s.o("updated_at"), now) if s.has_o("updated_at") else None
-        return {"p_orders": order_ids, "p_now": when, **repair_times(s, now)}
+        return {"p_orders": order_ids, "p_order_now": when, **repair_times(s, now)}
 
     def load_order(self, conn: sa.Connection, order_id: Any, *, lock: bool) -> OrderRow | None:
         """The order as stored (under its row lock when ``lock``), or None: absent or locked elsewhere."""
@@ -129,13 +159,27 @@ class OrderStatements:
         row = conn.execute(query, {"p_order": order_id}).first()
         return self.order_row(row) if row is not None and same_order_id(row[0], order_id) else None
 
+    def load_locked(
+        self, conn: sa.Connection, order_id: Any
+    ) -> tuple[OrderRow | None, list[TransactionRow]]:
+        """The order under its row lock and its payments; (None, []) when absent or locked
+        elsewhere. One round trip on PostgreSQL, two elsewhere."""
+        if not self.reads_locked_together:
+            order = self.load_order(conn, order_id, lock=True)
+            return order, self.payments(conn, order_id) if order is not None else []
+        rows = conn.execute(self._locked_with_payments, {"p_order": order_id}).all()
+        if not rows or not same_order_id(rows[0][0], order_id):
+            return None, []
+        width = len(self.order_columns)
+        # An order without payments comes back once, its payment columns null.
+        payments = [self._payment(row[width:]) for row in rows if row[width + 1] is not None]
+        return self.order_row(rows[0][:width]), payments
+
     def payments_of(self, conn: sa.Connection, order_ids: list) -> dict[Any, list[TransactionRow]]:
         """Every payment of the orders, by order id, in transaction id order."""
         found: dict[Any, list[TransactionRow]] = {}
         for row in conn.execute(self._payments, {"p_orders": list(order_ids)}):
-            paid_at = self.schema.read_time(row[5])
-            payment = TransactionRow(row[1], row[2], row[3], row[4], paid_at, row[6])
-            found.setdefault(row[0], []).append(payment)
+            found.setdefault(row[0], []).append(self._payment(row))
         return found
 
     def payments(self, conn: sa.Connection, order_id: Any) -> list[TransactionRow]:
