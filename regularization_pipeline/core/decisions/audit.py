@@ -30,6 +30,8 @@ class Decision:
     verdict: Verdict
     order: OrderRow | None = None
     attempt: int = 0
+    # False when the order is known to have no attempts row: a regularization resets none.
+    attempts_row: bool = True
 
     def outcome(self) -> OrderOutcome:
         tx = self.verdict.transaction

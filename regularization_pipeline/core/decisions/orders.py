@@ -9,7 +9,7 @@ the payments take a list of ids.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -18,6 +18,16 @@ from regularization_pipeline.core.shop.binding import AppSchema, order_is_pendin
 from regularization_pipeline.core.shop.engine import supports_skip_locked
 from regularization_pipeline.core.shop.guards import guard_blockers, repair_times, repair_values
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
+
+
+class LockedOrder(NamedTuple):
+    """An order as read under its row lock, with its payments (None: absent or locked elsewhere).
+
+    ``attempts_row``: False when the order is known to have no attempts row (nothing to reset)."""
+
+    order: OrderRow | None
+    payments: list[TransactionRow]
+    attempts_row: bool = True
 
 
 def same_order_id(stored: Any, given: Any) -> bool:
@@ -112,6 +122,23 @@ class OrderStatements:
         )
 
     @cached_property
+    def _payments_with_attempts(self) -> sa.Select:
+        """One order's payments, each with its attempts row's key (null when it has none).
+
+        A regularized order's attempts are reset only when it has a row: on MariaDB the reset
+        is a round trip of its own, for the few orders that ever failed. Read in the order's
+        locked transaction (READ COMMITTED), just before the reset would be made.
+        """
+        s, at = self.schema, self.tables.attempts
+        key = sa.bindparam("p_key", type_=sa.String)  # the order's id as text, as rows are keyed
+        row = sa.select(at.c.order_id).where(at.c.order_id == key).scalar_subquery()
+        return (
+            sa.select(*self._payment_columns, row.label("attempts_row"))
+            .where(s.t("order_id") == sa.bindparam("p_order"))
+            .order_by(s.t("id"))
+        )
+
+    @cached_property
     def _locked_with_payments(self) -> sa.Select:
         """PostgreSQL: the order under its row lock and its payments, one row per payment.
 
@@ -159,21 +186,25 @@ class OrderStatements:
         row = conn.execute(query, {"p_order": order_id}).first()
         return self.order_row(row) if row is not None and same_order_id(row[0], order_id) else None
 
-    def load_locked(
-        self, conn: sa.Connection, order_id: Any
-    ) -> tuple[OrderRow | None, list[TransactionRow]]:
-        """The order under its row lock and its payments; (None, []) when absent or locked
+    def load_locked(self, conn: sa.Connection, order_id: Any) -> LockedOrder:
+        """The order under its row lock and its payments; no order when absent or locked
         elsewhere. One round trip on PostgreSQL, two elsewhere."""
         if not self.reads_locked_together:
             order = self.load_order(conn, order_id, lock=True)
-            return order, self.payments(conn, order_id) if order is not None else []
+            if order is None:
+                return LockedOrder(None, [])
+            keys = {"p_order": order_id, "p_key": str(order_id)}
+            rows = conn.execute(self._payments_with_attempts, keys).all()
+            payments = [self._payment(row) for row in rows if same_order_id(row[0], order_id)]
+            # Without payments nothing is flipped: whether the row exists does not matter.
+            return LockedOrder(order, payments, attempts_row=not rows or rows[0][-1] is not None)
         rows = conn.execute(self._locked_with_payments, {"p_order": order_id}).all()
         if not rows or not same_order_id(rows[0][0], order_id):
-            return None, []
+            return LockedOrder(None, [])
         width = len(self.order_columns)
         # An order without payments comes back once, its payment columns null.
         payments = [self._payment(row[width:]) for row in rows if row[width + 1] is not None]
-        return self.order_row(rows[0][:width]), payments
+        return LockedOrder(self.order_row(rows[0][:width]), payments)
 
     def payments_of(self, conn: sa.Connection, order_ids: list) -> dict[Any, list[TransactionRow]]:
         """Every payment of the orders, by order id, in transaction id order."""

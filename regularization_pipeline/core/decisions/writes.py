@@ -124,7 +124,9 @@ def _write_events(ctx: RunContext, conn: sa.Connection, flipped: list[Decision])
     # Publishers writing into the shop's own database (Laravel's jobs table) commit with the flip.
     write_in_transaction(conn, ctx.tables, ctx.transactional, events, now)
     ctx.fault_each("after_outbox", ids)
-    reset_after_regularization(ctx, conn, ids)
+    with_rows = [decision.order_id for decision in flipped if decision.attempts_row]
+    if with_rows:
+        reset_after_regularization(ctx, conn, with_rows)
 
 
 def _flip_and_write(
