@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.binding import AppSchema, order_is_pending
+from regularization_pipeline.core.shop.driver_sql import DriverSql
 from regularization_pipeline.core.shop.engine import supports_skip_locked
 from regularization_pipeline.core.shop.guards import guard_blockers, repair_times, repair_values
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
@@ -47,6 +48,7 @@ class OrderStatements:
         self.schema = schema
         self.tables = tables
         self.skip_locked = supports_skip_locked(engine)
+        self.dialect = engine.dialect
         self.reads_locked_together = engine.dialect.name == "postgresql"
 
     @cached_property
@@ -86,6 +88,27 @@ class OrderStatements:
             if self.skip_locked
             else self._one_order
         )
+
+    @cached_property
+    def _locked_read(self) -> DriverSql:
+        return DriverSql(self._locked_with_payments, self.dialect)
+
+    @cached_property
+    def _order_reads(self) -> dict[bool, DriverSql]:
+        """:attr:`_locked_order` and :attr:`_one_order`, by ``lock``."""
+        return {
+            True: DriverSql(self._locked_order, self.dialect),
+            False: DriverSql(self._one_order, self.dialect),
+        }
+
+    @cached_property
+    def _payments_read(self) -> DriverSql:
+        return DriverSql(self._payments_with_attempts, self.dialect)
+
+    @cached_property
+    def one_flip(self) -> DriverSql:
+        """:attr:`flip` for one order."""
+        return DriverSql(self.flip, self.dialect, lists=("p_orders",))
 
     @cached_property
     def exists(self) -> sa.Select:
@@ -182,8 +205,7 @@ class OrderStatements:
 
     def load_order(self, conn: sa.Connection, order_id: Any, *, lock: bool) -> OrderRow | None:
         """The order as stored (under its row lock when ``lock``), or None: absent or locked elsewhere."""
-        query = self._locked_order if lock else self._one_order
-        row = conn.execute(query, {"p_order": order_id}).first()
+        row = self._order_reads[lock].execute(conn, {"p_order": order_id}).first()
         return self.order_row(row) if row is not None and same_order_id(row[0], order_id) else None
 
     def load_locked(self, conn: sa.Connection, order_id: Any) -> LockedOrder:
@@ -194,11 +216,11 @@ class OrderStatements:
             if order is None:
                 return LockedOrder(None, [])
             keys = {"p_order": order_id, "p_key": str(order_id)}
-            rows = conn.execute(self._payments_with_attempts, keys).all()
+            rows = self._payments_read.execute(conn, keys).all()
             payments = [self._payment(row) for row in rows if same_order_id(row[0], order_id)]
             # Without payments nothing is flipped: whether the row exists does not matter.
             return LockedOrder(order, payments, attempts_row=not rows or rows[0][-1] is not None)
-        rows = conn.execute(self._locked_with_payments, {"p_order": order_id}).all()
+        rows = self._locked_read.execute(conn, {"p_order": order_id}).all()
         if not rows or not same_order_id(rows[0][0], order_id):
             return LockedOrder(None, [])
         width = len(self.order_columns)

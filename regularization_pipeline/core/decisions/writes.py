@@ -40,6 +40,7 @@ from regularization_pipeline.core.delivery.events import (
     outbox_times,
 )
 from regularization_pipeline.core.delivery.laravel_queue import write_in_transaction
+from regularization_pipeline.core.shop.driver_sql import DriverSql
 from regularization_pipeline.core.shop.engine import insert_row, rows_as_json
 from regularization_pipeline.core.shop.tables import OwnedTables
 
@@ -98,7 +99,10 @@ def _flip(ctx: RunContext, conn: sa.Connection, flip: list[Decision]) -> bool:
         return False
     ids = [decision.order_id for decision in flip]
     params = ctx.statements.flip_params(ids, ctx.clock())
-    moved = conn.execute(ctx.statements.flip, params).rowcount
+    if len(ids) == 1:
+        moved = ctx.statements.one_flip.execute(conn, params).rowcount
+    else:
+        moved = conn.execute(ctx.statements.flip, params).rowcount
     if moved != len(ids):
         return False
     ctx.fault_each("after_flip", ids)
@@ -146,8 +150,15 @@ def _flip_and_write(
         "p_keys": [str(i) for i in ids],
         "p_rows": rows_as_json([audit_values(decision) for decision in decisions]),
     }
-    statement = _flipped_and_written(ctx.statements, ctx.tables, conn.dialect)
-    if conn.execute(statement, params).rowcount == 0:  # every row is written, or none
+    if len(ids) == 1:  # one order's: compiled once (core/shop/driver_sql.py)
+        result = _one_flipped_and_written(ctx.statements, ctx.tables, conn.dialect).execute(
+            conn, params
+        )
+    else:
+        result = conn.execute(
+            _flipped_and_written(ctx.statements, ctx.tables, conn.dialect), params
+        )
+    if result.rowcount == 0:  # every row is written, or none
         return False
     ctx.fault_each("after_flip", ids)
     write_in_transaction(conn, ctx.tables, ctx.transactional, events, now)
@@ -162,6 +173,14 @@ def _event_params(ctx: RunContext, events: list, now) -> dict[str, Any]:
         "p_occurred_at": occurred_at(now),
         "p_now": now,
     }
+
+
+@lru_cache(maxsize=64)
+def _one_flipped_and_written(
+    statements: OrderStatements, tables: OwnedTables, dialect: sa.engine.Dialect
+) -> DriverSql:
+    statement = _flipped_and_written(statements, tables, dialect)
+    return DriverSql(statement, dialect, lists=("p_orders", "p_keys"))
 
 
 @lru_cache(maxsize=64)
