@@ -97,6 +97,13 @@ _STATEMENT_TABLE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _STATEMENT_KIND = re.compile(r"^\s*(\w+)")
+# The writes of a data-modifying WITH (PostgreSQL's flip and its writes are one statement).
+_WITH_WRITE = re.compile(
+    r"\b(?:(INSERT)\s+INTO|(UPDATE)|(DELETE)\s+FROM)\s+((?:{name})(?:\.(?:{name}))?)".format(
+        name=r"\"[^\"]+\"|`[^`]+`|[\w$]+"
+    ),
+    re.IGNORECASE,
+)
 _IDENTIFIER = re.compile(r"[A-Za-z_][\w$]{0,63}(?:\.[A-Za-z_][\w$]{0,63})?")
 
 
@@ -149,6 +156,15 @@ def statement_summary(statement: str | None) -> str | None:
     """``UPDATE orders``: the kind of statement and its table, from our own SQL (never its values)."""
     if not statement:
         return None
+    if _STATEMENT_KIND.match(statement).group(1).upper() == "WITH":
+        writes = []
+        for found in _WITH_WRITE.finditer(statement):
+            kind = next(g for g in found.groups()[:3] if g).upper()
+            table = re.sub(r'[`"]', "", found.group(4))
+            if _IDENTIFIER.fullmatch(table) and table.upper() != "SET":
+                writes.append(f"{kind} {table}")
+        if writes:  # UPDATE orders, INSERT regularization_outbox, ...
+            return ", ".join(writes)
     found = _STATEMENT_TABLE.match(statement)
     if found:
         kind = next(g for g in found.groups()[:4] if g).upper()

@@ -192,6 +192,8 @@ class Regularizer:
         if self._batched(options):
             self._run_batches(ctx, pace)
         else:
+            # Asked before every order, the lock's session would cost each order a round trip.
+            pace.lock_held = getattr(lock_held, "between_orders", lock_held)
             self._run_per_order(ctx, pace)
         summary.elapsed_seconds = time.monotonic() - started
         return summary

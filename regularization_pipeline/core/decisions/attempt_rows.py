@@ -85,12 +85,13 @@ def reset_after_regularization(ctx: RunContext, conn: sa.Connection, order_ids: 
 
 
 @lru_cache(maxsize=64)
-def regularized_reset(at: sa.Table) -> sa.Update:
+def regularized_reset(at: sa.Table, where: sa.ColumnElement[bool] | None = None) -> sa.Update:
     """The reset of :func:`reset_after_regularization`, for the orders keyed ``p_keys``
-    (their ids as text), by run ``p_run`` at ``p_now``."""
+    (their ids as text), by run ``p_run`` at ``p_now`` (``where``: a condition it is made on)."""
+    keyed = at.c.order_id.in_(sa.bindparam("p_keys", expanding=True))
     return (
         at.update()
-        .where(at.c.order_id.in_(sa.bindparam("p_keys", expanding=True)))
+        .where(keyed if where is None else sa.and_(keyed, where))
         .values(
             failures=0,
             total_attempts=at.c.total_attempts + 1,

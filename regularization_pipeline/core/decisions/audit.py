@@ -30,6 +30,8 @@ class Decision:
     verdict: Verdict
     order: OrderRow | None = None
     attempt: int = 0
+    # False when the order is known to have no attempts row: a regularization resets none.
+    attempts_row: bool = True
 
     def outcome(self) -> OrderOutcome:
         tx = self.verdict.transaction
@@ -138,12 +140,14 @@ def audit_row(ctx: RunContext, decision: Decision) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=64)
-def audit_insert(table: sa.Table, dialect: sa.engine.Dialect) -> sa.Insert:
+def audit_insert(
+    table: sa.Table, dialect: sa.engine.Dialect, where: sa.ColumnElement[bool] | None = None
+) -> sa.Insert:
     """A batch's audit rows, rendered by the database as :func:`audit_row` renders one.
 
     Parameters: ``p_rows`` (:func:`rows_as_json` of :func:`audit_values` of each decision),
     ``p_run`` and ``p_now``. Strings are cut to their column's length in the statement, as
-    :func:`fit_to_columns` cuts them.
+    :func:`fit_to_columns` cuts them. ``where``: a condition the rows are written on.
     """
     v = json_rowset(dialect, [(name, table.c[name].type) for name in DECISION_COLUMNS], "p_rows")
     lengths = _string_lengths(table)
@@ -155,7 +159,8 @@ def audit_insert(table: sa.Table, dialect: sa.engine.Dialect) -> sa.Insert:
     row = {"run_id": fit("run_id", sa.bindparam("p_run", type_=sa.String))}
     row.update({name: fit(name, v.c[name]) for name in DECISION_COLUMNS})
     row["created_at"] = sa.bindparam("p_now", type_=table.c.created_at.type)
-    return table.insert().from_select(list(row), sa.select(*row.values()).select_from(v))
+    select = sa.select(*row.values()).select_from(v)
+    return table.insert().from_select(list(row), select if where is None else select.where(where))
 
 
 def fit_to_columns(table: sa.Table, values: dict[str, Any]) -> dict[str, Any]:

@@ -198,7 +198,7 @@ class OneOrder:
         """Lock, re-read and verify one order, then write the decision, in ``conn``'s transaction."""
         statements = ctx.statements
         try:
-            order = statements.load_order(conn, order_id, lock=True)
+            order, payments, attempts_row = statements.load_locked(conn, order_id)
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:  # dead before this order sent anything
                 raise StaleConnectionError() from exc
@@ -210,14 +210,14 @@ class OneOrder:
             not_found = Decision(order_id, Verdict(verdicts.SKIPPED, "order not found"))
             return write_decisions(ctx, conn, [not_found])[0]
         ctx.fault("after_lock", order_id)
-        payments = statements.payments(conn, order_id)
         verdict = verify(order, payments, ctx.schema.statuses, ctx.window)
         if verdict.action == verdicts.REGULARIZED and self.verifier is not None:
             if answer is None or answer[0] != verdict.transaction.id:
                 verdict = Verdict(verdicts.SKIPPED, ASKED_ABOUT_ANOTHER)
             else:
                 verdict = apply_provider_answer(verdict, answer[1], order)
-        return write_decisions(ctx, conn, [Decision(order_id, verdict, order)])[0]
+        decision = Decision(order_id, verdict, order, attempts_row=attempts_row)
+        return write_decisions(ctx, conn, [decision])[0]
 
     def _ask_provider(
         self, ctx: RunContext, order_id: Any, health: ProviderHealth | None = None

@@ -9,15 +9,26 @@ the payments take a list of ids.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.binding import AppSchema, order_is_pending
+from regularization_pipeline.core.shop.driver_sql import DriverSql
 from regularization_pipeline.core.shop.engine import supports_skip_locked
 from regularization_pipeline.core.shop.guards import guard_blockers, repair_times, repair_values
 from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow
+
+
+class LockedOrder(NamedTuple):
+    """An order as read under its row lock, with its payments (None: absent or locked elsewhere).
+
+    ``attempts_row``: False when the order is known to have no attempts row (nothing to reset)."""
+
+    order: OrderRow | None
+    payments: list[TransactionRow]
+    attempts_row: bool = True
 
 
 def same_order_id(stored: Any, given: Any) -> bool:
@@ -37,6 +48,8 @@ class OrderStatements:
         self.schema = schema
         self.tables = tables
         self.skip_locked = supports_skip_locked(engine)
+        self.dialect = engine.dialect
+        self.reads_locked_together = engine.dialect.name == "postgresql"
 
     @cached_property
     def order_columns(self) -> list:
@@ -77,15 +90,37 @@ class OrderStatements:
         )
 
     @cached_property
+    def _locked_read(self) -> DriverSql:
+        return DriverSql(self._locked_with_payments, self.dialect)
+
+    @cached_property
+    def _order_reads(self) -> dict[bool, DriverSql]:
+        """:attr:`_locked_order` and :attr:`_one_order`, by ``lock``."""
+        return {
+            True: DriverSql(self._locked_order, self.dialect),
+            False: DriverSql(self._one_order, self.dialect),
+        }
+
+    @cached_property
+    def _payments_read(self) -> DriverSql:
+        return DriverSql(self._payments_with_attempts, self.dialect)
+
+    @cached_property
+    def one_flip(self) -> DriverSql:
+        """:attr:`flip` for one order."""
+        return DriverSql(self.flip, self.dialect, lists=("p_orders",))
+
+    @cached_property
     def exists(self) -> sa.Select:
         """The order's key, when some row answers to ``p_order``."""
         s = self.schema
         return sa.select(s.o("id")).where(s.o("id") == sa.bindparam("p_order"))
 
     @cached_property
-    def _payments(self) -> sa.Select:
+    def _payment_columns(self) -> list:
+        """The columns of a :class:`TransactionRow` after its order's id (see :meth:`_payment`)."""
         s = self.schema
-        columns = [
+        return [
             s.t("order_id"),
             s.t("id"),
             s.t("status"),
@@ -94,10 +129,55 @@ class OrderStatements:
             s.tx_completed_at,
             s.t("reference") if s.has_t("reference") else sa.null(),
         ]
+
+    def _payment(self, row) -> TransactionRow:
+        """A :class:`TransactionRow` from the values of :attr:`_payment_columns`."""
+        paid_at = self.schema.read_time(row[5])
+        return TransactionRow(row[1], row[2], row[3], row[4], paid_at, row[6])
+
+    @cached_property
+    def _payments(self) -> sa.Select:
+        s = self.schema
         return (
-            sa.select(*columns)
+            sa.select(*self._payment_columns)
             .where(s.t("order_id").in_(sa.bindparam("p_orders", expanding=True)))
             .order_by(s.t("order_id"), s.t("id"))
+        )
+
+    @cached_property
+    def _payments_with_attempts(self) -> sa.Select:
+        """One order's payments, each with its attempts row's key (null when it has none).
+
+        A regularized order's attempts are reset only when it has a row: on MariaDB the reset
+        is a round trip of its own, for the few orders that ever failed. Read in the order's
+        locked transaction (READ COMMITTED), just before the reset would be made.
+        """
+        s, at = self.schema, self.tables.attempts
+        key = sa.bindparam("p_key", type_=sa.String)  # the order's id as text, as rows are keyed
+        row = sa.select(at.c.order_id).where(at.c.order_id == key).scalar_subquery()
+        return (
+            sa.select(*self._payment_columns, row.label("attempts_row"))
+            .where(s.t("order_id") == sa.bindparam("p_order"))
+            .order_by(s.t("id"))
+        )
+
+    @cached_property
+    def _locked_with_payments(self) -> sa.Select:
+        """PostgreSQL: the order under its row lock and its payments, one row per payment.
+
+        ``FOR UPDATE OF`` locks the order's row alone, as :attr:`_locked_order` does; the
+        payments are read in the locked transaction without a lock, as :attr:`_payments`
+        reads them. (MariaDB locks every row such a join reads, and ``SKIP LOCKED`` would
+        then leave out a payment another transaction holds: it reads them apart.)
+        """
+        s = self.schema
+        paid = s.orders.outerjoin(s.transactions, s.t("order_id") == s.o("id"))
+        return (
+            sa.select(*self.order_columns, *self._payment_columns)
+            .select_from(paid)
+            .where(s.o("id") == sa.bindparam("p_order"))
+            .order_by(s.t("id"))
+            .with_for_update(of=s.orders, skip_locked=True)
         )
 
     @cached_property
@@ -106,7 +186,7 @@ class OrderStatements:
         s = self.schema
         values = {s.mapping.orders.status: s.statuses.order_completed}
         if s.has_o("updated_at"):
-            values[s.mapping.orders.updated_at] = sa.bindparam("p_now")
+            values[s.mapping.orders.updated_at] = sa.bindparam("p_order_now")
         values.update(repair_values(s))
         # The guards are part of the compare-and-set: a guard that changed since the
         # re-read (an order cancelled meanwhile) leaves the row unmoved.
@@ -121,21 +201,38 @@ class OrderStatements:
         s = self.schema
         # The application's own columns: written in the shop's zone and type, as it writes them.
         when = s.shop_time(s.o("updated_at"), now) if s.has_o("updated_at") else None
-        return {"p_orders": order_ids, "p_now": when, **repair_times(s, now)}
+        return {"p_orders": order_ids, "p_order_now": when, **repair_times(s, now)}
 
     def load_order(self, conn: sa.Connection, order_id: Any, *, lock: bool) -> OrderRow | None:
         """The order as stored (under its row lock when ``lock``), or None: absent or locked elsewhere."""
-        query = self._locked_order if lock else self._one_order
-        row = conn.execute(query, {"p_order": order_id}).first()
+        row = self._order_reads[lock].execute(conn, {"p_order": order_id}).first()
         return self.order_row(row) if row is not None and same_order_id(row[0], order_id) else None
+
+    def load_locked(self, conn: sa.Connection, order_id: Any) -> LockedOrder:
+        """The order under its row lock and its payments; no order when absent or locked
+        elsewhere. One round trip on PostgreSQL, two elsewhere."""
+        if not self.reads_locked_together:
+            order = self.load_order(conn, order_id, lock=True)
+            if order is None:
+                return LockedOrder(None, [])
+            keys = {"p_order": order_id, "p_key": str(order_id)}
+            rows = self._payments_read.execute(conn, keys).all()
+            payments = [self._payment(row) for row in rows if same_order_id(row[0], order_id)]
+            # Without payments nothing is flipped: whether the row exists does not matter.
+            return LockedOrder(order, payments, attempts_row=not rows or rows[0][-1] is not None)
+        rows = self._locked_read.execute(conn, {"p_order": order_id}).all()
+        if not rows or not same_order_id(rows[0][0], order_id):
+            return LockedOrder(None, [])
+        width = len(self.order_columns)
+        # An order without payments comes back once, its payment columns null.
+        payments = [self._payment(row[width:]) for row in rows if row[width + 1] is not None]
+        return LockedOrder(self.order_row(rows[0][:width]), payments)
 
     def payments_of(self, conn: sa.Connection, order_ids: list) -> dict[Any, list[TransactionRow]]:
         """Every payment of the orders, by order id, in transaction id order."""
         found: dict[Any, list[TransactionRow]] = {}
         for row in conn.execute(self._payments, {"p_orders": list(order_ids)}):
-            paid_at = self.schema.read_time(row[5])
-            payment = TransactionRow(row[1], row[2], row[3], row[4], paid_at, row[6])
-            found.setdefault(row[0], []).append(payment)
+            found.setdefault(row[0], []).append(self._payment(row))
         return found
 
     def payments(self, conn: sa.Connection, order_id: Any) -> list[TransactionRow]:

@@ -29,6 +29,7 @@ from regularization_pipeline.core.decisions.audit import (
     write_audit,
 )
 from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
+from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.decisions.verification import Verdict
 from regularization_pipeline.core.delivery.events import (
     event_values,
@@ -39,6 +40,7 @@ from regularization_pipeline.core.delivery.events import (
     outbox_times,
 )
 from regularization_pipeline.core.delivery.laravel_queue import write_in_transaction
+from regularization_pipeline.core.shop.driver_sql import DriverSql
 from regularization_pipeline.core.shop.engine import insert_row, rows_as_json
 from regularization_pipeline.core.shop.tables import OwnedTables
 
@@ -61,17 +63,19 @@ def write_decisions(
     if ctx.dry_run:
         decisions = [dry_run_of(decision) for decision in decisions]
     flip = [x for x in decisions if x.verdict.action == verdicts.REGULARIZED]
-    if flip and not _flip(ctx, conn, flip):
+    # PostgreSQL flips and writes the outbox rows, the attempts reset and the audit rows in
+    # one statement; elsewhere the flip comes first, then each write.
+    audited = bool(flip) and conn.dialect.name == "postgresql"
+    flipped = _flip_and_write(ctx, conn, flip, decisions) if audited else _flip(ctx, conn, flip)
+    if flip and not flipped:
         if len(decisions) > 1:
             raise FlipRaceError(f"an order of the batch of {len(flip)} changed before the flip")
         decisions = [
             Decision(flip[0].order_id, Verdict(verdicts.SKIPPED, LATE_WEBHOOK), flip[0].order)
         ]
-        flip = []
-    # PostgreSQL writes the outbox rows, the attempts reset and the audit rows in one statement.
-    audited = bool(flip) and conn.dialect.name == "postgresql"
-    if flip:
-        _write_events(ctx, conn, flip, decisions if audited else None)
+        flip, audited = [], False
+    if flip and not audited:
+        _write_events(ctx, conn, flip)
     if not ctx.dry_run:
         for decision in decisions:
             if decision.verdict.action == verdicts.INCONSISTENT:
@@ -91,59 +95,109 @@ def write_decisions(
 
 def _flip(ctx: RunContext, conn: sa.Connection, flip: list[Decision]) -> bool:
     """The compare-and-set; True when it moved every order it was given."""
+    if not flip:
+        return False
     ids = [decision.order_id for decision in flip]
     params = ctx.statements.flip_params(ids, ctx.clock())
-    moved = conn.execute(ctx.statements.flip, params).rowcount
+    if len(ids) == 1:
+        moved = ctx.statements.one_flip.execute(conn, params).rowcount
+    else:
+        moved = conn.execute(ctx.statements.flip, params).rowcount
     if moved != len(ids):
         return False
     ctx.fault_each("after_flip", ids)
     return True
 
 
-def _write_events(
-    ctx: RunContext,
-    conn: sa.Connection,
-    flipped: list[Decision],
-    audited: list[Decision] | None = None,
-) -> None:
+def _write_events(ctx: RunContext, conn: sa.Connection, flipped: list[Decision]) -> None:
     """One OrderCompleted outbox row per flipped order (and its in-transaction jobs), attempts reset.
 
     A batch's outbox rows are rendered by the database from the events' fields
     (:func:`~regularization_pipeline.core.delivery.events.outbox_insert`); one order's row in
-    Python. ``audited``: on PostgreSQL, the decisions whose audit rows the same statement
-    writes, with the outbox rows and the attempts reset (data-modifying ``WITH``): one round
-    trip instead of three.
+    Python.
     """
     now = ctx.clock()
     events = [_event(ctx, x, now) for x in flipped]
     ids = [decision.order_id for decision in flipped]
-    params = {
-        "p_events": rows_as_json([event_values(event) for event in events]),
-        "p_run": ctx.run_id,
-        "p_occurred_at": occurred_at(now),
-        "p_now": now,
-    }
-    if audited is not None:
-        params["p_keys"] = [str(i) for i in ids]
-        params["p_rows"] = rows_as_json([audit_values(decision) for decision in audited])
-        conn.execute(_written_together(ctx.tables, conn.dialect), params)
-    elif len(events) > 1:
-        conn.execute(outbox_insert(ctx.tables.outbox, conn.dialect), params)
+    if len(events) > 1:
+        conn.execute(
+            outbox_insert(ctx.tables.outbox, conn.dialect), _event_params(ctx, events, now)
+        )
     else:
         insert_row(conn, ctx.tables.outbox, outbox_fields(events[0]), outbox_times(now))
     # Publishers writing into the shop's own database (Laravel's jobs table) commit with the flip.
     write_in_transaction(conn, ctx.tables, ctx.transactional, events, now)
     ctx.fault_each("after_outbox", ids)
-    if audited is None:
-        reset_after_regularization(ctx, conn, ids)
+    with_rows = [decision.order_id for decision in flipped if decision.attempts_row]
+    if with_rows:
+        reset_after_regularization(ctx, conn, with_rows)
+
+
+def _flip_and_write(
+    ctx: RunContext, conn: sa.Connection, flip: list[Decision], decisions: list[Decision]
+) -> bool:
+    """PostgreSQL: the compare-and-set, its outbox rows, the attempts reset and the audit rows
+    of ``decisions`` in one statement (:func:`_flipped_and_written`): one round trip instead
+    of two. True when the flip moved every order it was given; nothing else was written then.
+    """
+    now = ctx.clock()
+    events = [_event(ctx, x, now) for x in flip]
+    ids = [decision.order_id for decision in flip]
+    params = {
+        **_event_params(ctx, events, now),
+        **ctx.statements.flip_params(ids, now),
+        "p_flips": len(ids),
+        "p_keys": [str(i) for i in ids],
+        "p_rows": rows_as_json([audit_values(decision) for decision in decisions]),
+    }
+    if len(ids) == 1:  # one order's: compiled once (core/shop/driver_sql.py)
+        result = _one_flipped_and_written(ctx.statements, ctx.tables, conn.dialect).execute(
+            conn, params
+        )
+    else:
+        result = conn.execute(
+            _flipped_and_written(ctx.statements, ctx.tables, conn.dialect), params
+        )
+    if result.rowcount == 0:  # every row is written, or none
+        return False
+    ctx.fault_each("after_flip", ids)
+    write_in_transaction(conn, ctx.tables, ctx.transactional, events, now)
+    ctx.fault_each("after_outbox", ids)
+    return True
+
+
+def _event_params(ctx: RunContext, events: list, now) -> dict[str, Any]:
+    return {
+        "p_events": rows_as_json([event_values(event) for event in events]),
+        "p_run": ctx.run_id,
+        "p_occurred_at": occurred_at(now),
+        "p_now": now,
+    }
 
 
 @lru_cache(maxsize=64)
-def _written_together(tables: OwnedTables, dialect: sa.engine.Dialect) -> sa.Insert:
-    """The outbox rows, the attempts reset and the audit rows as one PostgreSQL statement."""
-    events = outbox_insert(tables.outbox, dialect).cte("written_events")
-    reset = regularized_reset(tables.attempts).cte("reset_attempts")
-    return audit_insert(tables.audit, dialect).add_cte(events, reset)
+def _one_flipped_and_written(
+    statements: OrderStatements, tables: OwnedTables, dialect: sa.engine.Dialect
+) -> DriverSql:
+    statement = _flipped_and_written(statements, tables, dialect)
+    return DriverSql(statement, dialect, lists=("p_orders", "p_keys"))
+
+
+@lru_cache(maxsize=64)
+def _flipped_and_written(
+    statements: OrderStatements, tables: OwnedTables, dialect: sa.engine.Dialect
+) -> sa.Insert:
+    """The flip, the outbox rows, the attempts reset and the audit rows as one PostgreSQL
+    statement (data-modifying ``WITH``). Every write but the flip is made on the flip having
+    moved all ``p_flips`` orders, so a flip that moved fewer leaves no event nor audit row
+    (the statement's row count, its audit rows, is then 0)."""
+    flipped = statements.flip.returning(statements.schema.o("id")).cte("flipped")
+    moved_all = sa.select(sa.func.count()).select_from(flipped).scalar_subquery() == sa.bindparam(
+        "p_flips"
+    )
+    events = outbox_insert(tables.outbox, dialect, where=moved_all).cte("written_events")
+    reset = regularized_reset(tables.attempts, where=moved_all).cte("reset_attempts")
+    return audit_insert(tables.audit, dialect, where=moved_all).add_cte(flipped, events, reset)
 
 
 def _event(ctx: RunContext, decision: Decision, now) -> Any:

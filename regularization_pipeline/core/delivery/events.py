@@ -198,13 +198,17 @@ def occurred_at(now: dt.datetime) -> str:
 
 @lru_cache(maxsize=64)
 def outbox_insert(
-    outbox: sa.Table, dialect: sa.engine.Dialect, param: str = "p_events"
+    outbox: sa.Table,
+    dialect: sa.engine.Dialect,
+    param: str = "p_events",
+    where: sa.ColumnElement[bool] | None = None,
 ) -> sa.Insert:
     """The outbox rows of a batch, rendered by the database from the events in ``param``.
 
     ``param``: :func:`~regularization_pipeline.core.shop.engine.rows_as_json` of
     :func:`event_values` of each event; ``p_run``, ``p_occurred_at`` and ``p_now`` are
-    the batch's run id, event time (:func:`occurred_at`) and naive UTC time.
+    the batch's run id, event time (:func:`occurred_at`) and naive UTC time. ``where``: a
+    condition the rows are written on (the flip's count, in the same statement).
     """
     text = sa.String()
     v = json_rowset(dialect, [(name, text) for name in EVENT_FIELDS], param)
@@ -214,7 +218,8 @@ def outbox_insert(
     row = outbox_fields_of(SqlForm(dialect, fields))
     now = sa.bindparam("p_now", type_=outbox.c.created_at.type)
     row.update({name: now for name in outbox_times(dt.datetime.min)})
-    return outbox.insert().from_select(list(row), sa.select(*row.values()).select_from(v))
+    select = sa.select(*row.values()).select_from(v)
+    return outbox.insert().from_select(list(row), select if where is None else select.where(where))
 
 
 def event_values(event: OrderCompleted) -> tuple:
