@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,11 +31,21 @@ def _config() -> Config:
     return cfg
 
 
-@functools.cache
+# Runs in threads of one process (tests, a per-thread runner) ask for the head together; it is
+# read once, by one of them.
+_HEAD_LOCK = threading.Lock()
+
+
 def head_revision() -> str:
     """The newest revision of our scripts, read from their ``revision`` and ``down_revision``
     lines: every run checks it, and Alembic's own reading loads Alembic and imports each script
     (tests/core/shop/test_migrations.py holds the two readings equal)."""
+    with _HEAD_LOCK:
+        return _read_head_revision()
+
+
+@functools.cache
+def _read_head_revision() -> str:
     revisions, parents = set(), set()
     for script in sorted((_SCRIPTS / "versions").glob("*.py")):
         names = _assigned(script)
