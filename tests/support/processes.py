@@ -14,8 +14,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tests.support import ROOT
+
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = ROOT / "workspace.yaml"
 
 
