@@ -92,16 +92,23 @@ def circles(arrows: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def longest_chain(arrows: dict[str, set[str]], start: str) -> list[str]:
+    """The longest chain of imports from ``start`` down, ``start`` first (ties: by name)."""
+    if circles(arrows):
+        raise ValueError("chains are undefined while there are circles")
+    return list(_chain(frozenset((k, frozenset(v)) for k, v in arrows.items()), start))
+
+
+@cache
+def _chain(arrows: frozenset[tuple[str, frozenset[str]]], start: str) -> tuple[str, ...]:
+    targets = dict(arrows).get(start, frozenset())
+    below = max((_chain(arrows, t) for t in sorted(targets)), key=len, default=())
+    return (start, *below)
+
+
 def levels(arrows: dict[str, set[str]]) -> int:
     """The longest chain of imports, counted in modules (1: nothing imports anything)."""
-
-    @cache
-    def depth(node: str) -> int:
-        return 1 + max((depth(t) for t in arrows.get(node, ())), default=0)
-
-    if circles(arrows):
-        raise ValueError("levels are undefined while there are circles")
-    return max((depth(node) for node in arrows), default=0)
+    return max((len(longest_chain(arrows, node)) for node in arrows), default=0)
 
 
 def collapse(arrows: dict[str, set[str]], package: str) -> dict[str, set[str]]:
@@ -121,7 +128,8 @@ def collapse(arrows: dict[str, set[str]], package: str) -> dict[str, set[str]]:
 
 def main(argv: list[str]) -> int:
     by_package = "--packages" in argv
-    argv = [a for a in argv if a != "--packages"]
+    with_chains = "--chains" in argv
+    argv = [a for a in argv if a not in ("--packages", "--chains")]
     package = Path(argv[0] if argv else "regularization_pipeline/core")
     arrows = graph(package)
     if by_package:
@@ -131,6 +139,12 @@ def main(argv: list[str]) -> int:
     print(f"circles: {len(found)}" + "".join(f"\n  {' <-> '.join(c)}" for c in found))
     if not found:
         print(f"levels: {levels(arrows)}")
+    if with_chains and not found:
+        chains = sorted(
+            (longest_chain(arrows, node) for node in arrows), key=lambda c: (-len(c), c)
+        )
+        for chain in chains:
+            print(f"  {len(chain):2d}  {' -> '.join(chain)}")
     return 1 if found else 0
 
 
