@@ -242,6 +242,9 @@ class ProviderStub(_StubServer):
 
 
 ENDLESS_BYTES = 2**31  # what an endless answer claims and would send: 2 GiB
+# The most an endless answer's bytes can sit in loopback's socket buffers once the client stops
+# reading: the largest receive and send buffers the kernel grants (tcp_rmem, tcp_wmem maxima).
+LOOPBACK_BUFFERS = 64 * 2**20
 
 
 @contextlib.contextmanager
