@@ -34,18 +34,18 @@ from regularization_pipeline.core.decisions import attempts, batching, pending_p
 from regularization_pipeline.core.decisions.context import (
     FaultHook,
     OrderOutcome,
+    OrderStatements,
     RunContext,
     no_fault,
 )
 from regularization_pipeline.core.decisions.one_order import OneOrder, OrderConnection
-from regularization_pipeline.core.decisions.orders import OrderStatements
 from regularization_pipeline.core.decisions.provider_health import (
     DEFAULT_OUTAGE_AFTER,
     ProviderHealth,
 )
 from regularization_pipeline.core.decisions.tracker import audit_new_inconsistencies, open_report
-from regularization_pipeline.core.delivery.laravel_queue import TransactionalDelivery
 from regularization_pipeline.core.delivery.publishers import expand_publishers
+from regularization_pipeline.core.delivery.transactional import TransactionalDelivery
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import held_orders
 from regularization_pipeline.core.detection.shop_rules import require_sound_shop

@@ -19,9 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import as_naive_utc
 from regularization_pipeline.core.config_files import validate_or_explain
-from regularization_pipeline.core.detection.held import held_metadata
 from regularization_pipeline.core.detection.window import DEFAULT_MIN_AGE_MINUTES, ScanWindow
-from regularization_pipeline.core.verdicts import OrderOutcome
+from regularization_pipeline.core.verdicts import OrderOutcome, held_metadata
 
 # A run keeps counts and the first outcomes only, never a record per order (``limit`` allows
 # 10,000,000); every decision is in the audit trail, and a progress hook sees each outcome.

@@ -40,6 +40,17 @@ INCONSISTENCY_KINDS = (
     PROVIDER_FAILED,
 )
 
+# Why a pending, paid order is held for a human (``detection.held``): an inconsistency, or a
+# quarantine after repeated failures.
+HELD_REASONS = (*INCONSISTENCY_KINDS, QUARANTINED)
+
+
+def held_metadata(held: dict[str, int]) -> dict[str, int]:
+    """``held_orders`` (all reasons) and ``held_orders_<reason>``: stable keys for metadata."""
+    return {"held_orders": sum(held.values())} | {
+        f"held_orders_{reason}": held.get(reason, 0) for reason in HELD_REASONS
+    }
+
 
 # Two reasons the run's count reads (a lock held elsewhere does not count against the limit).
 LOCKED_ELSEWHERE = "order is locked by another worker"

@@ -17,10 +17,11 @@ import sqlalchemy as sa
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.decisions.tracker import InconsistencyTracker
 from regularization_pipeline.core.detection import orphans as d
-from regularization_pipeline.core.detection.held import held_metadata, held_orders
+from regularization_pipeline.core.detection.held import held_orders
 from regularization_pipeline.core.detection.scans import inconsistency_report
 from regularization_pipeline.core.errors import MigrationsMissingError
 from regularization_pipeline.core.regularizer import RunOptions
+from regularization_pipeline.core.verdicts import held_metadata
 from regularization_pipeline.defs.assets import (
     permanent_errors_fail_without_retry,
     regularization_audit,

@@ -15,12 +15,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from regularization_pipeline.core import verdicts
-from regularization_pipeline.core.decisions.context import RunContext
+from regularization_pipeline.core.decisions.stamp import RunStamp
 from regularization_pipeline.core.decisions.verification import Verdict
 
 
 def note_attempt(
-    ctx: RunContext,
+    ctx: RunStamp,
     conn: sa.Connection,
     order_id: Any,
     verdict: Verdict,
@@ -38,7 +38,7 @@ def note_attempt(
     # InnoDB, deadlock on the gap lock of the missing row.
     _ensure_row(conn, at, key, verdict.action, now)
     query = sa.select(at.c.failures, at.c.total_attempts).where(at.c.order_id == key)
-    if ctx.statements.skip_locked:
+    if ctx.skip_locked:
         query = query.with_for_update()
     current = conn.execute(query).one()
     failures = current.failures + (1 if failed else 0)
@@ -78,7 +78,7 @@ def _ensure_row(conn: sa.Connection, at: sa.Table, key: str, outcome: str, now) 
     conn.execute(stmt)
 
 
-def reset_after_regularization(ctx: RunContext, conn: sa.Connection, order_ids: list) -> None:
+def reset_after_regularization(ctx: RunStamp, conn: sa.Connection, order_ids: list) -> None:
     """A regularized order's failures are forgotten; its row, if it has one, says so."""
     params = {"p_keys": [str(i) for i in order_ids], "p_run": ctx.run_id, "p_now": ctx.clock()}
     conn.execute(regularized_reset(ctx.tables.attempts), params)
@@ -104,7 +104,7 @@ def regularized_reset(at: sa.Table, where: sa.ColumnElement[bool] | None = None)
     )
 
 
-def without_quarantined(ctx: RunContext, page: list) -> list:
+def without_quarantined(ctx: RunStamp, page: list) -> list:
     """``page`` less the orders a run must leave alone."""
     at = ctx.tables.attempts
     with ctx.engine.connect() as conn:

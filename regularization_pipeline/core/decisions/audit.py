@@ -7,7 +7,6 @@ what did not commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -15,11 +14,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
-from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
-from regularization_pipeline.core.decisions.orders import OrderStatements
+from regularization_pipeline.core.decisions.stamp import RunStamp
 from regularization_pipeline.core.decisions.verification import Verdict
 from regularization_pipeline.core.shop.engine import insert_row, json_rowset, rows_as_json
-from regularization_pipeline.core.shop.rows import OrderRow, TransactionRow, to_decimal
+from regularization_pipeline.core.shop.rows import OrderRow, to_decimal
+from regularization_pipeline.core.verdicts import OrderOutcome
 
 
 @dataclass(frozen=True)
@@ -46,37 +45,8 @@ class Decision:
         )
 
 
-def completed_payments(statements: OrderStatements, payments: Sequence[TransactionRow]) -> list:
-    completed = statements.schema.statuses.transaction_completed
-    return [p for p in payments if p.status in completed]
-
-
-# Orders per query when figures are read for many: bounded IN lists.
-FIGURES_CHUNK = 500
-
-
-def orders_and_payments(
-    conn: sa.Connection, statements: OrderStatements, order_ids: Sequence
-) -> tuple[dict[str, OrderRow], dict[str, list[TransactionRow]]]:
-    """The orders (by id as text) and their completed payments: what an inconsistency's audit
-    row and ``list-inconsistencies`` show. Two queries per FIGURES_CHUNK ids."""
-    s = statements.schema
-    orders: dict[str, OrderRow] = {}
-    payments: dict[str, list[TransactionRow]] = {}
-    ids = list(dict.fromkeys(order_ids))
-    for start in range(0, len(ids), FIGURES_CHUNK):
-        chunk = ids[start : start + FIGURES_CHUNK]
-        query = sa.select(*statements.order_columns).where(s.o("id").in_(chunk))
-        for row in conn.execute(query):
-            order = statements.order_row(row)
-            orders[str(order.id)] = order
-        for key, found in statements.payments_of(conn, chunk).items():
-            payments[str(key)] = completed_payments(statements, found)
-    return orders, payments
-
-
 def write_audit(
-    ctx: RunContext, conn: sa.Connection, decisions: list[Decision]
+    ctx: RunStamp, conn: sa.Connection, decisions: list[Decision]
 ) -> list[OrderOutcome]:
     """Audit each decision in the caller's transaction; returns their outcomes.
 
@@ -133,7 +103,7 @@ def audit_values(decision: Decision) -> tuple:
     )
 
 
-def audit_row(ctx: RunContext, decision: Decision) -> dict[str, Any]:
+def audit_row(ctx: RunStamp, decision: Decision) -> dict[str, Any]:
     """The audit insert for one decision but its time; every value fits its column."""
     values = dict(zip(DECISION_COLUMNS, audit_values(decision), strict=True))
     return fit_to_columns(ctx.tables.audit, {"run_id": ctx.run_id, **values})

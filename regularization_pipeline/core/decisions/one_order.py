@@ -37,8 +37,8 @@ from regularization_pipeline.core.decisions.context import (
     LOCKED_ELSEWHERE,
     OrderOutcome,
     RunContext,
+    same_order_id,
 )
-from regularization_pipeline.core.decisions.orders import same_order_id
 from regularization_pipeline.core.decisions.provider_health import ProviderHealth
 from regularization_pipeline.core.decisions.verification import (
     Verdict,

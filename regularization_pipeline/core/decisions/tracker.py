@@ -33,8 +33,8 @@ import sqlalchemy as sa
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import utcnow
 from regularization_pipeline.core.decisions.attempt_rows import note_attempt
-from regularization_pipeline.core.decisions.audit import Decision, orders_and_payments, write_audit
-from regularization_pipeline.core.decisions.context import RunContext
+from regularization_pipeline.core.decisions.audit import Decision, write_audit
+from regularization_pipeline.core.decisions.context import RunContext, orders_and_payments
 from regularization_pipeline.core.decisions.verification import inconsistent
 from regularization_pipeline.core.detection.scans import (
     InconsistencyReport,

@@ -28,8 +28,7 @@ from regularization_pipeline.core.decisions.audit import (
     dry_run_of,
     write_audit,
 )
-from regularization_pipeline.core.decisions.context import OrderOutcome, RunContext
-from regularization_pipeline.core.decisions.orders import OrderStatements
+from regularization_pipeline.core.decisions.context import OrderOutcome, OrderStatements, RunContext
 from regularization_pipeline.core.decisions.verification import Verdict
 from regularization_pipeline.core.delivery.events import (
     event_values,

@@ -34,6 +34,7 @@ from sqlalchemy.dialects import mysql
 
 from regularization_pipeline.core.delivery.events import OrderCompleted
 from regularization_pipeline.core.delivery.outcomes import RetryableDeliveryError
+from regularization_pipeline.core.delivery.transactional import TransactionalDelivery
 from regularization_pipeline.core.errors import ConfigurationError
 from regularization_pipeline.core.shop.tables import DELIVERED, OwnedTables
 
@@ -250,19 +251,6 @@ class LaravelRedisQueue:
 
 
 # --- the hook of the write step -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TransactionalDelivery:
-    """The publishers that write in the flip's own transaction, and whether they are all there are."""
-
-    publishers: tuple[Any, ...] = ()
-    completes_delivery: bool = False
-
-    @classmethod
-    def of(cls, publishers: Sequence[Any]) -> TransactionalDelivery:
-        inside = tuple(p for p in publishers if getattr(p, "in_transaction", False))
-        return cls(inside, bool(inside) and len(inside) == len(publishers))
 
 
 def write_in_transaction(

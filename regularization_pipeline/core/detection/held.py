@@ -27,8 +27,6 @@ from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.binding import AppSchema
 from regularization_pipeline.core.verdicts import QUARANTINED
 
-HELD_REASONS = (*INCONSISTENCY_KINDS, QUARANTINED)
-
 
 def quarantined_order_ids(conn: sa.Connection, schema: AppSchema) -> list:
     """Pending orders quarantined after repeated failures (the provider's holds are a kind of their own)."""
@@ -53,13 +51,6 @@ def held_orders(
     held = {kind: int(report.counts.get(kind, 0)) for kind in INCONSISTENCY_KINDS}
     held[QUARANTINED] = len(quarantined_order_ids(conn, schema))
     return held
-
-
-def held_metadata(held: dict[str, int]) -> dict[str, int]:
-    """``held_orders`` (all reasons) and ``held_orders_<reason>``: stable keys for metadata."""
-    return {"held_orders": sum(held.values())} | {
-        f"held_orders_{reason}": held.get(reason, 0) for reason in HELD_REASONS
-    }
 
 
 def held_order_ids(conn: sa.Connection, schema: AppSchema) -> dict[str, list]:

@@ -18,8 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
-from regularization_pipeline.core.decisions.audit import completed_payments
-from regularization_pipeline.core.decisions.orders import OrderStatements
+from regularization_pipeline.core.decisions.context import OrderStatements, completed_payments
 from regularization_pipeline.core.decisions.verification import Verdict, verify
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.provider import money

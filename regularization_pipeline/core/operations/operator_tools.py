@@ -17,8 +17,11 @@ import sqlalchemy as sa
 
 from regularization_pipeline.core import verdicts
 from regularization_pipeline.core.clock import as_naive_utc, utcnow
-from regularization_pipeline.core.decisions.audit import orders_and_payments
-from regularization_pipeline.core.decisions.orders import OrderStatements, same_order_id
+from regularization_pipeline.core.decisions.context import (
+    OrderStatements,
+    orders_and_payments,
+    same_order_id,
+)
 from regularization_pipeline.core.delivery.outbox import OutboxDispatcher
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.held import quarantined_order_ids

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from bench import shopgen
 from regularization_pipeline.core.clock import utcnow
-from regularization_pipeline.core.decisions.orders import OrderStatements
+from regularization_pipeline.core.decisions.context import OrderStatements
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.shop import tables as tb
 from regularization_pipeline.core.shop.binding import bind_schema

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from regularization_pipeline.core.decisions.orders import OrderStatements
+from regularization_pipeline.core.decisions.context import OrderStatements
 from regularization_pipeline.core.decisions.verification import verify
 from regularization_pipeline.core.detection import orphans as d
 from regularization_pipeline.core.detection.scans import inconsistency_report
