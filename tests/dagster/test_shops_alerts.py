@@ -90,3 +90,39 @@ def test_each_shop_alerts_under_its_own_key_and_a_shop_down_never_silences_the_o
     assert [shops[name].status_of(fixable[name]) for name in ("a", "b")] == ["completed"] * 2
     for engine in engines.values():
         engine.dispose()
+
+
+def test_a_check_alert_reads_each_shops_own_check_results(tmp_path):
+    """The consistency alert of a shop reads the latest check on that shop's partition: shop b's
+    amount mismatch alerts for b alone, though a's check ran after it or before it."""
+    urls = {name: f"sqlite:///{tmp_path / f'{name}.db'}" for name in ("a", "b")}
+    engines = {name: create_app_engine(url) for name, url in urls.items()}
+    shops = {name: migrated_shop(engine) for name, engine in engines.items()}
+    fixable = {name: shop.orphan(paid_minutes_ago=90) for name, shop in shops.items()}
+    mismatched = shops["b"].order(total="49.90", age_minutes=90)
+    shops["b"].payment(mismatched, amount="45.00", completed_minutes_ago=90)
+    listed = [
+        {"name": name, "database_url": {"env": f"SHOP_{name.upper()}_URL"}, "run": {"sleep": 0}}
+        for name in ("a", "b")
+    ]
+    with ReceivingApp() as receiver:
+        env = {
+            "SHOP_A_URL": urls["a"],
+            "SHOP_B_URL": urls["b"],
+            "REGULARIZATION_ALERT_WEBHOOK_URL": receiver.url + "/alerts",
+            "REGULARIZATION_ALERT_WEBHOOK_FORMAT": "json",
+        }
+        ran = run_tick(tmp_path, listed, env)
+        assert [ran[name]["success"] for name in ("a", "b")] == [True, True]
+        sensor = "alert_on_inconsistent_transactions"
+        said = run_tick(tmp_path, listed, env, "shop_alerts", str(tmp_path / "c.json"), sensor)
+        received = [json.loads(r.body) for r in receiver.snapshot()]
+    assert said == {sensor: "alert firing: b/transactions_inconsistent"}
+    assert [(e["dedup_key"], e["action"]) for e in received] == [
+        ("regularization_pipeline/production/b/transactions_inconsistent", "trigger")
+    ]
+    assert "1 inconsistent payment(s) need a human: 1 amount_mismatch" in received[0]["summary"]
+    assert [shops[name].status_of(fixable[name]) for name in ("a", "b")] == ["completed"] * 2
+    assert shops["b"].status_of(mismatched) == "pending"
+    for engine in engines.values():
+        engine.dispose()
